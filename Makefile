@@ -1,0 +1,45 @@
+# panoseti_daq: `make demo` and `make test` work on a fresh machine with only Python 3.
+# The Makefile creates .venv and installs the package (with its dev extra) when needed.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GEN_DIR := panoseti_daq/_generated
+PROTO := schema/daq_data.proto
+
+.PHONY: all setup demo test lint schema schema-check bench soak clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m panoseti_daq.demo
+
+test: $(STAMP) lint schema-check
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check panoseti_daq tests examples benchmarks
+	$(PY) -m ruff format --check panoseti_daq tests examples benchmarks
+
+# Regenerate the betterproto2 messages, grpclib stubs and server base from schema/.
+schema: $(STAMP)
+	$(PY) tools/generate.py $(PROTO) $(GEN_DIR)
+
+# Fail when the committed generated code differs from a fresh generation.
+schema-check: $(STAMP)
+	$(PY) tools/generate.py --check $(PROTO) $(GEN_DIR)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -1,0 +1,51 @@
+"""The typed DaqData messages: betterproto2 dataclasses generated from schema/daq_data.proto.
+
+Import messages from here, never from the generated package directly.
+"""
+
+from __future__ import annotations
+
+from ._generated.daqdata import (
+    DaqDataBase,
+    DaqDataStub,
+    InitHpIoRequest,
+    InitHpIoResponse,
+    PanoImage,
+    PanoImageType,
+    SetConfigurationRequest,
+    SetConfigurationResponse,
+    StreamHashpipeStatusRequest,
+    StreamHashpipeStatusResponse,
+    StreamImagesRequest,
+    StreamImagesResponse,
+    UploadImageRequest,
+)
+from ._generated.google.protobuf import Empty, ListValue, NullValue, Struct, Timestamp, Value
+from ._generated.google_proto_descriptor_pool import default_google_proto_descriptor_pool
+
+SERVICE_NAME = "daqdata.DaqData"
+DESCRIPTOR_POOL = default_google_proto_descriptor_pool
+
+__all__ = [
+    "DESCRIPTOR_POOL",
+    "SERVICE_NAME",
+    "DaqDataBase",
+    "DaqDataStub",
+    "Empty",
+    "InitHpIoRequest",
+    "InitHpIoResponse",
+    "ListValue",
+    "NullValue",
+    "PanoImage",
+    "PanoImageType",
+    "SetConfigurationRequest",
+    "SetConfigurationResponse",
+    "StreamHashpipeStatusRequest",
+    "StreamHashpipeStatusResponse",
+    "StreamImagesRequest",
+    "StreamImagesResponse",
+    "Struct",
+    "Timestamp",
+    "UploadImageRequest",
+    "Value",
+]

@@ -1,0 +1,105 @@
+"""White Rabbit time to Unix time, exactly (R-TIME-1 .. R-TIME-4).
+
+Hashpipe records, per packet, the White Rabbit clock (`pkt_tai`: low 10 bits of TAI seconds,
+`pkt_nsec`: nanoseconds) and the DAQ host clock when the packet arrived (`tv_sec`, `tv_usec`).
+The host clock supplies the high bits of the seconds; WR supplies the precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+
+__all__ = [
+    "TAI_UTC_OFFSET_S",
+    "FrameTime",
+    "frame_time",
+    "timing_fields",
+    "wr_to_unix_ns",
+]
+
+TAI_UTC_OFFSET_S = 37
+_NS = 1_000_000_000
+# d = (tv_sec - pkt_tai + 37) mod 1024 -> seconds to add to tv_sec (R-TIME-1).
+_SECOND_CORRECTION = {0: 0, 1: -1, 1023: 1}
+
+
+def wr_to_unix_ns(pkt_tai: int, pkt_nsec: int, tv_sec: int) -> int | None:
+    """Unix time in integer nanoseconds, or None when WR and host clocks disagree by > 1 s."""
+    d = (int(tv_sec) - int(pkt_tai) + TAI_UTC_OFFSET_S) % 1024
+    correction = _SECOND_CORRECTION.get(d)
+    if correction is None:
+        return None
+    return (int(tv_sec) + correction) * _NS + int(pkt_nsec)
+
+
+@dataclass(frozen=True)
+class FrameTime:
+    """When a frame was taken: WR time when available, else the host clock (R-TIME-4)."""
+
+    wr_unix_ns: int | None
+    host_unix_ns: int | None
+
+    @property
+    def wr_valid(self) -> bool:
+        return self.wr_unix_ns is not None
+
+    @property
+    def unix_ns(self) -> int | None:
+        """The best time available: WR, else the host clock, else None."""
+        return self.wr_unix_ns if self.wr_unix_ns is not None else self.host_unix_ns
+
+    @property
+    def wr_unix_timestamp(self) -> Decimal | None:
+        """WR time in seconds as an exact Decimal (R-TIME-2)."""
+        if self.wr_unix_ns is None:
+            return None
+        return Decimal(self.wr_unix_ns).scaleb(-9)
+
+    @property
+    def pandas_timestamp(self) -> pd.Timestamp:
+        """WR time to the nanosecond, else the host clock, else NaT."""
+        ns = self.unix_ns
+        return pd.NaT if ns is None else pd.Timestamp(ns, unit="ns")
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value)
+
+
+def timing_fields(header: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The quabo header whose fields time the image (R-TIME-3).
+
+    A 32x32 image carries `quabo_0` .. `quabo_3`; use quabo_0, or the lowest quabo present.
+    A ph256 image carries flat fields.
+    """
+    if "pkt_tai" in header or "tv_sec" in header:
+        return header
+    quabos = sorted(
+        (k for k, v in header.items() if k.startswith("quabo_") and isinstance(v, Mapping)),
+        key=lambda k: (len(k), k),
+    )
+    return header[quabos[0]] if quabos else {}
+
+
+def frame_time(header: Mapping[str, Any]) -> FrameTime:
+    """The time of an image from its PFF header; never raises for missing or odd fields."""
+    fields = timing_fields(header)
+    tai, nsec, tv_sec, tv_usec = (
+        _as_int(fields.get(k)) for k in ("pkt_tai", "pkt_nsec", "tv_sec", "tv_usec")
+    )
+    wr_ns = None
+    if tai is not None and nsec is not None and tv_sec is not None:
+        wr_ns = wr_to_unix_ns(tai, nsec, tv_sec)
+    host_ns = None
+    if tv_sec is not None:
+        host_ns = tv_sec * _NS + (tv_usec or 0) * 1000
+    return FrameTime(wr_unix_ns=wr_ns, host_unix_ns=host_ns)

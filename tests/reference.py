@@ -1,0 +1,55 @@
+"""The reference implementation of the wire format: protobuf + grpcio code from schema/.
+
+Test and benchmark use only. The modules are generated once per schema version into a cache
+directory under the system temp dir and imported from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO = ROOT / "schema" / "daq_data.proto"
+
+
+def _out_dir() -> Path:
+    digest = hashlib.sha256(PROTO.read_bytes()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"panoseti_daq_reference_{digest}"
+
+
+def generate() -> Path:
+    """Generate daq_data_pb2 and daq_data_pb2_grpc (once) and return their directory."""
+    out = _out_dir()
+    if not (out / "daq_data_pb2_grpc.py").exists():
+        tmp = Path(tempfile.mkdtemp(prefix="reference_", dir=out.parent))
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{PROTO.parent}",
+                f"--python_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                str(PROTO),
+            ],
+            check=True,
+        )
+        try:
+            tmp.rename(out)
+        except OSError:
+            pass  # another process generated it first: identical content
+    return out
+
+
+def modules() -> tuple[ModuleType, ModuleType]:
+    """(daq_data_pb2, daq_data_pb2_grpc) of the reference implementation."""
+    out = str(generate())
+    if out not in sys.path:
+        sys.path.insert(0, out)
+    return importlib.import_module("daq_data_pb2"), importlib.import_module("daq_data_pb2_grpc")
