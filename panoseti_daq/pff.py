@@ -65,6 +65,8 @@ def _header_end(buf: bytes | memoryview, start: int, file: str) -> int | None:
 
 
 def _parse_header(text: bytes, file: str, offset: int) -> dict[str, Any]:
+    if not text.lstrip().startswith(b"{"):
+        raise PFFError(file, offset, "header does not start with a JSON object")
     try:
         header = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -174,6 +176,8 @@ def iter_frames(
         if decoded is None:
             return
         header, pixels, end = decoded
+        if end < len(data) and data[end : end + 1] != b"{":
+            raise PFFError(path, offset, f"pixel block is short: no frame starts at byte {end}")
         if frame_size is None:
             frame_size = end - offset
         elif end - offset != frame_size:

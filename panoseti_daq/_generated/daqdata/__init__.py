@@ -69,9 +69,7 @@ class InitHpIoRequest(betterproto2.Message):
 
     simulate_daq: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
 
-    module_ids: "list[int]" = betterproto2.field(
-        6, betterproto2.TYPE_UINT32, repeated=True
-    )
+    module_ids: "list[int]" = betterproto2.field(6, betterproto2.TYPE_UINT32, repeated=True)
 
 
 default_message_pool.register_message("daqdata", "InitHpIoRequest", InitHpIoRequest)
@@ -107,9 +105,7 @@ class PanoImage(betterproto2.Message):
         2, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    image_array: "list[int]" = betterproto2.field(
-        3, betterproto2.TYPE_UINT32, repeated=True
-    )
+    image_array: "list[int]" = betterproto2.field(3, betterproto2.TYPE_UINT32, repeated=True)
 
     shape: "list[int]" = betterproto2.field(4, betterproto2.TYPE_UINT32, repeated=True)
 
@@ -130,16 +126,12 @@ class SetConfigurationRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return DAQ_DATA_PROTO_DESCRIPTOR.message_types_by_name[
-            "SetConfigurationRequest"
-        ]
+        return DAQ_DATA_PROTO_DESCRIPTOR.message_types_by_name["SetConfigurationRequest"]
 
     pass
 
 
-default_message_pool.register_message(
-    "daqdata", "SetConfigurationRequest", SetConfigurationRequest
-)
+default_message_pool.register_message("daqdata", "SetConfigurationRequest", SetConfigurationRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -147,9 +139,7 @@ class SetConfigurationResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return DAQ_DATA_PROTO_DESCRIPTOR.message_types_by_name[
-            "SetConfigurationResponse"
-        ]
+        return DAQ_DATA_PROTO_DESCRIPTOR.message_types_by_name["SetConfigurationResponse"]
 
     pass
 
@@ -164,9 +154,7 @@ class StreamHashpipeStatusRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return DAQ_DATA_PROTO_DESCRIPTOR.message_types_by_name[
-            "StreamHashpipeStatusRequest"
-        ]
+        return DAQ_DATA_PROTO_DESCRIPTOR.message_types_by_name["StreamHashpipeStatusRequest"]
 
     pass
 
@@ -181,9 +169,7 @@ class StreamHashpipeStatusResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return DAQ_DATA_PROTO_DESCRIPTOR.message_types_by_name[
-            "StreamHashpipeStatusResponse"
-        ]
+        return DAQ_DATA_PROTO_DESCRIPTOR.message_types_by_name["StreamHashpipeStatusResponse"]
 
     pass
 
@@ -206,14 +192,10 @@ class StreamImagesRequest(betterproto2.Message):
 
     update_interval_seconds: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
 
-    module_ids: "list[int]" = betterproto2.field(
-        4, betterproto2.TYPE_UINT32, repeated=True
-    )
+    module_ids: "list[int]" = betterproto2.field(4, betterproto2.TYPE_UINT32, repeated=True)
 
 
-default_message_pool.register_message(
-    "daqdata", "StreamImagesRequest", StreamImagesRequest
-)
+default_message_pool.register_message("daqdata", "StreamImagesRequest", StreamImagesRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -226,22 +208,15 @@ class StreamImagesResponse(betterproto2.Message):
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     timestamp: "datetime.datetime | None" = betterproto2.field(
-        2,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: _google__protobuf__.Timestamp,
-        optional=True,
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: _google__protobuf__.Timestamp, optional=True
     )
 
     message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
-    pano_image: "PanoImage | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    pano_image: "PanoImage | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "daqdata", "StreamImagesResponse", StreamImagesResponse
-)
+default_message_pool.register_message("daqdata", "StreamImagesResponse", StreamImagesResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -251,14 +226,10 @@ class UploadImageRequest(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return DAQ_DATA_PROTO_DESCRIPTOR.message_types_by_name["UploadImageRequest"]
 
-    pano_image: "PanoImage | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    pano_image: "PanoImage | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "daqdata", "UploadImageRequest", UploadImageRequest
-)
+default_message_pool.register_message("daqdata", "UploadImageRequest", UploadImageRequest)
 
 
 class DaqDataStub(betterproto2_grpclib.ServiceStub):
@@ -359,9 +330,7 @@ class DaqDataBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def ping(
-        self, message: "_google__protobuf__.Empty"
-    ) -> "_google__protobuf__.Empty":
+    async def ping(self, message: "_google__protobuf__.Empty") -> "_google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -391,8 +360,7 @@ class DaqDataBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_ping(
-        self,
-        stream: "grpclib.server.Stream[_google__protobuf__.Empty, _google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[_google__protobuf__.Empty, _google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -400,8 +368,7 @@ class DaqDataBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_upload_images(
-        self,
-        stream: "grpclib.server.Stream[UploadImageRequest, _google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[UploadImageRequest, _google__protobuf__.Empty]"
     ) -> None:
         request = stream.__aiter__()
         response = await self.upload_images(request)
