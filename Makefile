@@ -27,8 +27,8 @@ test: $(STAMP) lint schema-check
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check panoseti_daq tests examples benchmarks
-	$(PY) -m ruff format --check panoseti_daq tests examples benchmarks
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # Regenerate the betterproto2 messages, grpclib stubs and server base from schema/.
 schema: $(STAMP)

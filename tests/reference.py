@@ -6,6 +6,7 @@ directory under the system temp dir and imported from there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import subprocess
@@ -40,10 +41,9 @@ def generate() -> Path:
             ],
             check=True,
         )
-        try:
+        # Another process may have generated it first: identical content, keep theirs.
+        with contextlib.suppress(OSError):
             tmp.rename(out)
-        except OSError:
-            pass  # another process generated it first: identical content
     return out
 
 
