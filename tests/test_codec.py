@@ -1,0 +1,274 @@
+"""The wire codec against protobuf, the reference implementation (R-WIRE-2, R-WIRE-3, R-PARSE-4)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from panoseti_daq import CodecError, ImageError, PanoFrame
+from panoseti_daq._varint import decode_packed_uint32, encode_packed_uint32
+from panoseti_daq.codec import (
+    DaqCodec,
+    StreamReply,
+    UploadItem,
+    decode_pano_image,
+    decode_stream_reply,
+    decode_struct,
+    decode_upload_item,
+    encode_pano_image,
+    encode_stream_reply,
+    encode_struct,
+    encode_upload_item,
+)
+from panoseti_daq.messages import InitHpIoRequest, PanoImage, StreamImagesResponse
+from panoseti_daq.products import PRODUCTS
+from tests.reference import modules
+
+pb2, _ = modules()
+
+json_leaf = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**53), 2**53),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=10),
+)
+json_values = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+headers = st.dictionaries(st.text(max_size=10), json_values, max_size=6)
+
+
+def plain(value):
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+@st.composite
+def frames(draw):
+    product = draw(st.sampled_from(list(PRODUCTS.values())))
+    return PanoFrame.create(
+        product,
+        draw(headers),
+        draw(hnp.arrays(product.dtype, product.shape)),
+        draw(st.integers(0, 2**32 - 1)),
+        draw(st.text(max_size=30)),
+        draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+def reference_struct(struct) -> dict:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(struct)
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=300))
+def test_packed_varints_match_protobuf(values):
+    """R-WIRE-2: our packed uint32 payload is byte-identical to protobuf's."""
+    reference = pb2.PanoImage(shape=values).SerializeToString()
+    ours = encode_packed_uint32(np.array(values, dtype=np.uint32))
+    assert reference == (b"\x22" + _varint(len(ours)) + ours if values else b"")
+    assert decode_packed_uint32(ours).tolist() == values
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+@given(frames())
+@settings(max_examples=150, deadline=None)
+def test_protobuf_parses_what_we_encode(frame):
+    """R-WIRE-2, R-WIRE-3: every field as protobuf reads it, pixels as bit patterns."""
+    reference = pb2.PanoImage.FromString(encode_pano_image(frame))
+    assert reference.type == int(frame.type)
+    assert list(reference.shape) == list(frame.shape)
+    assert reference.bytes_per_pixel == frame.bytes_per_pixel
+    assert list(reference.image_array) == frame.wire_pixels().tolist()
+    assert (reference.file, reference.frame_number, reference.module_id) == (
+        frame.file,
+        frame.frame_number,
+        frame.module_id,
+    )
+    assert reference_struct(reference.header) == plain(frame.header)
+
+
+@given(frames())
+@settings(max_examples=150, deadline=None)
+def test_we_decode_what_protobuf_encodes(frame):
+    """R-WIRE-2: protobuf's bytes decode to the same frame."""
+    message = pb2.PanoImage.FromString(encode_pano_image(frame))
+    decoded = decode_pano_image(message.SerializeToString())
+    assert decoded.product is frame.product
+    np.testing.assert_array_equal(decoded.pixels, frame.pixels)
+    assert decoded.header == plain(frame.header)
+    assert (decoded.file, decoded.frame_number, decoded.module_id) == (
+        frame.file,
+        frame.frame_number,
+        frame.module_id,
+    )
+
+
+def _field(number: int, wire_type: int, payload: bytes) -> bytes:
+    tag = _varint(number << 3 | wire_type)
+    return tag + (_varint(len(payload)) + payload if wire_type == 2 else payload)
+
+
+@given(
+    pixels=st.lists(st.integers(0, 65535), min_size=256, max_size=256),
+    split=st.integers(0, 256),
+    order=st.permutations(range(6)),
+    unknown=st.binary(max_size=20),
+)
+@settings(max_examples=100, deadline=None)
+def test_unpacked_reordered_and_unknown_fields(pixels, split, order, unknown):
+    """R-WIRE-2: unpacked and mixed image_array chunks, any field order, unknown fields."""
+    unpacked = b"".join(_field(3, 0, _varint(v)) for v in pixels[:split])
+    packed = _field(3, 2, encode_packed_uint32(np.array(pixels[split:], dtype=np.uint32)))
+    pieces = [
+        _field(1, 0, b"\x01"),
+        _field(4, 0, b"\x10") + _field(4, 0, b"\x10"),
+        _field(5, 0, b"\x02"),
+        _field(8, 0, _varint(2**32 - 1)),
+        _field(99, 2, unknown) + _field(98, 0, b"\x05") + _field(97, 5, b"abcd"),
+        _field(6, 2, b"x.pff"),
+    ]
+    data = unpacked + b"".join(pieces[i] for i in order) + packed
+    reference = pb2.PanoImage.FromString(data)
+    frame = decode_pano_image(data)
+    assert frame.wire_pixels().tolist() == list(reference.image_array) == pixels
+    assert frame.module_id == reference.module_id == 2**32 - 1
+    assert frame.file == "x.pff" and frame.header == {}
+
+
+def test_defaults_omitted_and_negative_int32():
+    """R-WIRE-2, R-PARSE-4: a negative bytes_per_pixel (10-byte varint) is an invalid image."""
+    data = pb2.PanoImage(type=2, shape=[32, 32], bytes_per_pixel=-2).SerializeToString()
+    with pytest.raises(ImageError, match="-2 byte"):
+        decode_pano_image(data)
+    empty = pb2.PanoImage().SerializeToString()
+    with pytest.raises(ImageError, match="UNDEFINED"):
+        decode_pano_image(empty)
+
+
+@pytest.mark.parametrize(
+    ("message", "problem"),
+    [
+        (dict(type=2, shape=[32, 32], bytes_per_pixel=2, image_array=[0] * 1023), "1024 pixels"),
+        (dict(type=2, shape=[32, 32], bytes_per_pixel=1, image_array=[256] * 1024), "fit 1 byte"),
+        (
+            dict(type=1, shape=[32, 32], bytes_per_pixel=1, image_array=[0] * 1024),
+            "no data product",
+        ),
+        (dict(type=2, shape=[16, 16], bytes_per_pixel=2, image_array=[0] * 256), "no data product"),
+        (dict(type=5, shape=[16, 16], bytes_per_pixel=2, image_array=[0] * 256), "unknown type 5"),
+    ],
+)
+def test_invalid_images_are_rejected_with_a_reason(message, problem):
+    """R-PARSE-4: length, value range and (type, shape, bpp) are checked."""
+    with pytest.raises(ImageError, match=problem):
+        decode_pano_image(pb2.PanoImage(**message).SerializeToString())
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=500, deadline=None)
+def test_garbage_never_crashes_or_hangs(data):
+    """R-WIRE-5: malformed bytes raise CodecError or ImageError, nothing else."""
+    for decode in (decode_pano_image, decode_stream_reply, decode_upload_item):
+        with contextlib.suppress(CodecError, ImageError):
+            decode(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"\x1a\x05\x01", "claims 5 bytes"),
+        (b"\x1a\x02\xff\xff", "truncated varint"),
+        (b"\x1a\x06\xff\xff\xff\xff\xff\x01", "longer than 5 bytes"),
+        (b"\x1a\x05\xff\xff\xff\xff\x7f", "does not fit uint32"),
+        (b"\x0b", "wire type 3"),
+        (b"\x08", "truncated varint"),
+        (b"\x12\x02\x0a\x00\x32\x02\xc3\x28", "not valid UTF-8"),
+    ],
+)
+def test_malformed_bytes_name_the_problem(data, problem):
+    """R-WIRE-5: the error says what is wrong."""
+    with pytest.raises((CodecError, ImageError), match=problem):
+        decode_pano_image(data)
+
+
+@given(headers)
+def test_struct_round_trip_against_protobuf(header):
+    """The header Struct: ours <-> protobuf's, nested values included."""
+    from google.protobuf.struct_pb2 import Struct
+
+    ours = encode_struct(header)
+    reference = Struct.FromString(ours)
+    assert reference_struct(reference) == plain(header)
+    assert decode_struct(reference.SerializeToString()) == plain(header)
+
+
+@given(frames(), st.text(max_size=20), st.integers(0, 2**62), st.text(max_size=20))
+@settings(max_examples=50, deadline=None)
+def test_stream_reply_against_protobuf(frame, name, timestamp_ns, message):
+    """R-WIRE-4: name, timestamp, message and pano_image of StreamImagesResponse."""
+    data = encode_stream_reply(StreamReply(frame, name, timestamp_ns, message))
+    reference = pb2.StreamImagesResponse.FromString(data)
+    assert reference.name == name and reference.message == message
+    assert reference.timestamp.seconds * 10**9 + reference.timestamp.nanos == timestamp_ns
+    assert list(reference.pano_image.image_array) == frame.wire_pixels().tolist()
+    back = decode_stream_reply(reference.SerializeToString())
+    assert (back.name, back.timestamp_ns, back.message) == (name, timestamp_ns, message)
+    np.testing.assert_array_equal(back.frame.pixels, frame.pixels)
+
+
+def test_pre_encoded_image_is_reused():
+    """The server encodes a frame once and sends the same bytes to every client."""
+    frame = PanoFrame.create("ph256", {"a": 1}, np.arange(256), 3)
+    encoded = encode_pano_image(frame)
+    once = encode_stream_reply(StreamReply(frame, "n", 5, encoded_image=encoded))
+    assert once == encode_stream_reply(StreamReply(frame, "n", 5))
+
+
+def test_upload_item_with_and_without_image():
+    """R-UP-2: an UploadImageRequest may lack pano_image."""
+    assert decode_upload_item(b"").frame is None
+    frame = PanoFrame.create("img8", {}, np.full(1024, 255), 9)
+    data = encode_upload_item(UploadItem(frame))
+    assert pb2.UploadImageRequest.FromString(data).pano_image.module_id == 9
+    assert decode_upload_item(data).frame.pixels.max() == 255
+
+
+def test_codec_betterproto2_forms_and_fallback():
+    """DaqCodec: betterproto2 image messages take the fast path; other messages fall back."""
+    codec = DaqCodec()
+    frame = PanoFrame.create("img16", {"quabo_0": {"pkt_num": 1}}, np.arange(1024), 1, "f", 2)
+    message = frame.to_message()
+    data = codec.encode(message, PanoImage)
+    assert data == encode_pano_image(frame)
+    assert codec.decode(data, PanoImage).image_array == message.image_array
+    response = codec.decode(encode_stream_reply(StreamReply(frame, "n", 7)), StreamImagesResponse)
+    assert response.pano_image.module_id == 1 and response.timestamp.nanos == 7
+    request = InitHpIoRequest(data_dir="/x", update_interval_seconds=0.5, module_ids=[1, 2])
+    assert codec.decode(codec.encode(request, InitHpIoRequest), InitHpIoRequest) == request
+    with pytest.raises(CodecError, match="InitHpIoRequest"):
+        codec.decode(b"\x0a\x05ab", InitHpIoRequest)
