@@ -27,6 +27,7 @@ __all__ = [
     "encode_frame",
     "frame_count",
     "frame_size_of",
+    "header_text",
     "iter_frames",
     "module_dir_id",
     "newest_complete_frame",
@@ -39,13 +40,32 @@ PIXELS_MARK = b"*"
 MAX_HEADER_BYTES = 64 * 1024
 
 
-def encode_frame(header: Mapping[str, Any], pixels: np.ndarray, product: DataProduct) -> bytes:
-    """One PFF frame: the header as JSON, a blank line, `*`, little-endian pixels."""
+def header_text(header: Mapping[str, Any]) -> bytes:
+    """The JSON text of a header, compact."""
+    return json.dumps(dict(header), separators=(",", ":")).encode()
+
+
+def encode_frame(
+    header: Mapping[str, Any],
+    pixels: np.ndarray,
+    product: DataProduct,
+    header_width: int | None = None,
+) -> bytes:
+    """One PFF frame: the header as JSON, a blank line, `*`, little-endian pixels.
+
+    All frames of a file must have the same size (R-PFF-2); Hashpipe writes fixed-width numbers.
+    With `header_width`, the JSON is padded with spaces before its closing brace to that many
+    bytes, so frames with headers of different lengths still have one size.
+    """
     if pixels.shape != product.shape:
         raise ValueError(
             f"{product.name} pixels must have shape {product.shape}, not {pixels.shape}"
         )
-    text = json.dumps(dict(header), separators=(",", ":")).encode()
+    text = header_text(header)
+    if header_width is not None:
+        if len(text) > header_width:
+            raise ValueError(f"header of {len(text)} bytes does not fit {header_width}")
+        text = text[:-1] + b" " * (header_width - len(text)) + b"}"
     return text + HEADER_END + PIXELS_MARK + pixels.astype(product.file_dtype, copy=False).tobytes()
 
 

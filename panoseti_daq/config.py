@@ -1,0 +1,447 @@
+"""Server-side configuration: daq_data_server_config.json and hp_io_config.json (spec §10).
+
+Each file type has one loader that validates every key at load time and returns a frozen
+dataclass; an unknown key, a wrong type or an out-of-range value raises ConfigError naming the
+key (dotted for nested keys) and the file (R-CFG-1). Defaults live in the dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .products import PRODUCTS
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BUNDLED_CONFIG_DIR",
+    "DAQ_ACTIVE_CHECKS",
+    "HpIoConfig",
+    "ServerConfig",
+    "SimulateConfig",
+    "UdsIngestConfig",
+    "hp_io_config_from_dict",
+    "load_hp_io_config",
+    "load_server_config",
+    "server_config_from_dict",
+]
+
+BUNDLED_CONFIG_DIR = Path(__file__).parent / "config"
+DAQ_ACTIVE_CHECKS = ("process", "marker", "recent_write")
+SIMULATION_MODES = ("filesystem", "rpc", "uds")
+
+
+def _default_sim_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "panoseti_daq_sim"
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """simulate_daq_cfg: how the simulation replays archived data (spec §9)."""
+
+    simulation_mode: str = "filesystem"
+    movie_type: str = "img16"
+    ph_type: str = "ph256"
+    frames_per_pff: int = 1000
+    sim_module_ids: tuple[int, ...] = (224,)
+    real_module_id: int = 254
+    data_dir: Path = field(default_factory=_default_sim_dir)
+    source_dir: Path | None = None
+    frame_rate_hz: float = 10.0
+    frame_limit: int = 0
+
+
+@dataclass(frozen=True)
+class UdsIngestConfig:
+    """acquisition_methods.uds: Hashpipe's Unix-socket ingest (spec §12)."""
+
+    enabled: bool = False
+    data_products: tuple[str, ...] = ("img16", "ph256")
+    socket_path_template: str = "/tmp/hashpipe_grpc.dp_{dp_name}.sock"
+    read_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """daq_data_server_config.json, validated (spec §10)."""
+
+    init_from_default: bool = False
+    default_hp_io_config_file: str = "hp_io_config_simulate.json"
+    unix_domain_socket: str = "unix:///tmp/daq_data.sock"
+    max_concurrent_rpcs: int = 100
+    max_read_queue_size: int = 50
+    min_hp_io_update_interval_seconds: float = 0.01
+    max_client_update_interval_seconds: float = 60.0
+    max_reader_enqueue_timeouts: int = 2
+    max_reader_dequeue_timeouts: int = 3
+    reader_timeout: float = 5.0
+    shutdown_grace_period: float = 5.0
+    hp_io_stop_timeout: float = 5.0
+    valid_data_products: tuple[str, ...] = tuple(PRODUCTS)
+    simulate_daq_cfg: SimulateConfig = field(default_factory=SimulateConfig)
+    allowed_data_roots: tuple[Path, ...] = ()
+    daq_active_check: tuple[str, ...] = DAQ_ACTIVE_CHECKS
+    server_name: str = field(default_factory=socket.gethostname)
+    host: str = "[::]"
+    port: int = 50051
+    uds_ingest: UdsIngestConfig = field(default_factory=UdsIngestConfig)
+    config_file: Path | None = None
+
+    @classmethod
+    def defaults(cls) -> ServerConfig:
+        return cls(allowed_data_roots=(Path.cwd(), _default_sim_dir()))
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def uds_path(self) -> str | None:
+        """The Unix socket path of `unix_domain_socket`, or None when it is empty."""
+        target = self.unix_domain_socket
+        if not target:
+            return None
+        return target[len("unix://") :] if target.startswith("unix://") else target
+
+    def default_hp_io_config_path(self) -> Path:
+        path = Path(self.default_hp_io_config_file)
+        if path.is_absolute():
+            return path
+        base = self.config_file.parent if self.config_file else BUNDLED_CONFIG_DIR
+        candidate = base / path
+        return candidate if candidate.exists() else BUNDLED_CONFIG_DIR / path
+
+
+@dataclass(frozen=True)
+class HpIoConfig:
+    """hp_io_config.json: what InitHpIo configures (R-CFG-2)."""
+
+    data_dir: str = ""
+    update_interval_seconds: float = 0.1
+    force: bool = False
+    simulate_daq: bool = False
+    module_ids: tuple[int, ...] = ()
+    comments: str = ""
+
+
+# --- validation helpers -------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads typed values out of one JSON object, naming key and file in every error."""
+
+    def __init__(self, data: Any, file: Path | None, prefix: str = "") -> None:
+        self.file = file
+        self.prefix = prefix
+        if not isinstance(data, Mapping):
+            raise ConfigError(prefix or "<top level>", "must be a JSON object", file)
+        self.data = dict(data)
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, reason: str) -> ConfigError:
+        return ConfigError(self.key(name), reason, self.file)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str) -> Any:
+        self.used.add(name)
+        return self.data[name]
+
+    def boolean(self, name: str, default: bool) -> bool:
+        if name not in self.data:
+            return default
+        value = self.raw(name)
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, not {value!r}")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int | None = None) -> int:
+        if name not in self.data:
+            return default
+        value = self.raw(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"must be an integer, not {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.error(name, f"must be >= {minimum}, not {value}")
+        return value
+
+    def number(
+        self, name: str, default: float, minimum: float | None = None, exclusive: bool = False
+    ) -> float:
+        if name not in self.data:
+            return default
+        value = self.raw(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise self.error(name, f"must be a number, not {value!r}")
+        if minimum is not None and (value <= minimum if exclusive else value < minimum):
+            raise self.error(name, f"must be {'>' if exclusive else '>='} {minimum}, not {value}")
+        return float(value)
+
+    def string(self, name: str, default: str) -> str:
+        if name not in self.data:
+            return default
+        value = self.raw(name)
+        if not isinstance(value, str):
+            raise self.error(name, f"must be a string, not {value!r}")
+        return value
+
+    def path(self, name: str, default: Path | None) -> Path | None:
+        if name not in self.data:
+            return default
+        text = self.string(name, "")
+        if not text:
+            return default
+        path = Path(text).expanduser()
+        if not path.is_absolute() and self.file is not None:
+            path = self.file.parent / path
+        return path
+
+    def int_list(self, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+        if name not in self.data:
+            return default
+        value = self.raw(name)
+        if not isinstance(value, list) or any(
+            isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32 for v in value
+        ):
+            raise self.error(name, f"must be a list of module ids (0 .. 2**32-1), not {value!r}")
+        return tuple(value)
+
+    def choice_list(self, name: str, default: tuple[str, ...], choices: tuple[str, ...]) -> tuple:
+        if name not in self.data:
+            return default
+        value = self.raw(name)
+        if not isinstance(value, list) or any(v not in choices for v in value):
+            raise self.error(name, f"must be a list of {', '.join(choices)}; got {value!r}")
+        return tuple(value)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(name, default)
+        if value not in choices:
+            raise self.error(name, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def child(self, name: str) -> _Reader | None:
+        if name not in self.data:
+            return None
+        return _Reader(self.raw(name), self.file, self.key(name))
+
+    def reject_unknown(self, tolerated: tuple[str, ...] = ()) -> None:
+        for name in self.data:
+            if name in self.used:
+                continue
+            if name in tolerated:
+                log.warning("%s: key %r is accepted but not used", self.file, self.key(name))
+                continue
+            raise self.error(name, "unknown key")
+
+
+def _read_json(path: str | os.PathLike[str]) -> tuple[Any, Path]:
+    file = Path(path).expanduser().resolve()
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise ConfigError("<file>", "file not found", file) from None
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read: {exc.strerror}", file) from None
+    try:
+        return json.loads(text), file
+    except json.JSONDecodeError as exc:
+        raise ConfigError("<file>", f"not valid JSON: {exc}", file) from None
+
+
+# --- simulate_daq_cfg -----------------------------------------------------------------------
+
+
+def _simulate_config(reader: _Reader | None) -> SimulateConfig:
+    defaults = SimulateConfig()
+    if reader is None:
+        return defaults
+    mode = reader.choice("simulation_mode", defaults.simulation_mode, SIMULATION_MODES)
+    values: dict[str, Any] = {
+        "simulation_mode": mode,
+        "movie_type": reader.choice("movie_type", defaults.movie_type, ("img16", "img8")),
+        "ph_type": reader.choice("ph_type", defaults.ph_type, ("ph256", "ph1024")),
+        "frames_per_pff": reader.integer("frames_per_pff", defaults.frames_per_pff, 1),
+        "sim_module_ids": reader.int_list("sim_module_ids", defaults.sim_module_ids),
+        "real_module_id": reader.integer("real_module_id", defaults.real_module_id, 0),
+        "data_dir": reader.path("data_dir", defaults.data_dir),
+        "source_dir": reader.path("source_dir", None),
+        "frame_rate_hz": reader.number("frame_rate_hz", defaults.frame_rate_hz, 0.0),
+        "frame_limit": reader.integer("frame_limit", defaults.frame_limit, 0),
+    }
+    # The seed's layout: `files` with data_dir, real_run_dir and name templates.
+    files = reader.child("files")
+    if files is not None:
+        values["data_dir"] = files.path("data_dir", values["data_dir"])
+        real_run_dir = files.string("real_run_dir", "")
+        if real_run_dir:
+            run = Path(real_run_dir)
+            if not run.is_absolute():
+                run = values["data_dir"] / f"module_{values['real_module_id']}" / run
+            values["source_dir"] = run if run.is_dir() else None
+            if values["source_dir"] is None:
+                log.info("%s: real_run_dir %s not found; replaying bundled data", reader.file, run)
+        for name in (
+            "sim_run_dir_template",
+            "movie_pff_template",
+            "ph_pff_template",
+            "daq_active_file",
+        ):
+            files.string(name, "")
+        files.reject_unknown()
+    # The original's later layout: source_data, filesystem_cfg, strategies per mode.
+    source = reader.child("source_data")
+    if source is not None:
+        for name in ("movie_pff_path", "ph_pff_path"):
+            path = source.path(name, None)
+            if path is not None:
+                values["source_dir"] = path.parent
+        source.reject_unknown(tolerated=tuple(source.data))
+    filesystem = reader.child("filesystem_cfg")
+    if filesystem is not None:
+        values["data_dir"] = filesystem.path("data_dir", values["data_dir"])
+        filesystem.reject_unknown(tolerated=tuple(filesystem.data))
+    strategies = reader.child("strategies")
+    if strategies is not None:
+        strategy = strategies.child(mode)
+        if strategy is not None:
+            values["frames_per_pff"] = strategy.integer(
+                "frames_per_pff", values["frames_per_pff"], 1
+            )
+            values["frame_limit"] = strategy.integer("frame_limit", values["frame_limit"], 0)
+            values["frame_rate_hz"] = strategy.number("frame_rate_hz", values["frame_rate_hz"], 0.0)
+            strategy.reject_unknown(tolerated=tuple(strategy.data))
+        strategies.reject_unknown(tolerated=tuple(strategies.data))
+    reader.reject_unknown(tolerated=("comments",))
+    if not values["sim_module_ids"]:
+        raise reader.error("sim_module_ids", "must name at least one module")
+    return SimulateConfig(**values)
+
+
+def _uds_config(methods: _Reader | None) -> UdsIngestConfig:
+    defaults = UdsIngestConfig()
+    if methods is None:
+        return defaults
+    config = defaults
+    for name in ("filesystem_poll", "filesystem_pipe"):
+        method = methods.child(name)
+        if method is not None:
+            method.boolean("enabled", True)
+            method.reject_unknown(tolerated=tuple(method.data))
+    uds = methods.child("uds")
+    if uds is not None:
+        config = UdsIngestConfig(
+            enabled=uds.boolean("enabled", defaults.enabled),
+            data_products=uds.choice_list("data_products", defaults.data_products, tuple(PRODUCTS)),
+            socket_path_template=uds.string("socket_path_template", defaults.socket_path_template),
+            read_timeout_s=uds.number("read_timeout", defaults.read_timeout_s, 0.0, exclusive=True),
+        )
+        if "{dp_name}" not in config.socket_path_template:
+            raise uds.error("socket_path_template", "must contain {dp_name}")
+        uds.reject_unknown(tolerated=("comments",))
+    methods.reject_unknown(tolerated=tuple(methods.data))
+    return config
+
+
+# --- loaders --------------------------------------------------------------------------------
+
+
+def server_config_from_dict(data: Mapping[str, Any], file: Path | None = None) -> ServerConfig:
+    """A validated ServerConfig from the JSON object of daq_data_server_config.json."""
+    r = _Reader(data, file)
+    d = ServerConfig.defaults()
+    simulate = _simulate_config(r.child("simulate_daq_cfg"))
+    roots_default = (Path.cwd(), simulate.data_dir)
+    roots = roots_default
+    if r.has("allowed_data_roots"):
+        value = r.raw("allowed_data_roots")
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise r.error("allowed_data_roots", f"must be a list of directories, not {value!r}")
+        base = file.parent if file else Path.cwd()
+        roots = (*tuple((base / Path(v).expanduser()).resolve() for v in value), simulate.data_dir)
+    port = r.integer("port", d.port, 0)
+    if port > 65535:
+        raise r.error("port", f"must be <= 65535, not {port}")
+    config = ServerConfig(
+        init_from_default=r.boolean("init_from_default", d.init_from_default),
+        default_hp_io_config_file=r.string(
+            "default_hp_io_config_file", d.default_hp_io_config_file
+        ),
+        unix_domain_socket=r.string("unix_domain_socket", d.unix_domain_socket),
+        max_concurrent_rpcs=r.integer("max_concurrent_rpcs", d.max_concurrent_rpcs, 1),
+        max_read_queue_size=r.integer("max_read_queue_size", d.max_read_queue_size, 1),
+        min_hp_io_update_interval_seconds=r.number(
+            "min_hp_io_update_interval_seconds", d.min_hp_io_update_interval_seconds, 0.0, True
+        ),
+        max_client_update_interval_seconds=r.number(
+            "max_client_update_interval_seconds", d.max_client_update_interval_seconds, 0.0, True
+        ),
+        max_reader_enqueue_timeouts=r.integer(
+            "max_reader_enqueue_timeouts", d.max_reader_enqueue_timeouts, 1
+        ),
+        max_reader_dequeue_timeouts=r.integer(
+            "max_reader_dequeue_timeouts", d.max_reader_dequeue_timeouts, 1
+        ),
+        reader_timeout=r.number("reader_timeout", d.reader_timeout, 0.0, True),
+        shutdown_grace_period=r.number("shutdown_grace_period", d.shutdown_grace_period, 0.0),
+        hp_io_stop_timeout=r.number("hp_io_stop_timeout", d.hp_io_stop_timeout, 0.0, True),
+        valid_data_products=r.choice_list(
+            "valid_data_products", d.valid_data_products, tuple(PRODUCTS)
+        ),
+        simulate_daq_cfg=simulate,
+        allowed_data_roots=roots,
+        daq_active_check=r.choice_list("daq_active_check", d.daq_active_check, DAQ_ACTIVE_CHECKS),
+        server_name=r.string("server_name", d.server_name) or d.server_name,
+        host=r.string("host", d.host),
+        port=port,
+        uds_ingest=_uds_config(r.child("acquisition_methods")),
+        config_file=file,
+    )
+    if not config.valid_data_products:
+        raise r.error("valid_data_products", "must name at least one data product")
+    r.reject_unknown(tolerated=("comments",))
+    return config
+
+
+def load_server_config(path: str | os.PathLike[str] | None = None) -> ServerConfig:
+    """Load daq_data_server_config.json; None loads the bundled default."""
+    data, file = _read_json(path or BUNDLED_CONFIG_DIR / "daq_data_server_config.json")
+    return server_config_from_dict(data, file)
+
+
+def hp_io_config_from_dict(data: Mapping[str, Any], file: Path | None = None) -> HpIoConfig:
+    """A validated HpIoConfig from the JSON object of hp_io_config.json (R-CFG-2)."""
+    r = _Reader(data, file)
+    d = HpIoConfig()
+    config = HpIoConfig(
+        data_dir=r.string("data_dir", d.data_dir),
+        update_interval_seconds=r.number(
+            "update_interval_seconds", d.update_interval_seconds, 0.0, exclusive=True
+        ),
+        force=r.boolean("force", d.force),
+        simulate_daq=r.boolean("simulate_daq", d.simulate_daq),
+        module_ids=r.int_list("module_ids", d.module_ids),
+        comments=r.string("comments", d.comments),
+    )
+    r.reject_unknown()
+    return config
+
+
+def load_hp_io_config(path: str | os.PathLike[str]) -> HpIoConfig:
+    """Load hp_io_config.json."""
+    data, file = _read_json(path)
+    return hp_io_config_from_dict(data, file)

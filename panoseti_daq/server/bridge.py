@@ -1,0 +1,52 @@
+"""The one place that knows which event loop runs grpclib.
+
+grpclib needs asyncio. Under the asyncio backend it runs on the same loop as everything else.
+Under trio it runs on a trio-asyncio loop inside the trio run, and core code (on trio) calls
+into it with `run_on_grpclib_loop`. That crossing costs ~180 µs, so it is used only for
+start-up, shutdown and long-running coroutines, never per frame: per-frame traffic goes through
+anyio memory streams and the synchronous hub, which work from both sides of one thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import sniffio
+
+__all__ = ["GrpclibLoop", "grpclib_loop"]
+
+T = TypeVar("T")
+
+
+class GrpclibLoop:
+    """Runs asyncio coroutine functions on grpclib's loop from the core's side."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if self.backend == "asyncio":
+            return await fn(*args)
+        import trio_asyncio
+
+        return await trio_asyncio.aio_as_trio(fn)(*args)
+
+
+@asynccontextmanager
+async def grpclib_loop() -> AsyncIterator[GrpclibLoop]:
+    """A loop for grpclib: the running asyncio loop, or a trio-asyncio loop under trio."""
+    backend = sniffio.current_async_library()
+    if backend == "asyncio":
+        yield GrpclibLoop("asyncio")
+        return
+    if backend != "trio":
+        raise RuntimeError(f"unsupported async library {backend!r}: use asyncio or trio")
+    import trio_asyncio
+
+    if trio_asyncio.current_loop.get() is not None:
+        yield GrpclibLoop("trio")  # the caller already runs a trio-asyncio loop
+        return
+    async with trio_asyncio.open_loop():
+        yield GrpclibLoop("trio")

@@ -1,0 +1,211 @@
+"""The server's core: hp_io configuration, data sources and the hub, on one anyio task group.
+
+The core is backend-neutral anyio code. It owns three long-lived tasks:
+
+- the *controller*, which applies InitHpIo reconfigurations: it stops the running data sources
+  (scanner, simulation) and starts new ones inside its own task group (R-INIT-6, R-INIT-7);
+- the *upload task*, which moves uploaded frames from a bounded channel into the hub; an
+  uploader whose frames find the channel full waits, and with it HTTP/2 flow control slows the
+  client (R-UP-4);
+- the data sources themselves, started and cancelled by the controller.
+
+RPC handlers talk to the core only through `Hub.publish`/`subscribe`, the two channels and
+`anyio.Event`s they create themselves, so nothing here depends on which event loop runs grpclib.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from grpclib.const import Status
+
+from ..config import HpIoConfig, ServerConfig
+from ..frames import PanoFrame
+from ..products import product_named
+from .hub import Hub
+from .scanner import RunScanner, run_scanner
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Reconfigure", "ServerCore"]
+
+# R-INIT-7: a configuration that does not become valid within this time fails.
+START_TIMEOUT_S = 10.0
+UPLOAD_CHANNEL_SIZE = 256
+
+
+@dataclass(eq=False)
+class Reconfigure:
+    """An InitHpIo request on its way to the controller, and its answer."""
+
+    config: HpIoConfig
+    done: anyio.Event
+    success: bool = False
+    error_message: str = ""
+
+
+@dataclass(eq=False)
+class _Sources:
+    config: HpIoConfig
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    stopped: anyio.Event = field(default_factory=anyio.Event)
+
+
+class ServerCore:
+    """State shared by the RPC handlers and the core tasks."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.hub = Hub(config.valid_data_products)
+        self.products = [product_named(name) for name in config.valid_data_products]
+        self.shutting_down = False
+        self.active_streams = 0
+        self.hp_io: HpIoConfig | None = None
+        self.hp_io_valid = False
+        # The simulation's rpc mode uploads through a grpclib channel to this very server; the
+        # app sets how to open one and how to run a coroutine on grpclib's event loop.
+        self.channel_factory: Callable[[], Any] | None = None
+        self.run_on_grpclib_loop: Callable[..., Awaitable[Any]] | None = None
+        self._upload_send, self._upload_receive = anyio.create_memory_object_stream[PanoFrame](
+            UPLOAD_CHANNEL_SIZE
+        )
+        self._command_send, self._command_receive = anyio.create_memory_object_stream[Reconfigure](
+            1
+        )
+        self._sources: _Sources | None = None
+
+    # -- called from RPC handlers ----------------------------------------------------------
+    async def upload(self, frame: PanoFrame) -> None:
+        """Queue an uploaded frame for the hub; waits while the channel is full (R-UP-4)."""
+        await self._upload_send.send(frame)
+
+    async def reconfigure(self, config: HpIoConfig) -> Reconfigure:
+        """Hand a configuration to the controller and wait for its answer."""
+        request = Reconfigure(config, anyio.Event())
+        await self._command_send.send(request)
+        await request.done.wait()
+        return request
+
+    # -- the core's tasks ------------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the controller and the upload task until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._upload_task)
+            await tg.start(self._controller, tg)
+            task_status.started()
+
+    async def _upload_task(self) -> None:
+        publish = self.hub.publish
+        async with self._upload_receive:
+            async for frame in self._upload_receive:
+                publish(frame)
+
+    async def _controller(self, tg: TaskGroup, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        async with self._command_receive:
+            async for request in self._command_receive:
+                try:
+                    await self._apply(tg, request)
+                finally:
+                    request.done.set()
+
+    async def _apply(self, tg: TaskGroup, request: Reconfigure) -> None:
+        previous = self._sources.config if self._sources else None
+        self.hub.end_all(Status.CANCELLED, "server reconfigured by InitHpIo (force=true)")
+        await self.stop_sources()
+        error = await self._start(tg, request.config)
+        if error is None:
+            request.success = True
+            return
+        request.error_message = error
+        log.warning("hp_io configuration failed: %s", error)
+        if previous is not None and await self._start(tg, previous) is None:
+            request.error_message += "; the previous configuration was restored"
+
+    async def _start(self, tg: TaskGroup, config: HpIoConfig) -> str | None:
+        """Start the sources of `config`; the error message, or None once valid."""
+        sources = _Sources(config)
+        self.hub.clear()
+        try:
+            with anyio.fail_after(START_TIMEOUT_S):
+                await tg.start(self._run_sources, sources)
+        except TimeoutError:
+            sources.scope.cancel()
+            await sources.stopped.wait()
+            return f"hp_io did not become valid within {START_TIMEOUT_S:g} s"
+        except Exception as exc:
+            log.debug("hp_io start failed", exc_info=True)
+            return f"hp_io failed to start: {exc}"
+        self._sources = sources
+        self.hp_io = config
+        self.hp_io_valid = True
+        log.info(
+            "hp_io valid: %s every %g s, modules %s",
+            "simulation" if config.simulate_daq else config.data_dir,
+            config.update_interval_seconds,
+            list(config.module_ids) or "all",
+        )
+        return None
+
+    async def _run_sources(self, sources: _Sources, *, task_status: TaskStatus[None]) -> None:
+        """Run the data sources of one configuration until cancelled (R-STATE-1)."""
+        config = sources.config
+        try:
+            with sources.scope:
+                async with anyio.create_task_group() as tg:
+                    if config.simulate_daq:
+                        data_dir = await self._start_simulation(tg, config)
+                    else:
+                        data_dir = Path(config.data_dir)
+                    if data_dir is not None:
+                        scanner = RunScanner(data_dir, config.module_ids, self.products)
+                        await tg.start(
+                            run_scanner, scanner, config.update_interval_seconds, self.hub.publish
+                        )
+                    task_status.started()
+        finally:
+            sources.stopped.set()
+
+    async def _start_simulation(self, tg: TaskGroup, config: HpIoConfig) -> Path | None:
+        """Start the simulation (R-INIT-8); the directory to scan, or None in rpc mode."""
+        from .simulation import run_filesystem_simulation, run_rpc_simulation
+
+        sim = self.config.simulate_daq_cfg
+        if sim.simulation_mode == "filesystem":
+            await tg.start(run_filesystem_simulation, sim)
+            return sim.data_dir
+        if sim.simulation_mode == "rpc":
+            if self.channel_factory is None or self.run_on_grpclib_loop is None:
+                raise RuntimeError("rpc simulation needs a listener to upload to")
+            tg.start_soon(self.run_on_grpclib_loop, run_rpc_simulation, sim, self.channel_factory)
+            return None
+        raise RuntimeError(f"simulation mode {sim.simulation_mode!r} is not available")
+
+    async def stop_sources(self) -> None:
+        """Cancel the running data sources and wait until they are gone (R-INIT-6)."""
+        sources, self._sources = self._sources, None
+        self.hp_io_valid = False
+        if sources is None:
+            return
+        sources.scope.cancel()
+        with anyio.move_on_after(self.config.hp_io_stop_timeout):
+            await sources.stopped.wait()
+            return
+        log.warning("data sources did not stop within %g s", self.config.hp_io_stop_timeout)
+
+    def begin_shutdown(self) -> None:
+        """R-STOP-1, R-STREAM-3: refuse new streams and end the active ones."""
+        self.shutting_down = True
+        self.hub.end_all(Status.UNAVAILABLE, "server shutting down")
+
+
+def interval_ok(interval_s: float, minimum_s: float) -> bool:
+    """R-INIT-1: the hp_io interval is a number >= the configured minimum."""
+    return not math.isnan(interval_s) and interval_s >= minimum_s
