@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import pff
+from .client import AioDaqDataClient, AsyncDaqClient, DaqClient, DaqDataClient
 from .errors import CodecError, ConfigError, ImageError, PanosetiDaqError, PFFError, RpcError
 from .frames import PanoFrame
 from .products import PRODUCTS, DataProduct, ImageType, product_for, product_named
@@ -11,8 +13,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRODUCTS",
+    "AioDaqDataClient",
+    "AsyncDaqClient",
     "CodecError",
     "ConfigError",
+    "DaqClient",
+    "DaqDataClient",
     "DataProduct",
     "FrameTime",
     "ImageError",
@@ -23,6 +29,7 @@ __all__ = [
     "RpcError",
     "__version__",
     "frame_time",
+    "pff",
     "product_for",
     "product_named",
     "wr_to_unix_ns",

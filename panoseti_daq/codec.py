@@ -5,7 +5,8 @@ image. This codec encodes and decodes PanoImage, StreamImagesResponse and Upload
 directly between bytes and PanoFrame (pixels as numpy arrays, packed varints vectorised), and
 plugs into grpclib as a Codec. The fast message forms are `StreamReply` and `UploadItem`; a
 handler or stub declares them as its message types to take the fast path. Every other message
-(and the betterproto2 forms of those three) goes through betterproto2.
+(and the betterproto2 forms of those three) goes through betterproto2, or protobuf for the
+reflection and health services.
 
 Decoding follows protobuf's rules: fields in any order, unknown fields skipped, packed or
 unpacked repeated scalars, the last value of a scalar wins. Malformed bytes raise CodecError,
@@ -40,6 +41,7 @@ __all__ = [
     "encode_stream_reply",
     "encode_struct",
     "encode_upload_item",
+    "stream_response_message",
 ]
 
 _DOUBLE = struct.Struct("<d")
@@ -443,7 +445,8 @@ def _frame_of(image: PanoImage | None) -> PanoFrame | None:
     return None if image is None else PanoFrame.from_message(image)
 
 
-def _stream_response(reply: StreamReply) -> StreamImagesResponse:
+def stream_response_message(reply: StreamReply) -> StreamImagesResponse:
+    """The betterproto2 StreamImagesResponse of a StreamReply."""
     stamp = None
     if reply.timestamp_ns:
         seconds, nanos = divmod(reply.timestamp_ns, _NS)
@@ -483,7 +486,8 @@ class DaqCodec(CodecBase):
             return encode_stream_reply(_stream_reply_of(message))
         if not isinstance(message, message_type):
             raise TypeError(f"message must be of type {message_type!r}, not {type(message)!r}")
-        return bytes(message)
+        # betterproto2 and protobuf messages (reflection, health) both serialise this way.
+        return message.SerializeToString()
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         if message_type is StreamReply:
@@ -493,7 +497,7 @@ class DaqCodec(CodecBase):
         if message_type is PanoImage:
             return decode_pano_image(data).to_message()
         if message_type is StreamImagesResponse:
-            return _stream_response(decode_stream_reply(data))
+            return stream_response_message(decode_stream_reply(data))
         if message_type is UploadImageRequest:
             item = decode_upload_item(data)
             return UploadImageRequest(
@@ -503,6 +507,6 @@ class DaqCodec(CodecBase):
         for _ in _fields(data, 0, len(data), message_type.__name__):
             pass
         try:
-            return message_type.parse(data)
+            return message_type.FromString(data)
         except Exception as exc:  # betterproto2 raises assorted errors on malformed bytes
             raise CodecError(f"{message_type.__name__}: malformed message: {exc}") from exc

@@ -29,11 +29,11 @@ from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
+from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec
 from ..config import HpIoConfig, ServerConfig, load_hp_io_config
 from ..errors import ConfigError
 from ..messages import DESCRIPTOR_POOL
-from .bridge import GrpclibLoop, grpclib_loop
 from .core import ServerCore
 from .service import DaqDataService
 
