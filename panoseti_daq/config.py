@@ -3,6 +3,11 @@
 Each file type has one loader that validates every key at load time and returns a frozen
 dataclass; an unknown key, a wrong type or an out-of-range value raises ConfigError naming the
 key (dotted for nested keys) and the file (R-CFG-1). Defaults live in the dataclasses.
+
+`simulate_daq_cfg` is read in both layouts of the original (R-CFG-4): the seed README's
+(`files` with data_dir, real_run_dir and name templates) and the later one (`source_data`,
+`filesystem_cfg`, `strategies` per mode). Keys of the later layout that we do not implement are
+accepted with a warning naming them.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BUNDLED_CONFIG_DIR",
     "DAQ_ACTIVE_CHECKS",
+    "SIMULATION_MODES",
     "HpIoConfig",
     "ServerConfig",
     "SimulateConfig",
     "UdsIngestConfig",
+    "default_sim_data_dir",
     "hp_io_config_from_dict",
     "load_hp_io_config",
     "load_server_config",
@@ -40,23 +47,36 @@ __all__ = [
 BUNDLED_CONFIG_DIR = Path(__file__).parent / "config"
 DAQ_ACTIVE_CHECKS = ("process", "marker", "recent_write")
 SIMULATION_MODES = ("filesystem", "rpc", "uds")
+# The later layout names the filesystem simulation after the hp_io method that reads it.
+_MODE_ALIASES = {"filesystem_poll": "filesystem", "filesystem_pipe": "filesystem"}
+MOVIE_TYPES = tuple(name for name, p in PRODUCTS.items() if p.is_movie)
+PH_TYPES = tuple(name for name, p in PRODUCTS.items() if not p.is_movie)
+_MAX_UINT32 = 2**32 - 1
+# Top-level keys of the original's later versions that this server does not implement.
+_LATER_TOP_LEVEL = ("role", "gateway", "log_dir", "grpc_logging", "read_status_pipe_name")
+# The names the filesystem simulation uses; other values of the seed's templates are ignored.
+_STANDARD_TEMPLATES = {
+    "sim_run_dir_template": "module_{module_id}/obs_SIMULATE",
+    "daq_active_file": "module_{module_id}.daq-active",
+}
 
 
-def _default_sim_dir() -> Path:
+def default_sim_data_dir() -> Path:
+    """Where the filesystem simulation writes its run unless configured: <tempdir>/..."""
     return Path(tempfile.gettempdir()) / "panoseti_daq_sim"
 
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    """simulate_daq_cfg: how the simulation replays archived data (spec §9)."""
+    """simulate_daq_cfg: how the simulation replays archived data (spec §9, R-SIM-1)."""
 
     simulation_mode: str = "filesystem"
     movie_type: str = "img16"
     ph_type: str = "ph256"
     frames_per_pff: int = 1000
     sim_module_ids: tuple[int, ...] = (224,)
-    real_module_id: int = 254
-    data_dir: Path = field(default_factory=_default_sim_dir)
+    real_module_id: int = 1
+    data_dir: Path = field(default_factory=default_sim_data_dir)
     source_dir: Path | None = None
     frame_rate_hz: float = 10.0
     frame_limit: int = 0
@@ -64,12 +84,12 @@ class SimulateConfig:
 
 @dataclass(frozen=True)
 class UdsIngestConfig:
-    """acquisition_methods.uds: Hashpipe's Unix-socket ingest (spec §12)."""
+    """acquisition_methods.uds: Hashpipe's Unix-socket ingest (spec §12, R-UDS-1)."""
 
     enabled: bool = False
-    data_products: tuple[str, ...] = ("img16", "ph256")
+    data_products: tuple[str, ...] = tuple(PRODUCTS)
     socket_path_template: str = "/tmp/hashpipe_grpc.dp_{dp_name}.sock"
-    read_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -100,9 +120,12 @@ class ServerConfig:
 
     @classmethod
     def defaults(cls) -> ServerConfig:
-        return cls(allowed_data_roots=(Path.cwd(), _default_sim_dir()))
+        """Every key at its default; allowed_data_roots = (cwd, the simulation's data_dir)."""
+        simulate = SimulateConfig()
+        return cls(simulate_daq_cfg=simulate, allowed_data_roots=(Path.cwd(), simulate.data_dir))
 
     def replace(self, **changes: Any) -> ServerConfig:
+        """A copy with some attributes changed (dataclasses.replace, not validated)."""
         return dataclasses.replace(self, **changes)
 
     @property
@@ -114,7 +137,8 @@ class ServerConfig:
         return target[len("unix://") :] if target.startswith("unix://") else target
 
     def default_hp_io_config_path(self) -> Path:
-        path = Path(self.default_hp_io_config_file)
+        """default_hp_io_config_file, relative to the config file, else the bundled configs."""
+        path = Path(self.default_hp_io_config_file).expanduser()
         if path.is_absolute():
             return path
         base = self.config_file.parent if self.config_file else BUNDLED_CONFIG_DIR
@@ -137,6 +161,12 @@ class HpIoConfig:
 # --- validation helpers -------------------------------------------------------------------
 
 
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        type(value), "a list" if isinstance(value, list) else "an object"
+    )
+
+
 class _Reader:
     """Reads typed values out of one JSON object, naming key and file in every error."""
 
@@ -144,7 +174,8 @@ class _Reader:
         self.file = file
         self.prefix = prefix
         if not isinstance(data, Mapping):
-            raise ConfigError(prefix or "<top level>", "must be a JSON object", file)
+            shown = "null" if data is None else _type_name(data)
+            raise ConfigError(prefix or "<top level>", f"must be a JSON object, not {shown}", file)
         self.data = dict(data)
         self.used: set[str] = set()
 
@@ -169,64 +200,79 @@ class _Reader:
             raise self.error(name, f"must be true or false, not {value!r}")
         return value
 
-    def integer(self, name: str, default: int, minimum: int | None = None) -> int:
+    def integer(
+        self, name: str, default: int, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
         if name not in self.data:
             return default
         value = self.raw(name)
+        # bool is an int in Python, not in JSON.
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(name, f"must be an integer, not {value!r}")
         if minimum is not None and value < minimum:
             raise self.error(name, f"must be >= {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            raise self.error(name, f"must be <= {maximum}, not {value}")
         return value
 
     def number(
         self, name: str, default: float, minimum: float | None = None, exclusive: bool = False
     ) -> float:
+        """A float; JSON integers are accepted, booleans, NaN and infinities are not."""
         if name not in self.data:
             return default
         value = self.raw(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(name, f"must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise self.error(name, f"must be a finite number, not {value!r}")
         if minimum is not None and (value <= minimum if exclusive else value < minimum):
             raise self.error(name, f"must be {'>' if exclusive else '>='} {minimum}, not {value}")
         return float(value)
 
-    def string(self, name: str, default: str) -> str:
+    def string(self, name: str, default: str, nonempty: bool = False) -> str:
         if name not in self.data:
             return default
         value = self.raw(name)
         if not isinstance(value, str):
             raise self.error(name, f"must be a string, not {value!r}")
+        if nonempty and not value:
+            raise self.error(name, "must not be empty")
         return value
 
     def path(self, name: str, default: Path | None) -> Path | None:
+        """A path; relative paths are relative to the config file's directory."""
         if name not in self.data:
             return default
         text = self.string(name, "")
         if not text:
             return default
-        path = Path(text).expanduser()
-        if not path.is_absolute() and self.file is not None:
-            path = self.file.parent / path
-        return path
+        return _resolve(text, self.file)
 
     def int_list(self, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
         if name not in self.data:
             return default
         value = self.raw(name)
         if not isinstance(value, list) or any(
-            isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32 for v in value
+            isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _MAX_UINT32
+            for v in value
         ):
             raise self.error(name, f"must be a list of module ids (0 .. 2**32-1), not {value!r}")
+        if len(set(value)) != len(value):
+            raise self.error(name, f"names a module twice: {value!r}")
         return tuple(value)
 
-    def choice_list(self, name: str, default: tuple[str, ...], choices: tuple[str, ...]) -> tuple:
+    def choice_list(
+        self, name: str, default: tuple[str, ...], choices: tuple[str, ...]
+    ) -> tuple[str, ...]:
         if name not in self.data:
             return default
         value = self.raw(name)
-        if not isinstance(value, list) or any(v not in choices for v in value):
-            raise self.error(name, f"must be a list of {', '.join(choices)}; got {value!r}")
-        return tuple(value)
+        if not isinstance(value, list) or any(
+            not isinstance(v, str) or v not in choices for v in value
+        ):
+            raise self.error(name, f"must be a list of {', '.join(choices)}; not {value!r}")
+        return tuple(dict.fromkeys(value))
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.string(name, default)
@@ -239,14 +285,35 @@ class _Reader:
             return None
         return _Reader(self.raw(name), self.file, self.key(name))
 
+    def ignore(self, name: str, why: str) -> None:
+        """Accept a key we do not implement, with a warning naming it (R-CFG-4)."""
+        if name in self.data:
+            self.used.add(name)
+            log.warning("%s: %r is accepted but not used: %s", self._where(), self.key(name), why)
+
     def reject_unknown(self, tolerated: tuple[str, ...] = ()) -> None:
+        """ConfigError for the first key not read; `tolerated` keys only warn, `comments` pass."""
         for name in self.data:
-            if name in self.used:
+            if name in self.used or name == "comments":
                 continue
             if name in tolerated:
-                log.warning("%s: key %r is accepted but not used", self.file, self.key(name))
+                self.ignore(name, "not implemented by this server")
                 continue
             raise self.error(name, "unknown key")
+
+    def _where(self) -> str:
+        return str(self.file) if self.file else "config"
+
+
+def _resolve(text: str, file: Path | None) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = (file.parent if file is not None else Path.cwd()) / path
+    return path
+
+
+def _as_path(file: str | os.PathLike[str] | None) -> Path | None:
+    return None if file is None else Path(file)
 
 
 def _read_json(path: str | os.PathLike[str]) -> tuple[Any, Path]:
@@ -266,69 +333,125 @@ def _read_json(path: str | os.PathLike[str]) -> tuple[Any, Path]:
 # --- simulate_daq_cfg -----------------------------------------------------------------------
 
 
+def _frame_limit(reader: _Reader, default: int) -> int:
+    # The later layout writes -1 for "no limit"; we write 0 (R-SIM-5: loop forever).
+    return max(0, reader.integer("frame_limit", default, -1))
+
+
+def _source_dir(reader: _Reader, name: str, path: Path, what: str) -> Path | None:
+    if path.exists():
+        return path
+    log.warning(
+        "%s: %s %s of %r does not exist; the simulation replays the bundled data",
+        reader._where(),
+        what,
+        path,
+        reader.key(name),
+    )
+    return None
+
+
+def _seed_files(files: _Reader, values: dict[str, Any]) -> None:
+    """The seed README's `files` object: data_dir, real_run_dir and name templates."""
+    values["data_dir"] = files.path("data_dir", values["data_dir"])
+    real_run_dir = files.string("real_run_dir", "")
+    if real_run_dir:
+        run = Path(real_run_dir).expanduser()
+        if not run.is_absolute():
+            # The original kept the real run next to the simulated modules.
+            run = values["data_dir"] / f"module_{values['real_module_id']}" / run
+        values["source_dir"] = _source_dir(files, "real_run_dir", run, "directory")
+    _templates(files)
+    files.reject_unknown()
+
+
+def _templates(reader: _Reader) -> None:
+    for name, standard in _STANDARD_TEMPLATES.items():
+        if reader.string(name, standard) != standard:
+            reader.ignore(name, f"the simulation always uses {standard!r}")
+    for name in ("movie_pff_template", "ph_pff_template"):
+        reader.string(name, "")
+        reader.ignore(name, "simulated files are named with the standard grammar (R-NAME-2)")
+
+
+def _later_layout(reader: _Reader, values: dict[str, Any], mode_name: str) -> None:
+    """The original's later layout: source_data, filesystem_cfg, strategies per mode."""
+    source = reader.child("source_data")
+    if source is not None:
+        values["real_module_id"] = source.integer(
+            "real_module_id", values["real_module_id"], 0, _MAX_UINT32
+        )
+        for name in ("movie_pff_path", "ph_pff_path"):
+            path = source.path(name, None)
+            if path is not None and values["source_dir"] is None:
+                values["source_dir"] = _source_dir(source, name, path.parent, "directory of")
+        source.reject_unknown()
+    filesystem = reader.child("filesystem_cfg")
+    if filesystem is not None:
+        values["data_dir"] = filesystem.path("sim_data_dir", values["data_dir"])
+        values["data_dir"] = filesystem.path("data_dir", values["data_dir"])
+        _templates(filesystem)
+        filesystem.reject_unknown()
+    strategies = reader.child("strategies")
+    if strategies is None:
+        return
+    mode = values["simulation_mode"]
+    # The strategy of the configured mode: its own name first, then its aliases.
+    wanted = [mode_name, mode, *(a for a, m in _MODE_ALIASES.items() if m == mode)]
+    chosen = next((name for name in wanted if name in strategies.data), None)
+    settings: dict[str, dict[str, Any]] = {}
+    for name in (*SIMULATION_MODES, *_MODE_ALIASES):
+        strategy = strategies.child(name)
+        if strategy is None:
+            continue
+        settings[name] = {
+            "frames_per_pff": strategy.integer("frames_per_pff", values["frames_per_pff"], 1),
+            "frame_limit": _frame_limit(strategy, values["frame_limit"]),
+            "frame_rate_hz": strategy.number("frame_rate_hz", values["frame_rate_hz"], 0.0),
+        }
+        strategy.reject_unknown(tolerated=("data_products", "sim_module_ids"))
+    strategies.reject_unknown()
+    if chosen is not None:
+        values.update(settings[chosen])
+
+
 def _simulate_config(reader: _Reader | None) -> SimulateConfig:
     defaults = SimulateConfig()
     if reader is None:
         return defaults
-    mode = reader.choice("simulation_mode", defaults.simulation_mode, SIMULATION_MODES)
+    mode_name = reader.choice(
+        "simulation_mode", defaults.simulation_mode, (*SIMULATION_MODES, *_MODE_ALIASES)
+    )
     values: dict[str, Any] = {
-        "simulation_mode": mode,
-        "movie_type": reader.choice("movie_type", defaults.movie_type, ("img16", "img8")),
-        "ph_type": reader.choice("ph_type", defaults.ph_type, ("ph256", "ph1024")),
+        "simulation_mode": _MODE_ALIASES.get(mode_name, mode_name),
+        "movie_type": reader.choice("movie_type", defaults.movie_type, MOVIE_TYPES),
+        "ph_type": reader.choice("ph_type", defaults.ph_type, PH_TYPES),
         "frames_per_pff": reader.integer("frames_per_pff", defaults.frames_per_pff, 1),
         "sim_module_ids": reader.int_list("sim_module_ids", defaults.sim_module_ids),
-        "real_module_id": reader.integer("real_module_id", defaults.real_module_id, 0),
+        "real_module_id": reader.integer("real_module_id", defaults.real_module_id, 0, _MAX_UINT32),
         "data_dir": reader.path("data_dir", defaults.data_dir),
         "source_dir": reader.path("source_dir", None),
         "frame_rate_hz": reader.number("frame_rate_hz", defaults.frame_rate_hz, 0.0),
-        "frame_limit": reader.integer("frame_limit", defaults.frame_limit, 0),
+        "frame_limit": _frame_limit(reader, defaults.frame_limit),
     }
-    # The seed's layout: `files` with data_dir, real_run_dir and name templates.
+    if values["source_dir"] is not None and not values["source_dir"].is_dir():
+        raise reader.error("source_dir", f"{values['source_dir']} is not a directory")
     files = reader.child("files")
     if files is not None:
-        values["data_dir"] = files.path("data_dir", values["data_dir"])
-        real_run_dir = files.string("real_run_dir", "")
-        if real_run_dir:
-            run = Path(real_run_dir)
-            if not run.is_absolute():
-                run = values["data_dir"] / f"module_{values['real_module_id']}" / run
-            values["source_dir"] = run if run.is_dir() else None
-            if values["source_dir"] is None:
-                log.info("%s: real_run_dir %s not found; replaying bundled data", reader.file, run)
-        for name in (
-            "sim_run_dir_template",
-            "movie_pff_template",
-            "ph_pff_template",
-            "daq_active_file",
-        ):
-            files.string(name, "")
-        files.reject_unknown()
-    # The original's later layout: source_data, filesystem_cfg, strategies per mode.
-    source = reader.child("source_data")
-    if source is not None:
-        for name in ("movie_pff_path", "ph_pff_path"):
-            path = source.path(name, None)
-            if path is not None:
-                values["source_dir"] = path.parent
-        source.reject_unknown(tolerated=tuple(source.data))
-    filesystem = reader.child("filesystem_cfg")
-    if filesystem is not None:
-        values["data_dir"] = filesystem.path("data_dir", values["data_dir"])
-        filesystem.reject_unknown(tolerated=tuple(filesystem.data))
-    strategies = reader.child("strategies")
-    if strategies is not None:
-        strategy = strategies.child(mode)
-        if strategy is not None:
-            values["frames_per_pff"] = strategy.integer(
-                "frames_per_pff", values["frames_per_pff"], 1
-            )
-            values["frame_limit"] = strategy.integer("frame_limit", values["frame_limit"], 0)
-            values["frame_rate_hz"] = strategy.number("frame_rate_hz", values["frame_rate_hz"], 0.0)
-            strategy.reject_unknown(tolerated=tuple(strategy.data))
-        strategies.reject_unknown(tolerated=tuple(strategies.data))
-    reader.reject_unknown(tolerated=("comments",))
+        _seed_files(files, values)
+    _later_layout(reader, values, mode_name)
+    reader.reject_unknown()
     if not values["sim_module_ids"]:
         raise reader.error("sim_module_ids", "must name at least one module")
+    if (
+        values["simulation_mode"] == "filesystem"
+        and values["frame_rate_hz"] == 0
+        and values["frame_limit"] == 0
+    ):
+        raise reader.error(
+            "frame_rate_hz",
+            "0 (as fast as possible) needs a frame_limit in filesystem mode: the disk would fill",
+        )
     return SimulateConfig(**values)
 
 
@@ -340,42 +463,48 @@ def _uds_config(methods: _Reader | None) -> UdsIngestConfig:
     for name in ("filesystem_poll", "filesystem_pipe"):
         method = methods.child(name)
         if method is not None:
+            # The scanner is the one filesystem method here; its flag is validated, not used.
             method.boolean("enabled", True)
-            method.reject_unknown(tolerated=tuple(method.data))
+            method.reject_unknown()
     uds = methods.child("uds")
     if uds is not None:
         config = UdsIngestConfig(
-            enabled=uds.boolean("enabled", defaults.enabled),
+            # The original enables the ingest when its section exists.
+            enabled=uds.boolean("enabled", True),
             data_products=uds.choice_list("data_products", defaults.data_products, tuple(PRODUCTS)),
-            socket_path_template=uds.string("socket_path_template", defaults.socket_path_template),
+            socket_path_template=uds.string(
+                "socket_path_template", defaults.socket_path_template, nonempty=True
+            ),
             read_timeout_s=uds.number("read_timeout", defaults.read_timeout_s, 0.0, exclusive=True),
         )
         if "{dp_name}" not in config.socket_path_template:
             raise uds.error("socket_path_template", "must contain {dp_name}")
-        uds.reject_unknown(tolerated=("comments",))
-    methods.reject_unknown(tolerated=tuple(methods.data))
+        uds.reject_unknown()
+    methods.reject_unknown()
     return config
 
 
 # --- loaders --------------------------------------------------------------------------------
 
 
-def server_config_from_dict(data: Mapping[str, Any], file: Path | None = None) -> ServerConfig:
-    """A validated ServerConfig from the JSON object of daq_data_server_config.json."""
-    r = _Reader(data, file)
+def server_config_from_dict(
+    data: Mapping[str, Any], file: str | os.PathLike[str] | None = None
+) -> ServerConfig:
+    """A validated ServerConfig from the JSON object of daq_data_server_config.json (R-CFG-1).
+
+    `file` names the file in errors, and relative paths resolve against its directory.
+    """
+    path = _as_path(file)
+    r = _Reader(data, path)
     d = ServerConfig.defaults()
     simulate = _simulate_config(r.child("simulate_daq_cfg"))
-    roots_default = (Path.cwd(), simulate.data_dir)
-    roots = roots_default
+    roots: tuple[Path, ...] = (Path.cwd(), simulate.data_dir)
     if r.has("allowed_data_roots"):
         value = r.raw("allowed_data_roots")
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise r.error("allowed_data_roots", f"must be a list of directories, not {value!r}")
-        base = file.parent if file else Path.cwd()
-        roots = (*tuple((base / Path(v).expanduser()).resolve() for v in value), simulate.data_dir)
-    port = r.integer("port", d.port, 0)
-    if port > 65535:
-        raise r.error("port", f"must be <= 65535, not {port}")
+        roots = tuple(_resolve(v, path).resolve() for v in value)
+    server_name = r.string("server_name", d.server_name) or d.server_name
     config = ServerConfig(
         init_from_default=r.boolean("init_from_default", d.init_from_default),
         default_hp_io_config_file=r.string(
@@ -405,27 +534,29 @@ def server_config_from_dict(data: Mapping[str, Any], file: Path | None = None) -
         simulate_daq_cfg=simulate,
         allowed_data_roots=roots,
         daq_active_check=r.choice_list("daq_active_check", d.daq_active_check, DAQ_ACTIVE_CHECKS),
-        server_name=r.string("server_name", d.server_name) or d.server_name,
-        host=r.string("host", d.host),
-        port=port,
+        server_name=server_name,
+        host=r.string("host", d.host, nonempty=True),
+        port=r.integer("port", d.port, 0, 65535),
         uds_ingest=_uds_config(r.child("acquisition_methods")),
-        config_file=file,
+        config_file=path,
     )
     if not config.valid_data_products:
         raise r.error("valid_data_products", "must name at least one data product")
-    r.reject_unknown(tolerated=("comments",))
+    r.reject_unknown(tolerated=_LATER_TOP_LEVEL)
     return config
 
 
 def load_server_config(path: str | os.PathLike[str] | None = None) -> ServerConfig:
-    """Load daq_data_server_config.json; None loads the bundled default."""
+    """Load daq_data_server_config.json; None loads the bundled one."""
     data, file = _read_json(path or BUNDLED_CONFIG_DIR / "daq_data_server_config.json")
     return server_config_from_dict(data, file)
 
 
-def hp_io_config_from_dict(data: Mapping[str, Any], file: Path | None = None) -> HpIoConfig:
+def hp_io_config_from_dict(
+    data: Mapping[str, Any], file: str | os.PathLike[str] | None = None
+) -> HpIoConfig:
     """A validated HpIoConfig from the JSON object of hp_io_config.json (R-CFG-2)."""
-    r = _Reader(data, file)
+    r = _Reader(data, _as_path(file))
     d = HpIoConfig()
     config = HpIoConfig(
         data_dir=r.string("data_dir", d.data_dir),
