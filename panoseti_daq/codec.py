@@ -180,7 +180,12 @@ def _decode_value(buf: bytes, start: int, end: int) -> Any:
     # The common case first: a number is exactly 0x11 and 8 bytes.
     if end - start == 9 and buf[start] == 0x11:
         return _unpack_double(buf, start + 1)[0]
-    if buf[start] == 0x2A and buf[start + 1] < 0x80 and start + 2 + buf[start + 1] == end:
+    if (
+        end - start >= 2
+        and buf[start] == 0x2A
+        and buf[start + 1] < 0x80
+        and start + 2 + buf[start + 1] == end
+    ):
         return decode_struct(buf, start + 2, end)
     value: Any = None
     for number, wire_type, data in _fields(buf, start, end, "header Value"):
@@ -230,7 +235,7 @@ def decode_struct(buf: bytes, start: int = 0, end: int | None = None) -> dict[st
     while pos < end:
         # Fast path: an entry `0a L 0a K key 12 V value` with one-byte lengths, as every
         # Hashpipe header has; anything else goes through the general parser.
-        if buf[pos] == 0x0A and pos + 2 < end:
+        if buf[pos] == 0x0A and pos + 3 < end:
             entry_end = pos + 2 + buf[pos + 1]
             key_end = pos + 4 + buf[pos + 3]
             if (

@@ -1,0 +1,145 @@
+"""Wire codec speed: µs per image to encode and decode a PanoImage, ours against the others.
+
+For img16 (a synthetic 32x32 movie frame with a 4-quabo header) and ph256 (the first frame of
+the bundled real file), in one run:
+- ours: `encode_pano_image(frame)` / `decode_pano_image(data)` (PanoFrame <-> bytes, validated);
+- betterproto2: `bytes(frame.to_message())` / `PanoImage.parse(data)`;
+- protobuf (upb, the reference): the message built from the frame incl. `ndarray.tolist()` and
+  `Struct.update(header)`, then `SerializeToString()` / `FromString(data)` and
+  `np.array(image_array).reshape(shape)`; `decode_with_header_us` adds `MessageToDict(header)`,
+  which is what ours and betterproto2's decode deliver.
+Each figure is the best of several batches timed with time.perf_counter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from panoseti_daq._bundled import NGC7331_PH256
+from panoseti_daq.codec import decode_pano_image, encode_pano_image
+from panoseti_daq.frames import PanoFrame
+from panoseti_daq.messages import PanoImage
+from panoseti_daq.pff import iter_frames
+from panoseti_daq.products import product_named
+from panoseti_daq.synthetic import synthetic_movie_frames
+
+TARGET_IMG16_TOTAL_US = 30.0
+_BATCH_S = 0.05
+_REPEATS = 5
+
+
+def per_call_us(fn: Callable[[Any], Any], arg: Any) -> float:
+    """Best-of-batches time of one `fn(arg)` in microseconds."""
+    fn(arg)
+    calls = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(arg)
+        elapsed = time.perf_counter() - start
+        if elapsed >= _BATCH_S:
+            break
+        calls = max(calls * 2, int(calls * _BATCH_S / max(elapsed, 1e-9)))
+    best = elapsed / calls
+    for _ in range(_REPEATS - 1):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(arg)
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best * 1e6
+
+
+def sample_frames() -> dict[str, PanoFrame]:
+    """The benchmark images: img16 synthetic, ph256 from the bundled real run."""
+    movie = synthetic_movie_frames("img16", count=4, module_id=1)[3]
+    img16 = PanoFrame.create(
+        "img16",
+        movie.header,
+        movie.pixels,
+        1,
+        "start_2024-07-25T04_34_46Z.dp_img16.bpp_2.module_1.seqno_0.pff",
+        3,
+    )
+    ph256_product = product_named("ph256")
+    header, pixels = next(iter_frames(NGC7331_PH256, ph256_product))
+    ph256 = PanoFrame.create("ph256", header, pixels, 254, NGC7331_PH256.name, 0)
+    return {"img16": img16, "ph256": ph256}
+
+
+def _protobuf_functions() -> tuple[Callable[[PanoFrame], bytes], Callable, Callable]:
+    from google.protobuf.json_format import MessageToDict
+
+    from tests.reference import modules
+
+    pb2, _ = modules()
+
+    def encode(frame: PanoFrame) -> bytes:
+        message = pb2.PanoImage(
+            type=int(frame.type),
+            image_array=frame.wire_pixels().tolist(),
+            shape=frame.shape,
+            bytes_per_pixel=frame.bytes_per_pixel,
+            file=frame.file,
+            frame_number=frame.frame_number,
+            module_id=frame.module_id,
+        )
+        message.header.update(frame.header)
+        return message.SerializeToString()
+
+    def decode(data: bytes) -> np.ndarray:
+        message = pb2.PanoImage.FromString(data)
+        return np.array(message.image_array, dtype=np.uint32).reshape(tuple(message.shape))
+
+    def decode_with_header(data: bytes) -> tuple[np.ndarray, dict]:
+        message = pb2.PanoImage.FromString(data)
+        pixels = np.array(message.image_array, dtype=np.uint32).reshape(tuple(message.shape))
+        return pixels, MessageToDict(message.header)
+
+    return encode, decode, decode_with_header
+
+
+def run() -> list[dict]:
+    """One JSON-able dict per (product, implementation), then one summary per product."""
+    pb_encode, pb_decode, pb_decode_with_header = _protobuf_functions()
+    results: list[dict] = []
+    for name, frame in sample_frames().items():
+        data = encode_pano_image(frame)
+        figures = {
+            "ours": (per_call_us(encode_pano_image, frame), per_call_us(decode_pano_image, data)),
+            "betterproto2": (
+                per_call_us(lambda f: bytes(f.to_message()), frame),
+                per_call_us(PanoImage.parse, data),
+            ),
+            "protobuf": (per_call_us(pb_encode, frame), per_call_us(pb_decode, data)),
+        }
+        for impl, (encode_us, decode_us) in figures.items():
+            row = {
+                "product": name,
+                "impl": impl,
+                "bytes": len(data),
+                "encode_us": round(encode_us, 2),
+                "decode_us": round(decode_us, 2),
+                "total_us": round(encode_us + decode_us, 2),
+            }
+            if impl == "protobuf":
+                row["decode_with_header_us"] = round(per_call_us(pb_decode_with_header, data), 2)
+            results.append(row)
+        ours = sum(figures["ours"])
+        summary = {
+            "product": name,
+            "impl": "summary",
+            "ours_total_us": round(ours, 2),
+            "speedup_vs_betterproto2": round(sum(figures["betterproto2"]) / ours, 1),
+            "speedup_vs_protobuf": round(sum(figures["protobuf"]) / ours, 2),
+            "encode_speedup_vs_protobuf": round(figures["protobuf"][0] / figures["ours"][0], 2),
+            "decode_speedup_vs_protobuf": round(figures["protobuf"][1] / figures["ours"][1], 2),
+        }
+        if name == "img16":
+            summary["target_total_us"] = TARGET_IMG16_TOTAL_US
+            summary["meets_target"] = ours <= TARGET_IMG16_TOTAL_US
+        results.append(summary)
+    return results
