@@ -22,7 +22,7 @@ import anyio
 from .. import pff
 from ..errors import PFFError
 from ..frames import PanoFrame
-from ..products import DataProduct
+from ..products import DataProduct, product_named
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,15 @@ RECENT_WRITE_S = 10.0
 
 @dataclass
 class _FileState:
-    """What the scanner remembers of one data file."""
+    """What the scanner remembers of one data file: enough to read only new frames."""
 
+    inode: int
+    size: int = 0
     frame_size: int | None = None
-    inode: int = -1
     last_index: int = -1
-    corrupt_logged: bool = False
+    # Set when the first header is corrupt: nothing in the file is readable until it shrinks.
+    unreadable: bool = False
+    logged: bool = False
 
 
 def _entries(path: Path) -> list[os.DirEntry[str]]:
@@ -64,20 +67,29 @@ def _newest_run_dir(module_dir: Path) -> Path | None:
 
 
 class RunScanner:
-    """Snapshots of a run directory tree; remembers what it has already published."""
+    """Snapshots of a run directory tree; remembers what it has already published.
+
+    `module_ids` empty follows every module found (R-INIT-9); files of products outside
+    `products` are ignored (R-SCAN-5). Not thread-safe: one scan at a time.
+    """
 
     def __init__(
         self,
         data_dir: str | os.PathLike[str],
         module_ids: Collection[int],
-        products: Iterable[DataProduct],
+        products: Iterable[DataProduct | str],
     ) -> None:
         self.data_dir = Path(data_dir)
         self.module_ids = frozenset(module_ids)
-        self.products = {p.name: p for p in products}
+        self.products = {
+            p.name: p for p in (product_named(p) if isinstance(p, str) else p for p in products)
+        }
         self._files: dict[Path, _FileState] = {}
-        # (module, product) -> (file, index) last published: never publish an older frame.
-        self._published: dict[tuple[int, str], tuple[str, int]] = {}
+        # Per module, the run directory followed; per (module, product), the seqno of the file
+        # last published from it. A file with a lower seqno in the same run holds older frames
+        # (the newer file was deleted): never publish from it again.
+        self._run_dirs: dict[int, Path] = {}
+        self._published_seqno: dict[tuple[int, str], int] = {}
 
     def modules(self) -> dict[int, Path]:
         """module id -> module directory, for the modules this scanner follows (R-SCAN-1)."""
@@ -90,72 +102,98 @@ class RunScanner:
         return found
 
     def scan(self) -> list[PanoFrame]:
-        """One snapshot: the frames that are new since the last one (R-SCAN-2)."""
+        """One snapshot: the newest complete frame of each (module, product), if new (R-SCAN-2).
+
+        Never raises for what it finds on disk (R-SCAN-4).
+        """
         frames: list[PanoFrame] = []
         seen: set[Path] = set()
-        for module, module_dir in sorted(self.modules().items()):
+        modules = self.modules()
+        for module in self._run_dirs.keys() - modules.keys():
+            self._new_run(module, None)
+        for module, module_dir in sorted(modules.items()):
             run_dir = _newest_run_dir(module_dir)
+            if run_dir != self._run_dirs.get(module):
+                self._new_run(module, run_dir)
             if run_dir is None:
                 continue
-            for name, path in self._newest_files(run_dir).items():
+            for name, (seqno, path) in sorted(self._newest_files(run_dir).items()):
                 seen.add(path)
+                if seqno < self._published_seqno.get((module, name), -1):
+                    continue
                 frame = self._newest_frame(module, self.products[name], path)
                 if frame is not None:
+                    self._published_seqno[(module, name)] = seqno
                     frames.append(frame)
-        for path in list(self._files):
-            if path not in seen:
-                del self._files[path]
+        # Files that are gone, or no longer the newest of their product: forget them.
+        for path in self._files.keys() - seen:
+            del self._files[path]
         return frames
 
-    def _newest_files(self, run_dir: Path) -> dict[str, Path]:
-        """product name -> the file with the highest seqno (R-NAME-2, R-SCAN-5)."""
-        newest: dict[str, tuple[int, Path]] = {}
+    def _new_run(self, module: int, run_dir: Path | None) -> None:
+        """Module `module` follows another run directory (or none): its history resets."""
+        if run_dir is None:
+            self._run_dirs.pop(module, None)
+        else:
+            self._run_dirs[module] = run_dir
+        for name in self.products:
+            self._published_seqno.pop((module, name), None)
+
+    def _newest_files(self, run_dir: Path) -> dict[str, tuple[int, Path]]:
+        """product name -> (seqno, path) of its file with the highest seqno (R-NAME-2, -3)."""
+        newest: dict[str, tuple[int, str]] = {}
         for entry in _entries(run_dir):
             name = pff.DataFileName.parse(entry.name)
             if name is None or name.dp not in self.products:
                 continue
-            best = newest.get(name.dp)
-            if best is None or name.seqno > best[0]:
-                newest[name.dp] = (name.seqno, Path(entry.path))
-        return {dp: path for dp, (_, path) in newest.items()}
+            key = (name.seqno, entry.name)
+            if key > newest.get(name.dp, (-1, "")):
+                newest[name.dp] = key
+        return {dp: (seqno, run_dir / file) for dp, (seqno, file) in newest.items()}
 
     def _newest_frame(self, module: int, product: DataProduct, path: Path) -> PanoFrame | None:
-        state = self._files.get(path)
+        """The file's newest complete frame if not published yet (R-PFF-3): one stat, one read."""
         try:
             stat = path.stat()
-            if state is None or stat.st_ino != state.inode:
-                # A file not seen before, or a new file under an old name.
-                state = self._files[path] = _FileState(inode=stat.st_ino)
+        except OSError:
+            self._files.pop(path, None)
+            return None
+        state = self._files.get(path)
+        if state is None or stat.st_ino != state.inode:
+            state = self._files[path] = _FileState(inode=stat.st_ino)
+        elif stat.st_size < state.size:
+            # Truncated, or replaced by a file that got the same inode: what it holds now is
+            # another file's frames, maybe of another size. Start again (R-SCAN-4).
+            log.info("%s shrank from %d to %d bytes", path, state.size, stat.st_size)
+            state = self._files[path] = _FileState(inode=stat.st_ino)
+        state.size = stat.st_size
+        if state.unreadable:
+            return None
+        index = -1
+        try:
             if state.frame_size is None:
                 state.frame_size = pff.frame_size_of(path, product)
                 if state.frame_size is None:
-                    return None
-            count = pff.frame_count(stat.st_size, state.frame_size)
-            if count == 0:
-                return None
-            index = count - 1
-            if index < state.last_index:
-                # Truncated: that frame was seen before; frames appended later are new.
-                state.last_index = index
-                return None
-            if index == state.last_index or self._published.get((module, product.name)) == (
-                path.name,
-                index,
-            ):
+                    return None  # the first header is still being written
+            index = pff.frame_count(stat.st_size, state.frame_size) - 1
+            if index <= state.last_index:
                 return None
             header, pixels = pff.read_frame(path, product, index, state.frame_size)
         except FileNotFoundError:
             self._files.pop(path, None)
             return None
         except (PFFError, OSError, ValueError) as exc:
-            if not state.corrupt_logged:
-                log.warning("skipping corrupt frame in %s: %s", path, exc)
-                state.corrupt_logged = True
-            # Re-measure the frame size next time: the file may have been replaced.
-            state.frame_size = None
+            if state.frame_size is None:
+                state.unreadable = True
+            else:
+                # Skip this frame; measure the frame size again in case the file was rewritten.
+                state.last_index = index
+                state.frame_size = None
+            if not state.logged:
+                state.logged = True
+                log.warning("skipping corrupt data in %s: %s", path, exc)
             return None
         state.last_index = index
-        self._published[(module, product.name)] = (path.name, index)
         return PanoFrame(product, header, pixels, module, path.name, index)
 
 
@@ -185,6 +223,7 @@ async def run_scanner(
 
 
 _HASHPIPE = re.compile(rb"hashpipe")
+_MARKER = re.compile(r"module_\d+\.daq-active")
 
 
 def _hashpipe_running() -> bool:
@@ -206,7 +245,7 @@ def _marker_exists(data_dir: Path) -> bool:
             continue
         for run_dir in _entries(Path(module_dir.path)):
             for entry in _entries(Path(run_dir.path)) if run_dir.is_dir() else []:
-                if entry.name.endswith(".daq-active"):
+                if _MARKER.fullmatch(entry.name):
                     return True
     return False
 
@@ -230,7 +269,14 @@ def _recent_write(data_dir: Path, now: float) -> bool:
 def daq_is_active(
     data_dir: str | os.PathLike[str], checks: Collection[str], now: float | None = None
 ) -> bool:
-    """Whether a DAQ is writing under data_dir (R-INIT-4), by the checks the config names."""
+    """Whether a DAQ is writing under data_dir (R-INIT-4), by the checks the config names.
+
+    Checks: "process" (a hashpipe process runs), "marker" (a `module_<id>.daq-active` file in a
+    run directory), "recent_write" (a data file changed in the last 10 s before `now`, Unix
+    seconds, default the current time). No checks at all: the DAQ counts as active.
+    """
+    if not checks:
+        return True
     now = time.time() if now is None else now
     path = Path(data_dir)
     return (
