@@ -97,6 +97,7 @@ _CONNECTION_ERRORS = (GRPCError, StreamTerminatedError, OSError, ConnectionError
 class _StreamState:
     errors: list[RpcError] = field(default_factory=list)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    finished: bool = False
 
 
 class ImageStream:
@@ -143,7 +144,8 @@ class ImageStream:
         await anyio.lowlevel.checkpoint()
 
     def close(self) -> None:
-        self._state.scope.cancel()
+        if not self._state.finished:
+            self._state.scope.cancel()
         self._receive.close()
 
     async def __aenter__(self) -> ImageStream:
@@ -154,7 +156,8 @@ class ImageStream:
 
     def __del__(self) -> None:
         # `break` out of `async for` drops the last reference: cancel the RPCs now.
-        self._state.scope.cancel()
+        if not self._state.finished:
+            self._state.scope.cancel()
 
 
 class AsyncDaqClient:
@@ -375,24 +378,30 @@ class AsyncDaqClient:
 
     async def _pump(self, hosts, request, wait_for_ready, send, state: _StreamState) -> None:
         loop = self._require_open()
-        with state.scope:
-            async with send:
-                try:
-                    names = self._resolve(hosts) if wait_for_ready else await self._answering(hosts)
-                except (ConnectionError, ValueError) as exc:
-                    state.errors.append(RpcError(Status.UNAVAILABLE, str(exc)))
-                    return
-                async with anyio.create_task_group() as tg:
-                    for host in names:
-                        tg.start_soon(
-                            loop.run,
-                            self._stream_host,
-                            host,
-                            request,
-                            wait_for_ready,
-                            send.clone(),
-                            state,
-                        )
+        try:
+            with state.scope:
+                await self._pump_hosts(loop, hosts, request, wait_for_ready, send, state)
+        finally:
+            state.finished = True
+
+    async def _pump_hosts(self, loop, hosts, request, wait_for_ready, send, state) -> None:
+        async with send:
+            try:
+                names = self._resolve(hosts) if wait_for_ready else await self._answering(hosts)
+            except (ConnectionError, ValueError) as exc:
+                state.errors.append(RpcError(Status.UNAVAILABLE, str(exc)))
+                return
+            async with anyio.create_task_group() as tg:
+                for host in names:
+                    tg.start_soon(
+                        loop.run,
+                        self._stream_host,
+                        host,
+                        request,
+                        wait_for_ready,
+                        send.clone(),
+                        state,
+                    )
 
     async def _stream_host(self, host, request, wait_for_ready, send, state: _StreamState) -> None:
         """One host's stream, on grpclib's loop; retried while wait_for_ready (R-CLI-6)."""

@@ -106,6 +106,7 @@ class DaqDataServer:
         self.hub = self.core.hub
         self.port: int | None = None
         self._servers: list[Server] = []
+        self._uds_bound = False
         self._health = ServiceStatus()
         self._stack: AsyncExitStack | None = None
         self._loop: GrpclibLoop | None = None
@@ -164,6 +165,7 @@ class DaqDataServer:
             server = Server(handlers, codec=DaqCodec())
             await server.start(path=self.uds_path)
             self._servers.append(server)
+            self._uds_bound = True
             log.info("listening on unix://%s", self.uds_path)
         self._health.set(True)
 
@@ -205,7 +207,7 @@ class DaqDataServer:
                     await self._loop.run(server.wait_closed)
             self._servers.clear()
             await self.core.stop_sources()
-            if self.uds_path:
+            if self._uds_bound and self.uds_path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.uds_path)
         self._task_group.cancel_scope.cancel()

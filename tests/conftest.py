@@ -1,0 +1,80 @@
+"""Shared fixtures: real DaqData servers on loopback TCP and temporary Unix sockets.
+
+- `make_server(**config_changes)`: an async context manager starting a DaqDataServer in this
+  process on 127.0.0.1 with a free port and a Unix socket in a fresh short temp dir; yields the
+  server (`.port`, `.uds_path`, `.hub`, `.core`, `.config`). It always shuts the server down.
+- `run_dir`: a data_dir with one module and an active-DAQ marker, inside the allowed roots.
+- `daq_config(server)`: a daq_config dict naming that server by TCP.
+Async tests use the anyio pytest plugin (`@pytest.mark.anyio`); `anyio_backend` runs each on
+asyncio and on trio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from panoseti_daq.config import ServerConfig
+from panoseti_daq.server import DaqDataServer
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
+@pytest.fixture
+def short_tmp():
+    """A temp dir with a short path (Unix socket paths are limited to ~107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="pdaq", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def base_config(short_tmp):
+    defaults = ServerConfig.defaults()
+    return defaults.replace(
+        simulate_daq_cfg=replace(defaults.simulate_daq_cfg, data_dir=short_tmp / "sim"),
+        allowed_data_roots=(short_tmp,),
+        daq_active_check=("marker",),
+        server_name="test-node",
+        shutdown_grace_period=2.0,
+    )
+
+
+@pytest.fixture
+def make_server(base_config, short_tmp):
+    counter = iter(range(1000))
+
+    @contextlib.asynccontextmanager
+    async def start(**changes):
+        config = base_config.replace(**changes)
+        uds = str(short_tmp / f"s{next(counter)}.sock")
+        async with DaqDataServer(config, host="127.0.0.1", port=0, uds=uds) as server:
+            yield server
+
+    return start
+
+
+@pytest.fixture
+def run_dir(short_tmp):
+    """data_dir/module_1/obs_TEST.pffd with a daq-active marker (R-INIT-4)."""
+    data_dir = short_tmp / "data"
+    run = data_dir / "module_1" / "obs_TEST.start_2024-07-25T04:34:06Z.runtype_test.pffd"
+    run.mkdir(parents=True)
+    (run / "module_1.daq-active").touch()
+    return data_dir
+
+
+def daq_config(*servers, unix: bool = False) -> dict:
+    nodes = []
+    for server in servers:
+        target = f"unix://{server.uds_path}" if unix else f"127.0.0.1:{server.port}"
+        nodes.append({"ip_addr": target})
+    return {"daq_nodes": nodes}

@@ -1,0 +1,218 @@
+"""Helpers for tests: frames, raw grpclib calls, and waiting on conditions with a bound."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+import numpy as np
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+
+from panoseti_daq import PanoFrame, pff, product_named
+from panoseti_daq._bundled import NGC7331_PH256
+from panoseti_daq.codec import DaqCodec, StreamReply, UploadItem
+from panoseti_daq.messages import (
+    Empty,
+    InitHpIoRequest,
+    InitHpIoResponse,
+    StreamImagesRequest,
+)
+
+PH256 = product_named("ph256")
+REAL_PH = [
+    PanoFrame(PH256, h, p, 254, NGC7331_PH256.name, i)
+    for i, (h, p) in enumerate(pff.iter_frames(NGC7331_PH256, PH256))
+]
+
+
+def movie_frame(module: int, number: int, name: str = "img16") -> PanoFrame:
+    product = product_named(name)
+    pixels = (np.arange(product.pixel_count) + number) % 200
+    header = {f"quabo_{q}": {"pkt_num": number, "tv_sec": 1721882092} for q in range(4)}
+    return PanoFrame.create(product, header, pixels, module, "m.pff", number)
+
+
+def ph_frame(module: int, number: int) -> PanoFrame:
+    frame = REAL_PH[number % len(REAL_PH)]
+    return PanoFrame(frame.product, frame.header, frame.pixels, module, frame.file, number)
+
+
+def channel(server) -> Channel:
+    return Channel("127.0.0.1", server.port, codec=DaqCodec())
+
+
+async def init_hp_io(server, data_dir, force=True, interval=0.05, **extra) -> InitHpIoResponse:
+    request = InitHpIoRequest(
+        data_dir=str(data_dir), update_interval_seconds=interval, force=force, **extra
+    )
+    ch = channel(server)
+    try:
+        async with ch.request(
+            "/daqdata.DaqData/InitHpIo", Cardinality.UNARY_UNARY, InitHpIoRequest, InitHpIoResponse
+        ) as stream:
+            await stream.send_message(request, end=True)
+            return await stream.recv_message()
+    finally:
+        ch.close()
+
+
+async def upload(server, frames) -> None:
+    ch = channel(server)
+    try:
+        async with ch.request(
+            "/daqdata.DaqData/UploadImages", Cardinality.STREAM_UNARY, UploadItem, Empty
+        ) as stream:
+            for frame in frames:
+                await stream.send_message(UploadItem(frame))
+            await stream.end()
+            await stream.recv_message()
+    finally:
+        ch.close()
+
+
+@contextlib.asynccontextmanager
+async def open_stream(server, movie=True, ph=True, interval=0.0, module_ids=()) -> AsyncIterator:
+    """A raw StreamImages call (yields the grpclib stream; the request is already sent)."""
+    ch = channel(server)
+    try:
+        async with ch.request(
+            "/daqdata.DaqData/StreamImages",
+            Cardinality.UNARY_STREAM,
+            StreamImagesRequest,
+            StreamReply,
+        ) as stream:
+            await stream.send_message(
+                StreamImagesRequest(
+                    stream_movie_data=movie,
+                    stream_pulse_height_data=ph,
+                    update_interval_seconds=interval,
+                    module_ids=list(module_ids),
+                ),
+                end=True,
+            )
+            try:
+                yield stream
+            finally:
+                # Leaving without reading to the end: reset the stream, as a client that
+                # goes away does; grpclib would otherwise wait for the server to finish.
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+    finally:
+        ch.close()
+
+
+async def wait_until(condition, timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll a cheap in-process condition until it holds; fail after `timeout_s`."""
+    with anyio.fail_after(timeout_s):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+@contextlib.contextmanager
+def stalled_stream_client(port: int, request: StreamImagesRequest):
+    """A real HTTP/2 client that sends StreamImages and then never reads its socket.
+
+    The server may send only one HTTP/2 window (64 KiB) before it must wait: a client that is
+    truly stalled, unlike a grpclib client, which acknowledges data as it arrives.
+    """
+    import socket
+
+    import h2.config
+    import h2.connection
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream_id,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/daqdata.DaqData/StreamImages"),
+            (":authority", f"127.0.0.1:{port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+    )
+    body = bytes(request)
+    conn.send_data(stream_id, b"\x00" + len(body).to_bytes(4, "big") + body, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(tmp, *extra_args: str, config: dict | None = None, backend: str = "trio"):
+    """`python -m panoseti_daq.serve` in a subprocess on a free loopback port.
+
+    Yields (process, port, uds_path) once the port accepts connections; always stops it.
+    """
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    uds = str(tmp / "srv.sock")
+    settings = {
+        "simulate_daq_cfg": {"data_dir": str(tmp / "sim"), "frame_rate_hz": 50},
+        "allowed_data_roots": [str(tmp)],
+        "daq_active_check": ["marker"],
+        "shutdown_grace_period": 3,
+        "server_name": "subprocess-node",
+        **(config or {}),
+    }
+    config_path = tmp / "server_config.json"
+    config_path.write_text(json.dumps(settings))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "panoseti_daq.serve",
+            "--config",
+            str(config_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--uds",
+            uds,
+            "--backend",
+            backend,
+            *extra_args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited: {process.communicate()[1]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("server did not start") from None
+                time.sleep(0.05)
+        yield process, port, uds
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

@@ -1,0 +1,148 @@
+"""InitHpIo and the server state (spec §4, §6: R-STATE-*, R-INIT-*)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from tests.helpers import init_hp_io, movie_frame, open_stream, upload, wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def expect_init_error(server, data_dir, status, match, **kwargs):
+    with pytest.raises(GRPCError) as info:
+        await init_hp_io(server, data_dir, **kwargs)
+    assert info.value.status == status, info.value
+    assert match in info.value.message
+    assert not server.core.hp_io_valid
+
+
+async def test_interval_below_minimum(make_server, run_dir):
+    """R-INIT-1."""
+    async with make_server() as server:
+        await expect_init_error(server, run_dir, Status.INVALID_ARGUMENT, ">= 0.01", interval=0.001)
+
+
+async def test_missing_data_dir(make_server, short_tmp):
+    """R-INIT-2: 'does not exist' in the details."""
+    async with make_server() as server:
+        await expect_init_error(
+            server, short_tmp / "nope", Status.INVALID_ARGUMENT, "does not exist"
+        )
+
+
+async def test_data_dir_outside_allowed_roots(make_server, tmp_path):
+    """R-INIT-3: PERMISSION_DENIED for any path outside allowed_data_roots."""
+    async with make_server() as server:
+        await expect_init_error(server, tmp_path, Status.PERMISSION_DENIED, "outside the allowed")
+        await expect_init_error(server, "/etc", Status.PERMISSION_DENIED, "allowed data roots")
+
+
+async def test_inactive_daq(make_server, run_dir):
+    """R-INIT-4: no marker, no recent write, no Hashpipe: FAILED_PRECONDITION."""
+    for marker in run_dir.rglob("*.daq-active"):
+        marker.unlink()
+    async with make_server() as server:
+        await expect_init_error(server, run_dir, Status.FAILED_PRECONDITION, "no active DAQ")
+
+
+async def test_recent_write_counts_as_active(make_server, run_dir):
+    """R-INIT-4: a data file changed in the last 10 s means the DAQ is active."""
+    for marker in run_dir.rglob("*.daq-active"):
+        marker.unlink()
+    (next(run_dir.glob("module_1/*")) / "start_x.dp_img16.bpp_2.module_1.seqno_0.pff").touch()
+    async with make_server(daq_active_check=("recent_write",)) as server:
+        assert (await init_hp_io(server, run_dir)).success
+
+
+async def test_non_force_with_active_readers(make_server, run_dir):
+    """R-INIT-5: the details name the number of active readers; nothing changes."""
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        before = server.core.hp_io
+        async with open_stream(server), open_stream(server):
+            await wait_until(lambda: server.core.active_streams == 2)
+            with pytest.raises(GRPCError) as info:
+                await init_hp_io(server, run_dir, force=False, interval=0.5)
+        assert info.value.status == Status.FAILED_PRECONDITION
+        assert "2 StreamImages client(s) active" in info.value.message
+        assert server.core.hp_io is before and server.core.hp_io_valid
+
+
+async def test_non_force_without_readers_succeeds(make_server, run_dir):
+    """R-INIT-5, R-INIT-6: with no readers a non-forced InitHpIo reconfigures."""
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir, force=False)).success
+        assert (await init_hp_io(server, run_dir, force=False, interval=0.2)).success
+        assert server.core.hp_io.update_interval_seconds == 0.2
+
+
+async def test_failed_configuration_restores_previous(make_server, run_dir, base_config):
+    """R-INIT-7: success=false with a message; the previous configuration is restored."""
+    from dataclasses import replace
+
+    sim = replace(base_config.simulate_daq_cfg, simulation_mode="uds")
+    async with make_server(simulate_daq_cfg=sim) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        reply = await init_hp_io(server, "", simulate_daq=True)
+        assert not reply.success
+        assert "not available" in reply.error_message and "restored" in reply.error_message
+        assert server.core.hp_io_valid and server.core.hp_io.data_dir == str(run_dir.resolve())
+        async with open_stream(server) as stream:
+            await wait_until(lambda: server.hub.subscriber_count == 1)
+            await upload(server, [movie_frame(1, 7)])
+            assert (await stream.recv_message()).frame.frame_number == 7
+
+
+async def test_concurrent_writers_are_serialised(make_server, run_dir):
+    """R-STATE-2: writers wait for each other; every one is answered and hp_io ends valid."""
+    async with make_server() as server:
+        replies = []
+
+        async def writer(interval):
+            replies.append(await init_hp_io(server, run_dir, interval=interval))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(writer, 0.05 + i / 100)
+        assert [r.success for r in replies] == [True] * 5
+        assert server.core.hp_io_valid
+
+
+async def test_readers_wait_for_a_writer(make_server, run_dir):
+    """R-STATE-3: a reader arriving during a reconfiguration waits, then proceeds."""
+    async with make_server() as server:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(init_hp_io, server, run_dir)
+            # The reader may arrive before, during or after the reconfiguration: it must never
+            # see FAILED_PRECONDITION once it waited for the writer.
+            await anyio.sleep(0)
+            async with open_stream(server) as stream:
+                await wait_until(lambda: server.core.hp_io_valid)
+                await wait_until(lambda: server.hub.subscriber_count == 1)
+                await upload(server, [movie_frame(1, 3)])
+                assert (await stream.recv_message()).frame.frame_number == 3
+
+
+async def test_scanner_module_whitelist(make_server, run_dir):
+    """R-INIT-9: with module_ids only those modules are scanned."""
+    from panoseti_daq import pff
+
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir, module_ids=[2])).success
+        for module in (1, 2):
+            run = run_dir / f"module_{module}" / "obs_T"
+            run.mkdir(parents=True, exist_ok=True)
+            frame = movie_frame(module, 0)
+            name = pff.DataFileName("img16", module, 0, 2, "2024-07-25T04_34_46Z").format()
+            (run / name).write_bytes(pff.encode_frame(frame.header, frame.pixels, frame.product))
+        await wait_until(lambda: (2, "img16") in server.hub.latest)
+        assert (1, "img16") not in server.hub.latest

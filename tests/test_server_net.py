@@ -1,0 +1,173 @@
+"""Listeners, reflection, health, shutdown and config errors (spec §10, §11)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import anyio
+import pytest
+
+from panoseti_daq import AsyncDaqClient, ConfigError, RpcError
+from panoseti_daq.server import DaqDataServer
+from tests.conftest import daq_config
+from tests.helpers import server_process
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_tcp_and_unix_socket_at_once(make_server):
+    """R-NET-1: one server answers on TCP and on its Unix socket (both backends)."""
+    async with make_server() as server:
+        config = {
+            "daq_nodes": [
+                *daq_config(server)["daq_nodes"],
+                *daq_config(server, unix=True)["daq_nodes"],
+            ]
+        }
+        async with AsyncDaqClient(config) as client:
+            status = await client.get_daq_host_status()
+    assert status == {f"127.0.0.1:{server.port}": True, f"unix://{server.uds_path}": True}
+
+
+async def test_stale_socket_is_replaced(base_config, short_tmp):
+    """R-NET-2: a socket file nobody listens on is removed at start."""
+    path = short_tmp / "stale.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    async with DaqDataServer(base_config, host="127.0.0.1", port=0, uds=str(path)) as server:
+        async with AsyncDaqClient(daq_config(server, unix=True)) as client:
+            assert await client.get_valid_daq_hosts() == {f"unix://{path}"}
+    assert not path.exists()  # removed at stop
+
+
+async def test_non_socket_file_is_an_error(base_config, short_tmp):
+    """R-NET-2: a regular file at the socket path is an error at start, and is left alone."""
+    path = short_tmp / "file.sock"
+    path.write_text("keep me")
+    with pytest.raises(ConfigError, match="is not a socket"):
+        async with DaqDataServer(base_config, host="127.0.0.1", port=0, uds=str(path)):
+            pass
+    assert path.read_text() == "keep me"
+
+
+async def test_health_serving(make_server):
+    """R-NET-4: the standard health service reports SERVING while running."""
+    from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+    from grpclib.health.v1.health_grpc import HealthStub
+
+    from panoseti_daq.bridge import grpclib_loop
+    from tests.helpers import channel
+
+    async with make_server() as server:
+
+        async def check(service):
+            ch = channel(server)
+            try:
+                return (await HealthStub(ch).Check(HealthCheckRequest(service=service))).status
+            finally:
+                ch.close()
+
+        async with grpclib_loop() as loop:
+            assert await loop.run(check, "") == HealthCheckResponse.SERVING
+            assert await loop.run(check, "daqdata.DaqData") == HealthCheckResponse.SERVING
+            server.core.begin_shutdown()
+            server._health.set(False)
+            assert await loop.run(check, "daqdata.DaqData") == HealthCheckResponse.NOT_SERVING
+
+
+GRPCIO_REFLECTION = textwrap.dedent(
+    """
+    import sys, grpc
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+    channel = grpc.insecure_channel(sys.argv[1])
+    database = ProtoReflectionDescriptorDatabase(channel)
+    print(",".join(sorted(database.get_services())))
+    service = DescriptorPool(database).FindServiceByName("daqdata.DaqData")
+    for method in service.methods:
+        print(method.name, method.input_type.full_name, method.output_type.full_name,
+              method.client_streaming, method.server_streaming)
+    """
+)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_grpcio_reflection_client_resolves_the_service(make_server):
+    """R-NET-3: a grpcio reflection client lists and resolves daqdata.DaqData."""
+    async with make_server() as server:
+        result = await anyio.run_process(
+            [sys.executable, "-c", GRPCIO_REFLECTION, f"127.0.0.1:{server.port}"], check=False
+        )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    services = out.splitlines()[0].split(",")
+    assert "daqdata.DaqData" in services and "grpc.health.v1.Health" in services
+    assert "StreamImages daqdata.StreamImagesRequest daqdata.StreamImagesResponse False True" in out
+    assert "UploadImages daqdata.UploadImageRequest google.protobuf.Empty True False" in out
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+async def test_sigterm_while_streaming(short_tmp, backend):
+    """R-STOP-1: streams end with UNAVAILABLE, the simulation's files go, exit code 0."""
+    with server_process(short_tmp, "--init-sim", backend=backend) as (process, port, uds):
+        config = {"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}
+        errors = []
+        async with AsyncDaqClient(config) as client:
+
+            async def reader():
+                try:
+                    async for _ in client.stream_images(None, True, True, 0.0, wait_for_ready=True):
+                        pass
+                except RpcError as exc:
+                    errors.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(reader)
+                await anyio.sleep(0.5)
+                assert any((short_tmp / "sim").rglob("*.pff"))
+                started = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+            out, err = await anyio.to_thread.run_sync(process.communicate, None, 10)
+        elapsed = time.monotonic() - started
+    assert process.returncode == 0, err
+    assert elapsed < 3 + 1
+    assert [e.status.name for e in errors] == ["UNAVAILABLE"] * 5
+    assert all("shutting down" in e.details for e in errors)
+    assert not (short_tmp / "sim").exists()
+    assert "Traceback" not in err and "Warning" not in err
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"max_read_queue_size": "50"}, "max_read_queue_size"),
+        ({"no_such_key": 1}, "no_such_key"),
+        ({"reader_timeout": -1}, "reader_timeout"),
+        ({"simulate_daq_cfg": {"simulation_mode": "tape"}}, "simulate_daq_cfg.simulation_mode"),
+        ({"valid_data_products": ["img32"]}, "valid_data_products"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key(tmp_path, settings, key):
+    """R-CFG-1: unknown key, wrong type, out-of-range value: one message, exit code 2."""
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(settings))
+    result = subprocess.run(
+        [sys.executable, "-m", "panoseti_daq.serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"'{key}'" in lines[0] and str(path) in lines[0]

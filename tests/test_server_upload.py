@@ -1,0 +1,144 @@
+"""UploadImages (spec §7: R-UP-1 .. R-UP-5) and Ping (R-PING-1)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.encoding.proto import ProtoCodec
+from grpclib.exceptions import GRPCError
+
+from panoseti_daq.messages import Empty, PanoImage, PanoImageType, UploadImageRequest
+from tests.helpers import channel, init_hp_io, movie_frame, open_stream, upload, wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def raw_upload(server, requests):
+    """Upload betterproto2 messages as they are, through grpclib's plain protobuf codec."""
+    ch = Channel("127.0.0.1", server.port, codec=ProtoCodec())
+    try:
+        async with ch.request(
+            "/daqdata.DaqData/UploadImages", Cardinality.STREAM_UNARY, UploadImageRequest, Empty
+        ) as stream:
+            for request in requests:
+                await stream.send_message(request)
+            await stream.end()
+            return await stream.recv_message()
+    finally:
+        ch.close()
+
+
+async def test_ping_answers_while_idle(make_server):
+    """R-PING-1: Ping returns Empty also when hp_io is idle."""
+    async with make_server() as server:
+        ch = channel(server)
+        try:
+            async with ch.request(
+                "/daqdata.DaqData/Ping", Cardinality.UNARY_UNARY, Empty, Empty
+            ) as stream:
+                await stream.send_message(Empty(), end=True)
+                assert await stream.recv_message() == Empty()
+        finally:
+            ch.close()
+
+
+async def test_upload_accepted_without_hp_io(make_server):
+    """R-UP-1, R-UP-5: accepted whether or not hp_io is valid; the answer is Empty."""
+    async with make_server() as server:
+        await upload(server, [movie_frame(3, i) for i in range(10)])
+        await wait_until(lambda: server.hub.published == 10)
+        assert server.hub.latest[(3, "img16")].frame.frame_number == 9
+
+
+async def test_request_without_image_is_skipped(make_server):
+    """R-UP-2: an UploadImageRequest without pano_image is skipped."""
+    async with make_server() as server:
+        good = movie_frame(1, 1).to_message()
+        reply = await raw_upload(
+            server, [UploadImageRequest(), UploadImageRequest(pano_image=good)]
+        )
+        assert reply == Empty()
+        await wait_until(lambda: server.hub.published == 1)
+
+
+@pytest.mark.parametrize(
+    ("image", "problem"),
+    [
+        (
+            PanoImage(
+                type=PanoImageType.MOVIE, shape=[32, 32], bytes_per_pixel=2, image_array=[0] * 1000
+            ),
+            "needs 1024 pixels",
+        ),
+        (
+            PanoImage(
+                type=PanoImageType.PULSE_HEIGHT,
+                shape=[32, 32],
+                bytes_per_pixel=1,
+                image_array=[0] * 1024,
+            ),
+            "no data product",
+        ),
+        (
+            PanoImage(
+                type=PanoImageType.MOVIE,
+                shape=[32, 32],
+                bytes_per_pixel=1,
+                image_array=[300] * 1024,
+            ),
+            "fit 1 byte",
+        ),
+    ],
+)
+async def test_invalid_image_names_its_index(make_server, image, problem):
+    """R-UP-3, R-PARSE-4: INVALID_ARGUMENT naming the index; the images before it count."""
+    async with make_server() as server:
+        good = [UploadImageRequest(pano_image=movie_frame(1, i).to_message()) for i in range(3)]
+        with pytest.raises(GRPCError) as info:
+            await raw_upload(server, [*good, UploadImageRequest(pano_image=image)])
+        assert info.value.status == Status.INVALID_ARGUMENT
+        assert "image 3 of the upload" in info.value.message and problem in info.value.message
+        await wait_until(lambda: server.hub.published == 3)
+        await upload(server, [movie_frame(1, 9)])  # the server keeps serving
+        await wait_until(lambda: server.hub.published == 4)
+
+
+async def test_product_outside_valid_data_products(make_server):
+    """R-DP-1: valid_data_products may restrict further."""
+    async with make_server(valid_data_products=("ph256",)) as server:
+        with pytest.raises(GRPCError) as info:
+            await upload(server, [movie_frame(1, 0)])
+        assert info.value.status == Status.INVALID_ARGUMENT
+        assert "img16" in info.value.message
+
+
+async def test_backpressure_slows_never_drops(make_server, run_dir):
+    """R-UP-4, R-STATE-4: several uploaders at full speed, a lossless reader gets every frame."""
+    async with make_server(max_read_queue_size=5000) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        per_uploader = 1500
+        async with open_stream(server) as reader:
+            await wait_until(lambda: server.hub.subscriber_count == 1)
+            received = []
+
+            async def read_all():
+                while len(received) < 3 * per_uploader:
+                    received.append((await reader.recv_message()).frame)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_all)
+                for module in (1, 2, 3):
+                    tg.start_soon(
+                        upload, server, [movie_frame(module, i) for i in range(per_uploader)]
+                    )
+        for module in (1, 2, 3):
+            numbers = [f.frame_number for f in received if f.module_id == module]
+            assert numbers == list(range(per_uploader))
+        assert server.hub.published == 3 * per_uploader
