@@ -59,8 +59,8 @@ async def test_non_socket_file_is_an_error(base_config, short_tmp):
 
 async def test_health_serving(make_server):
     """R-NET-4: the standard health service reports SERVING while running."""
-    from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
     from grpclib.health.v1.health_grpc import HealthStub
+    from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
     from panoseti_daq.bridge import grpclib_loop
     from tests.helpers import channel
@@ -119,7 +119,7 @@ async def test_grpcio_reflection_client_resolves_the_service(make_server):
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 async def test_sigterm_while_streaming(short_tmp, backend):
     """R-STOP-1: streams end with UNAVAILABLE, the simulation's files go, exit code 0."""
-    with server_process(short_tmp, "--init-sim", backend=backend) as (process, port, uds):
+    with server_process(short_tmp, "--init-sim", backend=backend) as (process, port, _uds):
         config = {"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}
         errors = []
         async with AsyncDaqClient(config) as client:
@@ -138,7 +138,7 @@ async def test_sigterm_while_streaming(short_tmp, backend):
                 assert any((short_tmp / "sim").rglob("*.pff"))
                 started = time.monotonic()
                 process.send_signal(signal.SIGTERM)
-            out, err = await anyio.to_thread.run_sync(process.communicate, None, 10)
+            _out, err = await anyio.to_thread.run_sync(process.communicate, None, 10)
         elapsed = time.monotonic() - started
     assert process.returncode == 0, err
     assert elapsed < 3 + 1
