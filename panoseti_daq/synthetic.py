@@ -16,6 +16,7 @@ import numpy as np
 
 from .frames import PanoFrame
 from .products import product_named
+from .timestamps import TAI_UTC_OFFSET_S
 
 __all__ = ["ph1024_from_ph256", "synthetic_movie_frames"]
 
@@ -29,12 +30,14 @@ def _header(index: int, t_ns: int, rng: np.random.Generator) -> dict[str, Any]:
     header = {}
     for quabo in range(4):
         jitter_ns = int(rng.integers(-8, 9))
+        # WR time within a few ns of the frame time, in the same second; the host clock a
+        # little later (network and DAQ latency) but in the same second, so d == 0 (R-TIME-1).
         header[f"quabo_{quabo}"] = {
             "pkt_num": (30000 + 1000 * quabo + index) % 65536,
-            "pkt_tai": (tv_sec + 37) % 1024,
-            "pkt_nsec": max(0, nsec + jitter_ns),
+            "pkt_tai": (tv_sec + TAI_UTC_OFFSET_S) % 1024,
+            "pkt_nsec": min(max(0, nsec + jitter_ns), _NS - 1),
             "tv_sec": tv_sec,
-            "tv_usec": nsec // 1000 + int(rng.integers(0, 400)),
+            "tv_usec": min(nsec // 1000 + int(rng.integers(0, 400)), 999_999),
         }
     return header
 
@@ -47,10 +50,16 @@ def synthetic_movie_frames(
     start_ns: int = DEFAULT_START_NS,
     frame_interval_ns: int = 100_000_000,
 ) -> list[PanoFrame]:
-    """`count` synthetic movie frames of product img16 or img8, deterministic from `seed`."""
+    """`count` SYNTHETIC movie frames of product img16 or img8, deterministic from `seed`.
+
+    Frame i is taken at `start_ns + i * frame_interval_ns` (Unix ns); `file` is empty and
+    `frame_number` is i.
+    """
     product = product_named(name)
     if not product.is_movie:
         raise ValueError(f"{name} is not a movie-mode product")
+    if count < 1 or frame_interval_ns < 1:
+        raise ValueError("count and frame_interval_ns must be positive")
     rng = np.random.default_rng(seed)
     rows, cols = product.shape
     y, x = np.mgrid[0:rows, 0:cols]

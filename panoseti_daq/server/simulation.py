@@ -2,7 +2,7 @@
 
 - filesystem (R-SIM-2): write growing PFF files in the real layout under the simulation
   data_dir, which the scanner then reads like a real run;
-- rpc (R-SIM-3): an internal grpclib client uploads the frames with UploadImages.
+- rpc (R-SIM-3): frames handed, paced, to an uploader that sends them with UploadImages.
 
 Sources: the bundled real NGC 7331 pulse-height data (ph256; ph1024 assembled from it) and the
 synthetic movie-mode sequence of panoseti_daq.synthetic, or a user's own run directory of PFF
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -26,6 +27,7 @@ from anyio.abc import TaskStatus
 from .. import pff
 from .._bundled import NGC7331_MODULE_ID, NGC7331_PH256
 from ..config import SimulateConfig
+from ..errors import PFFError
 from ..frames import PanoFrame
 from ..products import DataProduct, product_named
 from ..synthetic import ph1024_from_ph256, synthetic_movie_frames
@@ -33,49 +35,97 @@ from ..synthetic import ph1024_from_ph256, synthetic_movie_frames
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "KEPT_FILES",
+    "MAX_SOURCE_FRAMES",
     "SIM_RUN_DIR",
+    "channel_upload",
     "read_source_frames",
     "run_filesystem_simulation",
     "run_rpc_simulation",
+    "simulated_frames",
     "source_frames",
 ]
 
 SIM_RUN_DIR = "obs_SIMULATE"
+# Frames read from one source product: the source loops, it need not be long.
+MAX_SOURCE_FRAMES = 10_000
+# The filesystem simulation keeps this many files per module and product and deletes older
+# ones, so that an endless simulation does not fill the disk; the scanner reads the newest.
+KEPT_FILES = 3
+# When the writer falls this far behind its schedule it stops catching up.
+_MAX_LAG_S = 1.0
+
+Upload = Callable[[AsyncIterable[PanoFrame]], Awaitable[Any]]
 
 
-def read_source_frames(path: Path, product: DataProduct, module_id: int) -> list[PanoFrame]:
-    """Every frame of one PFF file as PanoFrames."""
-    return [
-        PanoFrame(product, header, pixels, module_id, path.name, number)
-        for number, (header, pixels) in enumerate(pff.iter_frames(path, product))
-    ]
+def read_source_frames(
+    path: Path, product: DataProduct, module_id: int, limit: int = MAX_SOURCE_FRAMES
+) -> list[PanoFrame]:
+    """Up to `limit` frames of one PFF file, reading no more of it than those frames.
 
-
-def _from_run_dir(run_dir: Path, name: str) -> list[PanoFrame]:
-    product = product_named(name)
-    files = []
-    for path in run_dir.glob("*.pff"):
-        parsed = pff.DataFileName.parse(path.name)
-        if parsed is not None and parsed.dp == name:
-            files.append((parsed.seqno, path, parsed.module or 0))
+    A corrupt frame ends the file early with a warning: what came before is still replayed.
+    """
     frames: list[PanoFrame] = []
-    for _, path, module in sorted(files):
-        frames.extend(read_source_frames(path, product, module))
+    try:
+        frame_size = pff.frame_size_of(path, product)
+        if frame_size is None:
+            return frames
+        with open(path, "rb") as f:
+            data = f.read(frame_size * limit)
+        offset = 0
+        while len(frames) < limit:
+            decoded = pff.decode_frame(data, product, offset, str(path))
+            if decoded is None:
+                break
+            header, pixels, end = decoded
+            if end - offset != frame_size:
+                raise PFFError(path, offset, f"frame is {end - offset} bytes, not {frame_size}")
+            frames.append(PanoFrame(product, header, pixels, module_id, path.name, len(frames)))
+            offset = end
+    except PFFError as exc:
+        log.warning("simulation source: %s; using the %d frames before it", exc, len(frames))
     return frames
 
 
+def _from_run_dir(run_dir: Path, name: str, real_module_id: int) -> list[PanoFrame]:
+    """The frames of product `name` in a run directory, in seqno order.
+
+    Files of `real_module_id` are preferred; without any, all modules' files are used.
+    """
+    product = product_named(name)
+    files: list[tuple[int, str, int]] = []
+    for path in run_dir.glob("*.pff"):
+        parsed = pff.DataFileName.parse(path.name)
+        if parsed is not None and parsed.dp == name:
+            files.append((parsed.seqno, path.name, parsed.module or 0))
+    if any(module == real_module_id for _, _, module in files):
+        files = [f for f in files if f[2] == real_module_id]
+    frames: list[PanoFrame] = []
+    for _, file, module in sorted(files):
+        frames.extend(read_source_frames(run_dir / file, product, module))
+        if len(frames) >= MAX_SOURCE_FRAMES:
+            break
+    return frames[:MAX_SOURCE_FRAMES]
+
+
 def source_frames(cfg: SimulateConfig) -> tuple[list[PanoFrame], list[PanoFrame]]:
-    """(movie frames, pulse-height frames) the simulation replays."""
+    """(movie frames, pulse-height frames) the simulation replays, in their source modules.
+
+    From cfg.source_dir when it holds frames of cfg.movie_type / cfg.ph_type; otherwise the
+    synthetic movie sequence and the bundled NGC 7331 pulse-height data.
+    """
     movie: list[PanoFrame] = []
     ph: list[PanoFrame] = []
     if cfg.source_dir is not None:
-        movie = _from_run_dir(cfg.source_dir, cfg.movie_type)
-        ph = _from_run_dir(cfg.source_dir, cfg.ph_type)
+        movie = _from_run_dir(cfg.source_dir, cfg.movie_type, cfg.real_module_id)
+        ph = _from_run_dir(cfg.source_dir, cfg.ph_type, cfg.real_module_id)
         log.info(
-            "simulation source %s: %d movie, %d pulse-height frames",
+            "simulation source %s: %d %s, %d %s frames",
             cfg.source_dir,
             len(movie),
+            cfg.movie_type,
             len(ph),
+            cfg.ph_type,
         )
     if not movie:
         movie = synthetic_movie_frames(cfg.movie_type, module_id=cfg.real_module_id)
@@ -102,6 +152,7 @@ class _ProductWriter:
         self.product = frames[0].product
         # One header width for all frames, so that every frame has the same size (R-PFF-2).
         self.header_width = max(len(pff.header_text(f.header)) for f in frames)
+        self.frames = _cycle(frames)
         self.module = module
         self.per_file = per_file
         self.start = _start_time()
@@ -109,19 +160,28 @@ class _ProductWriter:
         self.in_file = per_file
         self.file: IO[bytes] | None = None
 
-    def write(self, frame: PanoFrame) -> None:
+    def name(self, seqno: int) -> str:
+        return pff.DataFileName(
+            self.product.name, self.module, seqno, self.product.bytes_per_pixel, self.start
+        ).format()
+
+    def write_next(self) -> None:
+        """Append the next source frame, rolling over to the next seqno when the file is full."""
         if self.in_file >= self.per_file:
             self.close()
             self.seqno += 1
             self.in_file = 0
-            name = pff.DataFileName(
-                self.product.name, self.module, self.seqno, self.product.bytes_per_pixel, self.start
-            )
-            self.file = open(self.run_dir / name.format(), "ab", buffering=0)  # noqa: SIM115
+            self.file = open(self.run_dir / self.name(self.seqno), "ab")  # noqa: SIM115
+            if self.seqno >= KEPT_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.run_dir / self.name(self.seqno - KEPT_FILES))
         assert self.file is not None
+        frame = next(self.frames)
         self.file.write(
             pff.encode_frame(frame.header, frame.pixels, self.product, self.header_width)
         )
+        # One frame reaches the file whole: a reader sees complete frames or a growing tail.
+        self.file.flush()
         self.in_file += 1
 
     def close(self) -> None:
@@ -130,78 +190,137 @@ class _ProductWriter:
             self.file = None
 
 
+def _make_run_dir(data_dir: Path, module: int) -> Path:
+    run_dir = data_dir / f"module_{module}" / SIM_RUN_DIR
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # left over from a simulation that was killed
+    run_dir.mkdir(parents=True)
+    (run_dir / f"module_{module}.daq-active").touch()
+    return run_dir
+
+
+def _remove_run_dirs(data_dir: Path, run_dirs: list[Path]) -> None:
+    for run_dir in run_dirs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        # The module and data directories go too when the simulation was all they held.
+        for parent in (run_dir.parent, data_dir):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
 async def run_filesystem_simulation(
     cfg: SimulateConfig, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Write a simulated run under cfg.data_dir until cancelled; remove it on exit (R-SIM-2)."""
+    """Write a simulated run under cfg.data_dir until cancelled; remove it on exit (R-SIM-2).
+
+    For each module of cfg.sim_module_ids: `module_<id>/obs_SIMULATE/` with a
+    `module_<id>.daq-active` marker and one growing PFF file per product, cfg.frame_rate_hz
+    frames per second each, a new seqno every cfg.frames_per_pff frames. After cfg.frame_limit
+    frames (0: never) it stops writing but keeps the run until cancelled. `task_status.started()`
+    is called once the first frame of every file exists.
+    """
     movie, ph = source_frames(cfg)
     run_dirs: list[Path] = []
-    writers: list[tuple[_ProductWriter, Iterator[PanoFrame]]] = []
+    writers: list[_ProductWriter] = []
     try:
         for module in cfg.sim_module_ids:
-            run_dir = cfg.data_dir / f"module_{module}" / SIM_RUN_DIR
-            if run_dir.exists():
-                shutil.rmtree(run_dir)  # left over from a run that was killed
-            run_dir.mkdir(parents=True)
+            run_dir = _make_run_dir(cfg.data_dir, module)
             run_dirs.append(run_dir)
-            (run_dir / f"module_{module}.daq-active").touch()
             for frames in (movie, ph):
-                writer = _ProductWriter(run_dir, frames, module, cfg.frames_per_pff)
-                writers.append((writer, _cycle(frames)))
+                writers.append(_ProductWriter(run_dir, frames, module, cfg.frames_per_pff))
+        log.info(
+            "filesystem simulation: modules %s under %s, %g frames/s",
+            list(cfg.sim_module_ids),
+            cfg.data_dir,
+            cfg.frame_rate_hz,
+        )
         interval = 1.0 / cfg.frame_rate_hz if cfg.frame_rate_hz > 0 else 0.0
         next_at = anyio.current_time()
         written = 0
         while cfg.frame_limit == 0 or written < cfg.frame_limit:
-            for writer, frames in writers:
-                writer.write(next(frames))
+            for writer in writers:
+                writer.write_next()
             written += 1
             if written == 1:
                 task_status.started()
-            next_at += interval
-            await anyio.sleep_until(next_at) if interval else await anyio.lowlevel.checkpoint()
+            if interval:
+                next_at = max(next_at + interval, anyio.current_time() - _MAX_LAG_S)
+                await anyio.sleep_until(next_at)
+            else:
+                await anyio.lowlevel.checkpoint()
         await anyio.sleep_forever()
     finally:
-        for writer, _ in writers:
+        for writer in writers:
             writer.close()
-        for run_dir in run_dirs:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            # The module and data directories go too when the simulation was all they held.
-            for parent in (run_dir.parent, cfg.data_dir):
-                with contextlib.suppress(OSError):
-                    parent.rmdir()
+        _remove_run_dirs(cfg.data_dir, run_dirs)
 
 
 async def simulated_frames(cfg: SimulateConfig) -> AsyncIterator[PanoFrame]:
-    """The rpc simulation's frames, remapped to the simulated modules and paced (R-SIM-3)."""
+    """The rpc simulation's frames, remapped to the simulated modules and paced (R-SIM-3).
+
+    Per tick, one movie and one pulse-height frame for each simulated module; cfg.frame_rate_hz
+    ticks per second (0: as fast as the consumer takes them); cfg.frame_limit ticks (0: endless).
+    """
     movie, ph = source_frames(cfg)
     interval = 1.0 / cfg.frame_rate_hz if cfg.frame_rate_hz > 0 else 0.0
     next_at = anyio.current_time()
-    index = 0
-    while cfg.frame_limit == 0 or index < cfg.frame_limit:
+    tick = 0
+    while cfg.frame_limit == 0 or tick < cfg.frame_limit:
         for module in cfg.sim_module_ids:
-            yield movie[index % len(movie)].with_module(module)
-            yield ph[index % len(ph)].with_module(module)
-        index += 1
+            yield movie[tick % len(movie)].with_module(module)
+            yield ph[tick % len(ph)].with_module(module)
+        tick += 1
         if interval:
-            next_at += interval
+            next_at = max(next_at + interval, anyio.current_time() - _MAX_LAG_S)
             await anyio.sleep_until(next_at)
 
 
-async def run_rpc_simulation(cfg: SimulateConfig, channel_factory) -> None:
-    """Upload the simulated frames through UploadImages on a channel to this server."""
+async def run_rpc_simulation(
+    cfg: SimulateConfig, upload: Upload, *, retry_delay_s: float = 1.0
+) -> None:
+    """Hand the simulated frames to `upload`, which sends them with UploadImages (R-SIM-3).
+
+    `upload` is an async callable taking an async iterable of PanoFrames (see channel_upload).
+    It returns when the iterable is exhausted (after cfg.frame_limit ticks; never when the limit
+    is 0), and so does this function. An upload that fails is logged and started again, with the
+    source from its beginning, after `retry_delay_s`; cancel to stop.
+    """
+    log.info(
+        "rpc simulation: modules %s, %s frames/s",
+        list(cfg.sim_module_ids),
+        f"{cfg.frame_rate_hz:g}" if cfg.frame_rate_hz else "as many as accepted",
+    )
+    while True:
+        try:
+            await upload(simulated_frames(cfg))
+            return
+        except Exception as exc:  # whatever the uploader's transport raises
+            log.warning("rpc simulation upload failed (%s); retrying in %g s", exc, retry_delay_s)
+        await anyio.sleep(retry_delay_s)
+
+
+def channel_upload(channel_factory: Callable[[], Any]) -> Upload:
+    """An `upload` for run_rpc_simulation: one UploadImages call on a new grpclib channel.
+
+    `channel_factory` returns a grpclib Channel to the server (with the DaqCodec); the call
+    runs on grpclib's event loop. The channel is closed when the upload ends.
+    """
     from grpclib.const import Cardinality
 
     from ..codec import UploadItem
     from ..messages import Empty
 
-    channel = channel_factory()
-    try:
-        async with channel.request(
-            "/daqdata.DaqData/UploadImages", Cardinality.STREAM_UNARY, UploadItem, Empty
-        ) as stream:
-            async for frame in simulated_frames(cfg):
-                await stream.send_message(UploadItem(frame))
-            await stream.end()
-            await stream.recv_message()
-    finally:
-        channel.close()
+    async def upload(frames: AsyncIterable[PanoFrame]) -> None:
+        channel = channel_factory()
+        try:
+            async with channel.request(
+                "/daqdata.DaqData/UploadImages", Cardinality.STREAM_UNARY, UploadItem, Empty
+            ) as stream:
+                async for frame in frames:
+                    await stream.send_message(UploadItem(frame))
+                await stream.end()
+                await stream.recv_message()
+        finally:
+            channel.close()
+
+    return upload
