@@ -1,4 +1,9 @@
-"""Protobuf varints: vectorised with numpy for packed pixel arrays, scalar for small fields."""
+"""Protobuf varints: vectorised with numpy for packed pixel arrays, scalar for small fields.
+
+Pixels are at most 16-bit bit patterns (R-WIRE-3), so their varints are 1 to 3 bytes. Images
+whose varints all have the same length (every img16 sky image: 128..16383) take a fast path of a
+few whole-array operations; anything else takes the general path, which handles any uint32.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,19 @@ import numpy as np
 
 from .errors import CodecError
 
-__all__ = ["decode_packed_uint32", "encode_packed_uint32", "encode_varint", "read_varint"]
+__all__ = [
+    "decode_packed_pixels",
+    "decode_packed_uint32",
+    "encode_packed_pixels",
+    "encode_packed_uint32",
+    "encode_varint",
+    "read_varint",
+]
 
 _SHIFTS = np.array([0, 7, 14, 21, 28], dtype=np.uint32)
 _LIMIT_VALUES = (1 << 7, 1 << 14, 1 << 21, 1 << 28)
 _ONE_BYTE = [bytes([i]) for i in range(128)]
+_U16 = np.dtype("<u2")
 
 
 def encode_varint(value: int) -> bytes:
@@ -29,6 +42,7 @@ def encode_varint(value: int) -> bytes:
 
 def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     """(value, next position) of the varint at `pos`; CodecError if truncated or too long."""
+    start = pos
     result = 0
     shift = 0
     while pos < end:
@@ -39,8 +53,8 @@ def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
             return result, pos
         shift += 7
         if shift >= 70:
-            raise CodecError(f"varint longer than 10 bytes at offset {pos - 10}")
-    raise CodecError(f"truncated varint at offset {pos}")
+            raise CodecError(f"varint longer than 10 bytes at offset {start}")
+    raise CodecError(f"truncated varint at offset {start}")
 
 
 def encode_packed_uint32(values: np.ndarray) -> bytes:
@@ -49,7 +63,7 @@ def encode_packed_uint32(values: np.ndarray) -> bytes:
     Each value is split into 7-bit groups in an (N, L) matrix, L the longest varint; the groups
     above a value's highest non-zero one are masked out row-major, which is protobuf's order.
     """
-    v = np.ascontiguousarray(values, dtype=np.uint32)
+    v = np.ascontiguousarray(values, dtype=np.uint32).reshape(-1)
     if v.size == 0:
         return b""
     top = int(v.max())
@@ -64,6 +78,31 @@ def encode_packed_uint32(values: np.ndarray) -> bytes:
     more[:, :-1] = keep[:, 1:]
     groups = (shifted.astype(np.uint8) & 0x7F) | (more << 7)
     return groups[keep].tobytes()
+
+
+def encode_packed_pixels(pixels: np.ndarray) -> bytes:
+    """The packed-varint payload of unsigned 8- or 16-bit pixels (any shape, row-major)."""
+    u = pixels.reshape(-1)
+    if u.size == 0:
+        return b""
+    low, high = int(u.min()), int(u.max())
+    if high < 0x80:
+        return u.astype(np.uint8).tobytes()
+    if low >= 0x80 and high < 0x4000:
+        # Every varint is 2 bytes: (v & 0x7F | 0x80, v >> 7), written as one little-endian word.
+        w = u.astype(_U16)
+        out = (w << 1) & 0x7F00
+        out |= w & 0x7F
+        out |= 0x80
+        return out.tobytes()
+    if low >= 0x4000:
+        w = u.astype(np.uint32)
+        out = (w << 2) & 0x7F0000
+        out |= (w << 1) & 0x7F00
+        out |= w & 0x7F
+        out |= 0x8080
+        return out.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    return encode_packed_uint32(u)
 
 
 def decode_packed_uint32(data: bytes | memoryview, where: str = "packed field") -> np.ndarray:
@@ -95,3 +134,23 @@ def decode_packed_uint32(data: bytes | memoryview, where: str = "packed field") 
             raise CodecError(f"{where}: value {int(values.max())} does not fit uint32")
         return values.astype(np.uint32)
     return values
+
+
+def decode_packed_pixels(buf: bytes, start: int, end: int, count: int, where: str) -> np.ndarray:
+    """Values of the packed varints in buf[start:end], expected to be `count` of them.
+
+    Returns uint16 when every varint has the same length of at most 2 bytes (the fast path),
+    uint32 otherwise; the caller checks the count and the value range of the result.
+    """
+    size = end - start
+    if size == count and count:
+        b = np.frombuffer(buf, np.uint8, size, start)
+        if int(b.max()) < 0x80:
+            return b.astype(_U16)
+    elif size == 2 * count and count:
+        w = np.frombuffer(buf, _U16, count, start)
+        if not ((w ^ 0x0080) & 0x8080).any():
+            out = (w >> 1) & 0x3F80
+            out |= w & 0x7F
+            return out
+    return decode_packed_uint32(memoryview(buf)[start:end], where)

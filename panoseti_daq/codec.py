@@ -2,32 +2,33 @@
 
 Images are all of this service's traffic, and pure-Python betterproto2 takes milliseconds per
 image. This codec encodes and decodes PanoImage, StreamImagesResponse and UploadImageRequest
-directly between bytes and PanoFrame (pixels as numpy arrays, packed varints vectorised), and
-plugs into grpclib as a Codec. The fast message forms are `StreamReply` and `UploadItem`; a
-handler or stub declares them as its message types to take the fast path. Every other message
-(and the betterproto2 forms of those three) goes through betterproto2, or protobuf for the
-reflection and health services.
+directly between bytes and PanoFrame (pixels as numpy arrays, packed varints vectorised, the
+header Struct through cached layouts), and plugs into grpclib as a Codec. The fast message forms
+are `StreamReply` and `UploadItem`; a handler or stub declares them as its message types to take
+the fast path. The betterproto2 forms of those three messages are converted through PanoFrame;
+every other message goes through betterproto2 (or protobuf, for the reflection and health
+services).
 
 Decoding follows protobuf's rules: fields in any order, unknown fields skipped, packed or
-unpacked repeated scalars, the last value of a scalar wins. Malformed bytes raise CodecError,
-a well-formed but invalid image raises ImageError (R-PARSE-4); neither can hang.
+unpacked repeated scalars, the last value of a scalar wins, a repeated message field merges.
+Malformed bytes raise CodecError naming the field and offset; a well-formed but invalid image
+raises ImageError (R-PARSE-4); neither can hang.
 """
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from grpclib.encoding.base import CodecBase
 
-from ._varint import decode_packed_uint32, encode_packed_uint32, encode_varint, read_varint
+from ._header_codec import decode_struct, encode_struct, next_field
+from ._varint import decode_packed_pixels, encode_packed_pixels, encode_varint, read_varint
 from .errors import CodecError, ImageError
 from .frames import PanoFrame
 from .messages import PanoImage, StreamImagesResponse, Timestamp, UploadImageRequest
-from .products import product_for
+from .products import PRODUCTS, DataProduct, product_for
 
 __all__ = [
     "DaqCodec",
@@ -44,10 +45,8 @@ __all__ = [
     "stream_response_message",
 ]
 
-_DOUBLE = struct.Struct("<d")
-_pack_double = _DOUBLE.pack
-_unpack_double = _DOUBLE.unpack_from
 _NS = 1_000_000_000
+_UINT32_MAX = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,227 +71,15 @@ class UploadItem:
     frame: PanoFrame | None
 
 
-# --- wire primitives ----------------------------------------------------------------------
-
-
 def _len_field(tag: bytes, payload: bytes) -> bytes:
     return tag + encode_varint(len(payload)) + payload
 
 
-def _next_field(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int, Any, int]:
-    """(field number, wire type, value, next position); value is an int or a (start, end)."""
-    key, pos = read_varint(buf, pos, end)
-    number, wire_type = key >> 3, key & 7
-    if number == 0:
-        raise CodecError(f"{what}: field number 0 at offset {pos}")
-    if wire_type == 0:
-        value, pos = read_varint(buf, pos, end)
-        return number, 0, value, pos
-    if wire_type == 2:
-        length, pos = read_varint(buf, pos, end)
-        if pos + length > end:
-            raise CodecError(f"{what}: field {number} claims {length} bytes, {end - pos} remain")
-        return number, 2, (pos, pos + length), pos + length
-    size = {1: 8, 5: 4}.get(wire_type)
-    if size is None:
-        raise CodecError(f"{what}: field {number} has unsupported wire type {wire_type}")
-    if pos + size > end:
-        raise CodecError(f"{what}: field {number} truncated ({8 * size}-bit)")
-    return number, wire_type, (pos, pos + size), pos + size
-
-
-def _fields(buf: bytes, start: int, end: int, what: str):
-    """Yield (field number, wire type, value) of a message; value is int or (start, end)."""
-    pos = start
-    while pos < end:
-        number, wire_type, value, pos = _next_field(buf, pos, end, what)
-        yield number, wire_type, value
-
-
-def _expect(what: str, number: int, wire_type: int, want: int) -> None:
-    if wire_type != want:
-        raise CodecError(f"{what}: field {number} has wire type {wire_type}, expected {want}")
-
-
-def _text(buf: bytes, span: tuple[int, int], what: str) -> str:
+def _text(buf: bytes, start: int, end: int, what: str) -> str:
     try:
-        return buf[span[0] : span[1]].decode()
+        return buf[start:end].decode()
     except UnicodeDecodeError:
         raise CodecError(f"{what} is not valid UTF-8") from None
-
-
-# --- google.protobuf.Struct ---------------------------------------------------------------
-# Struct{map<string, Value> fields = 1}; Value{oneof: null 1, number 2, string 3, bool 4,
-# struct 5, list 6}; ListValue{repeated Value values = 1}.
-
-_number_prefix: dict[str, bytes] = {}
-
-
-def _number_entry_prefix(key: str) -> bytes:
-    """Everything of a map entry holding a number except the 8 bytes of the double."""
-    prefix = _number_prefix.get(key)
-    if prefix is None:
-        raw = key.encode()
-        entry = b"\n" + encode_varint(len(raw)) + raw + b"\x12\x09\x11"
-        prefix = b"\n" + encode_varint(len(entry) + 8) + entry
-        if len(_number_prefix) < 4096:
-            _number_prefix[key] = prefix
-    return prefix
-
-
-def _encode_value(value: Any) -> bytes:
-    if value is None:
-        return b"\x08\x00"
-    if value is True:
-        return b"\x20\x01"
-    if value is False:
-        return b"\x20\x00"
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return b"\x11" + _pack_double(float(value))
-    if isinstance(value, str):
-        return _len_field(b"\x1a", value.encode())
-    if isinstance(value, Mapping):
-        return _len_field(b"\x2a", encode_struct(value))
-    if isinstance(value, (list, tuple)):
-        return _len_field(b"\x32", b"".join(_len_field(b"\n", _encode_value(v)) for v in value))
-    raise ImageError(f"header value of type {type(value).__name__} is not a JSON value")
-
-
-def encode_struct(header: Mapping[str, Any]) -> bytes:
-    """The google.protobuf.Struct bytes of a JSON-like dict."""
-    parts = []
-    for key, value in header.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            parts.append(_number_entry_prefix(key) + _pack_double(value))
-        else:
-            raw = str(key).encode()
-            entry = (
-                b"\n" + encode_varint(len(raw)) + raw + _len_field(b"\x12", _encode_value(value))
-            )
-            parts.append(_len_field(b"\n", entry))
-    return b"".join(parts)
-
-
-_key_cache: dict[bytes, str] = {}
-
-
-def _decode_value(buf: bytes, start: int, end: int) -> Any:
-    # The common case first: a number is exactly 0x11 and 8 bytes.
-    if end - start == 9 and buf[start] == 0x11:
-        return _unpack_double(buf, start + 1)[0]
-    if (
-        end - start >= 2
-        and buf[start] == 0x2A
-        and buf[start + 1] < 0x80
-        and start + 2 + buf[start + 1] == end
-    ):
-        return decode_struct(buf, start + 2, end)
-    value: Any = None
-    for number, wire_type, data in _fields(buf, start, end, "header Value"):
-        if number == 1:
-            _expect("header Value", number, wire_type, 0)
-            value = None
-        elif number == 2:
-            _expect("header Value", number, wire_type, 1)
-            value = _unpack_double(buf, data[0])[0]
-        elif number == 3:
-            _expect("header Value", number, wire_type, 2)
-            value = _text(buf, data, "header string")
-        elif number == 4:
-            _expect("header Value", number, wire_type, 0)
-            value = bool(data)
-        elif number == 5:
-            _expect("header Value", number, wire_type, 2)
-            value = decode_struct(buf, *data)
-        elif number == 6:
-            _expect("header Value", number, wire_type, 2)
-            value = [
-                _decode_value(buf, *item)
-                for n, wt, item in _fields(buf, data[0], data[1], "header ListValue")
-                if n == 1 and wt == 2
-            ]
-    return value
-
-
-def _decode_entry(buf: bytes, start: int, end: int) -> tuple[str, Any]:
-    key = ""
-    value: Any = None
-    for n, wt, data in _fields(buf, start, end, "header entry"):
-        if n == 1:
-            _expect("header entry", n, wt, 2)
-            key = _text(buf, data, "header key")
-        elif n == 2:
-            _expect("header entry", n, wt, 2)
-            value = _decode_value(buf, *data)
-    return key, value
-
-
-def decode_struct(buf: bytes, start: int = 0, end: int | None = None) -> dict[str, Any]:
-    """A google.protobuf.Struct as a plain dict (numbers as float)."""
-    end = len(buf) if end is None else end
-    out: dict[str, Any] = {}
-    pos = start
-    while pos < end:
-        # Fast path: an entry `0a L 0a K key 12 V value` with one-byte lengths, as every
-        # Hashpipe header has; anything else goes through the general parser.
-        if buf[pos] == 0x0A and pos + 3 < end:
-            entry_end = pos + 2 + buf[pos + 1]
-            key_end = pos + 4 + buf[pos + 3]
-            if (
-                buf[pos + 1] < 0x80
-                and buf[pos + 2] == 0x0A
-                and buf[pos + 3] < 0x80
-                and key_end + 2 <= entry_end <= end
-                and buf[key_end] == 0x12
-                and buf[key_end + 1] < 0x80
-                and key_end + 2 + buf[key_end + 1] == entry_end
-            ):
-                raw = buf[pos + 4 : key_end]
-                key = _key_cache.get(raw)
-                if key is None:
-                    key = _text(buf, (pos + 4, key_end), "header key")
-                    if len(_key_cache) < 4096:
-                        _key_cache[raw] = key
-                value_start = key_end + 2
-                if entry_end - value_start == 9 and buf[value_start] == 0x11:
-                    out[key] = _unpack_double(buf, value_start + 1)[0]
-                else:
-                    out[key] = _decode_value(buf, value_start, entry_end)
-                pos = entry_end
-                continue
-        number, wire_type, span, pos = _next_field(buf, pos, end, "header Struct")
-        if number == 1:
-            _expect("header Struct", number, wire_type, 2)
-            key, value = _decode_entry(buf, *span)
-            out[key] = value
-    return out
-
-
-# --- PanoImage ----------------------------------------------------------------------------
-
-
-def encode_pano_image(frame: PanoFrame) -> bytes:
-    """The PanoImage bytes of a frame, fields in number order with defaults omitted."""
-    product = frame.product
-    parts = [
-        b"\x08" + encode_varint(int(product.image_type)),
-        _len_field(b"\x12", encode_struct(frame.header)),
-        _len_field(b"\x1a", encode_packed_uint32(frame.wire_pixels())),
-        b"\x22\x02" + bytes(product.shape),
-        b"\x28" + encode_varint(product.bytes_per_pixel),
-    ]
-    if frame.file:
-        parts.append(_len_field(b"\x32", frame.file.encode()))
-    if frame.frame_number:
-        parts.append(b"\x38" + encode_varint(frame.frame_number))
-    if frame.module_id:
-        parts.append(b"\x40" + encode_varint(frame.module_id))
-    return b"".join(parts)
-
-
-def _uint32(value: int, what: str) -> int:
-    # protobuf truncates a varint to the field's 32 bits.
-    return value & 0xFFFFFFFF
 
 
 def _int32(value: int) -> int:
@@ -300,69 +87,201 @@ def _int32(value: int) -> int:
     return value - (1 << 32) if value & 0x80000000 else value
 
 
+def _uint32(value: int, what: str) -> int:
+    if value > _UINT32_MAX:
+        raise CodecError(f"{what}: value {value} does not fit uint32")
+    return value
+
+
+def _wrong_wire_type(what: str, number: int, wire_type: int, offset: int) -> CodecError:
+    return CodecError(f"{what}: field {number} at offset {offset} has wrong wire type {wire_type}")
+
+
+# --- PanoImage ----------------------------------------------------------------------------
+
+# Per product: everything before the header (type) and the shape and bytes_per_pixel fields.
+_TYPE_FIELD = {p: b"\x08" + encode_varint(int(p.image_type)) for p in PRODUCTS.values()}
+_SHAPE_BPP_FIELDS = {
+    p: b"\x22\x02" + bytes(p.shape) + b"\x28" + encode_varint(p.bytes_per_pixel)
+    for p in PRODUCTS.values()
+}
+_UNSIGNED = {p: np.dtype(f"u{p.bytes_per_pixel}") for p in PRODUCTS.values()}
+_BY_LAYOUT = {(int(p.image_type), p.rows, p.cols, p.bytes_per_pixel): p for p in PRODUCTS.values()}
+# PanoImage field tags of the known fields with their wire type (number << 3 | wire type).
+_VARINT_FIELDS = {1, 3, 4, 5, 7, 8}
+_LEN_FIELDS = {2, 3, 4, 6}
+
+
+def encode_pano_image(frame: PanoFrame) -> bytes:
+    """The PanoImage bytes of a frame, fields in number order with defaults omitted."""
+    product = frame.product
+    header = encode_struct(frame.header)
+    pixels = encode_packed_pixels(frame.pixels.reshape(-1).view(_UNSIGNED[product]))
+    parts = [
+        _TYPE_FIELD[product],
+        b"\x12",
+        encode_varint(len(header)),
+        header,
+        b"\x1a",
+        encode_varint(len(pixels)),
+        pixels,
+        _SHAPE_BPP_FIELDS[product],
+    ]
+    if frame.file:
+        raw = frame.file.encode()
+        parts += [b"\x32", encode_varint(len(raw)), raw]
+    if frame.frame_number:
+        parts += [b"\x38", encode_varint(frame.frame_number)]
+    if frame.module_id:
+        parts += [b"\x40", encode_varint(frame.module_id)]
+    return b"".join(parts)
+
+
+def _pixels(
+    buf: bytes, parts: list[tuple[int, int] | int], product: DataProduct, where: int
+) -> np.ndarray:
+    """The frame's pixels from its image_array pieces (packed spans and unpacked values)."""
+    count = product.pixel_count
+    if len(parts) == 1 and type(parts[0]) is tuple:
+        start, end = parts[0]
+        values = decode_packed_pixels(buf, start, end, count, f"image_array at offset {where}")
+    elif parts:
+        chunks = []
+        loose: list[int] = []
+        for part in parts:
+            if type(part) is tuple:
+                if loose:
+                    chunks.append(np.array(loose, dtype=np.uint32))
+                    loose = []
+                values = decode_packed_pixels(buf, part[0], part[1], 0, "image_array")
+                chunks.append(values.astype(np.uint32, copy=False))
+            else:
+                loose.append(part)
+        if loose:
+            chunks.append(np.array(loose, dtype=np.uint32))
+        values = np.concatenate(chunks)
+    else:
+        values = np.zeros(0, dtype=np.uint32)
+    if values.size != count:
+        raise ImageError(
+            f"{product.name} needs {count} pixels ({product.rows}x{product.cols}), "
+            f"got {values.size}"
+        )
+    top = product.max_bit_pattern
+    if values.dtype.itemsize > product.bytes_per_pixel or top < 0x3FFF:
+        high = int(values.max())
+        if high > top:
+            raise ImageError(
+                f"{product.name} pixel values must fit {product.bytes_per_pixel} byte(s) "
+                f"(0..{top}), got up to {high}"
+            )
+    unsigned = _UNSIGNED[product]
+    if values.dtype != unsigned:
+        values = values.astype(unsigned)
+    return values.view(product.dtype).reshape(product.shape)
+
+
 def decode_pano_image(
     data: bytes | memoryview, start: int = 0, end: int | None = None
 ) -> PanoFrame:
     """A validated PanoFrame from PanoImage bytes (CodecError / ImageError on bad input)."""
-    buf = data if isinstance(data, bytes) else bytes(data)
+    buf = data if type(data) is bytes else bytes(data)
     end = len(buf) if end is None else end
-    image_type = 0
-    header: dict[str, Any] = {}
-    chunks: list[np.ndarray] = []
+    image_type = bytes_per_pixel = frame_number = module_id = 0
+    header_spans: list[tuple[int, int]] = []
+    pixel_parts: list[tuple[int, int] | int] = []
     shape: list[int] = []
-    bytes_per_pixel = 0
     file = ""
-    frame_number = 0
-    module_id = 0
-    for number, wire_type, value in _fields(buf, start, end, "PanoImage"):
-        if number == 3:
-            if wire_type == 2:
-                chunks.append(decode_packed_uint32(buf[value[0] : value[1]], "image_array"))
+    pixels_at = start
+    pos = start
+    while pos < end:
+        at = pos
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = read_varint(buf, pos, end)
+        number = tag >> 3
+        wire_type = tag & 7
+        if wire_type == 2:
+            if pos < end and buf[pos] < 0x80:
+                length = buf[pos]
+                pos += 1
             else:
-                _expect("PanoImage", number, wire_type, 0)
-                chunks.append(np.array([_uint32(value, "image_array")], dtype=np.uint32))
-        elif number == 1:
-            _expect("PanoImage", number, wire_type, 0)
-            image_type = _int32(value)
-        elif number == 2:
-            _expect("PanoImage", number, wire_type, 2)
-            header = decode_struct(buf, *value)
-        elif number == 4:
-            if wire_type == 2:
-                shape.extend(decode_packed_uint32(buf[value[0] : value[1]], "shape").tolist())
+                length, pos = read_varint(buf, pos, end)
+            after = pos + length
+            if after > end:
+                raise CodecError(
+                    f"PanoImage: field {number} at offset {at} claims {length} bytes, "
+                    f"{end - pos} remain"
+                )
+            if number == 3:
+                pixel_parts.append((pos, after))
+                pixels_at = at
+            elif number == 2:
+                header_spans.append((pos, after))
+            elif number == 4:
+                shape.extend(_packed_uint32s(buf, pos, after, "PanoImage.shape"))
+            elif number == 6:
+                file = _text(buf, pos, after, "PanoImage.file")
+            elif number in _VARINT_FIELDS:
+                raise _wrong_wire_type("PanoImage", number, wire_type, at)
+            elif number == 0:
+                raise CodecError(f"PanoImage: field number 0 at offset {at}")
+            pos = after
+        elif wire_type == 0:
+            if pos < end and buf[pos] < 0x80:
+                value = buf[pos]
+                pos += 1
             else:
-                _expect("PanoImage", number, wire_type, 0)
-                shape.append(_uint32(value, "shape"))
-        elif number == 5:
-            _expect("PanoImage", number, wire_type, 0)
-            bytes_per_pixel = _int32(value)
-        elif number == 6:
-            _expect("PanoImage", number, wire_type, 2)
-            file = _text(buf, value, "PanoImage.file")
-        elif number == 7:
-            _expect("PanoImage", number, wire_type, 0)
-            frame_number = _uint32(value, "frame_number")
-        elif number == 8:
-            _expect("PanoImage", number, wire_type, 0)
-            module_id = _uint32(value, "module_id")
-    product = product_for(image_type, shape, bytes_per_pixel)
-    if not chunks:
-        pixels = np.zeros(0, dtype=np.uint32)
-    else:
-        pixels = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-    if pixels.size != product.pixel_count:
-        raise ImageError(
-            f"{product.name} needs {product.pixel_count} pixels "
-            f"({product.rows}x{product.cols}), got {pixels.size}"
-        )
-    if pixels.size and int(pixels.max()) > product.max_bit_pattern:
-        raise ImageError(
-            f"{product.name} pixel values must fit {product.bytes_per_pixel} byte(s) "
-            f"(0..{product.max_bit_pattern}), got up to {int(pixels.max())}"
-        )
-    unsigned = np.dtype(f"u{product.bytes_per_pixel}")
-    array = pixels.astype(unsigned).view(product.dtype).reshape(product.shape)
-    return PanoFrame(product, header, array, module_id, file, frame_number)
+                value, pos = read_varint(buf, pos, end)
+            if number == 1:
+                image_type = _int32(value)
+            elif number == 5:
+                bytes_per_pixel = _int32(value)
+            elif number == 3:
+                pixel_parts.append(_uint32(value, f"image_array at offset {at}"))
+            elif number == 7:
+                frame_number = _uint32(value, "PanoImage.frame_number")
+            elif number == 8:
+                module_id = _uint32(value, "PanoImage.module_id")
+            elif number == 4:
+                shape.append(_uint32(value, "PanoImage.shape"))
+            elif number in _LEN_FIELDS:
+                raise _wrong_wire_type("PanoImage", number, wire_type, at)
+            elif number == 0:
+                raise CodecError(f"PanoImage: field number 0 at offset {at}")
+        else:
+            if 1 <= number <= 8:
+                raise _wrong_wire_type("PanoImage", number, wire_type, at)
+            pos = next_field(buf, at, end, "PanoImage")[3]
+    if not header_spans:
+        header: dict[str, Any] = {}
+    elif len(header_spans) == 1:
+        header = decode_struct(buf, *header_spans[0])
+    else:  # a repeated message field merges: parse the concatenation
+        header = decode_struct(b"".join(buf[a:b] for a, b in header_spans))
+    product = (
+        _BY_LAYOUT.get((image_type, shape[0], shape[1], bytes_per_pixel))
+        if len(shape) == 2
+        else None
+    )
+    if product is None:
+        for part in pixel_parts:  # malformed bytes are a CodecError before an invalid image
+            if type(part) is tuple:
+                decode_packed_pixels(buf, part[0], part[1], 0, f"image_array at offset {at}")
+        product = product_for(image_type, shape, bytes_per_pixel)  # raises the ImageError
+    pixels = _pixels(buf, pixel_parts, product, pixels_at)
+    return PanoFrame(product, header, pixels, module_id, file, frame_number)
+
+
+def _packed_uint32s(buf: bytes, start: int, end: int, what: str) -> list[int]:
+    values = []
+    pos = start
+    while pos < end:
+        value, pos = read_varint(buf, pos, end)
+        values.append(_uint32(value, what))
+    return values
 
 
 # --- StreamImagesResponse and UploadImageRequest ------------------------------------------
@@ -387,41 +306,59 @@ def encode_stream_reply(reply: StreamReply) -> bytes:
     if image is None and reply.frame is not None:
         image = encode_pano_image(reply.frame)
     if image is not None:
-        parts.append(_len_field(b"\x22", image))
+        parts += [b"\x22", encode_varint(len(image)), image]
     return b"".join(parts)
 
 
-def _decode_timestamp_ns(buf: bytes, span: tuple[int, int]) -> int:
+def _decode_timestamp_ns(buf: bytes, start: int, end: int) -> int:
     seconds = nanos = 0
-    for number, wire_type, value in _fields(buf, span[0], span[1], "Timestamp"):
+    pos = start
+    while pos < end:
+        at = pos
+        number, wire_type, value, pos = next_field(buf, pos, end, "Timestamp")
         if number == 1:
-            _expect("Timestamp", number, wire_type, 0)
+            if wire_type != 0:
+                raise _wrong_wire_type("Timestamp", number, wire_type, at)
+            value &= (1 << 64) - 1
             seconds = value - (1 << 64) if value >= 1 << 63 else value
         elif number == 2:
-            _expect("Timestamp", number, wire_type, 0)
+            if wire_type != 0:
+                raise _wrong_wire_type("Timestamp", number, wire_type, at)
             nanos = _int32(value)
     return seconds * _NS + nanos
 
 
+def _merged(buf: bytes, spans: list[tuple[int, int]]) -> tuple[bytes, int, int]:
+    """One span of a message field, or the concatenation of its repeats (protobuf merges)."""
+    if len(spans) == 1:
+        return buf, spans[0][0], spans[0][1]
+    merged = b"".join(buf[a:b] for a, b in spans)
+    return merged, 0, len(merged)
+
+
 def decode_stream_reply(data: bytes | memoryview) -> StreamReply:
     """A StreamReply from StreamImagesResponse bytes."""
-    buf = data if isinstance(data, bytes) else bytes(data)
+    buf = data if type(data) is bytes else bytes(data)
     name = message = ""
-    timestamp_ns = 0
-    frame = None
-    for number, wire_type, value in _fields(buf, 0, len(buf), "StreamImagesResponse"):
+    timestamp_spans: list[tuple[int, int]] = []
+    image_spans: list[tuple[int, int]] = []
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        at = pos
+        number, wire_type, value, pos = next_field(buf, pos, end, "StreamImagesResponse")
+        if 1 <= number <= 4 and wire_type != 2:
+            raise _wrong_wire_type("StreamImagesResponse", number, wire_type, at)
         if number == 4:
-            _expect("StreamImagesResponse", number, wire_type, 2)
-            frame = decode_pano_image(buf, *value)
+            image_spans.append(value)
         elif number == 1:
-            _expect("StreamImagesResponse", number, wire_type, 2)
-            name = _text(buf, value, "StreamImagesResponse.name")
+            name = _text(buf, *value, "StreamImagesResponse.name")
         elif number == 2:
-            _expect("StreamImagesResponse", number, wire_type, 2)
-            timestamp_ns = _decode_timestamp_ns(buf, value)
+            timestamp_spans.append(value)
         elif number == 3:
-            _expect("StreamImagesResponse", number, wire_type, 2)
-            message = _text(buf, value, "StreamImagesResponse.message")
+            message = _text(buf, *value, "StreamImagesResponse.message")
+    timestamp_ns = _decode_timestamp_ns(*_merged(buf, timestamp_spans)) if timestamp_spans else 0
+    frame = decode_pano_image(*_merged(buf, image_spans)) if image_spans else None
     return StreamReply(frame, name, timestamp_ns, message)
 
 
@@ -429,18 +366,24 @@ def encode_upload_item(item: UploadItem) -> bytes:
     """UploadImageRequest bytes."""
     if item.frame is None:
         return b""
-    return _len_field(b"\x0a", encode_pano_image(item.frame))
+    image = encode_pano_image(item.frame)
+    return b"".join((b"\x0a", encode_varint(len(image)), image))
 
 
 def decode_upload_item(data: bytes | memoryview) -> UploadItem:
     """An UploadItem from UploadImageRequest bytes (frame None when pano_image is absent)."""
-    buf = data if isinstance(data, bytes) else bytes(data)
-    span = None
-    for number, wire_type, value in _fields(buf, 0, len(buf), "UploadImageRequest"):
+    buf = data if type(data) is bytes else bytes(data)
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        at = pos
+        number, wire_type, value, pos = next_field(buf, pos, end, "UploadImageRequest")
         if number == 1:
-            _expect("UploadImageRequest", number, wire_type, 2)
-            span = value
-    return UploadItem(None if span is None else decode_pano_image(buf, *span))
+            if wire_type != 2:
+                raise _wrong_wire_type("UploadImageRequest", number, wire_type, at)
+            spans.append(value)
+    return UploadItem(decode_pano_image(*_merged(buf, spans)) if spans else None)
 
 
 # --- betterproto2 forms of the image messages ---------------------------------------------
@@ -509,8 +452,9 @@ class DaqCodec(CodecBase):
                 pano_image=None if item.frame is None else item.frame.to_message()
             )
         # betterproto2 accepts some truncated input silently: check the framing first.
-        for _ in _fields(data, 0, len(data), message_type.__name__):
-            pass
+        pos = 0
+        while pos < len(data):
+            pos = next_field(data, pos, len(data), message_type.__name__)[3]
         try:
             return message_type.FromString(data)
         except Exception as exc:  # betterproto2 raises assorted errors on malformed bytes
