@@ -138,6 +138,8 @@ class DaqDataService:
             subscription, config.max_read_queue_size, config.max_reader_enqueue_timeouts
         )
         try:
+            # Headers now: the client knows it is subscribed before the first frame.
+            await stream.send_initial_metadata()
             await self._send_frames(stream, subscriber)
         except SubscriberEnded as ended:
             raise GRPCError(ended.status, ended.message) from None
