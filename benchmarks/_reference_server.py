@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
@@ -66,10 +67,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--queue-size", type=int, default=5000)
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C is how it is stopped
         asyncio.run(serve(args.port, args.queue_size))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
