@@ -30,6 +30,7 @@ _DOUBLE = struct.Struct("<d")
 _pack_double = _DOUBLE.pack
 _unpack_double = _DOUBLE.unpack_from
 _NUMBERS = frozenset((int, float))
+_DICT_ONLY = {dict}
 _PLAN_CACHE_LIMIT = 256
 _PLANS_PER_SIZE = 4
 
@@ -105,14 +106,25 @@ def _text(buf: bytes, start: int, end: int, what: str) -> str:
 
 
 class _Plan:
-    """The bytes of one header layout: constants alternating with doubles."""
+    """The bytes of one header layout: constants alternating with doubles.
 
-    __slots__ = ("consts", "layout", "packer", "size", "template")
+    `keys` is the key tuple of a flat header; `groups` lists (key, inner keys, first double,
+    end double) of a header of flat objects.
+    """
 
-    def __init__(self, layout: tuple, tokens: list[bytes | None]) -> None:
+    __slots__ = ("consts", "groups", "keys", "packer", "size", "template", "unpack_from")
+
+    def __init__(
+        self,
+        tokens: list[bytes | None],
+        keys: tuple[str, ...] = (),
+        groups: tuple[tuple[str, tuple[str, ...], int, int], ...] = (),
+    ) -> None:
         self.consts = tuple(_constants(tokens))
-        self.layout = layout
+        self.keys = keys
+        self.groups = groups
         self.packer = struct.Struct("<" + "".join(f"{len(c)}sd" for c in self.consts))
+        self.unpack_from = self.packer.unpack_from
         self.size = self.packer.size
         template: list[Any] = []
         for const in self.consts:
@@ -126,20 +138,13 @@ class _Plan:
 
     def unpack(self, buf: bytes, start: int) -> dict[str, Any] | None:
         """The header, or None if the bytes at `start` are not this layout."""
-        fields = self.packer.unpack_from(buf, start)
+        fields = self.unpack_from(buf, start)
         if fields[0::2] != self.consts:
             return None
         doubles = fields[1::2]
-        layout = self.layout
-        if layout[0] == "flat":
-            return dict(zip(layout[1], doubles, strict=True))
-        header = {}
-        at = 0
-        for key, inner_keys in zip(layout[1], layout[2], strict=True):
-            stop = at + len(inner_keys)
-            header[key] = dict(zip(inner_keys, doubles[at:stop], strict=True))
-            at = stop
-        return header
+        if not self.groups:
+            return dict(zip(self.keys, doubles, strict=True))
+        return {k: dict(zip(inner, doubles[a:b], strict=True)) for k, inner, a, b in self.groups}
 
 
 def _constants(tokens: list[bytes | None]) -> list[bytes]:
@@ -164,37 +169,59 @@ def _flat_tokens(keys: tuple[str, ...]) -> list[bytes | None]:
     return tokens
 
 
-def _tokens_size(tokens: list[bytes | None]) -> int:
-    return sum(8 if token is None else len(token) for token in tokens)
+def _flat_plan(keys: tuple[str, ...]) -> _Plan:
+    return _Plan(_flat_tokens(keys), keys=keys)
 
 
-def _plan_for(layout: tuple) -> _Plan:
-    if layout[0] == "flat":
-        return _Plan(layout, _flat_tokens(layout[1]))
+def _nested_plan(layout: tuple[tuple[str, ...], ...]) -> _Plan:
+    """The plan of a header of flat objects; layout = (outer keys, inner keys of each)."""
     tokens: list[bytes | None] = []
-    for key, inner_keys in zip(layout[1], layout[2], strict=True):
+    groups = []
+    at = 0
+    for key, inner_keys in zip(layout[0], layout[1:], strict=True):
         inner = _flat_tokens(inner_keys)
-        inner_size = _tokens_size(inner)
+        inner_size = sum(8 if token is None else len(token) for token in inner)
         value = b"\x2a" + encode_varint(inner_size)
         raw = key.encode()
         entry = b"\n" + encode_varint(len(raw)) + raw
         entry += b"\x12" + encode_varint(len(value) + inner_size) + value
         tokens.append(b"\n" + encode_varint(len(entry) + inner_size) + entry)
         tokens += inner
-    return _Plan(layout, tokens)
+        groups.append((key, inner_keys, at, at + len(inner_keys)))
+        at += len(inner_keys)
+    return _Plan(tokens, groups=tuple(groups))
 
 
-_encode_plans: dict[tuple, _Plan] = {}
+_flat_plans: dict[tuple, _Plan | None] = {}
+_nested_plans: dict[tuple, _Plan | None] = {}
 _decode_plans: dict[int, list[_Plan]] = {}
 
 
-def _cached_plan(layout: tuple) -> _Plan:
-    plan = _encode_plans.get(layout)
-    if plan is None:
-        if len(_encode_plans) >= _PLAN_CACHE_LIMIT:
-            _encode_plans.clear()
-        plan = _encode_plans[layout] = _plan_for(layout)
-    return plan
+def _plan_of(header: Mapping[str, Any]) -> tuple[_Plan, list[Any]] | None:
+    """(plan, doubles) of a flat or two-level numeric header with str keys; None otherwise."""
+    if type(header) is not dict:
+        return None
+    values = list(header.values())
+    kinds = set(map(type, values))
+    if kinds <= _NUMBERS:
+        plans, layout, make, doubles = _flat_plans, tuple(header), _flat_plan, values
+    elif kinds == _DICT_ONLY:
+        layout = (tuple(header), *map(tuple, values))
+        doubles = list(chain.from_iterable(map(dict.values, values)))
+        if not _NUMBERS.issuperset(map(type, doubles)):
+            return None
+        plans, make = _nested_plans, _nested_plan
+    else:
+        return None
+    try:
+        plan = plans[layout]
+    except KeyError:
+        keys = chain.from_iterable(layout) if plans is _nested_plans else layout
+        valid = all(type(key) is str for key in keys) and all(inner for inner in layout[1:])
+        if len(plans) >= _PLAN_CACHE_LIMIT:
+            plans.clear()
+        plan = plans[layout] = make(layout) if valid else None
+    return None if plan is None else (plan, doubles)
 
 
 def _remember_for_decoding(plan: _Plan) -> None:
@@ -206,28 +233,6 @@ def _remember_for_decoding(plan: _Plan) -> None:
     elif plan not in plans:
         plans.insert(0, plan)
         del plans[_PLANS_PER_SIZE:]
-
-
-def _numeric_layout(header: Mapping[str, Any]) -> tuple[tuple, list[Any]] | None:
-    """(layout, doubles) of a flat or two-level numeric header; None for any other header."""
-    if type(header) is not dict:
-        return None
-    values = list(header.values())
-    kinds = set(map(type, values))
-    if kinds <= _NUMBERS:
-        if not all(type(key) is str for key in header):
-            return None
-        return ("flat", tuple(header)), values
-    if kinds != {dict}:
-        return None
-    for inner in values:
-        if not inner or not _NUMBERS.issuperset(map(type, inner.values())):
-            return None
-    keys = (tuple(header), *map(tuple, values))
-    if not all(type(key) is str for key in chain.from_iterable(keys)):
-        return None
-    layout = ("nested", keys[0], keys[1:])
-    return layout, list(chain.from_iterable(map(dict.values, values)))
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -273,11 +278,10 @@ def _encode_struct_general(header: Mapping[str, Any]) -> bytes:
 
 def encode_struct(header: Mapping[str, Any]) -> bytes:
     """The google.protobuf.Struct bytes of a JSON-like dict (numbers become doubles)."""
-    found = _numeric_layout(header)
+    found = _plan_of(header)
     if found is not None:
-        layout, doubles = found
         try:
-            return _cached_plan(layout).pack(doubles)
+            return found[0].pack(found[1])
         except struct.error:
             pass  # an int too large for a double: the general path names it
     return _encode_struct_general(header)
@@ -375,10 +379,10 @@ def decode_struct(buf: bytes, start: int = 0, end: int | None = None) -> dict[st
             if header is not None:
                 return header
     header = _decode_struct_general(buf, start, end)
-    found = _numeric_layout(header)
+    found = _plan_of(header)
     if found is not None:
-        plan = _cached_plan(found[0])
+        plan, doubles = found
         # Only bytes exactly as the plan writes them may take the plan's path later.
-        if plan.size == end - start and plan.pack(found[1]) == buf[start:end]:
+        if plan.size == end - start and plan.pack(doubles) == buf[start:end]:
             _remember_for_decoding(plan)
     return header

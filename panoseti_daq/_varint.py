@@ -26,6 +26,31 @@ _ONE_BYTE = [bytes([i]) for i in range(128)]
 _U16 = np.dtype("<u2")
 
 
+def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lookup tables over all 16-bit values (a few hundred kB, built once at import).
+
+    - varint bytes of v as a little-endian uint32 word (1 to 3 bytes used), and their count;
+    - the 2-byte varint of v as one little-endian uint16 word (meaningful for 128..16383);
+    - the value of a 2-byte varint read as a little-endian uint16 word, 0xFFFF if the word is
+      not a complete 2-byte varint (first byte without, second byte with continuation bit).
+    """
+    v = np.arange(1 << 16, dtype=np.uint32)
+    length = (1 + (v >= 0x80) + (v >= 0x4000)).astype(np.uint8)
+    b0 = (v & 0x7F) | np.where(length > 1, 0x80, 0)
+    b1 = ((v >> 7) & 0x7F) | np.where(length > 2, 0x80, 0)
+    b2 = v >> 14
+    words = (b0 | (b1 << 8) | (b2 << 16)).astype("<u4")
+    two_byte = ((v & 0x7F) | 0x80 | ((v >> 7) << 8)).astype(_U16)
+    word = v
+    valid = (word & 0x8080) == 0x0080
+    decode_two = np.where(valid, (word & 0x7F) | ((word >> 8) << 7), 0xFFFF).astype(_U16)
+    return words, length, two_byte, decode_two
+
+
+_VARINT_WORD, _VARINT_LENGTH, _TWO_BYTE_WORD, _TWO_BYTE_VALUE = _tables()
+_BYTE_INDEX = np.arange(4, dtype=np.uint8)
+
+
 def encode_varint(value: int) -> bytes:
     """One varint; negative values as 10-byte two's complement, as protobuf does for int32."""
     if 0 <= value < 128:
@@ -88,21 +113,15 @@ def encode_packed_pixels(pixels: np.ndarray) -> bytes:
     low, high = int(u.min()), int(u.max())
     if high < 0x80:
         return u.astype(np.uint8).tobytes()
-    if low >= 0x80 and high < 0x4000:
-        # Every varint is 2 bytes: (v & 0x7F | 0x80, v >> 7), written as one little-endian word.
-        w = u.astype(_U16)
-        out = (w << 1) & 0x7F00
-        out |= w & 0x7F
-        out |= 0x80
-        return out.tobytes()
+    if high > 0xFFFF:
+        return encode_packed_uint32(u)
+    if low >= 0x80 and high < 0x4000:  # every varint is 2 bytes: one table word each
+        return _TWO_BYTE_WORD.take(u).tobytes()
+    words = _VARINT_WORD.take(u).view(np.uint8).reshape(-1, 4)
     if low >= 0x4000:
-        w = u.astype(np.uint32)
-        out = (w << 2) & 0x7F0000
-        out |= (w << 1) & 0x7F00
-        out |= w & 0x7F
-        out |= 0x8080
-        return out.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
-    return encode_packed_uint32(u)
+        return words[:, :3].tobytes()
+    keep = _VARINT_LENGTH.take(u)[:, None] > _BYTE_INDEX
+    return words[keep].tobytes()
 
 
 def decode_packed_uint32(data: bytes | memoryview, where: str = "packed field") -> np.ndarray:
@@ -148,9 +167,7 @@ def decode_packed_pixels(buf: bytes, start: int, end: int, count: int, where: st
         if int(b.max()) < 0x80:
             return b.astype(_U16)
     elif size == 2 * count and count:
-        w = np.frombuffer(buf, _U16, count, start)
-        if not ((w ^ 0x0080) & 0x8080).any():
-            out = (w >> 1) & 0x3F80
-            out |= w & 0x7F
-            return out
+        values = _TWO_BYTE_VALUE.take(np.frombuffer(buf, _U16, count, start))
+        if int(values.max()) != 0xFFFF:
+            return values
     return decode_packed_uint32(memoryview(buf)[start:end], where)
