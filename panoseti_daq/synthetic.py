@@ -10,10 +10,13 @@ Also: 32x32 pulse-height (ph1024) images assembled from four ph256 quabo images.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
+from . import pff
 from .frames import PanoFrame
 from .products import product_named
 from .timestamps import TAI_UTC_OFFSET_S
@@ -52,8 +55,8 @@ def synthetic_movie_frames(
 ) -> list[PanoFrame]:
     """`count` SYNTHETIC movie frames of product img16 or img8, deterministic from `seed`.
 
-    Frame i is taken at `start_ns + i * frame_interval_ns` (Unix ns); `file` is empty and
-    `frame_number` is i.
+    Frame i is taken at `start_ns + i * frame_interval_ns` (Unix ns); `frame_number` is i and
+    `file` a data file name (R-NAME-2) that says it is synthetic.
     """
     product = product_named(name)
     if not product.is_movie:
@@ -61,6 +64,10 @@ def synthetic_movie_frames(
     if count < 1 or frame_interval_ns < 1:
         raise ValueError("count and frame_interval_ns must be positive")
     rng = np.random.default_rng(seed)
+    start = datetime.fromtimestamp(start_ns // _NS, timezone.utc).strftime("%Y-%m-%dT%H_%M_%SZ")
+    file = pff.DataFileName(
+        product.name, module_id, 0, product.bytes_per_pixel, start, (("synthetic", "sky"),)
+    ).format()
     rows, cols = product.shape
     y, x = np.mgrid[0:rows, 0:cols]
     pedestal = rng.normal(180.0, 12.0, product.shape)
@@ -80,7 +87,8 @@ def synthetic_movie_frames(
             image = image / 8.0
         pixels = np.clip(np.rint(image), 0, product.max_bit_pattern).astype(product.dtype)
         t_ns = start_ns + index * frame_interval_ns
-        frames.append(PanoFrame(product, _header(index, t_ns, rng), pixels, module_id, "", index))
+        header = _header(index, t_ns, rng)
+        frames.append(PanoFrame(product, header, pixels, module_id, file, index))
     return frames
 
 
@@ -102,5 +110,13 @@ def ph1024_from_ph256(frames: Sequence[PanoFrame], module_id: int | None = None)
         pixels = np.block([[parts[0].pixels, parts[1].pixels], [parts[2].pixels, parts[3].pixels]])
         header = {f"quabo_{q}": dict(parts[q].header) for q in range(4)}
         module = parts[0].module_id if module_id is None else module_id
-        out.append(PanoFrame(product, header, pixels, module, parts[0].file, index))
+        out.append(PanoFrame(product, header, pixels, module, _ph1024_name(parts[0].file), index))
     return out
+
+
+def _ph1024_name(ph256_file: str) -> str:
+    """The ph256 source file's name with dp_ph1024, marked as assembled from ph256."""
+    name = pff.DataFileName.parse(ph256_file)
+    if name is None:
+        return ph256_file
+    return replace(name, dp="ph1024", extra=(*name.extra, ("from", "ph256"))).format()

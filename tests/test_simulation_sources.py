@@ -74,6 +74,9 @@ def test_synthetic_movie_is_deterministic_and_sky_like() -> None:
     assert masked[:40].max() > 800 and masked[60:100].max() < 600
     assert {f.module_id for f in frames} == {3}
     assert [f.frame_number for f in frames[:3]] == [0, 1, 2]
+    name = pff.DataFileName.parse(frames[0].file)
+    assert name is not None and (name.dp, name.module, name.bpp) == ("img16", 3, 2)
+    assert ("synthetic", "sky") in name.extra
 
 
 def test_synthetic_headers_have_valid_white_rabbit_time() -> None:
@@ -106,6 +109,7 @@ def test_ph1024_is_four_ph256_quabos() -> None:
     assert len(ph1024) == min(len(v) for v in by_quabo.values()) == 61
     frame = ph1024[5]
     assert frame.product is PRODUCTS["ph1024"] and frame.pixels.dtype == np.int16
+    assert pff.DataFileName.parse(frame.file).dp == "ph1024"  # type: ignore[union-attr]
     quadrants = [frame.pixels[:16, :16], frame.pixels[:16, 16:]]
     quadrants += [frame.pixels[16:, :16], frame.pixels[16:, 16:]]
     for quabo, quadrant in enumerate(quadrants):
