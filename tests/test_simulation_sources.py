@@ -273,7 +273,10 @@ async def test_rpc_simulation_hands_remapped_frames_to_upload() -> None:
         assert [f.module_id for f in at] == [1, 1, 2, 2]
         for frame in at:
             sources = movie if frame.product.is_movie else ph
-            assert same_frame(frame, sources[tick % len(sources)])
+            source = sources[tick % len(sources)]
+            assert same_frame(frame, source)
+            assert frame.frame_number == source.frame_number
+            assert pff.DataFileName.parse(frame.file).module == frame.module_id  # type: ignore[union-attr]
 
 
 @pytest.mark.anyio

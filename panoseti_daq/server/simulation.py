@@ -13,6 +13,7 @@ changes to the simulated one (R-SIM-4); the source loops (R-SIM-5).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -261,18 +262,28 @@ async def simulated_frames(cfg: SimulateConfig) -> AsyncIterator[PanoFrame]:
     Per tick, one movie and one pulse-height frame for each simulated module; cfg.frame_rate_hz
     ticks per second (0: as fast as the consumer takes them); cfg.frame_limit ticks (0: endless).
     """
-    movie, ph = source_frames(cfg)
+    sources = source_frames(cfg)
+    # Per simulated module, its copy of each source (pixels and headers shared).
+    per_module = [
+        [_as_module(f, m) for f in frames] for m in cfg.sim_module_ids for frames in sources
+    ]
     interval = 1.0 / cfg.frame_rate_hz if cfg.frame_rate_hz > 0 else 0.0
     next_at = anyio.current_time()
     tick = 0
     while cfg.frame_limit == 0 or tick < cfg.frame_limit:
-        for module in cfg.sim_module_ids:
-            yield movie[tick % len(movie)].with_module(module)
-            yield ph[tick % len(ph)].with_module(module)
+        for frames in per_module:
+            yield frames[tick % len(frames)]
         tick += 1
         if interval:
             next_at = max(next_at + interval, anyio.current_time() - _MAX_LAG_S)
             await anyio.sleep_until(next_at)
+
+
+def _as_module(frame: PanoFrame, module: int) -> PanoFrame:
+    """The frame as module `module` took it (R-SIM-4); its file name names that module too."""
+    name = pff.DataFileName.parse(frame.file)
+    file = frame.file if name is None else dataclasses.replace(name, module=module).format()
+    return PanoFrame(frame.product, frame.header, frame.pixels, module, file, frame.frame_number)
 
 
 async def run_rpc_simulation(
