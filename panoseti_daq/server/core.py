@@ -142,7 +142,7 @@ class ServerCore:
             return f"hp_io did not become valid within {START_TIMEOUT_S:g} s"
         except Exception as exc:
             log.debug("hp_io start failed", exc_info=True)
-            return f"hp_io failed to start: {exc}"
+            return f"hp_io failed to start: {_root_cause(exc)}"
         self._sources = sources
         self.hp_io = config
         self.hp_io_valid = True
@@ -157,6 +157,7 @@ class ServerCore:
     async def _run_sources(self, sources: _Sources, *, task_status: TaskStatus[None]) -> None:
         """Run the data sources of one configuration until cancelled (R-STATE-1)."""
         config = sources.config
+        started = False
         try:
             with sources.scope:
                 async with anyio.create_task_group() as tg:
@@ -170,12 +171,20 @@ class ServerCore:
                             run_scanner, scanner, config.update_interval_seconds, self.hub.publish
                         )
                     task_status.started()
+                    started = True
+        except Exception:
+            if not started:
+                raise  # the controller reports it (R-INIT-7)
+            # A source failed later: hp_io is no longer valid, the server keeps serving.
+            log.exception("hp_io data source failed; hp_io is no longer valid")
+            if self._sources is sources:
+                self.hp_io_valid = False
         finally:
             sources.stopped.set()
 
     async def _start_simulation(self, tg: TaskGroup, config: HpIoConfig) -> Path | None:
         """Start the simulation (R-INIT-8); the directory to scan, or None in rpc mode."""
-        from .simulation import run_filesystem_simulation, run_rpc_simulation
+        from .simulation import channel_upload, run_filesystem_simulation, run_rpc_simulation
 
         sim = self.config.simulate_daq_cfg
         if sim.simulation_mode == "filesystem":
@@ -184,7 +193,8 @@ class ServerCore:
         if sim.simulation_mode == "rpc":
             if self.channel_factory is None or self.run_on_grpclib_loop is None:
                 raise RuntimeError("rpc simulation needs a listener to upload to")
-            tg.start_soon(self.run_on_grpclib_loop, run_rpc_simulation, sim, self.channel_factory)
+            upload = channel_upload(self.channel_factory)
+            tg.start_soon(self.run_on_grpclib_loop, run_rpc_simulation, sim, upload)
             return None
         raise RuntimeError(f"simulation mode {sim.simulation_mode!r} is not available")
 
@@ -204,6 +214,13 @@ class ServerCore:
         """R-STOP-1, R-STREAM-3: refuse new streams and end the active ones."""
         self.shutting_down = True
         self.hub.end_all(Status.UNAVAILABLE, "server shutting down")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The first leaf of nested exception groups (task groups wrap what their tasks raise)."""
+    while getattr(exc, "exceptions", None):
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
 
 
 def interval_ok(interval_s: float, minimum_s: float) -> bool:
