@@ -115,6 +115,19 @@ async def test_grpcio_reflection_client_resolves_the_service(make_server):
     assert "UploadImages daqdata.UploadImageRequest google.protobuf.Empty True False" in out
 
 
+async def first_frame(client, timeout_s=20.0):
+    """Wait until the server streams (its --init-sim may still be starting)."""
+    with anyio.fail_after(timeout_s):
+        while True:
+            try:
+                async for _ in client.stream_images(None, True, True, 0.0):
+                    return
+            except RpcError as exc:
+                if exc.status.name != "FAILED_PRECONDITION":
+                    raise
+                await anyio.sleep(0.05)
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 async def test_sigterm_while_streaming(short_tmp, backend):
@@ -123,10 +136,11 @@ async def test_sigterm_while_streaming(short_tmp, backend):
         config = {"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}
         errors = []
         async with AsyncDaqClient(config) as client:
+            await first_frame(client)
 
             async def reader():
                 try:
-                    async for _ in client.stream_images(None, True, True, 0.0, wait_for_ready=True):
+                    async for _ in client.stream_images(None, True, True, 0.0):
                         pass
                 except RpcError as exc:
                     errors.append(exc)
