@@ -108,8 +108,8 @@ def _text(buf: bytes, start: int, end: int, what: str) -> str:
 class _Plan:
     """The bytes of one header layout: constants alternating with doubles.
 
-    `keys` is the key tuple of a flat header; `groups` lists (key, inner keys, first double,
-    end double) of a header of flat objects.
+    `keys` is the key tuple of a flat header; `groups` lists (key, inner keys) of a header of
+    flat objects.
     """
 
     __slots__ = ("consts", "groups", "keys", "packer", "size", "template", "unpack_from")
@@ -118,7 +118,7 @@ class _Plan:
         self,
         tokens: list[bytes | None],
         keys: tuple[str, ...] = (),
-        groups: tuple[tuple[str, tuple[str, ...], int, int], ...] = (),
+        groups: tuple[tuple[str, tuple[str, ...]], ...] = (),
     ) -> None:
         self.consts = tuple(_constants(tokens))
         self.keys = keys
@@ -141,10 +141,11 @@ class _Plan:
         fields = self.unpack_from(buf, start)
         if fields[0::2] != self.consts:
             return None
-        doubles = fields[1::2]
         if not self.groups:
-            return dict(zip(self.keys, doubles, strict=True))
-        return {k: dict(zip(inner, doubles[a:b], strict=True)) for k, inner, a, b in self.groups}
+            return dict(zip(self.keys, fields[1::2], strict=True))
+        # zip stops at the end of each key tuple without taking another double.
+        doubles = iter(fields[1::2])
+        return {key: dict(zip(inner, doubles)) for key, inner in self.groups}  # noqa: B905
 
 
 def _constants(tokens: list[bytes | None]) -> list[bytes]:
@@ -177,7 +178,6 @@ def _nested_plan(layout: tuple[tuple[str, ...], ...]) -> _Plan:
     """The plan of a header of flat objects; layout = (outer keys, inner keys of each)."""
     tokens: list[bytes | None] = []
     groups = []
-    at = 0
     for key, inner_keys in zip(layout[0], layout[1:], strict=True):
         inner = _flat_tokens(inner_keys)
         inner_size = sum(8 if token is None else len(token) for token in inner)
@@ -187,8 +187,7 @@ def _nested_plan(layout: tuple[tuple[str, ...], ...]) -> _Plan:
         entry += b"\x12" + encode_varint(len(value) + inner_size) + value
         tokens.append(b"\n" + encode_varint(len(entry) + inner_size) + entry)
         tokens += inner
-        groups.append((key, inner_keys, at, at + len(inner_keys)))
-        at += len(inner_keys)
+        groups.append((key, inner_keys))
     return _Plan(tokens, groups=tuple(groups))
 
 

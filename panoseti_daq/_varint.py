@@ -26,29 +26,46 @@ _ONE_BYTE = [bytes([i]) for i in range(128)]
 _U16 = np.dtype("<u2")
 
 
-def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Lookup tables over all 16-bit values (a few hundred kB, built once at import).
+def _tables() -> dict[str, np.ndarray]:
+    """Lookup tables over all 16-bit values (about 1 MB, built once at import, ~2 ms).
 
-    - varint bytes of v as a little-endian uint32 word (1 to 3 bytes used), and their count;
-    - the 2-byte varint of v as one little-endian uint16 word (meaningful for 128..16383);
-    - the value of a 2-byte varint read as a little-endian uint16 word, 0xFFFF if the word is
-      not a complete 2-byte varint (first byte without, second byte with continuation bit).
+    Encoding v (0..65535): `word` its varint bytes as a little-endian uint32 (1 to 3 bytes
+    used), `keep` the matching 4 bytes as booleans, `two` its 2-byte varint as a little-endian
+    uint16 (meaningful for 128..16383). Decoding: `two_value` the value of a little-endian
+    uint16 word that is one whole 2-byte varint, 0xFFFF if it is not; for the last byte of a
+    varint, `lead` and `shift` map the two bytes before it (b[-2] | b[-1] << 8) to the value of
+    the varint's earlier bytes and the shift of its last byte.
     """
     v = np.arange(1 << 16, dtype=np.uint32)
-    length = (1 + (v >= 0x80) + (v >= 0x4000)).astype(np.uint8)
+    length = 1 + (v >= 0x80).astype(np.uint32) + (v >= 0x4000)
     b0 = (v & 0x7F) | np.where(length > 1, 0x80, 0)
     b1 = ((v >> 7) & 0x7F) | np.where(length > 2, 0x80, 0)
     b2 = v >> 14
-    words = (b0 | (b1 << 8) | (b2 << 16)).astype("<u4")
-    two_byte = ((v & 0x7F) | 0x80 | ((v >> 7) << 8)).astype(_U16)
-    word = v
-    valid = (word & 0x8080) == 0x0080
-    decode_two = np.where(valid, (word & 0x7F) | ((word >> 8) << 7), 0xFFFF).astype(_U16)
-    return words, length, two_byte, decode_two
+    keep = 1 | (length > 1).astype(np.uint32) << 8 | (length > 2).astype(np.uint32) << 16
+    two_value = np.where((v & 0x8080) == 0x0080, (v & 0x7F) | ((v >> 8) << 7), 0xFFFF)
+    before, last = v & 0xFF, v >> 8  # the bytes two before and one before a varint's end
+    one_byte, two_bytes = last < 0x80, before < 0x80
+    lead = np.where(
+        one_byte, 0, np.where(two_bytes, last & 0x7F, (before & 0x7F) | ((last & 0x7F) << 7))
+    )
+    shift = np.where(one_byte, 0, np.where(two_bytes, 7, 14))
+    return {
+        "word": (b0 | (b1 << 8) | (b2 << 16)).astype("<u4"),
+        "keep": keep.astype("<u4"),
+        "two": ((v & 0x7F) | 0x80 | ((v >> 7) << 8)).astype(_U16),
+        "two_value": two_value.astype(_U16),
+        "lead": lead.astype(np.uint32),
+        "shift": shift.astype(np.uint32),
+    }
 
 
-_VARINT_WORD, _VARINT_LENGTH, _TWO_BYTE_WORD, _TWO_BYTE_VALUE = _tables()
-_BYTE_INDEX = np.arange(4, dtype=np.uint8)
+_TABLES = _tables()
+_VARINT_WORD = _TABLES["word"]
+_VARINT_KEEP = _TABLES["keep"]
+_TWO_BYTE_WORD = _TABLES["two"]
+_TWO_BYTE_VALUE = _TABLES["two_value"]
+_LEAD_VALUE = _TABLES["lead"]
+_LAST_SHIFT = _TABLES["shift"]
 
 
 def encode_varint(value: int) -> bytes:
@@ -120,8 +137,7 @@ def encode_packed_pixels(pixels: np.ndarray) -> bytes:
     words = _VARINT_WORD.take(u).view(np.uint8).reshape(-1, 4)
     if low >= 0x4000:
         return words[:, :3].tobytes()
-    keep = _VARINT_LENGTH.take(u)[:, None] > _BYTE_INDEX
-    return words[keep].tobytes()
+    return words[_VARINT_KEEP.take(u).view(np.bool_).reshape(-1, 4)].tobytes()
 
 
 def decode_packed_uint32(data: bytes | memoryview, where: str = "packed field") -> np.ndarray:
@@ -170,4 +186,26 @@ def decode_packed_pixels(buf: bytes, start: int, end: int, count: int, where: st
         values = _TWO_BYTE_VALUE.take(np.frombuffer(buf, _U16, count, start))
         if int(values.max()) != 0xFFFF:
             return values
+    if count:
+        values = _decode_short_varints(buf, start, end, count)
+        if values is not None:
+            return values
     return decode_packed_uint32(memoryview(buf)[start:end], where)
+
+
+def _decode_short_varints(buf: bytes, start: int, end: int, count: int) -> np.ndarray | None:
+    """`count` varints of 1 to 3 bytes each from buf[start:end] as uint32; None otherwise.
+
+    Each varint is read at its last byte: the two bytes before it say (by table) how many of
+    them belong to it and what they contribute.
+    """
+    size = end - start
+    b = np.frombuffer(buf, np.uint8, size, start)
+    ends = (b < 0x80).nonzero()[0]
+    if ends.size != count or ends[-1] != size - 1 or ends[0] > 2:
+        return None
+    if count > 1 and int((ends[1:] - ends[:-1]).max()) > 3:
+        return None
+    padded = b"\0\0" + buf[start:end]
+    before = np.ndarray((size,), _U16, padded, 0, (1,)).take(ends)
+    return _LEAD_VALUE.take(before) | (b.take(ends) << _LAST_SHIFT.take(before))

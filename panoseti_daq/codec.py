@@ -99,13 +99,15 @@ def _wrong_wire_type(what: str, number: int, wire_type: int, offset: int) -> Cod
 
 # --- PanoImage ----------------------------------------------------------------------------
 
-# Per product: everything before the header (type) and the shape and bytes_per_pixel fields.
-_TYPE_FIELD = {p: b"\x08" + encode_varint(int(p.image_type)) for p in PRODUCTS.values()}
+# Per product, keyed by name (DataProduct's dataclass hash is slow): the type field, the shape
+# and bytes_per_pixel fields, the unsigned dtype of the bit patterns, the shape.
+_TYPE_FIELD = {p.name: b"\x08" + encode_varint(int(p.image_type)) for p in PRODUCTS.values()}
 _SHAPE_BPP_FIELDS = {
-    p: b"\x22\x02" + bytes(p.shape) + b"\x28" + encode_varint(p.bytes_per_pixel)
+    p.name: b"\x22\x02" + bytes(p.shape) + b"\x28" + encode_varint(p.bytes_per_pixel)
     for p in PRODUCTS.values()
 }
-_UNSIGNED = {p: np.dtype(f"u{p.bytes_per_pixel}") for p in PRODUCTS.values()}
+_UNSIGNED = {p.name: np.dtype(f"u{p.bytes_per_pixel}") for p in PRODUCTS.values()}
+_SHAPES = {p.name: p.shape for p in PRODUCTS.values()}
 _BY_LAYOUT = {(int(p.image_type), p.rows, p.cols, p.bytes_per_pixel): p for p in PRODUCTS.values()}
 # PanoImage field tags of the known fields with their wire type (number << 3 | wire type).
 _VARINT_FIELDS = {1, 3, 4, 5, 7, 8}
@@ -116,16 +118,16 @@ def encode_pano_image(frame: PanoFrame) -> bytes:
     """The PanoImage bytes of a frame, fields in number order with defaults omitted."""
     product = frame.product
     header = encode_struct(frame.header)
-    pixels = encode_packed_pixels(frame.pixels.reshape(-1).view(_UNSIGNED[product]))
+    pixels = encode_packed_pixels(frame.pixels.reshape(-1).view(_UNSIGNED[product.name]))
     parts = [
-        _TYPE_FIELD[product],
+        _TYPE_FIELD[product.name],
         b"\x12",
         encode_varint(len(header)),
         header,
         b"\x1a",
         encode_varint(len(pixels)),
         pixels,
-        _SHAPE_BPP_FIELDS[product],
+        _SHAPE_BPP_FIELDS[product.name],
     ]
     if frame.file:
         raw = frame.file.encode()
@@ -175,10 +177,73 @@ def _pixels(
                 f"{product.name} pixel values must fit {product.bytes_per_pixel} byte(s) "
                 f"(0..{top}), got up to {high}"
             )
-    unsigned = _UNSIGNED[product]
-    if values.dtype != unsigned:
-        values = values.astype(unsigned)
-    return values.view(product.dtype).reshape(product.shape)
+    if values.dtype.itemsize != product.bytes_per_pixel:
+        values = values.astype(_UNSIGNED[product.name])
+    return values.view(product.dtype).reshape(_SHAPES[product.name])
+
+
+def _decode_canonical(buf: bytes) -> PanoFrame | None:
+    """The frame of a PanoImage laid out as we and protobuf write it, or None.
+
+    That layout (fields in number order, shape packed, defaults omitted, one- or two-byte
+    lengths) is parsed straight through; for any other layout, or any doubt, this returns None
+    and the general parser decides, and reports every error.
+    """
+    try:
+        if buf[0] != 0x08 or buf[2] != 0x12:
+            return None
+        image_type = buf[1]
+        n = buf[3]
+        pos = 4
+        if n >= 0x80:
+            high = buf[4]
+            if high >= 0x80:
+                return None
+            n = (n & 0x7F) | high << 7
+            pos = 5
+        header_start = pos
+        pos += n
+        header_end = pos
+        if buf[pos] != 0x1A:
+            return None
+        n = buf[pos + 1]
+        pos += 2
+        if n >= 0x80:
+            high = buf[pos]
+            if high >= 0x80:
+                return None
+            n = (n & 0x7F) | high << 7
+            pos += 1
+        pixels_start = pos
+        pos += n
+        pixels_end = pos
+        if buf[pos] != 0x22 or buf[pos + 1] != 2 or buf[pos + 4] != 0x28:
+            return None
+        product = _BY_LAYOUT.get((image_type, buf[pos + 2], buf[pos + 3], buf[pos + 5]))
+        if product is None:
+            return None
+        pos += 6
+        end = len(buf)
+        file = ""
+        frame_number = module_id = 0
+        if pos < end and buf[pos] == 0x32:
+            n = buf[pos + 1]
+            pos += 2
+            if n >= 0x80 or pos + n > end:
+                return None
+            file = buf[pos : pos + n].decode()
+            pos += n
+        if pos < end and buf[pos] == 0x38:
+            frame_number, pos = read_varint(buf, pos + 1, end)
+        if pos < end and buf[pos] == 0x40:
+            module_id, pos = read_varint(buf, pos + 1, end)
+        if pos != end or frame_number > _UINT32_MAX or module_id > _UINT32_MAX:
+            return None
+    except (IndexError, UnicodeDecodeError, CodecError):
+        return None
+    header = decode_struct(buf, header_start, header_end)
+    pixels = _pixels(buf, [(pixels_start, pixels_end)], product, header_end)
+    return PanoFrame(product, header, pixels, module_id, file, frame_number)
 
 
 def decode_pano_image(
@@ -187,6 +252,9 @@ def decode_pano_image(
     """A validated PanoFrame from PanoImage bytes (CodecError / ImageError on bad input)."""
     buf = data if type(data) is bytes else bytes(data)
     end = len(buf) if end is None else end
+    frame = _decode_canonical(buf if start == 0 and end == len(buf) else buf[start:end])
+    if frame is not None:
+        return frame
     image_type = bytes_per_pixel = frame_number = module_id = 0
     header_spans: list[tuple[int, int]] = []
     pixel_parts: list[tuple[int, int] | int] = []
