@@ -1,7 +1,12 @@
-"""Clients of the DaqData service: async (asyncio and trio) and blocking."""
+"""Clients of the DaqData service: async (asyncio and trio) and blocking.
 
-from .aio import AsyncDaqClient, ImageStream, as_frame
-from .sync import DaqClient
+`AioDaqDataClient` and `DaqDataClient` are the original's names, kept so that existing notebooks
+keep working after changing the import.
+"""
+
+from .aio import AsyncDaqClient, as_frame
+from .stream import ImageStream
+from .sync import BlockingImageStream, DaqClient
 from .targets import DaqNode, load_daq_nodes
 
 AioDaqDataClient = AsyncDaqClient
@@ -10,6 +15,7 @@ DaqDataClient = DaqClient
 __all__ = [
     "AioDaqDataClient",
     "AsyncDaqClient",
+    "BlockingImageStream",
     "DaqClient",
     "DaqDataClient",
     "DaqNode",

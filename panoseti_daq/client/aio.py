@@ -1,16 +1,22 @@
-"""AsyncDaqClient: the async client of many DAQ nodes, for asyncio and trio (spec §13).
+"""AsyncDaqClient: the async client of many DAQ nodes, for asyncio and trio (spec section 13).
 
-Usage, on either backend::
+Usage, on either backend (`anyio.run(main)` or `anyio.run(main, backend="trio")`)::
 
     async with AsyncDaqClient("daq_config.json", "network_config.json") as client:
         hosts = await client.get_valid_daq_hosts()
         await client.init_sim(hosts)
-        async for image in client.stream_images(hosts, True, True, 1.0):
-            print(image["module_id"], image["header"]["pandas_unix_timestamp"])
+        async with client.stream_images(hosts, True, True, 1.0) as stream:
+            async for image in stream:
+                print(image["module_id"], image["header"]["pandas_unix_timestamp"])
 
-grpclib runs on asyncio: under trio the client opens (or reuses) a trio-asyncio loop, and all
-RPCs run there (panoseti_daq.bridge). Frames cross to the caller through an anyio memory stream,
-with no per-frame bridge call.
+grpclib runs on asyncio: under trio the client opens a trio-asyncio loop (or reuses the one the
+caller runs) and every RPC runs there (panoseti_daq.bridge). Frames cross back to the caller
+through anyio memory streams, with no per-frame bridge call.
+
+Errors: an RPC that fails raises `panoseti_daq.RpcError` (`.status` a grpclib.const.Status,
+`.details`, `.host`); a host that is unknown raises ValueError, one that does not answer a ping
+raises ConnectionError (R-CLI-3). `init_hp_io` returns False (and logs why) when a server
+refuses (R-CLI-5).
 """
 
 from __future__ import annotations
@@ -19,41 +25,59 @@ import json
 import logging
 import math
 import os
-from collections.abc import AsyncIterable, Iterable, Mapping
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
-from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from ..bridge import GrpclibLoop, grpclib_loop
-from ..codec import DaqCodec, StreamReply, UploadItem, stream_response_message
+from ..codec import DaqCodec, StreamReply, UploadItem
 from ..config import BUNDLED_CONFIG_DIR
-from ..errors import RpcError
+from ..errors import CodecError, ImageError, RpcError
 from ..frames import PanoFrame
-from ..messages import (
-    Empty,
-    InitHpIoRequest,
-    InitHpIoResponse,
-    PanoImage,
-    StreamImagesRequest,
-)
+from ..messages import Empty, InitHpIoRequest, InitHpIoResponse, PanoImage, StreamImagesRequest
 from ..products import ImageType, product_for
+from .stream import ImageStream, StreamState
 from .targets import DaqNode, load_daq_nodes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AsyncDaqClient", "ImageStream", "as_frame"]
+__all__ = ["AsyncDaqClient", "Hosts", "as_frame"]
 
 PING_TIMEOUT_S = 2.0
-RETRY_DELAY_S = 1.0
+RETRY_DELAY_S = 0.5
+MAX_RETRY_DELAY_S = 5.0
 STREAM_BUFFER = 256
 _PATH = "/daqdata.DaqData/"
+_DEFAULT_SIM_CFG = {  # used when the bundled hp_io_config_simulate.json is missing
+    "data_dir": "",
+    "update_interval_seconds": 0.1,
+    "force": True,
+    "module_ids": [],
+}
+# Statuses after which a wait_for_ready stream tries again: the server is down, restarting,
+# reconfigured (R-STREAM-13), idle (R-STREAM-12) or not yet initialised (R-STREAM-2).
+_RETRYABLE = frozenset(
+    {Status.UNAVAILABLE, Status.CANCELLED, Status.DEADLINE_EXCEEDED, Status.FAILED_PRECONDITION}
+)
+_RPC_FAILURES = (
+    GRPCError,
+    StreamTerminatedError,
+    ProtocolError,
+    OSError,
+    CodecError,
+    ImageError,
+)
+
 Hosts = str | Iterable[str] | None
+Images = Iterable[Any] | AsyncIterable[Any]
 
 
 def as_frame(image: PanoFrame | PanoImage | Mapping[str, Any]) -> PanoFrame:
@@ -82,86 +106,45 @@ def as_frame(image: PanoFrame | PanoImage | Mapping[str, Any]) -> PanoFrame:
     raise TypeError(f"cannot upload a {type(image).__name__}: give PanoFrame, PanoImage or dict")
 
 
-def _rpc_error(exc: BaseException, host: str) -> RpcError:
+def rpc_error(exc: BaseException, host: str) -> RpcError:
+    """The RpcError for a failed call to `host`."""
     if isinstance(exc, RpcError):
         return exc
     if isinstance(exc, GRPCError):
         return RpcError(exc.status, exc.message, host)
+    if isinstance(exc, TimeoutError):
+        return RpcError(Status.DEADLINE_EXCEEDED, "deadline exceeded", host)
+    if isinstance(exc, (CodecError, ImageError)):
+        return RpcError(Status.INTERNAL, f"invalid reply: {exc}", host)
     return RpcError(Status.UNAVAILABLE, f"{type(exc).__name__}: {exc}", host)
 
 
-_CONNECTION_ERRORS = (GRPCError, StreamTerminatedError, OSError, ConnectionError)
+async def _iterate(images: Images) -> AsyncIterator[Any]:
+    if isinstance(images, AsyncIterable):
+        async for image in images:
+            yield image
+    else:
+        for image in images:
+            yield image
 
 
-@dataclass(eq=False)
-class _StreamState:
-    errors: list[RpcError] = field(default_factory=list)
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    finished: bool = False
-
-
-class ImageStream:
-    """The frames of one stream_images call, merged from all hosts as they arrive (R-CLI-6).
-
-    An async iterator; breaking out of `async for`, `aclose()`, or leaving `async with`
-    cancels its RPCs (R-CLI-8). Raises RpcError once every host has ended if any ended in error.
-    """
-
-    def __init__(self, receive: Any, state: _StreamState, parse: bool) -> None:
-        self._receive = receive
-        self._state = state
-        self._parse = parse
-
-    def __aiter__(self) -> ImageStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            reply = await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if self._state.errors:
-                raise self._state.errors[-1] from None
-            raise StopAsyncIteration from None
-        return self._convert(reply)
-
-    def receive_ready(self, limit: int = 256) -> list[Any]:
-        """The frames already here, without waiting (for the blocking client's batches)."""
-        items = []
-        while len(items) < limit:
-            try:
-                items.append(self._convert(self._receive.receive_nowait()))
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
-        return items
-
-    def _convert(self, reply: StreamReply) -> Any:
-        if self._parse:
-            return reply.frame.to_dict() if reply.frame is not None else {}
-        return stream_response_message(reply)
-
-    async def aclose(self) -> None:
-        self.close()
-        await anyio.lowlevel.checkpoint()
-
-    def close(self) -> None:
-        if not self._state.finished:
-            self._state.scope.cancel()
-        self._receive.close()
-
-    async def __aenter__(self) -> ImageStream:
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
-        # `break` out of `async for` drops the last reference: cancel the RPCs now.
-        if not self._state.finished:
-            self._state.scope.cancel()
+def _load_hp_io_cfg(hp_io_cfg: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
+    if isinstance(hp_io_cfg, Mapping):
+        return hp_io_cfg
+    path = Path(hp_io_cfg).expanduser()
+    data = json.loads(path.read_text())
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: an hp_io config must be a JSON object")
+    return data
 
 
 class AsyncDaqClient:
-    """Async client of the DaqData service on many DAQ nodes (the seed's AioDaqDataClient)."""
+    """Async client of the DaqData service on many DAQ nodes (the seed's AioDaqDataClient).
+
+    `daq_config` and `network_config` are paths or dicts (R-CLI-1, R-CFG-3). Use it as an async
+    context manager: entering pings every node (R-CLI-2), leaving closes every connection and
+    cancels the streams still open (R-CLI-8).
+    """
 
     def __init__(
         self,
@@ -169,17 +152,21 @@ class AsyncDaqClient:
         network_config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
         *,
         ping_timeout_s: float = PING_TIMEOUT_S,
+        retry_delay_s: float = RETRY_DELAY_S,
     ) -> None:
         self.nodes: dict[str, DaqNode] = load_daq_nodes(daq_config, network_config)
         self.ping_timeout_s = ping_timeout_s
+        self.retry_delay_s = retry_delay_s
         self.valid_hosts: set[str] = set()
         self._channels: dict[str, Channel] = {}
         self._stack: AsyncExitStack | None = None
         self._loop: GrpclibLoop | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._tg: TaskGroup | None = None
 
     # -- context -----------------------------------------------------------------------------
     async def __aenter__(self) -> AsyncDaqClient:
+        if self._stack is not None:
+            raise RuntimeError("this AsyncDaqClient is already open")
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -187,17 +174,22 @@ class AsyncDaqClient:
             stack.push_async_callback(self._close_channels)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._tg.cancel_scope.cancel)
-            await self.get_valid_daq_hosts()
+            await self.get_daq_host_status()
         except BaseException:
             await stack.__aexit__(None, None, None)
+            self._loop = self._tg = None
             raise
         self._stack = stack
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         stack, self._stack = self._stack, None
-        assert stack is not None
-        return await stack.__aexit__(*exc_info)
+        if stack is None:
+            return None
+        try:
+            return await stack.__aexit__(*exc_info)
+        finally:
+            self._loop = self._tg = None
 
     async def _close_channels(self) -> None:
         channels, self._channels = self._channels, {}
@@ -211,7 +203,7 @@ class AsyncDaqClient:
                 await self._loop.run(close_all)
 
     def _channel(self, host: str) -> Channel:
-        """The channel of a host; call only on grpclib's loop."""
+        """The channel of a host, made on first use; call only on grpclib's loop."""
         channel = self._channels.get(host)
         if channel is None:
             node = self.nodes[host]
@@ -222,56 +214,63 @@ class AsyncDaqClient:
             self._channels[host] = channel
         return channel
 
-    def _require_open(self) -> GrpclibLoop:
+    def _open(self) -> tuple[GrpclibLoop, TaskGroup]:
         if self._loop is None or self._tg is None:
             raise RuntimeError("use the client inside `async with AsyncDaqClient(...)`")
-        return self._loop
+        return self._loop, self._tg
 
     async def _call(
-        self, host: str, method: str, request: Any, reply_type: Any, timeout: float | None
-    ):
+        self, host: str, method: str, request: Any, reply_type: Any, timeout_s: float | None
+    ) -> Any:
         """One unary RPC on grpclib's loop; RpcError on failure."""
-        loop = self._require_open()
+        loop, _ = self._open()
 
         async def call() -> Any:
             async with self._channel(host).request(
-                _PATH + method, Cardinality.UNARY_UNARY, type(request), reply_type, timeout=timeout
+                _PATH + method,
+                Cardinality.UNARY_UNARY,
+                type(request),
+                reply_type,
+                timeout=timeout_s,
             ) as stream:
                 await stream.send_message(request, end=True)
                 return await stream.recv_message()
 
         try:
             return await loop.run(call)
-        except _CONNECTION_ERRORS as exc:
-            raise _rpc_error(exc, host) from None
+        except _RPC_FAILURES as exc:
+            raise rpc_error(exc, host) from None
 
     # -- hosts ---------------------------------------------------------------------------------
-    def _resolve(self, hosts: Hosts) -> list[str]:
+    def _resolve(self, hosts: Hosts, *, all_if_none_valid: bool = False) -> list[str]:
         """R-CLI-3: a str, a non-empty iterable, or None/empty for every valid host."""
-        if isinstance(hosts, str):
-            names = [hosts] if hosts else []
-        else:
-            names = list(hosts or [])
+        names = ([hosts] if hosts else []) if isinstance(hosts, str) else list(hosts or [])
         if not names:
-            if not self.valid_hosts:
-                raise ConnectionError("no DAQ node answered a ping")
-            return sorted(self.valid_hosts)
+            if self.valid_hosts:
+                return sorted(self.valid_hosts)
+            if all_if_none_valid:
+                return list(self.nodes)
+            raise ConnectionError("no DAQ node answered a ping")
         unknown = [h for h in names if h not in self.nodes]
         if unknown:
             raise ValueError(f"unknown host(s) {unknown}; daq_config names {sorted(self.nodes)}")
         return names
 
     async def ping(self, host: str) -> bool:
-        """Whether the DaqData server on `host` answers within the ping timeout (R-PING-1)."""
+        """Whether the DaqData server on `host` answers within the ping timeout (R-CLI-4)."""
+        if host not in self.nodes:
+            raise ValueError(f"unknown host {host!r}; daq_config names {sorted(self.nodes)}")
         try:
             await self._call(host, "Ping", Empty(), Empty, self.ping_timeout_s)
         except RpcError as exc:
             log.debug("ping %s failed: %s", host, exc)
+            self.valid_hosts.discard(host)
             return False
+        self.valid_hosts.add(host)
         return True
 
     async def get_daq_host_status(self) -> dict[str, bool]:
-        """{host: answers a ping} for every node of daq_config."""
+        """{host: answers a ping} for every node of daq_config, pinged concurrently."""
         status: dict[str, bool] = {}
 
         async def check(host: str) -> None:
@@ -280,50 +279,56 @@ class AsyncDaqClient:
         async with anyio.create_task_group() as tg:
             for host in self.nodes:
                 tg.start_soon(check, host)
-        self.valid_hosts = {h for h, ok in status.items() if ok}
         return {h: status[h] for h in self.nodes}
 
     async def get_valid_daq_hosts(self) -> set[str]:
-        """The hosts whose servers answer a ping (R-CLI-2)."""
+        """The hosts whose servers answer a ping now (R-CLI-2)."""
         await self.get_daq_host_status()
         return set(self.valid_hosts)
 
     async def _answering(self, hosts: Hosts) -> list[str]:
+        """The hosts named (or all valid ones); ConnectionError if one does not answer."""
         names = self._resolve(hosts)
         for host in names:
             if host not in self.valid_hosts and not await self.ping(host):
                 raise ConnectionError(f"DAQ host {host} does not answer")
-            self.valid_hosts.add(host)
         return names
 
     async def reflect_services(self, hosts: Hosts = None) -> str:
-        """The services and DaqData methods each host offers, as text (R-CLI-4)."""
+        """The services and DaqData methods (with streaming kinds) of each host (R-CLI-4)."""
         from .reflection import describe_services
 
-        loop = self._require_open()
+        loop, _ = self._open()
         parts = []
         for host in await self._answering(hosts):
             try:
                 text = await loop.run(describe_services, self._channel(host))
-            except _CONNECTION_ERRORS as exc:
-                raise _rpc_error(exc, host) from None
+            except _RPC_FAILURES as exc:
+                raise rpc_error(exc, host) from None
             parts.append(f"{host}:\n{text}")
         return "\n".join(parts)
 
-    # -- hp_io -----------------------------------------------------------------------------------
-    async def init_hp_io(self, hosts: Hosts, hp_io_cfg: Mapping[str, Any]) -> bool:
-        """InitHpIo on every host; True when all succeeded (R-CLI-5)."""
+    # -- hp_io ---------------------------------------------------------------------------------
+    async def init_hp_io(
+        self, hosts: Hosts, hp_io_cfg: Mapping[str, Any] | str | os.PathLike[str]
+    ) -> bool:
+        """InitHpIo on every host; True when all succeeded (R-CLI-5).
+
+        `hp_io_cfg` is a dict or a path of an hp_io_config.json. `data_dir` comes from it when
+        present, else from the node's `data_dir` in daq_config. A refusal is logged.
+        """
+        cfg = _load_hp_io_cfg(hp_io_cfg)
         names = await self._answering(hosts)
         results: dict[str, bool] = {}
 
         async def init(host: str) -> None:
-            data_dir = hp_io_cfg.get("data_dir") or self.nodes[host].data_dir or ""
+            data_dir = cfg.get("data_dir") or self.nodes[host].data_dir or ""
             request = InitHpIoRequest(
                 data_dir=str(data_dir),
-                update_interval_seconds=float(hp_io_cfg.get("update_interval_seconds", 1.0)),
-                force=bool(hp_io_cfg.get("force", False)),
-                simulate_daq=bool(hp_io_cfg.get("simulate_daq", False)),
-                module_ids=[int(m) for m in hp_io_cfg.get("module_ids", [])],
+                update_interval_seconds=float(cfg.get("update_interval_seconds", 1.0)),
+                force=bool(cfg.get("force", False)),
+                simulate_daq=bool(cfg.get("simulate_daq", False)),
+                module_ids=[int(m) for m in cfg.get("module_ids") or []],
             )
             try:
                 reply = await self._call(host, "InitHpIo", request, InitHpIoResponse, None)
@@ -341,13 +346,13 @@ class AsyncDaqClient:
         return all(results.values())
 
     async def init_sim(
-        self, hosts: Hosts = None, hp_io_cfg: Mapping[str, Any] | None = None
+        self, hosts: Hosts = None, hp_io_cfg: Mapping[str, Any] | str | None = None
     ) -> bool:
-        """Start the simulation on every host (R-CLI-5)."""
+        """Start the simulation on every host with the bundled config (R-CLI-5, R-INIT-8)."""
         if hp_io_cfg is None:
             path = Path(BUNDLED_CONFIG_DIR) / "hp_io_config_simulate.json"
-            hp_io_cfg = json.loads(path.read_text())
-        return await self.init_hp_io(hosts, {**hp_io_cfg, "simulate_daq": True})
+            hp_io_cfg = json.loads(path.read_text()) if path.is_file() else _DEFAULT_SIM_CFG
+        return await self.init_hp_io(hosts, {**_load_hp_io_cfg(hp_io_cfg), "simulate_daq": True})
 
     # -- StreamImages --------------------------------------------------------------------------
     def stream_images(
@@ -360,52 +365,66 @@ class AsyncDaqClient:
         wait_for_ready: bool = False,
         parse_pano_images: bool = True,
     ) -> ImageStream:
-        """Frames of every host, merged as they arrive (R-CLI-6)."""
-        self._require_open()
-        assert self._tg is not None
-        if math.isnan(update_interval_seconds) or update_interval_seconds < 0:
-            raise ValueError(f"update_interval_seconds must be >= 0, not {update_interval_seconds}")
+        """Frames of every host, merged as they arrive (R-CLI-6).
+
+        Parsed dicts (R-PARSE-1) when `parse_pano_images`, else StreamImagesResponse messages.
+        A host that fails is logged and the others go on; with `wait_for_ready` a host that is
+        down, restarting or not yet initialised is retried until it streams. Hosts None or empty:
+        every valid host (with `wait_for_ready` and none valid yet: every configured node).
+        """
+        _, tg = self._open()
+        interval = float(update_interval_seconds)
+        if math.isnan(interval) or interval < 0:
+            raise ValueError(f"update_interval_seconds must be >= 0, not {interval}")
+        names = self._resolve(hosts, all_if_none_valid=wait_for_ready)
         request = StreamImagesRequest(
-            stream_movie_data=stream_movie_data,
-            stream_pulse_height_data=stream_pulse_height_data,
-            update_interval_seconds=float(update_interval_seconds),
+            stream_movie_data=bool(stream_movie_data),
+            stream_pulse_height_data=bool(stream_pulse_height_data),
+            update_interval_seconds=interval,
             module_ids=[int(m) for m in module_ids],
         )
         send, receive = anyio.create_memory_object_stream[StreamReply](STREAM_BUFFER)
-        state = _StreamState()
-        self._tg.start_soon(self._pump, hosts, request, wait_for_ready, send, state)
+        state = StreamState()
+        tg.start_soon(self._pump, names, request, wait_for_ready, send, state)
         return ImageStream(receive, state, parse_pano_images)
 
-    async def _pump(self, hosts, request, wait_for_ready, send, state: _StreamState) -> None:
-        loop = self._require_open()
+    async def _pump(
+        self,
+        names: list[str],
+        request: StreamImagesRequest,
+        wait_for_ready: bool,
+        send: MemoryObjectSendStream[StreamReply],
+        state: StreamState,
+    ) -> None:
+        """Runs one stream: a task per host, all feeding `send`, until done or cancelled."""
         try:
-            with state.scope:
-                await self._pump_hosts(loop, hosts, request, wait_for_ready, send, state)
+            with state.scope, send:
+                loop, _ = self._open()
+                if not wait_for_ready:
+                    try:
+                        await self._answering(names)
+                    except ConnectionError as exc:
+                        state.errors.append(exc)
+                        return
+                async with anyio.create_task_group() as tg:
+                    for host in names:
+                        tg.start_soon(
+                            loop.run, self._stream_host, host, request, wait_for_ready, send, state
+                        )
         finally:
-            state.finished = True
+            state.finished.set()
 
-    async def _pump_hosts(self, loop, hosts, request, wait_for_ready, send, state) -> None:
-        async with send:
-            try:
-                names = self._resolve(hosts) if wait_for_ready else await self._answering(hosts)
-            except (ConnectionError, ValueError) as exc:
-                state.errors.append(RpcError(Status.UNAVAILABLE, str(exc)))
-                return
-            async with anyio.create_task_group() as tg:
-                for host in names:
-                    tg.start_soon(
-                        loop.run,
-                        self._stream_host,
-                        host,
-                        request,
-                        wait_for_ready,
-                        send.clone(),
-                        state,
-                    )
-
-    async def _stream_host(self, host, request, wait_for_ready, send, state: _StreamState) -> None:
-        """One host's stream, on grpclib's loop; retried while wait_for_ready (R-CLI-6)."""
-        async with send:
+    async def _stream_host(
+        self,
+        host: str,
+        request: StreamImagesRequest,
+        wait_for_ready: bool,
+        send: MemoryObjectSendStream[StreamReply],
+        state: StreamState,
+    ) -> None:
+        """One host's StreamImages, on grpclib's loop; retried while wait_for_ready."""
+        delay_s = self.retry_delay_s
+        with send.clone() as out:
             while True:
                 try:
                     async with self._channel(host).request(
@@ -416,65 +435,80 @@ class AsyncDaqClient:
                     ) as stream:
                         await stream.send_message(request, end=True)
                         async for reply in stream:
-                            await send.send(reply)
+                            await out.send(reply)
+                            delay_s = self.retry_delay_s
+                    log.info("stream from %s ended by the server", host)
                     return
-                except _CONNECTION_ERRORS as exc:
-                    error = _rpc_error(exc, host)
-                    if not wait_for_ready or error.status not in (
-                        Status.UNAVAILABLE,
-                        Status.CANCELLED,
-                        Status.DEADLINE_EXCEEDED,
-                        Status.FAILED_PRECONDITION,
-                    ):
-                        log.warning("stream from %s ended: %s", host, error)
-                        state.errors.append(error)
-                        return
-                    log.info("stream from %s: %s; retrying in %g s", host, error, RETRY_DELAY_S)
-                    self._channels.pop(host, None)
-                    await anyio.sleep(RETRY_DELAY_S)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     return  # the consumer went away
+                except _RPC_FAILURES as exc:
+                    error = rpc_error(exc, host)
+                    if not (wait_for_ready and error.status in _RETRYABLE):
+                        log.warning("stream from %s failed: %s", host, error)
+                        state.errors.append(error)
+                        return
+                    log.info("stream from %s: %s; retrying in %g s", host, error, delay_s)
+                    await anyio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, MAX_RETRY_DELAY_S)
 
     # -- UploadImages --------------------------------------------------------------------------
-    async def upload_images(
-        self,
-        hosts: Hosts,
-        images: Iterable[Any] | AsyncIterable[Any],
-    ) -> None:
-        """Upload frames (PanoFrame, PanoImage or parsed dicts) to every host (R-CLI-7)."""
-        loop = self._require_open()
+    async def upload_images(self, hosts: Hosts, images: Images) -> None:
+        """Upload frames (PanoFrame, PanoImage or parsed dicts) to every host (R-CLI-7).
+
+        `images` is an iterable or an async iterable. Returns once every host has accepted the
+        whole upload; the first failure raises RpcError and ends the upload on all hosts.
+        """
+        loop, _ = self._open()
         names = await self._answering(hosts)
-        channels = []
+        errors: list[BaseException] = []
         async with anyio.create_task_group() as tg:
+            sends: list[MemoryObjectSendStream[PanoFrame]] = []
             for host in names:
                 send, receive = anyio.create_memory_object_stream[PanoFrame](STREAM_BUFFER)
-                channels.append(send)
-                tg.start_soon(loop.run, self._upload_host, host, receive)
-            async with AsyncExitStack() as stack:
-                for send in channels:
+                sends.append(send)
+                tg.start_soon(self._upload_task, loop, host, receive, errors, tg)
+            with ExitStack() as stack:
+                for send in sends:
                     stack.enter_context(send)
-                if isinstance(images, AsyncIterable):
-                    async for image in images:
+                try:
+                    async for image in _iterate(images):
                         frame = as_frame(image)
-                        for send in channels:
+                        for send in sends:
                             await send.send(frame)
-                else:
-                    for image in images:
-                        frame = as_frame(image)
-                        for send in channels:
-                            await send.send(frame)
+                except anyio.BrokenResourceError:
+                    pass  # that host's task failed: its error is in `errors`
+                except Exception as exc:  # a bad image or the caller's iterable failed
+                    errors.append(exc)
+                    tg.cancel_scope.cancel()
+        if errors:
+            raise errors[0]
 
-    async def _upload_host(self, host: str, receive: Any) -> None:
+    async def _upload_task(
+        self,
+        loop: GrpclibLoop,
+        host: str,
+        receive: MemoryObjectReceiveStream[PanoFrame],
+        errors: list[BaseException],
+        tg: TaskGroup,
+    ) -> None:
         try:
-            async with (
-                receive,
-                self._channel(host).request(
+            with receive:
+                await loop.run(self._upload_host, host, receive)
+        except RpcError as exc:
+            log.warning("upload to %s failed: %s", host, exc)
+            errors.append(exc)
+            tg.cancel_scope.cancel()
+
+    async def _upload_host(self, host: str, receive: MemoryObjectReceiveStream[PanoFrame]) -> None:
+        """One host's UploadImages, on grpclib's loop."""
+        with receive:
+            try:
+                async with self._channel(host).request(
                     _PATH + "UploadImages", Cardinality.STREAM_UNARY, UploadItem, Empty
-                ) as stream,
-            ):
-                async for frame in receive:
-                    await stream.send_message(UploadItem(frame))
-                await stream.end()
-                await stream.recv_message()
-        except _CONNECTION_ERRORS as exc:
-            raise _rpc_error(exc, host) from None
+                ) as stream:
+                    async for frame in receive:
+                        await stream.send_message(UploadItem(frame))
+                    await stream.end()
+                    await stream.recv_message()
+            except _RPC_FAILURES as exc:
+                raise rpc_error(exc, host) from None

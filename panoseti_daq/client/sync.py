@@ -1,46 +1,128 @@
 """DaqClient: the blocking client (the seed's DaqDataClient), also usable inside Jupyter.
 
-It runs an AsyncDaqClient on an asyncio event loop in a background thread (an anyio blocking
-portal), so it works the same whether or not the caller's thread already runs an event loop.
+It runs an AsyncDaqClient on an event loop in a background thread (an anyio blocking portal),
+so it works the same whether or not the caller's thread already runs an event loop (a Jupyter
+cell does). Every method blocks until the async client's coroutine has finished there.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import itertools
 import os
-from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from typing import Any
 
+import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from .aio import AsyncDaqClient, Hosts, ImageStream
+from .aio import AsyncDaqClient, Hosts
+from .stream import ImageStream
 
-__all__ = ["DaqClient"]
+__all__ = ["BlockingImageStream", "DaqClient"]
+
+UPLOAD_BATCH = 64
+
+
+class BlockingImageStream(Iterator[Any]):
+    """A blocking iterator over an ImageStream running on the portal's loop (R-CLI-6, R-CLI-8).
+
+    Frames cross the thread boundary in batches (whatever has arrived), not one by one.
+    `close()`, leaving `with`, or dropping the iterator after `break` cancels the RPCs.
+    """
+
+    def __init__(self, portal: BlockingPortal, stream: ImageStream) -> None:
+        self._portal = portal
+        self._stream = stream
+        self._ready: collections.deque[Any] = collections.deque()
+        self._closed = False
+
+    def __iter__(self) -> BlockingImageStream:
+        return self
+
+    def __next__(self) -> Any:
+        if not self._ready:
+            if self._closed:
+                raise StopIteration
+            try:
+                self._ready.extend(self._portal.call(self._next_batch))
+            except BaseException:
+                self.close()
+                raise
+            if not self._ready:
+                self.close()
+                raise StopIteration
+        return self._ready.popleft()
+
+    async def _next_batch(self) -> list[Any]:
+        try:
+            first = await self._stream.__anext__()
+        except StopAsyncIteration:
+            return []
+        return [first, *self._stream.receive_ready()]
+
+    def close(self) -> None:
+        """Cancel the RPCs and wait until they have ended."""
+        if self._closed:
+            return
+        self._closed = True
+        # The portal is already gone when the client was closed first: nothing left to cancel.
+        with contextlib.suppress(RuntimeError):
+            self._portal.call(self._stream.aclose)
+
+    def __enter__(self) -> BlockingImageStream:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _take(iterator: Iterator[Any], count: int) -> list[Any]:
+    return list(itertools.islice(iterator, count))
 
 
 class DaqClient:
-    """Blocking client of the DaqData service on many DAQ nodes."""
+    """Blocking client of the DaqData service on many DAQ nodes: AsyncDaqClient's API, blocking.
+
+    `with DaqClient("daq_config.json", "network_config.json") as client: ...`; the options are
+    those of AsyncDaqClient, plus `backend` ("asyncio" or "trio") for the portal's loop.
+    """
 
     def __init__(
         self,
         daq_config: str | os.PathLike[str] | Mapping[str, Any],
         network_config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        *,
+        backend: str = "asyncio",
         **options: Any,
     ) -> None:
         self._client = AsyncDaqClient(daq_config, network_config, **options)
+        self._backend = backend
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
 
     @property
-    def nodes(self):
+    def nodes(self) -> dict[str, Any]:
+        """name -> DaqNode of every node in daq_config."""
         return self._client.nodes
+
+    @property
+    def valid_hosts(self) -> set[str]:
+        """The hosts that answered the latest ping."""
+        return set(self._client.valid_hosts)
 
     def __enter__(self) -> DaqClient:
         stack = ExitStack()
         try:
-            self._portal = stack.enter_context(start_blocking_portal(backend="asyncio"))
+            self._portal = stack.enter_context(start_blocking_portal(backend=self._backend))
             stack.enter_context(self._portal.wrap_async_context_manager(self._client))
         except BaseException:
+            self._portal = None
             stack.close()
             raise
         self._stack = stack
@@ -48,9 +130,11 @@ class DaqClient:
 
     def __exit__(self, *exc_info: Any) -> None:
         stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.__exit__(*exc_info)
-        self._portal = None
+        try:
+            if stack is not None:
+                stack.__exit__(*exc_info)
+        finally:
+            self._portal = None
 
     def _call(self, fn: Any, *args: Any) -> Any:
         if self._portal is None:
@@ -58,21 +142,27 @@ class DaqClient:
         return self._portal.call(fn, *args)
 
     def ping(self, host: str) -> bool:
+        """Whether `host` answers a ping (R-CLI-4)."""
         return self._call(self._client.ping, host)
 
     def get_valid_daq_hosts(self) -> set[str]:
+        """The hosts whose servers answer a ping now (R-CLI-2)."""
         return self._call(self._client.get_valid_daq_hosts)
 
     def get_daq_host_status(self) -> dict[str, bool]:
+        """{host: answers a ping} for every node of daq_config."""
         return self._call(self._client.get_daq_host_status)
 
     def reflect_services(self, hosts: Hosts = None) -> str:
+        """The services and DaqData methods of each host, as text (R-CLI-4)."""
         return self._call(self._client.reflect_services, hosts)
 
-    def init_hp_io(self, hosts: Hosts, hp_io_cfg: Mapping[str, Any]) -> bool:
+    def init_hp_io(self, hosts: Hosts, hp_io_cfg: Mapping[str, Any] | str) -> bool:
+        """InitHpIo on every host; True when all succeeded (R-CLI-5)."""
         return self._call(self._client.init_hp_io, hosts, hp_io_cfg)
 
     def init_sim(self, hosts: Hosts = None, hp_io_cfg: Mapping[str, Any] | None = None) -> bool:
+        """Start the simulation on every host (R-CLI-5)."""
         return self._call(self._client.init_sim, hosts, hp_io_cfg)
 
     def stream_images(
@@ -84,8 +174,8 @@ class DaqClient:
         module_ids: Iterable[int] = (),
         wait_for_ready: bool = False,
         parse_pano_images: bool = True,
-    ) -> Iterator[Any]:
-        """A blocking iterator of frames; closing it (or `break`) cancels the RPCs."""
+    ) -> BlockingImageStream:
+        """A blocking iterator of frames of every host (R-CLI-6); close it to cancel the RPCs."""
 
         async def open_stream() -> ImageStream:
             return self._client.stream_images(
@@ -99,23 +189,26 @@ class DaqClient:
             )
 
         stream = self._call(open_stream)
-        return self._iterate(stream)
+        assert self._portal is not None
+        return BlockingImageStream(self._portal, stream)
 
-    def _iterate(self, stream: ImageStream) -> Iterator[Any]:
-        async def next_batch() -> list[Any]:
-            first = await stream.__anext__()
-            return [first, *stream.receive_ready()]
+    def upload_images(self, hosts: Hosts, images: Iterable[Any]) -> None:
+        """Upload frames, PanoImages or parsed dicts to every host (R-CLI-7).
 
-        try:
-            while True:
-                try:
-                    batch = self._call(next_batch)
-                except StopAsyncIteration:
-                    return
-                yield from batch
-        finally:
-            if self._portal is not None:
-                self._portal.call(stream.aclose)
+        A lazy iterable (a generator reading files) is consumed in a worker thread, in batches,
+        so that it never blocks the client's event loop.
+        """
+        if isinstance(images, AsyncIterable):
+            raise TypeError(
+                "DaqClient.upload_images takes an iterable; async ones need AsyncDaqClient"
+            )
+        if isinstance(images, (list, tuple)):
+            return self._call(self._client.upload_images, hosts, images)
+        iterator = iter(images)
 
-    def upload_images(self, hosts: Hosts, images: Iterable[Any] | AsyncIterable[Any]) -> None:
-        return self._call(self._client.upload_images, hosts, images)
+        async def batches() -> AsyncIterator[Any]:
+            while batch := await anyio.to_thread.run_sync(_take, iterator, UPLOAD_BATCH):
+                for image in batch:
+                    yield image
+
+        return self._call(self._client.upload_images, hosts, batches())

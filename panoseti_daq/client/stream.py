@@ -1,0 +1,104 @@
+"""ImageStream: the frames of one stream_images call, merged from all hosts (R-CLI-6, R-CLI-8).
+
+One task per host (owned by the client's task group) puts replies into one anyio memory stream
+as they arrive; the consumer reads that stream. Closing the ImageStream cancels the host tasks,
+which resets their HTTP/2 streams; `aclose()` also waits until they have finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ..codec import StreamReply, stream_response_message
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ImageStream"]
+
+
+@dataclass(eq=False)
+class StreamState:
+    """What the host tasks of one stream share with its consumer."""
+
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    finished: anyio.Event = field(default_factory=anyio.Event)
+    errors: list[Exception] = field(default_factory=list)
+
+
+class ImageStream:
+    """An async iterator of the frames of all requested hosts, in arrival order (R-CLI-6).
+
+    Yields parsed dicts (R-PARSE-1) or betterproto2 StreamImagesResponse messages. Leave it with
+    `async with client.stream_images(...) as stream:` or `await stream.aclose()` to cancel its
+    RPCs and wait for them to end; a plain `break` out of `async for` cancels them too (when the
+    iterator is dropped). After every host has ended, the iteration raises the first error
+    (RpcError or ConnectionError), if any, else stops.
+    """
+
+    def __init__(
+        self, receive: MemoryObjectReceiveStream[StreamReply], state: StreamState, parse: bool
+    ) -> None:
+        self._receive = receive
+        self._state = state
+        self._parse = parse
+        self._thread = threading.get_ident()
+        self._closed = False
+
+    def __aiter__(self) -> ImageStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            reply = await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise self._end() from None
+        return self._convert(reply)
+
+    def _end(self) -> BaseException:
+        if self._state.errors:
+            return self._state.errors[0]
+        return StopAsyncIteration()
+
+    def receive_ready(self, limit: int = 256) -> list[Any]:
+        """The frames already here, without waiting (lets a caller work in batches)."""
+        items = []
+        while len(items) < limit:
+            try:
+                items.append(self._convert(self._receive.receive_nowait()))
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        return items
+
+    def _convert(self, reply: StreamReply) -> Any:
+        if not self._parse:
+            return stream_response_message(reply)
+        return reply.frame.to_dict() if reply.frame is not None else {}
+
+    def close(self) -> None:
+        """Cancel the RPCs without waiting (call on the event loop's thread)."""
+        self._closed = True
+        self._state.scope.cancel()
+        self._receive.close()
+
+    async def aclose(self) -> None:
+        """Cancel the RPCs and wait until every host task has ended (R-CLI-8)."""
+        self.close()
+        await self._state.finished.wait()
+
+    async def __aenter__(self) -> ImageStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # `break` out of `async for` drops the last reference: cancel the RPCs. Only on the
+        # loop's own thread; the blocking client closes its streams through its portal.
+        if threading.get_ident() == self._thread and not self._closed:
+            self.close()
