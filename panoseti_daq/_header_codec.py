@@ -336,7 +336,9 @@ def _decode_list(buf: bytes, start: int, end: int) -> list[Any]:
     return items
 
 
-def _decode_entry(buf: bytes, start: int, end: int) -> tuple[str, Any]:
+def _decode_entry(buf: bytes, start: int, end: int) -> tuple[str, Any] | None:
+    """(key, value) of a map entry; None for an entry with unknown fields, which protobuf
+    (upb) keeps as an unknown field of the Struct instead of a map entry."""
     key = ""
     value_spans = []
     pos = start
@@ -348,6 +350,8 @@ def _decode_entry(buf: bytes, start: int, end: int) -> tuple[str, Any]:
         elif number == 2:
             _expect("header entry", number, wire_type, 2)
             value_spans.append(data)
+        else:
+            return None
     if not value_spans:
         return key, None
     if len(value_spans) == 1:
@@ -363,8 +367,9 @@ def _decode_struct_general(buf: bytes, start: int, end: int) -> dict[str, Any]:
         number, wire_type, data, pos = next_field(buf, pos, end, "header Struct")
         if number == 1:
             _expect("header Struct", number, wire_type, 2)
-            key, value = _decode_entry(buf, *data)
-            out[key] = value  # a repeated map key replaces the earlier entry
+            entry = _decode_entry(buf, *data)
+            if entry is not None:
+                out[entry[0]] = entry[1]  # a repeated map key replaces the earlier entry
     return out
 
 

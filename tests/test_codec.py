@@ -424,3 +424,228 @@ def test_truncated_struct_entries_raise_codec_error(data):
     """R-WIRE-5: a header entry cut short is a CodecError, never an IndexError."""
     with pytest.raises(CodecError):
         decode_struct(data)
+
+
+# --- differential tests against protobuf -----------------------------------------------------
+
+
+def _reference_value(value):
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None
+    if kind == "struct_value":
+        return _reference_header(value.struct_value)
+    if kind == "list_value":
+        return [_reference_value(v) for v in value.list_value.values]
+    return getattr(value, kind)
+
+
+def _reference_header(struct) -> dict:
+    return {key: _reference_value(value) for key, value in struct.fields.items()}
+
+
+def _comparable(value):
+    """NaN-safe form of a header for equality (mutated doubles may be NaN)."""
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    return value
+
+
+def _assert_same_as_reference(frame: PanoFrame, reference) -> None:
+    assert (int(frame.type), list(frame.shape), frame.bytes_per_pixel) == (
+        reference.type,
+        list(reference.shape),
+        reference.bytes_per_pixel,
+    )
+    assert frame.wire_pixels().tolist() == list(reference.image_array)
+    assert (frame.file, frame.frame_number, frame.module_id) == (
+        reference.file,
+        reference.frame_number,
+        reference.module_id,
+    )
+    assert _comparable(frame.header) == _comparable(_reference_header(reference.header))
+
+
+mutations = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "set", "cut", "insert", "delete"]),
+        st.floats(0, 1, exclude_max=True),
+        st.integers(0, 255),
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@given(frames(), mutations)
+@settings(max_examples=300, deadline=None)
+def test_mutated_images_fail_cleanly_or_decode_as_protobuf_does(frame, edits):
+    """R-WIRE-5, R-PARSE-4: damaged bytes raise CodecError/ImageError, or, when they still
+    decode, give exactly what protobuf reads from them: never a silently wrong image."""
+    data = bytearray(encode_pano_image(frame))
+    for kind, where, byte in edits:
+        at = int(where * len(data))
+        if kind == "flip":
+            data[at] ^= 1 << (byte % 8)
+        elif kind == "set":
+            data[at] = byte
+        elif kind == "cut":
+            del data[at:]
+        elif kind == "insert":
+            data.insert(at, byte)
+        else:
+            del data[at]
+        if not data:
+            break
+    data = bytes(data)
+    try:
+        ours = decode_pano_image(data)
+    except (CodecError, ImageError):
+        return
+    _assert_same_as_reference(ours, pb2.PanoImage.FromString(data))
+
+
+def _single_field_messages(frame: PanoFrame) -> list[bytes]:
+    """The frame's PanoImage as one serialised message per field (protobuf's own bytes)."""
+    full = pb2.PanoImage.FromString(encode_pano_image(frame))
+    pieces = []
+    for name in ("type", "bytes_per_pixel", "file", "frame_number", "module_id"):
+        pieces.append(pb2.PanoImage(**{name: getattr(full, name)}).SerializeToString())
+    header = pb2.PanoImage()
+    header.header.CopyFrom(full.header)
+    pieces.append(header.SerializeToString())
+    pieces.append(pb2.PanoImage(shape=full.shape).SerializeToString())
+    return pieces
+
+
+@given(frames(), st.data())
+@settings(max_examples=100, deadline=None)
+def test_any_field_order_split_arrays_and_unknown_fields(frame, data):
+    """R-WIRE-2: protobuf's bytes with fields in any order, image_array split into packed and
+    unpacked pieces, defaults omitted and unknown fields decode to the same frame."""
+    pixels = frame.wire_pixels().tolist()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(pixels)), max_size=3)))
+    pieces = _single_field_messages(frame)
+    for a, b in zip([0, *cuts], [*cuts, len(pixels)], strict=True):
+        chunk = pixels[a:b]
+        if data.draw(st.booleans()):
+            pieces.append(pb2.PanoImage(image_array=chunk).SerializeToString())
+        else:
+            pieces.append(b"".join(_field(3, 0, _varint(v)) for v in chunk))
+    pieces.append(_field(17, 2, b"future") + _field(18, 1, b"\x00" * 8) + _field(19, 0, b"\x01"))
+    order = data.draw(st.permutations(range(len(pieces))))
+    # Pixel pieces keep their relative order; everything else goes anywhere.
+    pixel_pieces = iter(pieces[7:-1])
+    arranged = [next(pixel_pieces) if 7 <= i < len(pieces) - 1 else pieces[i] for i in order]
+    wire = b"".join(arranged)
+    reference = pb2.PanoImage.FromString(wire)
+    ours = decode_pano_image(wire)
+    _assert_same_as_reference(ours, reference)
+    np.testing.assert_array_equal(ours.pixels, frame.pixels)
+
+
+@pytest.mark.parametrize(
+    ("product", "value"),
+    [
+        (product, value)
+        for product in PRODUCTS.values()
+        for value in (0, 127, 128, 255, 16383, 16384, 65535)
+        if value <= product.max_bit_pattern
+    ],
+    ids=str,
+)
+def test_uniform_varint_lengths_and_maximum_values(product, value):
+    """R-WIRE-3: every varint length (1, 2, 3 bytes) and the largest bit pattern of each
+    product, on the fast and the general paths, both ways against protobuf."""
+    for pixels in (
+        np.full(product.pixel_count, value),
+        np.arange(product.pixel_count) % (value + 1),
+    ):
+        frame = PanoFrame.create(product, {}, pixels, 2**32 - 1, "f", 2**32 - 1)
+        data = encode_pano_image(frame)
+        reference = pb2.PanoImage.FromString(data)
+        assert list(reference.image_array) == frame.wire_pixels().tolist()
+        _assert_same_as_reference(decode_pano_image(reference.SerializeToString()), reference)
+
+
+def test_unpacked_value_beyond_uint32_is_a_codec_error():
+    """R-WIRE-5: an unpacked image_array value that does not fit uint32 is rejected."""
+    data = (
+        _field(3, 0, _varint(2**32))
+        + pb2.PanoImage(type=2, shape=[32, 32], bytes_per_pixel=2).SerializeToString()
+    )
+    with pytest.raises(CodecError, match="does not fit uint32"):
+        decode_pano_image(data)
+
+
+def test_repeated_message_fields_merge_like_protobuf():
+    """R-WIRE-2: a repeated header or pano_image field merges into the earlier one."""
+    frame = PanoFrame.create("ph256", {"a": 1, "b": 2}, np.arange(256), 5, "x", 1)
+    first = pb2.PanoImage.FromString(encode_pano_image(frame))
+    second = pb2.PanoImage(module_id=6, frame_number=0)
+    second.header.update({"b": 3, "c": "z"})
+    wire = first.SerializeToString() + second.SerializeToString()
+    _assert_same_as_reference(decode_pano_image(wire), pb2.PanoImage.FromString(wire))
+    response = _field(4, 2, first.SerializeToString()) + _field(4, 2, second.SerializeToString())
+    merged = decode_stream_reply(response).frame
+    assert merged.module_id == 6 and merged.header == {"a": 1.0, "b": 3.0, "c": "z"}
+
+
+def _quabo_header(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    keys = ("pkt_num", "pkt_tai", "pkt_nsec", "tv_sec", "tv_usec")
+    return {f"quabo_{q}": {k: int(rng.integers(0, 2**31)) for k in keys} for q in range(4)}
+
+
+def test_header_plans_match_the_general_encoding_and_parse():
+    """Headers of numbers and of quabo objects take cached layouts: same bytes as the general
+    encoder and protobuf, and bytes of the same size but other keys still parse correctly."""
+    from panoseti_daq._header_codec import _decode_struct_general, _encode_struct_general
+
+    for header in (_quabo_header(1), _quabo_header(2)["quabo_0"], {"x": 1.5, "quabo_num": 3}):
+        data = encode_struct(header)
+        assert data == _encode_struct_general(header)
+        assert _reference_header(_reference_struct(data)) == plain(header)
+        assert decode_struct(data) == decode_struct(data) == plain(header)
+    renamed = {k.replace("quabo", "QUABO"): v for k, v in _quabo_header(3).items()}
+    data = encode_struct(renamed)
+    assert len(data) == len(encode_struct(_quabo_header(3)))
+    assert decode_struct(data) == _decode_struct_general(data, 0, len(data)) == plain(renamed)
+    with_bool = {"quabo_0": {"pkt_num": True}}
+    assert decode_struct(encode_struct(with_bool)) == with_bool
+
+
+def _reference_struct(data: bytes):
+    from google.protobuf.struct_pb2 import Struct
+
+    return Struct.FromString(data)
+
+
+@given(frames(), st.text(max_size=10), st.integers(-(2**62), 2**62))
+@settings(max_examples=50, deadline=None)
+def test_upload_and_stream_messages_as_protobuf_writes_them(frame, name, timestamp_ns):
+    """R-WIRE-2, R-UP-2: UploadImageRequest and StreamImagesResponse from protobuf."""
+    upload = pb2.UploadImageRequest()
+    upload.pano_image.ParseFromString(encode_pano_image(frame))
+    item = decode_upload_item(upload.SerializeToString())
+    _assert_same_as_reference(item.frame, upload.pano_image)
+    response = pb2.StreamImagesResponse(name=name, message="m")
+    response.timestamp.FromNanoseconds(timestamp_ns)
+    response.pano_image.CopyFrom(upload.pano_image)
+    reply = decode_stream_reply(response.SerializeToString())
+    assert (reply.name, reply.message, reply.timestamp_ns) == (name, "m", timestamp_ns)
+    _assert_same_as_reference(reply.frame, upload.pano_image)
+
+
+@given(st.binary(max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_small_messages_garbage_is_a_codec_error(data):
+    """R-WIRE-5: the betterproto2 fallback also reports malformed bytes as CodecError."""
+    codec = DaqCodec()
+    for message_type in (StreamImagesRequest, InitHpIoRequest, Empty):
+        with contextlib.suppress(CodecError):
+            codec.decode(data, message_type)
