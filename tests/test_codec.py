@@ -649,3 +649,21 @@ def test_small_messages_garbage_is_a_codec_error(data):
     for message_type in (StreamImagesRequest, InitHpIoRequest, Empty):
         with contextlib.suppress(CodecError):
             codec.decode(data, message_type)
+
+
+@given(frames())
+@settings(max_examples=25, deadline=None)
+def test_decoded_frame_equals_the_betterproto2_route(frame):
+    """The fast decode gives exactly what PanoFrame.from_message(PanoImage.parse(...)) gives."""
+    data = encode_pano_image(frame)
+    fast = decode_pano_image(data)
+    slow = PanoFrame.from_message(PanoImage.parse(data))
+    assert fast.header == slow.header
+    assert fast.pixels.dtype == slow.pixels.dtype and fast.pixels.shape == slow.pixels.shape
+    np.testing.assert_array_equal(fast.pixels, slow.pixels)
+    assert (fast.product, fast.module_id, fast.file, fast.frame_number) == (
+        slow.product,
+        slow.module_id,
+        slow.file,
+        slow.frame_number,
+    )
