@@ -29,7 +29,7 @@ from panoseti_daq.synthetic import synthetic_movie_frames
 
 TARGET_IMG16_TOTAL_US = 30.0
 _BATCH_S = 0.05
-_REPEATS = 5
+_REPEATS = 7
 
 
 def per_call_us(fn: Callable[[Any], Any], arg: Any) -> float:

@@ -23,6 +23,8 @@ __all__ = [
 _SHIFTS = np.array([0, 7, 14, 21, 28], dtype=np.uint32)
 _LIMIT_VALUES = (1 << 7, 1 << 14, 1 << 21, 1 << 28)
 _ONE_BYTE = [bytes([i]) for i in range(128)]
+_minimum = np.minimum.reduce
+_maximum = np.maximum.reduce
 _U16 = np.dtype("<u2")
 
 
@@ -70,8 +72,8 @@ _LAST_SHIFT = _TABLES["shift"]
 
 def encode_varint(value: int) -> bytes:
     """One varint; negative values as 10-byte two's complement, as protobuf does for int32."""
-    if 0 <= value < 128:
-        return _ONE_BYTE[value]
+    if 0 <= value < _SHORT_LIMIT:
+        return _SHORT[value]
     if value < 0:
         value += 1 << 64
     out = bytearray()
@@ -80,6 +82,12 @@ def encode_varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_SHORT_LIMIT = 1 << 12  # lengths of headers and pixel blocks: precomputed
+_SHORT: list[bytes] = _ONE_BYTE + [
+    bytes([(v & 0x7F) | 0x80, v >> 7]) for v in range(128, _SHORT_LIMIT)
+]
 
 
 def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -127,7 +135,7 @@ def encode_packed_pixels(pixels: np.ndarray) -> bytes:
     u = pixels.reshape(-1)
     if u.size == 0:
         return b""
-    low, high = int(u.min()), int(u.max())
+    low, high = int(_minimum(u)), int(_maximum(u))
     if high < 0x80:
         return u.astype(np.uint8).tobytes()
     if high > 0xFFFF:
