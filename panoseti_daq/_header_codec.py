@@ -33,12 +33,19 @@ _NUMBERS = frozenset((int, float))
 _DICT_ONLY = {dict}
 _PLAN_CACHE_LIMIT = 256
 _PLANS_PER_SIZE = 4
+# protobuf parses messages nested at most 100 deep (the outermost counts 1). Headers we encode
+# must parse inside StreamImagesResponse / UploadImageRequest, where the Struct is at depth 3.
+MAX_DEPTH = 100
+_HEADER_DEPTH_WRAPPED = 3
+_HEADER_DEPTH = 2
 
 
 # --- wire primitives shared with the message codec ------------------------------------------
 
 
-def skip_field(buf: bytes, pos: int, end: int, number: int, wire_type: int, what: str) -> int:
+def skip_field(
+    buf: bytes, pos: int, end: int, number: int, wire_type: int, what: str, depth: int = 0
+) -> int:
     """Position after the value of an unknown field whose tag ends at `pos`."""
     if wire_type == 0:
         return read_varint(buf, pos, end)[1]
@@ -55,13 +62,15 @@ def skip_field(buf: bytes, pos: int, end: int, number: int, wire_type: int, what
             raise CodecError(f"{what}: field {number} at offset {pos} truncated")
         return pos + size
     if wire_type == 3:  # a group: skip fields up to its end-group tag
+        if depth >= MAX_DEPTH:
+            raise CodecError(f"{what}: groups nested deeper than {MAX_DEPTH} at offset {pos}")
         while pos < end:
             key, pos = read_varint(buf, pos, end)
             if key & 7 == 4:
                 if key >> 3 != number:
                     raise CodecError(f"{what}: group {number} ended by field {key >> 3}")
                 return pos
-            pos = skip_field(buf, pos, end, key >> 3, key & 7, what)
+            pos = skip_field(buf, pos, end, key >> 3, key & 7, what, depth + 1)
         raise CodecError(f"{what}: group {number} is not terminated")
     raise CodecError(f"{what}: field {number} at offset {pos} has invalid wire type {wire_type}")
 
@@ -248,7 +257,17 @@ def _len_field(tag: bytes, payload: bytes) -> bytes:
     return tag + encode_varint(len(payload)) + payload
 
 
-def _encode_value(value: Any) -> bytes:
+def _too_deep(depth: int) -> ImageError:
+    return ImageError(
+        f"header nested too deeply: protobuf parses messages at most {MAX_DEPTH} deep, "
+        f"this header needs {depth}"
+    )
+
+
+def _encode_value(value: Any, depth: int) -> bytes:
+    """A Value message at message depth `depth`."""
+    if depth > MAX_DEPTH:
+        raise _too_deep(depth)
     if value is None:
         return b"\x08\x00"
     if value is True:
@@ -260,17 +279,24 @@ def _encode_value(value: Any) -> bytes:
     if isinstance(value, str):
         return _len_field(b"\x1a", value.encode())
     if isinstance(value, Mapping):
-        return _len_field(b"\x2a", _encode_struct_general(value))
+        return _len_field(b"\x2a", _encode_struct_general(value, depth + 1))
     if isinstance(value, (list, tuple)):
-        return _len_field(b"\x32", b"".join(_len_field(b"\n", _encode_value(v)) for v in value))
+        if depth + 1 > MAX_DEPTH:
+            raise _too_deep(depth + 1)
+        items = (_len_field(b"\n", _encode_value(v, depth + 2)) for v in value)
+        return _len_field(b"\x32", b"".join(items))
     raise ImageError(f"header value of type {type(value).__name__} is not a JSON value")
 
 
-def _encode_struct_general(header: Mapping[str, Any]) -> bytes:
+def _encode_struct_general(header: Mapping[str, Any], depth: int) -> bytes:
+    """A Struct message at message depth `depth` (its entries one deeper, their Values two)."""
+    if depth + (2 if header else 0) > MAX_DEPTH:
+        raise _too_deep(depth + 2)
     parts = []
     for key, value in header.items():
         raw = str(key).encode()
-        entry = b"\n" + encode_varint(len(raw)) + raw + _len_field(b"\x12", _encode_value(value))
+        value_bytes = _encode_value(value, depth + 2)
+        entry = b"\n" + encode_varint(len(raw)) + raw + _len_field(b"\x12", value_bytes)
         parts.append(_len_field(b"\n", entry))
     return b"".join(parts)
 
@@ -283,16 +309,25 @@ def encode_struct(header: Mapping[str, Any]) -> bytes:
             return found[0].pack(found[1])
         except struct.error:
             pass  # an int too large for a double: the general path names it
-    return _encode_struct_general(header)
+    return _encode_struct_general(header, _HEADER_DEPTH_WRAPPED)
 
 
 # --- decoding -----------------------------------------------------------------------------
 
 
-def _decode_value(buf: bytes, start: int, end: int) -> Any:
+def _deeper_than_protobuf(depth: int, start: int) -> CodecError:
+    return CodecError(
+        f"header at offset {start}: messages nested {depth} deep, protobuf's limit is {MAX_DEPTH}"
+    )
+
+
+def _decode_value(buf: bytes, start: int, end: int, depth: int) -> Any:
+    """A Value message at message depth `depth`."""
     # The common case first: a number is exactly 0x11 and 8 bytes.
     if end - start == 9 and buf[start] == 0x11:
         return _unpack_double(buf, start + 1)[0]
+    if depth > MAX_DEPTH:
+        raise _deeper_than_protobuf(depth, start)
     value: Any = None
     case = 0
     pos = start
@@ -312,12 +347,12 @@ def _decode_value(buf: bytes, start: int, end: int) -> Any:
             value = bool(data)
         elif number == 5:
             _expect("header Value", number, wire_type, 2)
-            inner = _decode_struct_general(buf, *data)
+            inner = _decode_struct_general(buf, *data, depth + 1)
             # A repeated message field merges into the one before (protobuf's rule).
             value = {**value, **inner} if case == 5 else inner
         elif number == 6:
             _expect("header Value", number, wire_type, 2)
-            items = _decode_list(buf, *data)
+            items = _decode_list(buf, *data, depth + 1)
             value = value + items if case == 6 else items
         else:
             continue
@@ -325,18 +360,20 @@ def _decode_value(buf: bytes, start: int, end: int) -> Any:
     return value
 
 
-def _decode_list(buf: bytes, start: int, end: int) -> list[Any]:
+def _decode_list(buf: bytes, start: int, end: int, depth: int) -> list[Any]:
+    if depth > MAX_DEPTH:
+        raise _deeper_than_protobuf(depth, start)
     items = []
     pos = start
     while pos < end:
         number, wire_type, data, pos = next_field(buf, pos, end, "header ListValue")
         if number == 1:
             _expect("header ListValue", number, wire_type, 2)
-            items.append(_decode_value(buf, *data))
+            items.append(_decode_value(buf, *data, depth + 1))
     return items
 
 
-def _decode_entry(buf: bytes, start: int, end: int) -> tuple[str, Any] | None:
+def _decode_entry(buf: bytes, start: int, end: int, depth: int) -> tuple[str, Any] | None:
     """(key, value) of a map entry; None for an entry with unknown fields, which protobuf
     (upb) keeps as an unknown field of the Struct instead of a map entry."""
     key = ""
@@ -355,19 +392,22 @@ def _decode_entry(buf: bytes, start: int, end: int) -> tuple[str, Any] | None:
     if not value_spans:
         return key, None
     if len(value_spans) == 1:
-        return key, _decode_value(buf, *value_spans[0])
+        return key, _decode_value(buf, *value_spans[0], depth + 1)
     merged = b"".join(buf[a:b] for a, b in value_spans)
-    return key, _decode_value(merged, 0, len(merged))
+    return key, _decode_value(merged, 0, len(merged), depth + 1)
 
 
-def _decode_struct_general(buf: bytes, start: int, end: int) -> dict[str, Any]:
+def _decode_struct_general(buf: bytes, start: int, end: int, depth: int) -> dict[str, Any]:
+    """A Struct message at message depth `depth`."""
+    if depth > MAX_DEPTH:
+        raise _deeper_than_protobuf(depth, start)
     out: dict[str, Any] = {}
     pos = start
     while pos < end:
         number, wire_type, data, pos = next_field(buf, pos, end, "header Struct")
         if number == 1:
             _expect("header Struct", number, wire_type, 2)
-            entry = _decode_entry(buf, *data)
+            entry = _decode_entry(buf, *data, depth + 1)
             if entry is not None:
                 out[entry[0]] = entry[1]  # a repeated map key replaces the earlier entry
     return out
@@ -382,7 +422,7 @@ def decode_struct(buf: bytes, start: int = 0, end: int | None = None) -> dict[st
             header = plan.unpack(buf, start)
             if header is not None:
                 return header
-    header = _decode_struct_general(buf, start, end)
+    header = _decode_struct_general(buf, start, end, _HEADER_DEPTH)
     found = _plan_of(header)
     if found is not None:
         plan, doubles = found

@@ -608,13 +608,13 @@ def test_header_plans_match_the_general_encoding_and_parse():
 
     for header in (_quabo_header(1), _quabo_header(2)["quabo_0"], {"x": 1.5, "quabo_num": 3}):
         data = encode_struct(header)
-        assert data == _encode_struct_general(header)
+        assert data == _encode_struct_general(header, 3)
         assert _reference_header(_reference_struct(data)) == plain(header)
         assert decode_struct(data) == decode_struct(data) == plain(header)
     renamed = {k.replace("quabo", "QUABO"): v for k, v in _quabo_header(3).items()}
     data = encode_struct(renamed)
     assert len(data) == len(encode_struct(_quabo_header(3)))
-    assert decode_struct(data) == _decode_struct_general(data, 0, len(data)) == plain(renamed)
+    assert decode_struct(data) == _decode_struct_general(data, 0, len(data), 2) == plain(renamed)
     with_bool = {"quabo_0": {"pkt_num": True}}
     assert decode_struct(encode_struct(with_bool)) == with_bool
 
@@ -667,3 +667,44 @@ def test_decoded_frame_equals_the_betterproto2_route(frame):
         slow.file,
         slow.frame_number,
     )
+
+
+def _nested_header(levels: int, leaf) -> dict:
+    header: dict = {}
+    inner = header
+    for _ in range(levels - 1):
+        inner["a"] = {}
+        inner = inner["a"]
+    inner["a"] = leaf
+    return header
+
+
+def test_header_nesting_stops_where_protobuf_stops():
+    """R-WIRE-2, R-WIRE-5: we encode no header protobuf cannot parse inside a
+    StreamImagesResponse (its depth limit is 100 messages), and deep nesting in received bytes
+    (headers, unknown groups) is a CodecError, never a RecursionError."""
+    deepest = {}
+    for leaf in (1.0, {}, [], [[1.0]]):
+        for levels in range(25, 40):
+            header = _nested_header(levels, leaf)
+            frame = PanoFrame.create("ph256", header, np.zeros(256, dtype=np.int16), 1)
+            try:
+                data = encode_stream_reply(StreamReply(frame))
+            except ImageError as exc:
+                assert "nested too deeply" in str(exc)
+                continue
+            reference = pb2.StreamImagesResponse.FromString(data)
+            _assert_same_as_reference(decode_stream_reply(data).frame, reference.pano_image)
+            deepest[repr(leaf)] = levels
+    assert deepest["1.0"] >= 32
+    value = b"\x11" + b"\x00" * 8
+    for _ in range(3000):  # Struct{"a": Value{struct_value: Struct{"a": ...}}}, 3000 deep
+        value = _field(5, 2, _field(1, 2, b"\x0a\x01a" + _field(2, 2, value)))
+    with pytest.raises(CodecError, match="nested"):
+        decode_struct(_field(1, 2, b"\x0a\x01a" + _field(2, 2, value)))
+    image = encode_pano_image(PanoFrame.create("ph256", {}, np.arange(256), 1))
+    groups = b"\x4b" * 5000 + b"\x4c" * 5000  # unknown field 9: 5000 nested groups
+    with pytest.raises(CodecError, match="nested deeper"):
+        decode_pano_image(image + groups)
+    shallow = image + groups[:3] + groups[-3:]
+    _assert_same_as_reference(decode_pano_image(shallow), pb2.PanoImage.FromString(shallow))
