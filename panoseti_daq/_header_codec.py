@@ -224,8 +224,10 @@ def _plan_of(header: Mapping[str, Any]) -> tuple[_Plan, list[Any]] | None:
     try:
         plan = plans[layout]
     except KeyError:
-        keys = chain.from_iterable(layout) if plans is _nested_plans else layout
-        valid = all(type(key) is str for key in keys) and all(inner for inner in layout[1:])
+        if plans is _flat_plans:
+            valid = all(type(key) is str for key in layout)
+        else:  # every inner object non-empty, every key a str
+            valid = all(layout[1:]) and all(type(key) is str for key in chain.from_iterable(layout))
         if len(plans) >= _PLAN_CACHE_LIMIT:
             plans.clear()
         plan = plans[layout] = make(layout) if valid else None

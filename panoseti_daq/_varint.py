@@ -1,8 +1,10 @@
 """Protobuf varints: vectorised with numpy for packed pixel arrays, scalar for small fields.
 
-Pixels are at most 16-bit bit patterns (R-WIRE-3), so their varints are 1 to 3 bytes. Images
-whose varints all have the same length (every img16 sky image: 128..16383) take a fast path of a
-few whole-array operations; anything else takes the general path, which handles any uint32.
+Pixels are at most 16-bit bit patterns (R-WIRE-3), so their varints are 1 to 3 bytes, and
+lookup tables over all 16-bit values turn encoding and decoding into a few whole-array numpy
+operations (`take`, one boolean mask). Images whose varints all have the same length (every
+img16 sky image: 128..16383) need the fewest. Anything else (longer varints, values beyond 16
+bits, unusual layouts) takes the general path, which handles any uint32 and names the error.
 """
 
 from __future__ import annotations

@@ -109,7 +109,8 @@ _SHAPE_BPP_FIELDS = {
 _UNSIGNED = {p.name: np.dtype(f"u{p.bytes_per_pixel}") for p in PRODUCTS.values()}
 _SHAPES = {p.name: p.shape for p in PRODUCTS.values()}
 _BY_LAYOUT = {(int(p.image_type), p.rows, p.cols, p.bytes_per_pixel): p for p in PRODUCTS.values()}
-# PanoImage field tags of the known fields with their wire type (number << 3 | wire type).
+# PanoImage field numbers that may be varints, and that may be length-delimited (3 and 4,
+# repeated scalars, may be either: unpacked or packed).
 _VARINT_FIELDS = {1, 3, 4, 5, 7, 8}
 _LEN_FIELDS = {2, 3, 4, 6}
 
@@ -170,6 +171,7 @@ def _pixels(
             f"got {values.size}"
         )
     top = product.max_bit_pattern
+    # uint16 results of the uniform fast paths are at most 0x3FFF: no range check for 16 bits.
     if values.dtype.itemsize > product.bytes_per_pixel or top < 0x3FFF:
         high = int(values.max())
         if high > top:
@@ -337,7 +339,7 @@ def decode_pano_image(
     if product is None:
         for part in pixel_parts:  # malformed bytes are a CodecError before an invalid image
             if type(part) is tuple:
-                decode_packed_pixels(buf, part[0], part[1], 0, f"image_array at offset {at}")
+                decode_packed_pixels(buf, part[0], part[1], 0, f"image_array at offset {pixels_at}")
         product = product_for(image_type, shape, bytes_per_pixel)  # raises the ImageError
     pixels = _pixels(buf, pixel_parts, product, pixels_at)
     return PanoFrame(product, header, pixels, module_id, file, frame_number)
