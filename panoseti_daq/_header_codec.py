@@ -24,7 +24,14 @@ import numpy as np
 from ._varint import encode_varint, read_varint
 from .errors import CodecError, ImageError
 
-__all__ = ["decode_struct", "encode_struct", "next_field", "skip_field"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_FIELD_NUMBER",
+    "decode_struct",
+    "encode_struct",
+    "next_field",
+    "skip_field",
+]
 
 _DOUBLE = struct.Struct("<d")
 _pack_double = _DOUBLE.pack
@@ -36,6 +43,7 @@ _PLANS_PER_SIZE = 4
 # protobuf parses messages nested at most 100 deep (the outermost counts 1). Headers we encode
 # must parse inside StreamImagesResponse / UploadImageRequest, where the Struct is at depth 3.
 MAX_DEPTH = 100
+MAX_FIELD_NUMBER = (1 << 29) - 1
 _HEADER_DEPTH_WRAPPED = 3
 _HEADER_DEPTH = 2
 
@@ -66,6 +74,8 @@ def skip_field(
             raise CodecError(f"{what}: groups nested deeper than {MAX_DEPTH} at offset {pos}")
         while pos < end:
             key, pos = read_varint(buf, pos, end)
+            if not 0 < key >> 3 <= MAX_FIELD_NUMBER:
+                raise CodecError(f"{what}: invalid field number {key >> 3} in group {number}")
             if key & 7 == 4:
                 if key >> 3 != number:
                     raise CodecError(f"{what}: group {number} ended by field {key >> 3}")
@@ -81,10 +91,11 @@ def next_field(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int, Any
     The value is the integer of a varint, (start, end) of a length-delimited or fixed-size
     field, or None for a group (skipped).
     """
+    at = pos
     key, pos = read_varint(buf, pos, end)
     number, wire_type = key >> 3, key & 7
-    if number == 0:
-        raise CodecError(f"{what}: field number 0 at offset {pos}")
+    if number == 0 or number > MAX_FIELD_NUMBER:
+        raise CodecError(f"{what}: invalid field number {number} at offset {at}")
     if wire_type == 0:
         value, pos = read_varint(buf, pos, end)
         return number, 0, value, pos
@@ -380,6 +391,7 @@ def _decode_entry(buf: bytes, start: int, end: int, depth: int) -> tuple[str, An
     (upb) keeps as an unknown field of the Struct instead of a map entry."""
     key = ""
     value_spans = []
+    unknown = False
     pos = start
     while pos < end:
         number, wire_type, data, pos = next_field(buf, pos, end, "header entry")
@@ -390,13 +402,15 @@ def _decode_entry(buf: bytes, start: int, end: int, depth: int) -> tuple[str, An
             _expect("header entry", number, wire_type, 2)
             value_spans.append(data)
         else:
-            return None
+            unknown = True
     if not value_spans:
-        return key, None
-    if len(value_spans) == 1:
-        return key, _decode_value(buf, *value_spans[0], depth + 1)
-    merged = b"".join(buf[a:b] for a, b in value_spans)
-    return key, _decode_value(merged, 0, len(merged), depth + 1)
+        value = None
+    elif len(value_spans) == 1:
+        value = _decode_value(buf, *value_spans[0], depth + 1)
+    else:
+        merged = b"".join(buf[a:b] for a, b in value_spans)
+        value = _decode_value(merged, 0, len(merged), depth + 1)
+    return None if unknown else (key, value)
 
 
 def _decode_struct_general(buf: bytes, start: int, end: int, depth: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from grpclib.encoding.base import CodecBase
 
-from ._header_codec import decode_struct, encode_struct, next_field
+from ._header_codec import MAX_FIELD_NUMBER, decode_struct, encode_struct, next_field
 from ._varint import decode_packed_pixels, encode_packed_pixels, encode_varint, read_varint
 from .errors import CodecError, ImageError
 from .frames import PanoFrame
@@ -271,6 +271,8 @@ def decode_pano_image(
             pos += 1
         else:
             tag, pos = read_varint(buf, pos, end)
+            if tag >> 3 > MAX_FIELD_NUMBER:
+                raise CodecError(f"PanoImage: invalid field number {tag >> 3} at offset {at}")
         number = tag >> 3
         wire_type = tag & 7
         if wire_type == 2:
