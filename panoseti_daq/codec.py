@@ -487,7 +487,14 @@ def _stream_reply_of(message: StreamImagesResponse) -> StreamReply:
 
 
 class DaqCodec(CodecBase):
-    """grpclib codec of the DaqData service: fast paths for images, betterproto2 otherwise."""
+    """grpclib codec of the DaqData service: fast paths for images, betterproto2 otherwise.
+
+    Message types with a fast path: StreamReply (StreamImagesResponse), UploadItem
+    (UploadImageRequest) and PanoFrame (PanoImage), and the betterproto2 PanoImage,
+    StreamImagesResponse and UploadImageRequest (converted through PanoFrame). Decoding raises
+    CodecError for malformed bytes and ImageError for an invalid image; a handler turns them
+    into a status (grpclib itself would answer UNKNOWN).
+    """
 
     __content_subtype__ = "proto"
 
@@ -514,6 +521,8 @@ class DaqCodec(CodecBase):
             return decode_stream_reply(data)
         if message_type is UploadItem:
             return decode_upload_item(data)
+        if message_type is PanoFrame:
+            return decode_pano_image(data)
         if message_type is PanoImage:
             return decode_pano_image(data).to_message()
         if message_type is StreamImagesResponse:

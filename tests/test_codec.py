@@ -281,6 +281,7 @@ def test_codec_betterproto2_forms_and_fallback():
     assert codec.decode(data, PanoImage).image_array == message.image_array
     response = codec.decode(encode_stream_reply(StreamReply(frame, "n", 7)), StreamImagesResponse)
     assert response.pano_image.module_id == 1 and response.timestamp.nanos == 7
+    assert codec.decode(codec.encode(frame, PanoFrame), PanoFrame).header == plain(frame.header)
     request = InitHpIoRequest(data_dir="/x", update_interval_seconds=0.5, module_ids=[1, 2])
     assert codec.decode(codec.encode(request, InitHpIoRequest), InitHpIoRequest) == request
     with pytest.raises(CodecError, match="InitHpIoRequest"):
