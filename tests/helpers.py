@@ -216,3 +216,16 @@ def server_process(tmp, *extra_args: str, config: dict | None = None, backend: s
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+async def next_reply(stream):
+    """The next message of a server stream; the stream's status as GRPCError when it ends.
+
+    Once headers have arrived, grpclib reports the final status with the trailers: recv_message
+    returns None, and recv_trailing_metadata raises for a non-OK status.
+    """
+    reply = await stream.recv_message()
+    if reply is None:
+        await stream.recv_trailing_metadata()
+        raise AssertionError("the stream ended with status OK")
+    return reply

@@ -7,7 +7,7 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from tests.helpers import init_hp_io, movie_frame, open_stream, upload, wait_until
+from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, upload, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -99,7 +99,7 @@ async def test_failed_configuration_restores_previous(make_server, run_dir, base
         async with open_stream(server) as stream:
             await wait_until(lambda: server.hub.subscriber_count == 1)
             await upload(server, [movie_frame(1, 7)])
-            assert (await stream.recv_message()).frame.frame_number == 7
+            assert (await next_reply(stream)).frame.frame_number == 7
 
 
 async def test_concurrent_writers_are_serialised(make_server, run_dir):
@@ -128,7 +128,7 @@ async def test_readers_wait_for_a_writer(make_server, run_dir):
             await wait_until(lambda: server.core.hp_io_valid)
             await wait_until(lambda: server.hub.subscriber_count == 1)
             await upload(server, [movie_frame(1, 3)])
-            assert (await stream.recv_message()).frame.frame_number == 3
+            assert (await next_reply(stream)).frame.frame_number == 3
 
 
 async def test_scanner_module_whitelist(make_server, run_dir):

@@ -14,6 +14,7 @@ from panoseti_daq.messages import StreamImagesRequest
 from tests.helpers import (
     init_hp_io,
     movie_frame,
+    next_reply,
     open_stream,
     ph_frame,
     stalled_stream_client,
@@ -32,7 +33,7 @@ def anyio_backend():
 async def expect_status(server, status, match, **stream_args):
     async with open_stream(server, **stream_args) as stream:
         with pytest.raises(GRPCError) as info:
-            await stream.recv_message()
+            await next_reply(stream)
     assert info.value.status == status
     assert match in info.value.message
     return info.value
@@ -81,7 +82,7 @@ async def test_lossless_in_order_with_filters(make_server, run_dir):
             await wait_until(lambda: server.hub.subscriber_count == 1)
             before = time.time_ns()
             await upload(server, frames)
-            got = [await only_movie_2.recv_message() for _ in range(30)]
+            got = [await next_reply(only_movie_2) for _ in range(30)]
         assert [r.frame.frame_number for r in got] == list(range(30))
         assert {(r.frame.module_id, r.frame.product.name) for r in got} == {(2, "img16")}
         assert all(r.name == "test-node" and r.timestamp_ns >= before for r in got)
@@ -95,10 +96,10 @@ async def test_paced_client_gets_newest_sample_and_hold(make_server, run_dir):
         async with open_stream(server, ph=False, interval=0.4) as stream:
             await wait_until(lambda: server.hub.subscriber_count == 1)
             await upload(server, [movie_frame(1, 0)])
-            first = await stream.recv_message()
+            first = await next_reply(stream)
             t_first = anyio.current_time()
             await upload(server, [movie_frame(1, i) for i in range(1, 50)])
-            second = await stream.recv_message()
+            second = await next_reply(stream)
             t_second = anyio.current_time()
         assert first.frame.frame_number == 0
         assert second.frame.frame_number == 49  # intermediate frames skipped
@@ -120,7 +121,7 @@ async def test_slow_client_is_dropped_others_unaffected(make_server, run_dir):
 
                 async def read_all():
                     while len(received) < len(frames):
-                        received.append((await healthy.recv_message()).frame.frame_number)
+                        received.append((await next_reply(healthy)).frame.frame_number)
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(read_all)
@@ -151,7 +152,7 @@ async def test_frame_resets_dequeue_count(make_server, run_dir):
             for i in range(4):  # 4 x 0.2 s > 2 x 0.15 s in all, yet never 2 timeouts in a row
                 await anyio.sleep(0.2)
                 await upload(server, [movie_frame(1, i)])
-                assert (await stream.recv_message()).frame.frame_number == i
+                assert (await next_reply(stream)).frame.frame_number == i
 
 
 async def test_disconnect_frees_slot_within_one_second(make_server, run_dir):
@@ -176,7 +177,7 @@ async def test_force_init_cancels_twenty_streams(make_server, run_dir):
             async with open_stream(server) as stream:
                 try:
                     while True:
-                        await stream.recv_message()
+                        await next_reply(stream)
                 except GRPCError as exc:
                     statuses.append((exc.status, exc.message))
 
