@@ -1,0 +1,75 @@
+"""Every example script runs against a live simulated server (R-CLI-*, the seed's workflows)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import server_process
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    """One server in simulation mode for all examples, with daq/network configs naming it."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="pdaqex", dir="/tmp"))
+    with server_process(tmp, "--init-sim") as (_, port, _uds):
+        daq = tmp / "daq_config.json"
+        daq.write_text(json.dumps({"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}))
+        net = tmp / "network_config.json"
+        net.write_text(
+            json.dumps(
+                {
+                    "daq_nodes": [
+                        {"ip_addr": f"127.0.0.1:{port}", "port_forwarding": {"status": False}}
+                    ]
+                }
+            )
+        )
+        yield daq, net, tmp
+
+
+def run_example(name, live_server, *args):
+    daq, net, tmp = live_server
+    env = {**os.environ, "MPLBACKEND": "Agg", "PANOSETI_PLOT_DIR": str(tmp / "plots")}
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), str(daq), str(net), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "expect"),
+    [
+        ("blocking_client.py", "module 224"),
+        ("async_asyncio.py", "module 224"),
+        ("async_trio.py", "pulse heights"),
+        ("robust_shutdown.py", "stream processing finished"),
+        ("upload.py", "uploaded to"),
+    ],
+)
+def test_example_runs(live_server, name, expect):
+    result = run_example(name, live_server, "--max-frames", "5")
+    assert result.returncode == 0, result.stderr
+    assert expect in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_blocking_example_prints_requested_frames(live_server):
+    """The blocking client stops after --max-frames and prints one line per frame."""
+    result = run_example("blocking_client.py", live_server, "--max-frames", "7")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("module 224")]
+    assert len(lines) == 7
