@@ -3,6 +3,8 @@
 For img16 (a synthetic 32x32 movie frame with a 4-quabo header) and ph256 (the first frame of
 the bundled real file), in one run:
 - ours: `encode_pano_image(frame)` / `decode_pano_image(data)` (PanoFrame <-> bytes, validated);
+- ours_stream_reply: the same inside a StreamImagesResponse with name and timestamp
+  (`encode_stream_reply` / `decode_stream_reply`), what a streaming client receives;
 - betterproto2: `bytes(frame.to_message())` / `PanoImage.parse(data)`;
 - protobuf (upb, the reference): the message built from the frame incl. `ndarray.tolist()` and
   `Struct.update(header)`, then `SerializeToString()` / `FromString(data)` and
@@ -20,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from panoseti_daq._bundled import NGC7331_PH256
-from panoseti_daq.codec import decode_pano_image, encode_pano_image
+from panoseti_daq.codec import (
+    StreamReply,
+    decode_pano_image,
+    decode_stream_reply,
+    encode_pano_image,
+    encode_stream_reply,
+)
 from panoseti_daq.frames import PanoFrame
 from panoseti_daq.messages import PanoImage
 from panoseti_daq.pff import iter_frames
@@ -116,11 +124,17 @@ def run() -> list[dict]:
             ),
             "protobuf": (per_call_us(pb_encode, frame), per_call_us(pb_decode, data)),
         }
+        reply = StreamReply(frame, "node", time.time_ns(), "", encoded_image=data)
+        figures["ours_stream_reply"] = (
+            per_call_us(encode_stream_reply, StreamReply(frame, "node", time.time_ns())),
+            per_call_us(decode_stream_reply, encode_stream_reply(reply)),
+        )
+        sizes = {"ours_stream_reply": len(encode_stream_reply(reply))}
         for impl, (encode_us, decode_us) in figures.items():
             row = {
                 "product": name,
                 "impl": impl,
-                "bytes": len(data),
+                "bytes": sizes.get(impl, len(data)),
                 "encode_us": round(encode_us, 2),
                 "decode_us": round(decode_us, 2),
                 "total_us": round(encode_us + decode_us, 2),

@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _NS = 1_000_000_000
+_REPLY_TAGS = frozenset((0x0A, 0x12, 0x1A, 0x22))  # StreamImagesResponse fields 1..4
 _UINT32_MAX = 0xFFFFFFFF
 
 
@@ -236,9 +237,17 @@ def _decode_canonical(buf: bytes) -> PanoFrame | None:
             file = buf[pos : pos + n].decode()
             pos += n
         if pos < end and buf[pos] == 0x38:
-            frame_number, pos = read_varint(buf, pos + 1, end)
+            frame_number = buf[pos + 1]
+            if frame_number < 0x80:
+                pos += 2
+            else:
+                frame_number, pos = read_varint(buf, pos + 1, end)
         if pos < end and buf[pos] == 0x40:
-            module_id, pos = read_varint(buf, pos + 1, end)
+            module_id = buf[pos + 1]
+            if module_id < 0x80:
+                pos += 2
+            else:
+                module_id, pos = read_varint(buf, pos + 1, end)
         if pos != end or frame_number > _UINT32_MAX or module_id > _UINT32_MAX:
             return None
     except (IndexError, UnicodeDecodeError, CodecError):
@@ -383,6 +392,13 @@ def encode_stream_reply(reply: StreamReply) -> bytes:
 
 
 def _decode_timestamp_ns(buf: bytes, start: int, end: int) -> int:
+    # The usual layout first: seconds then nanos, both present and in range.
+    if end - start > 2 and buf[start] == 0x08:
+        seconds, pos = read_varint(buf, start + 1, end)
+        if pos < end and buf[pos] == 0x10:
+            nanos, pos = read_varint(buf, pos + 1, end)
+            if pos == end and seconds < 1 << 63 and nanos < 1 << 31:
+                return seconds * _NS + nanos
     seconds = nanos = 0
     pos = start
     while pos < end:
@@ -418,16 +434,35 @@ def decode_stream_reply(data: bytes | memoryview) -> StreamReply:
     end = len(buf)
     while pos < end:
         at = pos
-        number, wire_type, value, pos = next_field(buf, pos, end, "StreamImagesResponse")
-        if 1 <= number <= 4 and wire_type != 2:
-            raise _wrong_wire_type("StreamImagesResponse", number, wire_type, at)
-        if number == 4:
+        tag = buf[pos]
+        # Fields 1..4 (all length-delimited) with one- or two-byte lengths inline.
+        if tag in _REPLY_TAGS and pos + 2 < end and buf[pos + 2] < 0x80 <= buf[pos + 1]:
+            length = (buf[pos + 1] & 0x7F) | buf[pos + 2] << 7
+            pos += 3
+        elif tag in _REPLY_TAGS and pos + 1 < end and buf[pos + 1] < 0x80:
+            length = buf[pos + 1]
+            pos += 2
+        else:
+            number, wire_type, value, pos = next_field(buf, pos, end, "StreamImagesResponse")
+            if 1 <= number <= 4 and wire_type != 2:
+                raise _wrong_wire_type("StreamImagesResponse", number, wire_type, at)
+            tag = number << 3 | wire_type
+            length = -1
+        if length >= 0:
+            value = (pos, pos + length)
+            pos += length
+            if pos > end:
+                raise CodecError(
+                    f"StreamImagesResponse: field {tag >> 3} at offset {at} claims {length} "
+                    f"bytes, {end - value[0]} remain"
+                )
+        if tag == 0x22:
             image_spans.append(value)
-        elif number == 1:
+        elif tag == 0x0A:
             name = _text(buf, *value, "StreamImagesResponse.name")
-        elif number == 2:
+        elif tag == 0x12:
             timestamp_spans.append(value)
-        elif number == 3:
+        elif tag == 0x1A:
             message = _text(buf, *value, "StreamImagesResponse.message")
     timestamp_ns = _decode_timestamp_ns(*_merged(buf, timestamp_spans)) if timestamp_spans else 0
     frame = decode_pano_image(*_merged(buf, image_spans)) if image_spans else None
