@@ -709,3 +709,43 @@ def test_header_nesting_stops_where_protobuf_stops():
         decode_pano_image(image + groups)
     shallow = image + groups[:3] + groups[-3:]
     _assert_same_as_reference(decode_pano_image(shallow), pb2.PanoImage.FromString(shallow))
+
+
+def _mutated(data: bytes, edits) -> bytes:
+    out = bytearray(data)
+    for kind, where, byte in edits:
+        at = int(where * len(out))
+        if kind == "flip":
+            out[at] ^= 1 << (byte % 8)
+        elif kind == "set":
+            out[at] = byte
+        elif kind == "cut":
+            del out[at:]
+        elif kind == "insert":
+            out.insert(at, byte)
+        else:
+            del out[at]
+        if not out:
+            break
+    return bytes(out)
+
+
+@given(frames(), mutations, st.text(max_size=5), st.integers(-(2**62), 2**62))
+@settings(max_examples=150, deadline=None)
+def test_mutated_stream_replies_fail_cleanly_or_decode_as_protobuf_does(
+    frame, edits, name, timestamp_ns
+):
+    """R-WIRE-4, R-WIRE-5: the same for StreamImagesResponse, what streaming clients decode."""
+    data = _mutated(encode_stream_reply(StreamReply(frame, name, timestamp_ns, "m")), edits)
+    try:
+        ours = decode_stream_reply(data)
+    except (CodecError, ImageError):
+        return
+    reference = pb2.StreamImagesResponse.FromString(data)
+    assert (ours.name, ours.message) == (reference.name, reference.message)
+    stamp = reference.timestamp
+    assert ours.timestamp_ns == stamp.seconds * 10**9 + stamp.nanos
+    if ours.frame is None:
+        assert not reference.HasField("pano_image")
+    else:
+        _assert_same_as_reference(ours.frame, reference.pano_image)
