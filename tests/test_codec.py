@@ -471,6 +471,25 @@ def _assert_same_as_reference(frame: PanoFrame, reference) -> None:
     assert _comparable(frame.header) == _comparable(_reference_header(reference.header))
 
 
+def _mutated(data: bytes, edits) -> bytes:
+    out = bytearray(data)
+    for kind, where, byte in edits:
+        at = int(where * len(out))
+        if kind == "flip":
+            out[at] ^= 1 << (byte % 8)
+        elif kind == "set":
+            out[at] = byte
+        elif kind == "cut":
+            del out[at:]
+        elif kind == "insert":
+            out.insert(at, byte)
+        else:
+            del out[at]
+        if not out:
+            break
+    return bytes(out)
+
+
 mutations = st.lists(
     st.tuples(
         st.sampled_from(["flip", "set", "cut", "insert", "delete"]),
@@ -487,22 +506,7 @@ mutations = st.lists(
 def test_mutated_images_fail_cleanly_or_decode_as_protobuf_does(frame, edits):
     """R-WIRE-5, R-PARSE-4: damaged bytes raise CodecError/ImageError, or, when they still
     decode, give exactly what protobuf reads from them: never a silently wrong image."""
-    data = bytearray(encode_pano_image(frame))
-    for kind, where, byte in edits:
-        at = int(where * len(data))
-        if kind == "flip":
-            data[at] ^= 1 << (byte % 8)
-        elif kind == "set":
-            data[at] = byte
-        elif kind == "cut":
-            del data[at:]
-        elif kind == "insert":
-            data.insert(at, byte)
-        else:
-            del data[at]
-        if not data:
-            break
-    data = bytes(data)
+    data = _mutated(encode_pano_image(frame), edits)
     try:
         ours = decode_pano_image(data)
     except (CodecError, ImageError):
@@ -709,25 +713,6 @@ def test_header_nesting_stops_where_protobuf_stops():
         decode_pano_image(image + groups)
     shallow = image + groups[:3] + groups[-3:]
     _assert_same_as_reference(decode_pano_image(shallow), pb2.PanoImage.FromString(shallow))
-
-
-def _mutated(data: bytes, edits) -> bytes:
-    out = bytearray(data)
-    for kind, where, byte in edits:
-        at = int(where * len(out))
-        if kind == "flip":
-            out[at] ^= 1 << (byte % 8)
-        elif kind == "set":
-            out[at] = byte
-        elif kind == "cut":
-            del out[at:]
-        elif kind == "insert":
-            out.insert(at, byte)
-        else:
-            del out[at]
-        if not out:
-            break
-    return bytes(out)
 
 
 @given(frames(), mutations, st.text(max_size=5), st.integers(-(2**62), 2**62))
