@@ -52,6 +52,43 @@ def _entries(path: Path) -> list[os.DirEntry[str]]:
         return []
 
 
+# A directory's mtime changes when entries are added, removed or renamed, not when files grow.
+# File system timestamps are coarse (a clock tick), so a listing is trusted only once its
+# directory's mtime is older than this.
+LISTING_SETTLE_NS = 200_000_000
+# How often each module's choice of run directory is made again (new runs are rare).
+RUN_DIR_RECHECK_S = 1.0
+
+
+class _Listings:
+    """Directory listings, re-read only when the directory's mtime says they changed (R-SCAN-3)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, tuple[int, list[str]]] = {}
+
+    def names(self, path: Path) -> list[str] | None:
+        """The entry names of a directory, or None when it does not exist."""
+        try:
+            mtime_ns = os.stat(path).st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            self._cache.pop(path, None)
+            return None
+        cached = self._cache.get(path)
+        if cached is not None and cached[0] == mtime_ns:
+            return cached[1]
+        try:
+            names = os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return None
+        if time.time_ns() - mtime_ns > LISTING_SETTLE_NS:
+            self._cache[path] = (mtime_ns, names)
+        return names
+
+    def forget(self, keep: set[Path]) -> None:
+        for path in self._cache.keys() - keep:
+            del self._cache[path]
+
+
 def _newest_run_dir(module_dir: Path) -> Path | None:
     """The run directory with the newest mtime (R-NAME-1); any directory counts."""
     newest: tuple[float, str] | None = None
@@ -89,17 +126,41 @@ class RunScanner:
         # last published from it. A file with a lower seqno in the same run holds older frames
         # (the newer file was deleted): never publish from it again.
         self._run_dirs: dict[int, Path] = {}
+        self._run_dir_checked: dict[int, tuple[float, list[str] | None]] = {}
         self._published_seqno: dict[tuple[int, str], int] = {}
+        self._listings = _Listings()
+        self._names: dict[str, pff.DataFileName | None] = {}
+        # run dir -> (the listing it was computed from, product -> (seqno, newest file))
+        self._newest_cache: dict[Path, tuple[list[str] | None, dict[str, tuple[int, Path]]]] = {}
 
     def modules(self) -> dict[int, Path]:
         """module id -> module directory, for the modules this scanner follows (R-SCAN-1)."""
         found = {}
-        for entry in _entries(self.data_dir):
-            module = pff.module_dir_id(entry.name)
+        for name in self._listings.names(self.data_dir) or ():
+            module = pff.module_dir_id(name)
             if module is None or (self.module_ids and module not in self.module_ids):
                 continue
-            found[module] = Path(entry.path)
+            found[module] = self.data_dir / name
         return found
+
+    def _run_dir(self, module: int, module_dir: Path, now: float) -> Path | None:
+        """The module's newest run directory (R-NAME-1).
+
+        Chosen again when the module directory's entries change (a new run appears), and at
+        least every RUN_DIR_RECHECK_S; otherwise the last choice stands.
+        """
+        listing = self._listings.names(module_dir)
+        run_dir = self._run_dirs.get(module)
+        checked = self._run_dir_checked.get(module)
+        if (
+            run_dir is not None
+            and checked is not None
+            and checked[1] is listing
+            and now - checked[0] < RUN_DIR_RECHECK_S
+        ):
+            return run_dir
+        self._run_dir_checked[module] = (now, listing)
+        return _newest_run_dir(module_dir)
 
     def scan(self) -> list[PanoFrame]:
         """One snapshot: the newest complete frame of each (module, product), if new (R-SCAN-2).
@@ -109,15 +170,16 @@ class RunScanner:
         frames: list[PanoFrame] = []
         seen: set[Path] = set()
         modules = self.modules()
+        now = time.monotonic()
         for module in self._run_dirs.keys() - modules.keys():
             self._new_run(module, None)
         for module, module_dir in sorted(modules.items()):
-            run_dir = _newest_run_dir(module_dir)
+            run_dir = self._run_dir(module, module_dir, now)
             if run_dir != self._run_dirs.get(module):
                 self._new_run(module, run_dir)
             if run_dir is None:
                 continue
-            for name, (seqno, path) in sorted(self._newest_files(run_dir).items()):
+            for name, (seqno, path) in self._newest_files(run_dir).items():
                 seen.add(path)
                 if seqno < self._published_seqno.get((module, name), -1):
                     continue
@@ -128,12 +190,16 @@ class RunScanner:
         # Files that are gone, or no longer the newest of their product: forget them.
         for path in self._files.keys() - seen:
             del self._files[path]
+        self._listings.forget({self.data_dir, *modules.values(), *self._run_dirs.values()})
+        for run_dir in self._newest_cache.keys() - set(self._run_dirs.values()):
+            del self._newest_cache[run_dir]
         return frames
 
     def _new_run(self, module: int, run_dir: Path | None) -> None:
         """Module `module` follows another run directory (or none): its history resets."""
         if run_dir is None:
             self._run_dirs.pop(module, None)
+            self._run_dir_checked.pop(module, None)
         else:
             self._run_dirs[module] = run_dir
         for name in self.products:
@@ -141,15 +207,30 @@ class RunScanner:
 
     def _newest_files(self, run_dir: Path) -> dict[str, tuple[int, Path]]:
         """product name -> (seqno, path) of its file with the highest seqno (R-NAME-2, -3)."""
+        listing = self._listings.names(run_dir)
+        cached = self._newest_cache.get(run_dir)
+        if cached is not None and cached[0] is listing:
+            return cached[1]
         newest: dict[str, tuple[int, str]] = {}
-        for entry in _entries(run_dir):
-            name = pff.DataFileName.parse(entry.name)
+        for file_name in listing or ():
+            name = self._parse(file_name)
             if name is None or name.dp not in self.products:
                 continue
-            key = (name.seqno, entry.name)
+            key = (name.seqno, file_name)
             if key > newest.get(name.dp, (-1, "")):
                 newest[name.dp] = key
-        return {dp: (seqno, run_dir / file) for dp, (seqno, file) in newest.items()}
+        result = {dp: (seqno, run_dir / file) for dp, (seqno, file) in sorted(newest.items())}
+        self._newest_cache[run_dir] = (listing, result)
+        return result
+
+    def _parse(self, file_name: str) -> pff.DataFileName | None:
+        try:
+            return self._names[file_name]
+        except KeyError:
+            name = self._names[file_name] = pff.DataFileName.parse(file_name)
+            if len(self._names) > 100_000:
+                self._names.clear()
+            return name
 
     def _newest_frame(self, module: int, product: DataProduct, path: Path) -> PanoFrame | None:
         """The file's newest complete frame if not published yet (R-PFF-3): one stat, one read."""
