@@ -67,9 +67,14 @@ class StreamReply:
 
 @dataclass(frozen=True, slots=True)
 class UploadItem:
-    """The fast form of UploadImageRequest; `frame` None is a request without an image."""
+    """The fast form of UploadImageRequest; `frame` None is a request without an image.
+
+    On decoding, `encoded` holds the received PanoImage bytes, so that the server can pass them
+    on to its clients without encoding the frame again.
+    """
 
     frame: PanoFrame | None
+    encoded: bytes | None = None
 
 
 def _len_field(tag: bytes, payload: bytes) -> bytes:
@@ -490,7 +495,11 @@ def decode_upload_item(data: bytes | memoryview) -> UploadItem:
             if wire_type != 2:
                 raise _wrong_wire_type("UploadImageRequest", number, wire_type, at)
             spans.append(value)
-    return UploadItem(decode_pano_image(*_merged(buf, spans)) if spans else None)
+    if not spans:
+        return UploadItem(None)
+    frame = decode_pano_image(*_merged(buf, spans))
+    encoded = buf[spans[0][0] : spans[0][1]] if len(spans) == 1 else None
+    return UploadItem(frame, encoded)
 
 
 # --- betterproto2 forms of the image messages ---------------------------------------------

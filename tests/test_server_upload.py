@@ -142,3 +142,35 @@ async def test_backpressure_slows_never_drops(make_server, run_dir):
             numbers = [f.frame_number for f in received if f.module_id == module]
             assert numbers == list(range(per_uploader))
         assert server.hub.published == 3 * per_uploader
+
+
+class _BytesCodec:
+    """Sends raw bytes as they are: to put malformed messages on the wire."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message, message_type):
+        return message
+
+    def decode(self, data, message_type):
+        return data
+
+
+@pytest.mark.parametrize("method", ["InitHpIo", "StreamImages", "Ping"])
+async def test_malformed_request_is_invalid_argument(make_server, method):
+    """R-WIRE-5: bytes that are no valid request get INVALID_ARGUMENT naming the problem."""
+    async with make_server() as server:
+        ch = Channel("127.0.0.1", server.port, codec=_BytesCodec())
+        cardinality = (
+            Cardinality.UNARY_STREAM if method == "StreamImages" else (Cardinality.UNARY_UNARY)
+        )
+        try:
+            async with ch.request(f"/daqdata.DaqData/{method}", cardinality, bytes, bytes) as s:
+                await s.send_message(b"\x0a\x09ab", end=True)  # a field longer than the message
+                with pytest.raises(GRPCError) as info:
+                    await s.recv_message()
+                    await s.recv_trailing_metadata()
+        finally:
+            ch.close()
+        assert info.value.status == Status.INVALID_ARGUMENT
+        assert "malformed request" in info.value.message

@@ -73,18 +73,18 @@ class ServerCore:
         # app sets how to open one and how to run a coroutine on grpclib's event loop.
         self.channel_factory: Callable[[], Any] | None = None
         self.run_on_grpclib_loop: Callable[..., Awaitable[Any]] | None = None
-        self._upload_send, self._upload_receive = anyio.create_memory_object_stream[PanoFrame](
-            UPLOAD_CHANNEL_SIZE
-        )
+        self._upload_send, self._upload_receive = anyio.create_memory_object_stream[
+            tuple[PanoFrame, bytes | None]
+        ](UPLOAD_CHANNEL_SIZE)
         self._command_send, self._command_receive = anyio.create_memory_object_stream[Reconfigure](
             1
         )
         self._sources: _Sources | None = None
 
     # -- called from RPC handlers ----------------------------------------------------------
-    async def upload(self, frame: PanoFrame) -> None:
+    async def upload(self, frame: PanoFrame, encoded: bytes | None = None) -> None:
         """Queue an uploaded frame for the hub; waits while the channel is full (R-UP-4)."""
-        await self._upload_send.send(frame)
+        await self._upload_send.send((frame, encoded))
 
     async def reconfigure(self, config: HpIoConfig) -> Reconfigure:
         """Hand a configuration to the controller and wait for its answer."""
@@ -104,8 +104,8 @@ class ServerCore:
     async def _upload_task(self) -> None:
         publish = self.hub.publish
         async with self._upload_receive:
-            async for frame in self._upload_receive:
-                publish(frame)
+            async for frame, encoded in self._upload_receive:
+                publish(frame, encoded)
 
     async def _controller(self, tg: TaskGroup, *, task_status: TaskStatus[None]) -> None:
         task_status.started()

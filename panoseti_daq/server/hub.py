@@ -37,10 +37,10 @@ class HubEntry:
 
     __slots__ = ("_encoded", "frame", "seq")
 
-    def __init__(self, seq: int, frame: PanoFrame) -> None:
+    def __init__(self, seq: int, frame: PanoFrame, encoded: bytes | None = None) -> None:
         self.seq = seq
         self.frame = frame
-        self._encoded: bytes | None = None
+        self._encoded = encoded
 
     @property
     def key(self) -> tuple[int, str]:
@@ -173,10 +173,13 @@ class Hub:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, frame: PanoFrame) -> None:
-        """Put a frame into the hub and offer it to every interested client; never waits."""
+    def publish(self, frame: PanoFrame, encoded: bytes | None = None) -> None:
+        """Put a frame into the hub and offer it to every interested client; never waits.
+
+        `encoded`, when given, are the frame's PanoImage bytes (an upload's, as received).
+        """
         self._seq += 1
-        entry = HubEntry(self._seq, frame)
+        entry = HubEntry(self._seq, frame, encoded)
         self.latest[entry.key] = entry
         self.published += 1
         for subscriber in self._subscribers:

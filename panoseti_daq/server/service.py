@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 from grpclib import GRPCError
@@ -43,6 +44,17 @@ def _remaining_s(stream: Stream) -> float:
     if stream.deadline is None:
         return math.inf
     return max(0.0, stream.deadline.time_remaining())
+
+
+async def _request(stream: Stream) -> Any:
+    """The request of a unary-request RPC; malformed bytes are INVALID_ARGUMENT (R-WIRE-5)."""
+    try:
+        request = await stream.recv_message()
+    except CodecError as exc:
+        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from None
+    if request is None:
+        raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
+    return request
 
 
 def _within(path: Path, roots: tuple[Path, ...]) -> bool:
@@ -94,13 +106,12 @@ class DaqDataService:
     # -- Ping ------------------------------------------------------------------------------
     async def ping(self, stream: Stream[Empty, Empty]) -> None:
         """R-PING-1: answer whenever the server runs."""
-        await stream.recv_message()
+        await _request(stream)
         await stream.send_message(Empty())
 
     # -- StreamImages ----------------------------------------------------------------------
     async def stream_images(self, stream: Stream[StreamImagesRequest, StreamReply]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
+        request = await _request(stream)
         core, config = self.core, self.config
         # R-STREAM-1 .. R-STREAM-5, in this order.
         if not (request.stream_movie_data or request.stream_pulse_height_data):
@@ -215,8 +226,7 @@ class DaqDataService:
         return dataclasses.replace(hp_io, data_dir=str(data_dir.resolve()))
 
     async def init_hp_io(self, stream: Stream[InitHpIoRequest, InitHpIoResponse]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
+        request = await _request(stream)
         hp_io = self._check_hp_io_request(request)
         core = self.core
         if core.shutting_down:
@@ -266,6 +276,6 @@ class DaqDataService:
                     f"server does not serve (valid: {', '.join(sorted(valid))})",
                 )
             else:
-                await self.core.upload(item.frame)
+                await self.core.upload(item.frame, item.encoded)
             index += 1
         await stream.send_message(Empty())
