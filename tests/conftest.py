@@ -12,6 +12,7 @@ asyncio and on trio.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
 from dataclasses import replace
@@ -21,6 +22,7 @@ import pytest
 
 from panoseti_daq.config import ServerConfig
 from panoseti_daq.server import DaqDataServer
+from tests.helpers import server_process
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -78,3 +80,23 @@ def daq_config(*servers, unix: bool = False) -> dict:
         target = f"unix://{server.uds_path}" if unix else f"127.0.0.1:{server.port}"
         nodes.append({"ip_addr": target})
     return {"daq_nodes": nodes}
+
+
+@pytest.fixture(scope="module")
+def live_server():
+    """One server in simulation mode for all examples, with daq/network configs naming it."""
+    tmp = Path(tempfile.mkdtemp(prefix="pdaqex", dir="/tmp"))
+    with server_process(tmp, "--init-sim") as (_, port, _uds):
+        daq = tmp / "daq_config.json"
+        daq.write_text(json.dumps({"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}))
+        net = tmp / "network_config.json"
+        net.write_text(
+            json.dumps(
+                {
+                    "daq_nodes": [
+                        {"ip_addr": f"127.0.0.1:{port}", "port_forwarding": {"status": False}}
+                    ]
+                }
+            )
+        )
+        yield daq, net, tmp

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,31 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import server_process
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory):
-    """One server in simulation mode for all examples, with daq/network configs naming it."""
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix="pdaqex", dir="/tmp"))
-    with server_process(tmp, "--init-sim") as (_, port, _uds):
-        daq = tmp / "daq_config.json"
-        daq.write_text(json.dumps({"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}))
-        net = tmp / "network_config.json"
-        net.write_text(
-            json.dumps(
-                {
-                    "daq_nodes": [
-                        {"ip_addr": f"127.0.0.1:{port}", "port_forwarding": {"status": False}}
-                    ]
-                }
-            )
-        )
-        yield daq, net, tmp
 
 
 def run_example(name, live_server, *args):
@@ -58,6 +33,7 @@ def run_example(name, live_server, *args):
         ("async_trio.py", "pulse heights"),
         ("robust_shutdown.py", "stream processing finished"),
         ("upload.py", "uploaded to"),
+        ("visualize.py", "wrote"),
     ],
 )
 def test_example_runs(live_server, name, expect):

@@ -1,0 +1,46 @@
+"""Live visualisation: the frame previewer of the seed README, fed by the blocking client.
+
+With a display, a window updates as frames arrive; without one (or with --png DIR) the figure is
+written as PNG files.
+
+    python examples/visualize.py [daq_config.json network_config.json] [--max-frames N]
+"""
+
+from __future__ import annotations
+
+import os
+
+from _common import parse_args
+from panoseti_daq.plots import PanoImagePreviewer
+
+from panoseti_daq import DaqClient
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    out = os.environ.get("PANOSETI_PLOT_DIR", "panoseti_plots")
+    with DaqClient(args.daq_config, args.network_config) as client:
+        hosts = client.get_valid_daq_hosts()
+        if not args.no_init:
+            client.init_sim(hosts)
+        previewer = PanoImagePreviewer(stream_movie_data=True, stream_pulse_height_data=True)
+        stream = client.stream_images(
+            hosts=hosts,
+            stream_movie_data=True,
+            stream_pulse_height_data=True,
+            update_interval_seconds=0.5,
+            wait_for_ready=True,
+            parse_pano_images=True,
+        )
+        for count, pano_image in enumerate(stream, start=1):
+            previewer.update(pano_image)
+            if count == args.max_frames:
+                break
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, "preview.png")
+        previewer.save(path)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Record received frames as PFF files in Hashpipe's layout, readable by panoseti_daq.pff.
+
+`PFFRecorder(directory)` writes each frame to
+`directory/module_<id>/obs_<name>.start_<time>Z.runtype_<type>.pffd/start_<time>Z.dp_<product>.
+bpp_<n>.module_<id>.seqno_<k>.pff`, one open file per (module, product), starting the next seqno
+every `frames_per_file` frames. Every frame of a file has one size (R-PFF-2): headers are padded
+to a width fixed when the file is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from . import pff
+from .client.aio import as_frame
+from .frames import PanoFrame
+
+__all__ = ["PFFRecorder"]
+
+# Room for headers to grow within one file (e.g. counters gaining digits).
+HEADER_SLACK = 64
+
+
+class _File:
+    def __init__(self, path: Path, header_width: int) -> None:
+        self.path = path
+        self.header_width = header_width
+        self.frames = 0
+        self.handle: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed by PFFRecorder
+
+
+class PFFRecorder:
+    """Writes frames (PanoFrame or parsed dicts) into a run directory tree."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        observatory: str = "RECORD",
+        runtype: str = "live",
+        frames_per_file: int = 1000,
+    ) -> None:
+        if frames_per_file < 1:
+            raise ValueError("frames_per_file must be >= 1")
+        self.directory = Path(directory)
+        self.frames_per_file = frames_per_file
+        now = datetime.now(timezone.utc)
+        self.start = now.strftime("%Y-%m-%dT%H_%M_%SZ")
+        self.run_name = pff.RunDirName(observatory, now.strftime("%Y-%m-%dT%H:%M:%SZ"), runtype)
+        self._files: dict[tuple[int, str], _File] = {}
+        self._seqno: dict[tuple[int, str], int] = {}
+        self.written = 0
+
+    def write(self, image: PanoFrame | Mapping[str, Any]) -> Path:
+        """Append one frame; returns the file it went to."""
+        frame = as_frame(image)
+        key = (frame.module_id, frame.product.name)
+        text = pff.header_text(frame.header)
+        file = self._files.get(key)
+        if file is not None and (
+            file.frames >= self.frames_per_file or len(text) > file.header_width
+        ):
+            file.handle.close()
+            del self._files[key]
+            file = None
+        if file is None:
+            seqno = self._seqno.get(key, -1) + 1
+            self._seqno[key] = seqno
+            run_dir = self.directory / f"module_{frame.module_id}" / self.run_name.format()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            name = pff.DataFileName(
+                frame.product.name,
+                frame.module_id,
+                seqno,
+                frame.product.bytes_per_pixel,
+                self.start,
+            )
+            file = self._files[key] = _File(run_dir / name.format(), len(text) + HEADER_SLACK)
+        file.handle.write(
+            pff.encode_frame(frame.header, frame.pixels, frame.product, file.header_width)
+        )
+        file.frames += 1
+        self.written += 1
+        return file.path
+
+    def flush(self) -> None:
+        for file in self._files.values():
+            file.handle.flush()
+
+    def close(self) -> None:
+        for file in self._files.values():
+            file.handle.close()
+        self._files.clear()
+
+    def __enter__(self) -> PFFRecorder:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
