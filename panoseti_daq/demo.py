@@ -1,46 +1,28 @@
 """`make demo`: a DaqData server replaying archived data, and a client showing it live.
 
 Starts `python -m panoseti_daq.serve` on a free loopback port with the filesystem simulation
-(the real NGC 7331 pulse-height data and the synthetic movie-mode sky), connects the blocking
-client, and shows a live table per module and image type: frames, rate, newest timestamp and
-brightest pixel. Ctrl+C stops the client and then the server, which removes its files.
+(the real NGC 7331 pulse-height data and the synthetic movie-mode sky, two modules), then runs
+the `panoseti-daq` CLI against it: the services it offers, then a live table per module and image
+type (frames, rate, newest timestamp and its clock, brightest pixel). With `--plot`, the live
+frame previewer too. Ctrl+C stops the client and then the server, which removes its files.
 
-    python -m panoseti_daq.demo [--duration SECONDS] [--interval SECONDS] [--backend trio|asyncio]
+    python -m panoseti_daq.demo [--duration SECONDS] [--plot] [--backend trio|asyncio]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-
-from . import pff
-from .client import DaqClient
-
-RATE_WINDOW_S = 5.0
-
-
-@dataclass
-class _Row:
-    frames: int = 0
-    arrivals: deque = field(default_factory=deque)
-    timestamp: Any = None
-    wr_valid: bool = False
-    peak: int = 0
-    file: str = ""
+from . import cli
 
 
 def _free_port() -> int:
@@ -49,45 +31,23 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _table(rows: dict[tuple[int, str], _Row], now: float, elapsed: float) -> Table:
-    table = Table(title=f"panoseti_daq demo: live frames ({elapsed:.0f} s; Ctrl+C to stop)")
-    for column in (
-        "module",
-        "type",
-        "frames",
-        "rate /s",
-        "newest timestamp",
-        "clock",
-        "max",
-        "file",
-    ):
-        table.add_column(
-            column, justify="right" if column in ("frames", "rate /s", "max") else "left"
-        )
-    for (module, kind), row in sorted(rows.items()):
-        while row.arrivals and now - row.arrivals[0] > RATE_WINDOW_S:
-            row.arrivals.popleft()
-        rate = len(row.arrivals) / min(RATE_WINDOW_S, max(elapsed, 1e-3))
-        table.add_row(
-            str(module),
-            kind,
-            str(row.frames),
-            f"{rate:.1f}",
-            str(row.timestamp),
-            "White Rabbit" if row.wr_valid else "host",
-            str(row.peak),
-            row.file[-48:],
-        )
-    return table
+def _wait_for_port(port: int, server: subprocess.Popen, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m panoseti_daq.demo", description=__doc__)
     parser.add_argument("--duration", type=float, default=0.0, help="stop after S seconds")
-    parser.add_argument("--interval", type=float, default=0.0, help="stream update interval")
+    parser.add_argument("--plot", action="store_true", help="also show the live previewer")
     parser.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
     args = parser.parse_args(argv)
-    console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="panoseti_demo_"))
     port = _free_port()
     config = tmp / "daq_data_server_config.json"
@@ -109,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     )
+    daq_config = tmp / "daq_config.json"
+    daq_config.write_text(json.dumps({"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}))
+    network_config = tmp / "network_config.json"
+    network_config.write_text(json.dumps({"daq_nodes": []}))
+    print(f"starting the server on 127.0.0.1:{port} ({args.backend}), simulation in {tmp}")
     server = subprocess.Popen(
         [
             sys.executable,
@@ -126,48 +91,30 @@ def main(argv: list[str] | None = None) -> int:
             "warning",
         ],
     )
-    console.print(f"[bold]server[/] pid {server.pid} on 127.0.0.1:{port} ({args.backend})")
-    rows: dict[tuple[int, str], _Row] = {}
-    start = time.monotonic()
+    code = 1
     try:
-        daq_config = {"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}
-        deadline = time.monotonic() + 30
-        while True:
-            with DaqClient(daq_config) as client:
-                if client.get_valid_daq_hosts():
-                    break
-            if time.monotonic() > deadline or server.poll() is not None:
-                console.print("[red]the server did not start[/]")
-                return 1
-            time.sleep(0.2)
-        with DaqClient(daq_config) as client:
-            console.print(client.reflect_services())
-            if not client.init_sim():
-                console.print("[red]the simulation did not start[/]")
-                return 1
-            stream = client.stream_images(
-                None, True, True, update_interval_seconds=args.interval, wait_for_ready=True
-            )
-            with Live(console=console, refresh_per_second=4) as live:
-                last_draw = 0.0
-                for image in stream:
-                    now = time.monotonic()
-                    row = rows.setdefault((image["module_id"], image["type"]), _Row())
-                    row.frames += 1
-                    row.arrivals.append(now)
-                    row.timestamp = image["header"]["pandas_unix_timestamp"]
-                    row.wr_valid = image["header"]["wr_timestamp_valid"]
-                    row.peak = int(image["image_array"].max())
-                    name = pff.DataFileName.parse(image["file"])
-                    seqno = f"seqno_{name.seqno}" if name else image["file"]
-                    row.file = f"{seqno}#{image['frame_number']}"
-                    if now - last_draw > 0.25:
-                        live.update(_table(rows, now, now - start))
-                        last_draw = now
-                    if args.duration and now - start > args.duration:
-                        break
+        if not _wait_for_port(port, server):
+            print("the server did not start", file=sys.stderr)
+            return 1
+        client_args = [str(daq_config), str(network_config), "--log-level", "warning"]
+        cli.main([*client_args, "--list-hosts", "--reflect-services"])
+        stream_args = [
+            "--init-sim",
+            "--stream",
+            "--update-interval",
+            "0",
+            "--refresh-period",
+            "0.5",
+            "--plot-dir",
+            str(tmp / "plots"),
+        ]
+        if args.plot:
+            stream_args.append("--plot-view")
+        if args.duration:
+            stream_args += ["--duration", str(args.duration)]
+        code = cli.main([*client_args, *stream_args])
     except KeyboardInterrupt:
-        console.print("stopping")
+        code = 0
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGINT)
@@ -175,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                 server.wait(15)
             except subprocess.TimeoutExpired:
                 server.kill()
-        console.print(f"server exited with code {server.returncode}")
-    total = sum(row.frames for row in rows.values())
-    console.print(f"received {total} frames from {len(rows)} streams")
-    return 0 if total else 1
+                server.wait()
+        print(f"server stopped (exit code {server.returncode})")
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if code in (0, 130) and server.returncode == 0 else 1
 
 
 if __name__ == "__main__":

@@ -49,3 +49,19 @@ def test_blocking_example_prints_requested_frames(live_server):
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("module 224")]
     assert len(lines) == 7
+
+
+def test_make_demo_runs_server_and_client(tmp_path):
+    """`make demo` (python -m panoseti_daq.demo) shows live frames and stops cleanly."""
+    result = subprocess.run(
+        [sys.executable, "-m", "panoseti_daq.demo", "--duration", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "simulation started" in result.stdout
+    assert "PULSE_HEIGHT" in result.stdout and "MOVIE" in result.stdout
+    assert "server stopped (exit code 0)" in result.stdout
