@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 
 from _common import parse_args
-from panoseti_daq.plots import PanoImagePreviewer
 
-from panoseti_daq import DaqClient
+from panoseti_daq import DaqClient, plots
 
 
 def main() -> None:
@@ -23,7 +22,7 @@ def main() -> None:
         hosts = client.get_valid_daq_hosts()
         if not args.no_init:
             client.init_sim(hosts)
-        previewer = PanoImagePreviewer(stream_movie_data=True, stream_pulse_height_data=True)
+        previewer = plots.PanoImagePreviewer(stream_movie_data=True, stream_pulse_height_data=True)
         stream = client.stream_images(
             hosts=hosts,
             stream_movie_data=True,
