@@ -27,8 +27,8 @@ test: $(STAMP) lint schema-check
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	$(PY) -m ruff check --no-cache .
+	$(PY) -m ruff format --no-cache --check .
 
 # Regenerate the betterproto2 messages, grpclib stubs and server base from schema/.
 schema: $(STAMP)

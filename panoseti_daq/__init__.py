@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# trio-asyncio replaces asyncio.get_running_loop; anyio's asyncio backend keeps the function it
+# finds when first imported. Import trio-asyncio first, so that code running on grpclib's loop
+# under trio (RPC handlers, clients) finds the loop, whatever imports anyio's backend later.
+import trio_asyncio  # noqa: F401
+
 from . import pff
 from .client import AioDaqDataClient, AsyncDaqClient, DaqClient, DaqDataClient
 from .errors import CodecError, ConfigError, ImageError, PanosetiDaqError, PFFError, RpcError

@@ -23,15 +23,25 @@ T = TypeVar("T")
 class GrpclibLoop:
     """Runs asyncio coroutine functions on grpclib's loop from the core's side."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, loop: Any = None) -> None:
         self.backend = backend
+        self.loop = loop
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         if self.backend == "asyncio":
             return await fn(*args)
         import trio_asyncio
 
-        return await trio_asyncio.aio_as_trio(fn)(*args)
+        loop = self.loop
+
+        async def in_loop_context() -> T:
+            # trio-asyncio finds "the running loop" through a context variable. Set it here, so
+            # that every callback and task grpclib creates from this coroutine (listeners,
+            # connections, RPC handlers) inherits it, whichever trio task entered the loop.
+            trio_asyncio.current_loop.set(loop)
+            return await fn(*args)
+
+        return await trio_asyncio.aio_as_trio(in_loop_context, loop=loop)()
 
 
 @asynccontextmanager
@@ -45,8 +55,9 @@ async def grpclib_loop() -> AsyncIterator[GrpclibLoop]:
         raise RuntimeError(f"unsupported async library {backend!r}: use asyncio or trio")
     import trio_asyncio
 
-    if trio_asyncio.current_loop.get() is not None:
-        yield GrpclibLoop("trio")  # the caller already runs a trio-asyncio loop
+    running = trio_asyncio.current_loop.get()
+    if running is not None:
+        yield GrpclibLoop("trio", running)  # the caller already runs a trio-asyncio loop
         return
-    async with trio_asyncio.open_loop():
-        yield GrpclibLoop("trio")
+    async with trio_asyncio.open_loop() as loop:
+        yield GrpclibLoop("trio", loop)
