@@ -1,0 +1,108 @@
+"""The async client with several DAQ nodes and against the grpcio reference server (§13)."""
+
+from __future__ import annotations
+
+import anyio
+import numpy as np
+import pytest
+
+from panoseti_daq import AsyncDaqClient, DaqClient, RpcError
+from tests.conftest import daq_config
+from tests.helpers import REAL_PH, movie_frame, ph_frame, server_process
+from tests.reference_server import ReferenceServer
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_three_hosts_one_stopped_mid_stream(make_server, run_dir, short_tmp):
+    """R-CLI-6: frames merge from three servers; one is stopped mid-stream; the others go on."""
+    received: list[tuple[int, int]] = []
+
+    async def receive(stream, count):
+        with anyio.fail_after(15):
+            while len(received) < count:
+                image = await stream.__anext__()
+                received.append((image["module_id"], image["frame_number"]))
+
+    two_dir = short_tmp / "two"
+    (two_dir / "data" / "module_1" / "obs_X").mkdir(parents=True)
+    (two_dir / "data" / "module_1" / "obs_X" / "module_1.daq-active").touch()
+    with server_process(two_dir) as (process, port, _):
+        async with make_server() as one, make_server() as three:
+            config = daq_config(one, three)
+            config["daq_nodes"].append({"ip_addr": f"127.0.0.1:{port}"})
+            two = f"127.0.0.1:{port}"
+            async with AsyncDaqClient(config) as client:
+                local = [f"127.0.0.1:{one.port}", f"127.0.0.1:{three.port}"]
+                for host, data_dir in ((local, run_dir), (two, two_dir / "data")):
+                    hp_io = {"data_dir": str(data_dir), "update_interval_seconds": 0.05}
+                    assert await client.init_hp_io(host, {**hp_io, "force": True})
+                stream = client.stream_images(None, True, True, 0.0)
+                while one.hub.subscriber_count == 0 or three.hub.subscriber_count == 0:
+                    await anyio.sleep(0.01)
+                await anyio.sleep(0.3)  # host two's subscription happens in its own process
+                for module, host in enumerate(
+                    (f"127.0.0.1:{one.port}", two, f"127.0.0.1:{three.port}"), start=1
+                ):
+                    await client.upload_images(host, [movie_frame(module, 0)])
+                await receive(stream, 3)
+                process.terminate()  # host two stops mid-stream
+                await anyio.to_thread.run_sync(process.wait, 10)
+                await client.upload_images(local, [ph_frame(5, 1)])
+                await receive(stream, 5)
+                await stream.aclose()
+    assert sorted(received[:3]) == [(1, 0), (2, 0), (3, 0)]
+    assert received[3:] == [(5, 1), (5, 1)]
+
+
+async def test_named_host_that_does_not_answer(make_server):
+    """R-CLI-3: a named host that does not answer is a ConnectionError naming it."""
+    async with make_server() as server:
+        config = {
+            "daq_nodes": [{"ip_addr": f"127.0.0.1:{server.port}"}, {"ip_addr": "127.0.0.1:1"}]
+        }
+        async with AsyncDaqClient(config) as client:
+            assert await client.get_valid_daq_hosts() == {f"127.0.0.1:{server.port}"}
+            with pytest.raises(ConnectionError, match=r"127\.0\.0\.1:1"):
+                await client.init_hp_io("127.0.0.1:1", {"simulate_daq": True})
+            with pytest.raises((ConnectionError, RpcError)) as info:
+                async for _ in client.stream_images("127.0.0.1:1", True, True, 0.0):
+                    pass
+            assert "127.0.0.1:1" in str(info.value)
+
+
+async def test_our_client_against_the_grpcio_server(tmp_path):
+    """Interop: the same parsed result from a grpcio server built from schema/."""
+    frames = REAL_PH[:8]
+    with ReferenceServer(frames) as reference:
+        config = {"daq_nodes": [{"ip_addr": f"127.0.0.1:{reference.port}"}]}
+        async with AsyncDaqClient(config) as client:
+            assert await client.ping(f"127.0.0.1:{reference.port}")
+            got = []
+            async for image in client.stream_images(None, False, True, 0.0):
+                got.append(image)
+                if len(got) == len(frames):
+                    break
+            await client.upload_images(None, frames[:3])
+        uploaded = reference.wait_for_uploads(3)
+    for image, frame in zip(got, frames, strict=True):
+        expected = frame.to_dict()
+        np.testing.assert_array_equal(image["image_array"], expected["image_array"])
+        assert image["image_array"].dtype == np.int16
+        assert (
+            image["header"]["pandas_unix_timestamp"] == expected["header"]["pandas_unix_timestamp"]
+        )
+        assert (image["module_id"], image["frame_number"]) == (frame.module_id, frame.frame_number)
+    assert len(uploaded) == 3
+
+
+def test_blocking_client_streams_and_stops_cleanly(live_server):
+    """R-CLI-8: the blocking client; breaking out of the stream cancels its RPC."""
+    daq, net, _ = live_server
+    with DaqClient(daq, net) as client:
+        assert client.init_sim()
+        stream = client.stream_images(None, True, True, 0.0, wait_for_ready=True)
+        images = [image for _, image in zip(range(6), stream, strict=False)]
+        stream.close()
+        assert len(images) == 6 and {i["type"] for i in images} <= {"MOVIE", "PULSE_HEIGHT"}
+        assert client.ping(next(iter(client.get_valid_daq_hosts())))
