@@ -41,5 +41,9 @@ schema-check: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
+# Not in CI: 10 minutes of load, printing the server's memory, descriptors and threads.
+soak: $(STAMP)
+	$(PY) -m benchmarks.soak --minutes 10 --rate 5000
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

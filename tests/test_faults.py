@@ -1,0 +1,138 @@
+"""Fault tests: the service holds under misbehaving clients and shutdown (issue: load/faults).
+
+Each is bounded in time. Related faults are tested elsewhere: data_dir removed and re-created,
+truncated/corrupt/deleted PFF files (test_scanner.py), malformed uploads (test_server_upload.py),
+a client killed mid-stream (test_server_stream.py::test_disconnect_frees_slot_within_one_second).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import anyio
+import pytest
+
+from panoseti_daq import AsyncDaqClient, RpcError
+from panoseti_daq.messages import StreamImagesRequest
+from tests.helpers import (
+    init_hp_io,
+    movie_frame,
+    next_reply,
+    open_stream,
+    server_process,
+    stalled_stream_client,
+    upload,
+    wait_until,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def test_stalled_client_among_ten_healthy(make_server, run_dir):
+    """R-STREAM-11: ten healthy readers lose nothing while one stalled reader is ended."""
+    async with make_server(max_read_queue_size=8, max_reader_enqueue_timeouts=3) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        frames = [movie_frame(1, i) for i in range(300)]
+        request = StreamImagesRequest(stream_movie_data=True, update_interval_seconds=0.0)
+        with stalled_stream_client(server.port, request):
+            await wait_until(lambda: server.hub.subscriber_count == 1)
+            (stalled,) = server.hub._subscribers
+            received: dict[int, list[int]] = {i: [] for i in range(10)}
+
+            async def healthy(slot: int, ready: anyio.Event) -> None:
+                async with open_stream(server) as stream:
+                    ready.set()
+                    while len(received[slot]) < len(frames):
+                        received[slot].append((await next_reply(stream)).frame.frame_number)
+
+            async with anyio.create_task_group() as tg:
+                for slot in range(10):
+                    ready = anyio.Event()
+                    tg.start_soon(healthy, slot, ready)
+                    await ready.wait()
+                await wait_until(lambda: server.hub.subscriber_count == 11)
+                await upload(server, frames)
+        assert all(numbers == list(range(300)) for numbers in received.values())
+        assert stalled.ended is not None and "client too slow" in stalled.ended.message
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_connect_disconnect_cycles_leak_nothing(make_server, run_dir):
+    """R-STREAM-14: 100 connect/stream/disconnect cycles; no growth in tasks or descriptors."""
+    import asyncio
+
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        config = {"daq_nodes": [{"ip_addr": f"127.0.0.1:{server.port}"}]}
+
+        async def cycle(number: int) -> None:
+            async with AsyncDaqClient(config) as client:
+                stream = client.stream_images(None, True, True, 0.0)
+                await wait_until(lambda: server.hub.subscriber_count == 1)
+                await upload(server, [movie_frame(1, number)])
+                image = await stream.__anext__()
+                assert image["frame_number"] == number
+                await stream.aclose()
+
+        for number in range(10):  # warm up: caches, lazily created objects
+            await cycle(number)
+        await wait_until(lambda: server.core.active_streams == 0)
+        tasks, fds = len(asyncio.all_tasks()), _fds()
+        for number in range(100):
+            await cycle(number)
+        await wait_until(lambda: server.core.active_streams == 0, timeout_s=2)
+        await wait_until(lambda: len(asyncio.all_tasks()) <= tasks, timeout_s=5)
+        assert _fds() <= fds + 2
+        assert server.hub.subscriber_count == 0
+
+
+async def test_sigterm_with_fifty_streams(short_tmp):
+    """R-STOP-1: 50 active streams all end with a status within the grace period; exit 0."""
+    with server_process(short_tmp, "--init-sim", config={"shutdown_grace_period": 3}) as (
+        process,
+        port,
+        _,
+    ):
+        config = {"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}
+        ended: list[str] = []
+        started = anyio.Event()
+        async with AsyncDaqClient(config) as client:
+            with anyio.fail_after(20):
+                while True:
+                    try:
+                        async for _ in client.stream_images(None, True, True, 0.0):
+                            break
+                        break
+                    except RpcError:
+                        await anyio.sleep(0.05)  # the simulation is still starting
+
+            async def reader() -> None:
+                try:
+                    async for _ in client.stream_images(None, True, True, 0.0):
+                        if len(ended) == 0 and not started.is_set():
+                            started.set()
+                except RpcError as exc:
+                    ended.append(exc.status.name)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(50):
+                    tg.start_soon(reader)
+                await started.wait()
+                await anyio.sleep(0.5)
+                t0 = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+            code = await anyio.to_thread.run_sync(process.wait, 15)
+            elapsed = time.monotonic() - t0
+    assert code == 0
+    assert elapsed < 3 + 1.5
+    assert ended == ["UNAVAILABLE"] * 50
