@@ -431,7 +431,12 @@ def _simulate_config(reader: _Reader | None) -> SimulateConfig:
         "real_module_id": reader.integer("real_module_id", defaults.real_module_id, 0, _MAX_UINT32),
         "data_dir": reader.path("data_dir", defaults.data_dir),
         "source_dir": reader.path("source_dir", None),
-        "frame_rate_hz": reader.number("frame_rate_hz", defaults.frame_rate_hz, 0.0),
+        # rpc mode uploads as fast as backpressure allows unless a rate is given (R-SIM-3).
+        "frame_rate_hz": reader.number(
+            "frame_rate_hz",
+            0.0 if _MODE_ALIASES.get(mode_name, mode_name) == "rpc" else defaults.frame_rate_hz,
+            0.0,
+        ),
         "frame_limit": _frame_limit(reader, defaults.frame_limit),
     }
     if values["source_dir"] is not None and not values["source_dir"].is_dir():

@@ -466,3 +466,14 @@ def test_simulate_config_is_frozen() -> None:
     """Configs are frozen dataclasses."""
     with pytest.raises(AttributeError):
         SimulateConfig().frame_limit = 3  # type: ignore[misc]
+
+
+def test_rpc_simulation_defaults_to_full_speed() -> None:
+    """R-SIM-3: rpc mode uploads as fast as backpressure allows unless a rate is given."""
+    rpc = server_config_from_dict({"simulate_daq_cfg": {"simulation_mode": "rpc"}})
+    assert rpc.simulate_daq_cfg.frame_rate_hz == 0.0
+    paced = server_config_from_dict(
+        {"simulate_daq_cfg": {"simulation_mode": "rpc", "frame_rate_hz": 5}}
+    )
+    assert paced.simulate_daq_cfg.frame_rate_hz == 5.0
+    assert server_config_from_dict({}).simulate_daq_cfg.frame_rate_hz == 10.0
