@@ -13,12 +13,10 @@ Use it from async code (asyncio or trio, through anyio)::
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
 import socket
-import stat
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -32,10 +30,10 @@ from grpclib.server import Server
 from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec
 from ..config import HpIoConfig, ServerConfig, load_hp_io_config
-from ..errors import ConfigError
 from ..messages import DESCRIPTOR_POOL
 from .core import ServerCore
 from .service import DaqDataService
+from .sockets import prepare_socket_path
 
 log = logging.getLogger(__name__)
 
@@ -62,29 +60,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("", 0))
         return probe.getsockname()[1]
-
-
-def prepare_socket_path(path: str) -> None:
-    """R-NET-2: remove a stale socket file; refuse a live one or a file that is no socket."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError("unix_domain_socket", f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise
-        log.info("removing stale socket %s", path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    else:
-        raise ConfigError("unix_domain_socket", f"another server is listening on {path}")
-    finally:
-        probe.close()
 
 
 class DaqDataServer:
@@ -161,7 +136,7 @@ class DaqDataServer:
             self.port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             log.info("listening on %s:%d", self.host, self.port)
         if self.uds_path:
-            prepare_socket_path(self.uds_path)
+            prepare_socket_path(self.uds_path, "unix_domain_socket")
             server = Server(handlers, codec=DaqCodec())
             await server.start(path=self.uds_path)
             self._servers.append(server)

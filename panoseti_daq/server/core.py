@@ -99,6 +99,12 @@ class ServerCore:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._upload_task)
             await tg.start(self._controller, tg)
+            if self.config.uds_ingest.enabled:
+                from .uds_ingest import run_uds_ingest
+
+                await tg.start(
+                    run_uds_ingest, self.config.uds_ingest, self.products, self.hub.publish
+                )
             task_status.started()
 
     async def _upload_task(self) -> None:
