@@ -94,7 +94,8 @@ async def test_failed_configuration_restores_previous(make_server, run_dir, base
         assert (await init_hp_io(server, run_dir)).success
         reply = await init_hp_io(server, "", simulate_daq=True)
         assert not reply.success
-        assert "not available" in reply.error_message and "restored" in reply.error_message
+        assert "acquisition_methods.uds" in reply.error_message
+        assert "restored" in reply.error_message
         assert server.core.hp_io_valid and server.core.hp_io.data_dir == str(run_dir.resolve())
         async with open_stream(server) as stream:
             await wait_until(lambda: server.hub.subscriber_count == 1)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from panoseti_daq import AsyncDaqClient, pff
+from panoseti_daq.config import UdsIngestConfig
 from panoseti_daq.server.simulation import source_frames
 from tests.conftest import daq_config
 
@@ -32,16 +33,20 @@ async def collect(client, count):
     return images
 
 
-@pytest.mark.parametrize("mode", ["rpc", "filesystem"])
-async def test_simulated_frames_equal_the_source(make_server, base_config, mode):
-    """R-SIM-1 .. R-SIM-4, R-INIT-8: frames keep the source's headers and pixels; ids remapped."""
+@pytest.mark.parametrize("mode", ["rpc", "filesystem", "uds"])
+async def test_simulated_frames_equal_the_source(make_server, base_config, short_tmp, mode):
+    """R-SIM-1 .. R-SIM-4, R-SIM-6, R-INIT-8: frames keep the source's headers and pixels;
+    module ids remapped; in each simulation mode."""
     sim = replace(
         base_config.simulate_daq_cfg,
         simulation_mode=mode,
         sim_module_ids=(7, 9),
         frame_rate_hz=40.0,
     )
-    async with make_server(simulate_daq_cfg=sim) as server:
+    ingest = UdsIngestConfig(
+        enabled=mode == "uds", socket_path_template=str(short_tmp / "sim.{dp_name}.sock")
+    )
+    async with make_server(simulate_daq_cfg=sim, uds_ingest=ingest) as server:
         async with AsyncDaqClient(daq_config(server)) as client:
             assert await client.init_sim()
             images = await collect(client, 24)

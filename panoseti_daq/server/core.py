@@ -190,7 +190,12 @@ class ServerCore:
 
     async def _start_simulation(self, tg: TaskGroup, config: HpIoConfig) -> Path | None:
         """Start the simulation (R-INIT-8); the directory to scan, or None in rpc mode."""
-        from .simulation import channel_upload, run_filesystem_simulation, run_rpc_simulation
+        from .simulation import (
+            channel_upload,
+            run_filesystem_simulation,
+            run_rpc_simulation,
+            run_uds_simulation,
+        )
 
         sim = self.config.simulate_daq_cfg
         if sim.simulation_mode == "filesystem":
@@ -201,6 +206,14 @@ class ServerCore:
                 raise RuntimeError("rpc simulation needs a listener to upload to")
             upload = channel_upload(self.channel_factory)
             tg.start_soon(self.run_on_grpclib_loop, run_rpc_simulation, sim, upload)
+            return None
+        if sim.simulation_mode == "uds":
+            if not self.config.uds_ingest.enabled:
+                raise RuntimeError(
+                    "simulation mode 'uds' needs acquisition_methods.uds enabled (R-SIM-6)"
+                )
+            template = self.config.uds_ingest.socket_path_template
+            await tg.start(run_uds_simulation, sim, template)
             return None
         raise RuntimeError(f"simulation mode {sim.simulation_mode!r} is not available")
 

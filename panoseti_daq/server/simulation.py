@@ -335,3 +335,37 @@ def channel_upload(channel_factory: Callable[[], Any]) -> Upload:
             channel.close()
 
     return upload
+
+
+async def run_uds_simulation(
+    cfg: SimulateConfig,
+    socket_template: str,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Send the simulated frames into Hashpipe's ingest sockets, as Hashpipe would (R-SIM-6).
+
+    One connection per data product; each frame is a 2-byte big-endian module id and a PFF
+    frame whose header is padded to one width, so that every frame of a connection has one size.
+    """
+    from .uds_ingest import MODULE_ID_BYTES, socket_path
+
+    widths = {
+        frames[0].product.name: max(len(pff.header_text(f.header)) for f in frames)
+        for frames in source_frames(cfg)
+    }
+    streams: dict[str, Any] = {}
+    try:
+        for name in widths:
+            streams[name] = await anyio.connect_unix(socket_path(socket_template, name))
+        task_status.started()
+        async for frame in simulated_frames(cfg):
+            product = frame.product
+            data = pff.encode_frame(frame.header, frame.pixels, product, widths[product.name])
+            await streams[product.name].send(
+                frame.module_id.to_bytes(MODULE_ID_BYTES, "big") + data
+            )
+        await anyio.sleep_forever()
+    finally:
+        for stream in streams.values():
+            await stream.aclose()
