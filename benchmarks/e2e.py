@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
 
 from panoseti_daq import PanoFrame, pff, product_named
+from panoseti_daq._localhost import free_port, wait_for_port
 from panoseti_daq.codec import DaqCodec, StreamReply, UploadItem, encode_upload_item
 from panoseti_daq.messages import Empty, InitHpIoRequest, InitHpIoResponse, StreamImagesRequest
 
@@ -54,12 +54,6 @@ class RawCodec(CodecBase):
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         return len(data) if message_type is _Raw else message_type.FromString(data)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _cpu_s(pid: int) -> float:
@@ -92,7 +86,7 @@ def _frame(number: int) -> PanoFrame:
 
 @contextlib.contextmanager
 def _server(kind: str, tmp: Path) -> Iterator[tuple[subprocess.Popen, int]]:
-    port = _free_port()
+    port = free_port()
     if kind == "ours":
         config = tmp / "bench_config.json"
         config.write_text(
@@ -125,15 +119,8 @@ def _server(kind: str, tmp: Path) -> Iterator[tuple[subprocess.Popen, int]]:
         cmd = [sys.executable, "-m", "benchmarks._reference_server", "--port", str(port)]
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"{kind} server did not start") from None
-                time.sleep(0.05)
+        if not wait_for_port(port, process):
+            raise RuntimeError(f"{kind} server did not start")
         yield process, port
     finally:
         process.terminate()

@@ -15,31 +15,13 @@ import argparse
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from . import cli
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_for_port(port: int, server: subprocess.Popen, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
+from ._localhost import free_port, wait_for_port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="panoseti_demo_"))
-    port = _free_port()
+    port = free_port()
     config = tmp / "daq_data_server_config.json"
     config.write_text(
         json.dumps(
@@ -93,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     code = 1
     try:
-        if not _wait_for_port(port, server):
+        if not wait_for_port(port, server):
             print("the server did not start", file=sys.stderr)
             return 1
         client_args = [str(daq_config), str(network_config), "--log-level", "warning"]

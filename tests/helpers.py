@@ -12,6 +12,7 @@ from grpclib.const import Cardinality
 
 from panoseti_daq import PanoFrame, pff, product_named
 from panoseti_daq._bundled import NGC7331_PH256
+from panoseti_daq._localhost import free_port, wait_for_port
 from panoseti_daq.codec import DaqCodec, StreamReply, UploadItem
 from panoseti_daq.messages import (
     Empty,
@@ -146,14 +147,6 @@ def stalled_stream_client(port: int, request: StreamImagesRequest):
         sock.close()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server_process(tmp, *extra_args: str, config: dict | None = None, backend: str = "trio"):
     """`python -m panoseti_daq.serve` in a subprocess on a free loopback port.
@@ -161,10 +154,8 @@ def server_process(tmp, *extra_args: str, config: dict | None = None, backend: s
     Yields (process, port, uds_path) once the port accepts connections; always stops it.
     """
     import json
-    import socket
     import subprocess
     import sys
-    import time
 
     port = free_port()
     uds = str(tmp / "srv.sock")
@@ -200,17 +191,10 @@ def server_process(tmp, *extra_args: str, config: dict | None = None, backend: s
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        if not wait_for_port(port, process):
             if process.poll() is not None:
                 raise RuntimeError(f"server exited: {process.communicate()[1]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("server did not start") from None
-                time.sleep(0.05)
+            raise TimeoutError("server did not start")
         yield process, port, uds
     finally:
         if process.poll() is None:
