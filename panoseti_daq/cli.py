@@ -2,8 +2,8 @@
 
 The original CLI's options (R-UI-1) plus a live table of the stream (the default action),
 `--record DIR` to write what arrives as PFF files, and bounds for scripts (`--duration`,
-`--max-frames`). Exit codes: 0 done, 1 no DAQ node or an RPC failed, 2 bad arguments or config,
-130 interrupted.
+`--max-frames`). Exit codes: 0 done (also a stream stopped with Ctrl+C, its normal end), 1 no DAQ
+node answers or an RPC failed, 2 bad arguments or config, 130 another action interrupted.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .client import DaqClient
-from .errors import RpcError
+from .errors import PanosetiDaqError, RpcError
+from .frames import PanoFrame
 
 log = logging.getLogger("panoseti_daq.cli")
 
@@ -91,28 +94,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _configure_logging(level: str) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
+    # Logs on stderr: stdout carries the answers and the table.
     logging.basicConfig(
         level=level.upper(),
         format="%(message)s",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+        handlers=[
+            RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+        ],
     )
 
 
-def _stream(client: DaqClient, args: argparse.Namespace, hosts: Any) -> int:
+def _frames(replies: Any) -> Iterator[tuple[str, PanoFrame]]:
+    """(server name, frame) of each StreamImagesResponse; replies without an image are skipped."""
+    for reply in replies:
+        if reply.pano_image is not None:
+            yield reply.name, PanoFrame.from_message(reply.pano_image)
+
+
+def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None) -> int:
     """Stream into the live table, the plots and the recorder until a bound or Ctrl+C."""
     from rich.console import Console
     from rich.live import Live
 
     from .live_table import LiveTable
 
-    plots: list[Any] = []
-    headless = False
+    plots: list[tuple[str, Any]] = []
+    on_display = False
     if args.plot_view or args.plot_phdist:
-        import matplotlib
-
-        from .plots import PanoImagePreviewer, PulseHeightDistribution
+        from .plots import PanoImagePreviewer, PulseHeightDistribution, display_available
 
         if args.plot_view:
             plots.append(
@@ -120,7 +132,8 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: Any) -> int:
             )
         if args.plot_phdist:
             plots.append(("phdist", PulseHeightDistribution(tuple(args.module_ids))))
-        headless = matplotlib.get_backend().lower() == "agg"
+        on_display = display_available()
+    plot_dir = Path(args.plot_dir)
     recorder = None
     if args.record:
         from .recorder import PFFRecorder
@@ -129,96 +142,164 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: Any) -> int:
     interval = args.refresh_period if args.update_interval is None else args.update_interval
     table = LiveTable("panoseti-daq stream")
     console = Console()
-    stream = client.stream_images(
-        hosts, args.movie, args.ph, interval, tuple(args.module_ids), wait_for_ready=True
-    )
-    start = last_refresh = time.monotonic()
-    try:
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
-            for image in stream:
-                now = time.monotonic()
-                table.update(image, now)
-                for _, plot in plots:
-                    plot.update(image)
-                if recorder is not None:
-                    recorder.write(image)
-                if now - last_refresh >= args.refresh_period:
-                    last_refresh = now
-                    live.update(table.render(now))
-                    for name, plot in plots:
-                        plot.refresh()
-                        if headless:
-                            plot.save(Path(args.plot_dir) / f"{name}.png")
-                if (args.max_frames and table.total >= args.max_frames) or (
-                    args.duration and now - start >= args.duration
-                ):
-                    break
-            live.update(table.render(time.monotonic()))
-    finally:
-        stream.close()
+
+    def refresh_plots() -> None:
         for name, plot in plots:
             plot.refresh()
-            if headless:
-                console.print(f"wrote {plot.save(Path(args.plot_dir) / f'{name}.png')}")
+            if not on_display:
+                plot.save(plot_dir / f"{name}.png")
+
+    # Messages rather than parsed dicts: their `name` says which server sent each frame.
+    replies = client.stream_images(
+        hosts,
+        args.movie,
+        args.ph,
+        interval,
+        tuple(args.module_ids),
+        wait_for_ready=True,
+        parse_pano_images=False,
+    )
+    # --duration holds even when no frame arrives: closing the stream ends the iteration.
+    deadline = threading.Timer(args.duration, replies.close) if args.duration else None
+    if deadline is not None:
+        deadline.daemon = True
+        deadline.start()
+    start = last_refresh = time.monotonic()
+    try:
+        with Live(table.render(start), console=console, refresh_per_second=4) as live:
+            try:
+                for host, frame in _frames(replies):
+                    now = time.monotonic()
+                    if table.total == 0:
+                        log.info(
+                            "first frame: %s module %d %s",
+                            host,
+                            frame.module_id,
+                            frame.product.name,
+                        )
+                    table.update(frame, now, host)
+                    for _, plot in plots:
+                        plot.update(frame)
+                    if recorder is not None:
+                        recorder.write(frame)
+                    if now - last_refresh >= args.refresh_period:
+                        last_refresh = now
+                        live.update(table.render(now))
+                        if recorder is not None:
+                            recorder.flush()
+                        refresh_plots()
+                    if (args.max_frames and table.total >= args.max_frames) or (
+                        args.duration and now - start >= args.duration
+                    ):
+                        break
+            except KeyboardInterrupt:
+                log.info("interrupted: stopping the stream")
+            live.update(table.render(time.monotonic()))
+    finally:
+        if deadline is not None:
+            deadline.cancel()
+        replies.close()
+        if plots:
+            refresh_plots()
+            if not on_display:
+                console.print(f"plots written to {plot_dir}/")
         if recorder is not None:
             recorder.close()
             console.print(f"recorded {recorder.written} frames under {args.record}")
     return 0
 
 
+def _require_hosts(client: DaqClient, hosts: list[str] | None) -> None:
+    """ConnectionError naming the problem when no requested DAQ node answers (R-CLI-3)."""
+    valid = client.get_valid_daq_hosts()
+    if hosts:
+        down = [host for host in hosts if host in client.nodes and host not in valid]
+        if down:
+            raise ConnectionError(f"DAQ host {down[0]} does not answer")
+    elif not valid:
+        raise ConnectionError(f"no DAQ node answered a ping (tried {', '.join(client.nodes)})")
+
+
 def run(args: argparse.Namespace) -> int:
-    hosts = [args.host] if args.host else None
+    """Do what the arguments ask; returns the exit code.
+
+    An error inside the client's context is raised again after the context has closed, so that
+    it reaches the caller as itself rather than inside the client task group's ExceptionGroup.
+    """
+    failure: BaseException | None = None
     with DaqClient(args.daq_config_path, args.net_config_path) as client:
-        acted = False
-        if args.list_hosts:
-            for host, ok in client.get_daq_host_status().items():
-                print(f"{host}\t{'up' if ok else 'down'}")
-            acted = True
-        if args.ping:
-            targets = hosts or list(client.nodes)
-            results = {host: client.ping(host) for host in targets}
-            for host, ok in results.items():
-                print(f"{host}\t{'ok' if ok else 'no answer'}")
-            if not all(results.values()):
-                return 1
-            acted = True
-        if args.reflect_services:
-            print(client.reflect_services(hosts))
-            acted = True
-        if args.init:
-            hp_io_cfg = json.loads(Path(args.init).read_text())
-            if not client.init_hp_io(hosts, hp_io_cfg):
-                log.error("InitHpIo failed on at least one host")
-                return 1
-            print("hp_io initialised")
-            acted = True
-        if args.init_sim:
-            if not client.init_sim(hosts):
-                log.error("starting the simulation failed on at least one host")
-                return 1
-            print("simulation started")
-            acted = True
-        if args.stream or args.plot_view or args.plot_phdist or args.record or not acted:
-            return _stream(client, args, hosts)
+        try:
+            return _act(client, args)
+        except (Exception, KeyboardInterrupt) as exc:
+            failure = exc
+    assert failure is not None  # the body either returned or failed
+    raise failure
+
+
+def _act(client: DaqClient, args: argparse.Namespace) -> int:
+    """The actions in the original CLI's order; streaming last (the default action)."""
+    hosts = [args.host] if args.host else None
+    if args.host and args.host not in client.nodes:
+        raise ValueError(f"--host {args.host} is not in {args.daq_config_path}")
+    acted = False
+    if args.list_hosts:
+        for host, ok in client.get_daq_host_status().items():
+            print(f"{host}\t{'up' if ok else 'down'}")
+        acted = True
+    if args.ping:
+        targets = hosts or list(client.nodes)
+        results = {host: client.ping(host) for host in targets}
+        for host, ok in results.items():
+            print(f"{host}\t{'ok' if ok else 'no answer'}")
+        if not all(results.values()):
+            return 1
+        acted = True
+    if args.reflect_services:
+        _require_hosts(client, hosts)
+        print(client.reflect_services(hosts))
+        acted = True
+    if args.init:
+        hp_io_cfg = json.loads(Path(args.init).read_text())
+        _require_hosts(client, hosts)
+        if not client.init_hp_io(hosts, hp_io_cfg):
+            log.error("InitHpIo failed on at least one host")
+            return 1
+        print("hp_io initialised")
+        acted = True
+    if args.init_sim:
+        _require_hosts(client, hosts)
+        if not client.init_sim(hosts):
+            log.error("starting the simulation failed on at least one host")
+            return 1
+        print("simulation started")
+        acted = True
+    if args.stream or args.plot_view or args.plot_phdist or args.record or not acted:
+        _require_hosts(client, hosts)
+        return _stream(client, args, hosts)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The console script: parse, configure logging, run; one line on stderr for an error."""
     args = parse_args(argv)
     _configure_logging(args.log_level)
     if not (args.movie or args.ph):
-        print("panoseti-daq: --no-movie and --no-ph leave nothing to stream", file=sys.stderr)
-        return 2
+        return _fail("--no-movie and --no-ph leave nothing to stream", 2)
+    if args.refresh_period <= 0 or (args.update_interval is not None and args.update_interval < 0):
+        return _fail("--refresh-period must be > 0 and --update-interval >= 0", 2)
     try:
         return run(args)
     except KeyboardInterrupt:
         return 130
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"panoseti-daq: {exc}", file=sys.stderr)
-        return 2
-    except (ConnectionError, RpcError) as exc:
-        print(f"panoseti-daq: {exc}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
+        return _fail(str(exc), 2)
+    except (ConnectionError, RpcError, PanosetiDaqError, OSError) as exc:
+        return _fail(str(exc), 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"panoseti-daq: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

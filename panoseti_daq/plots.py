@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from .frames import PanoFrame
 
-__all__ = ["PanoImagePreviewer", "PulseHeightDistribution", "image_fields"]
+__all__ = ["PanoImagePreviewer", "PulseHeightDistribution", "display_available", "image_fields"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ def image_fields(image: PanoFrame | Mapping[str, Any]) -> ImageFields:
     )
 
 
-def _interactive() -> bool:
+def display_available() -> bool:
+    """Whether matplotlib draws on a screen (else plots are saved as files)."""
     return matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "template")
 
 
@@ -73,7 +74,7 @@ class _LivePlot:
     def refresh(self) -> None:
         """Redraw; on a display, also let the window process its events."""
         self.figure.canvas.draw_idle()
-        if _interactive():
+        if display_available():
             plt.pause(0.001)
 
     def save(self, path: str | Path) -> Path:

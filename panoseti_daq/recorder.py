@@ -9,6 +9,7 @@ to a width fixed when the file is opened.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -19,18 +20,35 @@ from . import pff
 from .client.aio import as_frame
 from .frames import PanoFrame
 
-__all__ = ["PFFRecorder"]
+__all__ = ["PFFRecorder", "hashpipe_header"]
+
+log = logging.getLogger(__name__)
 
 # Room for headers to grow within one file (e.g. counters gaining digits).
 HEADER_SLACK = 64
 
 
+def hashpipe_header(value: Any) -> Any:
+    """The header with whole numbers as JSON integers, as Hashpipe writes them.
+
+    Headers that crossed the wire hold doubles (google.protobuf.Struct); a PFF file of ours
+    should look like the observatory's (`"pkt_num": 737`, not `737.0`).
+    """
+    if isinstance(value, Mapping):
+        return {str(k): hashpipe_header(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [hashpipe_header(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class _File:
-    def __init__(self, path: Path, header_width: int) -> None:
+    def __init__(self, path: Path, handle: IO[bytes], header_width: int) -> None:
         self.path = path
+        self.handle = handle
         self.header_width = header_width
         self.frames = 0
-        self.handle: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed by PFFRecorder
 
 
 class PFFRecorder:
@@ -58,7 +76,8 @@ class PFFRecorder:
         """Append one frame; returns the file it went to."""
         frame = as_frame(image)
         key = (frame.module_id, frame.product.name)
-        text = pff.header_text(frame.header)
+        header = hashpipe_header(frame.header)
+        text = pff.header_text(header)
         file = self._files.get(key)
         if file is not None and (
             file.frames >= self.frames_per_file or len(text) > file.header_width
@@ -67,10 +86,19 @@ class PFFRecorder:
             del self._files[key]
             file = None
         if file is None:
-            seqno = self._seqno.get(key, -1) + 1
-            self._seqno[key] = seqno
-            run_dir = self.directory / f"module_{frame.module_id}" / self.run_name.format()
-            run_dir.mkdir(parents=True, exist_ok=True)
+            file = self._files[key] = self._open(frame, len(text) + HEADER_SLACK)
+        file.handle.write(pff.encode_frame(header, frame.pixels, frame.product, file.header_width))
+        file.frames += 1
+        self.written += 1
+        return file.path
+
+    def _open(self, frame: PanoFrame, header_width: int) -> _File:
+        """The next file of the frame's (module, product), never one that exists already."""
+        key = (frame.module_id, frame.product.name)
+        run_dir = self.directory / f"module_{frame.module_id}" / self.run_name.format()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            seqno = self._seqno[key] = self._seqno.get(key, -1) + 1
             name = pff.DataFileName(
                 frame.product.name,
                 frame.module_id,
@@ -78,13 +106,13 @@ class PFFRecorder:
                 frame.product.bytes_per_pixel,
                 self.start,
             )
-            file = self._files[key] = _File(run_dir / name.format(), len(text) + HEADER_SLACK)
-        file.handle.write(
-            pff.encode_frame(frame.header, frame.pixels, frame.product, file.header_width)
-        )
-        file.frames += 1
-        self.written += 1
-        return file.path
+            path = run_dir / name.format()
+            try:
+                handle = open(path, "xb")  # noqa: SIM115 - closed by close()
+            except FileExistsError:
+                continue
+            log.debug("recording %s", path)
+            return _File(path, handle, header_width)
 
     def flush(self) -> None:
         for file in self._files.values():

@@ -1,49 +1,98 @@
-"""The panoseti-daq CLI against a live simulated server (R-UI-1 .. R-UI-3)."""
+"""The panoseti-daq CLI as a subprocess against live simulated servers (R-UI-1 .. R-UI-3).
+
+The servers run `python -m panoseti_daq.serve --init-sim` (filesystem simulation replaying the
+bundled NGC 7331 ph256 frames and a movie source, R-SIM-2, R-SIM-4), started by the
+`live_server` fixture of tests/conftest.py and by `server_process` of tests/helpers.py.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.image
+import numpy as np
 import pytest
 
 from panoseti_daq import pff, product_named
+from panoseti_daq.recorder import hashpipe_header
+from tests.helpers import REAL_PH, free_port, server_process
+from tests.test_recorder import read_like_the_observatory
+
+ENV = {**os.environ, "MPLBACKEND": "Agg", "COLUMNS": "200"}
 
 
-def cli(live_server, *args, daq=None):
+def command(daq_path, net_path, *args) -> list[str]:
+    return [sys.executable, "-m", "panoseti_daq.cli", str(daq_path), str(net_path), *args]
+
+
+def cli(live_server, *args, daq=None, cwd=None, timeout=60):
     daq_path, net_path, tmp = live_server
-    env = {**os.environ, "MPLBACKEND": "Agg", "COLUMNS": "160"}
     return subprocess.run(
-        [sys.executable, "-m", "panoseti_daq.cli", str(daq or daq_path), str(net_path), *args],
+        command(daq or daq_path, net_path, *args),
         capture_output=True,
         text=True,
-        timeout=120,
-        env=env,
-        cwd=tmp,
+        timeout=timeout,
+        env=ENV,
+        cwd=cwd or tmp,
     )
 
 
+def dead_config(tmp_path: Path) -> Path:
+    path = tmp_path / "dead.json"
+    path.write_text(json.dumps({"daq_nodes": [{"ip_addr": f"127.0.0.1:{free_port()}"}]}))
+    return path
+
+
 def test_list_hosts_ping_and_reflection(live_server):
+    """R-UI-1 --list-hosts, --ping, --reflect-services (R-CLI-4)."""
     result = cli(live_server, "--list-hosts", "--ping", "--reflect-services")
     assert result.returncode == 0, result.stderr
     assert "\tup" in result.stdout and "\tok" in result.stdout
     assert "daqdata.DaqData" in result.stdout and "[server streaming]" in result.stdout
 
 
-def test_ping_of_a_dead_host_exits_1(live_server, tmp_path):
-    from tests.helpers import free_port
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("panoseti-daq")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    for option in ("--host", "--ping", "--list-hosts", "--reflect-services", "--init CFG_PATH"):
+        assert option in result.stdout
+    for option in ("--init-sim", "--plot-view", "--plot-phdist", "--refresh-period"):
+        assert option in result.stdout
+    for option in ("--module-ids", "--log-level", "--stream", "--record DIR", "--plot-dir"):
+        assert option in result.stdout
 
-    dead = tmp_path / "dead.json"
-    dead.write_text(json.dumps({"daq_nodes": [{"ip_addr": f"127.0.0.1:{free_port()}"}]}))
-    result = cli(live_server, "--ping", daq=dead)
+
+def test_ping_of_a_dead_host_exits_1(live_server, tmp_path):
+    result = cli(live_server, "--ping", daq=dead_config(tmp_path))
     assert result.returncode == 1
     assert "no answer" in result.stdout
 
 
+def test_no_reachable_host_is_one_line_and_exit_1(live_server, tmp_path):
+    """R-CLI-3: no DAQ node answers: one clear line on stderr, no traceback, exit 1."""
+    result = cli(live_server, daq=dead_config(tmp_path), timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("panoseti-daq: no DAQ node answered a ping")
+    )
+
+
 def test_init_sim_and_stream_table(live_server):
-    """R-UI-1: --init-sim, then the live table (the default action) bounded by --max-frames."""
+    """R-UI-1: --init-sim, then the live table bounded by --max-frames: host, module, product."""
     result = cli(
         live_server,
         "--init-sim",
@@ -51,62 +100,178 @@ def test_init_sim_and_stream_table(live_server):
         "--update-interval",
         "0",
         "--max-frames",
-        "10",
+        "30",
         "--refresh-period",
         "0.2",
     )
     assert result.returncode == 0, result.stderr
     assert "simulation started" in result.stdout
-    assert "panoseti-daq stream" in result.stdout and "PULSE_HEIGHT" in result.stdout
+    assert "panoseti-daq stream" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if "subprocess-node" in line]
+    assert any("224" in row and "img16" in row for row in rows), result.stdout
+    assert any("224" in row and "ph256" in row for row in rows), result.stdout
+    assert "first frame: subprocess-node module 224" in result.stderr
 
 
-def test_record_writes_readable_pff(live_server, tmp_path):
-    """--record DIR: standard names, frames readable by panoseti_daq.pff."""
-    out = tmp_path / "rec"
-    result = cli(
-        live_server,
-        "--record",
-        str(out),
-        "--update-interval",
-        "0",
-        "--max-frames",
-        "12",
-        "--no-movie",
-    )
+def test_the_table_is_the_default_action(live_server):
+    result = cli(live_server, "--no-movie", "--update-interval", "0", "--max-frames", "5")
     assert result.returncode == 0, result.stderr
+    assert "panoseti-daq stream" in result.stdout and "ph256" in result.stdout
+    assert "img16" not in result.stdout.split("panoseti-daq stream")[-1]
+
+
+def test_record_writes_frames_the_server_sent(live_server, tmp_path):
+    """--record DIR: standard names (R-NAME-1, R-NAME-2); readable by panoseti_daq.pff and the
+    observatory's way of reading; each ph256 frame is a frame of the replayed source (R-SIM-4)."""
+    out = tmp_path / "rec"
+    result = cli(live_server, "--record", str(out), "--update-interval", "0", "--max-frames", "40")
+    assert result.returncode == 0, result.stderr
+    assert f"recorded 40 frames under {out}" in result.stdout
     files = sorted(out.rglob("*.pff"))
-    assert files and all(f.parent.name.startswith("obs_RECORD.") for f in files)
-    frames = 0
+    assert files
+    source = {json.dumps(hashpipe_header(f.header), sort_keys=True): f.pixels for f in REAL_PH}
+    counts = {"img16": 0, "ph256": 0}
     for path in files:
+        run = pff.RunDirName.parse(path.parent.name)
+        assert run is not None and run.observatory == "RECORD"
+        assert path.parent.parent.name == "module_224"
         name = pff.DataFileName.parse(path.name)
-        assert name.dp == "ph256" and name.module == 224
-        frames += len(list(pff.iter_frames(path, product_named(name.dp))))
-    assert frames >= 12
+        assert name.module == 224 and name.bpp == 2
+        product = product_named(name.dp)
+        frames = list(pff.iter_frames(path, product))
+        observed = read_like_the_observatory(path, product.pixel_bytes)
+        assert len(observed) == len(frames)
+        counts[name.dp] += len(frames)
+        for header, pixels in frames:
+            if name.dp == "ph256":
+                np.testing.assert_array_equal(pixels, source[json.dumps(header, sort_keys=True)])
+    assert counts["img16"] > 0 and counts["ph256"] > 0
+    assert sum(counts.values()) == 40
 
 
 def test_plots_are_written_without_a_display(live_server, tmp_path):
-    """R-UI-2, R-UI-3 from the CLI: with no display the plots go to PNG files."""
+    """R-UI-2, R-UI-3 from the CLI: with no display the plots go to ./panoseti_plots as PNGs
+    showing real content (many colours in the previewer, bars in the histogram)."""
     result = cli(
         live_server,
         "--plot-view",
         "--plot-phdist",
-        "--plot-dir",
-        str(tmp_path),
         "--update-interval",
         "0",
         "--max-frames",
-        "20",
+        "30",
         "--refresh-period",
         "0.3",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "preview.png").stat().st_size > 10_000
-    assert (tmp_path / "phdist.png").stat().st_size > 5_000
+    preview = matplotlib.image.imread(tmp_path / "panoseti_plots" / "preview.png")
+    phdist = matplotlib.image.imread(tmp_path / "panoseti_plots" / "phdist.png")
+    assert preview.shape[1] > preview.shape[0]  # one module: a movie and a PH panel side by side
+    colours = np.unique(preview[..., :3].reshape(-1, 3), axis=0)
+    assert len(colours) > 200
+    assert len(np.unique(phdist[..., :3].reshape(-1, 3), axis=0)) > 10
 
 
-@pytest.mark.parametrize("args", [["--no-movie", "--no-ph"], []])
-def test_bad_input_exits_2(live_server, tmp_path, args):
-    missing = tmp_path / "missing.json"
-    result = cli(live_server, *args, daq=missing if not args else None)
+def test_ctrl_c_ends_the_stream_cleanly(live_server, tmp_path):
+    """Ctrl+C while streaming: the final table, the recording closed, exit 0, no traceback."""
+    daq, net, _ = live_server
+    out = tmp_path / "rec"
+    process = subprocess.Popen(
+        command(daq, net, "--record", str(out), "--update-interval", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if "first frame:" in line:
+                break
+        assert "first frame:" in "".join(seen), "".join(seen)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "panoseti-daq stream" in stdout and "recorded" in stdout
+    for path in out.rglob("*.pff"):
+        name = pff.DataFileName.parse(path.name)
+        frames = list(pff.iter_frames(path, product_named(name.dp)))
+        assert frames and len(frames) == len(read_like_the_observatory(path, frames[0][1].nbytes))
+
+
+def test_duration_ends_even_without_frames(live_server):
+    """--duration bounds the run when nothing arrives (module 999 does not exist, R-STREAM-6)."""
+    started = time.monotonic()
+    result = cli(live_server, "--module-ids", "999", "--duration", "1.5")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "0 frames" in result.stdout
+    assert 1.5 <= elapsed < 20
+
+
+def test_two_hosts_get_a_row_each(live_server, tmp_path):
+    """R-CLI-6: the streams of every host merged; the table keeps one row per host."""
+    other = Path(tmp_path / "n2")
+    other.mkdir()
+    config = {
+        "server_name": "second-node",
+        "simulate_daq_cfg": {"data_dir": str(other / "sim"), "sim_module_ids": [7]},
+    }
+    daq, _net, _ = live_server
+    first_node = json.loads(daq.read_text())["daq_nodes"][0]
+    with server_process(other, "--init-sim", config=config) as (_, port, _uds):
+        both = tmp_path / "both.json"
+        both.write_text(json.dumps({"daq_nodes": [first_node, {"ip_addr": f"127.0.0.1:{port}"}]}))
+        result = cli(
+            live_server,
+            "--list-hosts",
+            "--stream",
+            "--update-interval",
+            "0.2",
+            "--duration",
+            "3",
+            daq=both,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\tup") == 2
+    rows = result.stdout.split("panoseti-daq stream")[-1].splitlines()
+    assert any("subprocess-node" in row and "224" in row for row in rows), result.stdout
+    assert any("second-node" in row and " 7 " in row for row in rows), result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--no-movie", "--no-ph"], "nothing to stream"),
+        (["--host", "10.9.9.9"], "not in"),
+        (["--refresh-period", "0"], "--refresh-period"),
+    ],
+)
+def test_bad_arguments_exit_2(live_server, args, message):
+    result = cli(live_server, *args)
     assert result.returncode == 2
-    assert "panoseti-daq:" in result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"daq_nodes": []}'])
+def test_bad_daq_config_exits_2(live_server, tmp_path, content):
+    """R-CLI-1: a missing, malformed or empty daq_config: one line naming it, exit 2."""
+    path = tmp_path / "daq.json"
+    if content is not None:
+        path.write_text(content)
+    result = cli(live_server, "--list-hosts", daq=path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("panoseti-daq:"), result.stderr
+
+
+def test_init_with_a_missing_hp_io_config_exits_2(live_server, tmp_path):
+    result = cli(live_server, "--init", str(tmp_path / "nope.json"))
+    assert result.returncode == 2 and "nope.json" in result.stderr

@@ -1,0 +1,147 @@
+"""The CLI's live table, sans-IO: counts, rates, timestamps and gaps per host/module/product.
+
+The stream it summarises follows R-STREAM-6..10 (which frames arrive) and R-PARSE-1 (parsed
+dicts are accepted like frames); the table itself is the `--stream` view of R-UI-1.
+"""
+
+from __future__ import annotations
+
+import io
+
+from hypothesis import given
+from hypothesis import strategies as st
+from rich.console import Console
+
+from panoseti_daq.live_table import LiveTable
+from tests.helpers import movie_frame, ph_frame
+
+SERIES = "start_2024-07-25T04_34_46Z.dp_img16.bpp_2.module_1.seqno_{}.pff"
+
+
+def numbered(module: int, number: int, seqno: int = 0, host_file: str = SERIES):
+    """A movie frame of `module` with frame_number `number` in file seqno `seqno`."""
+    frame = movie_frame(module, number)
+    return type(frame)(
+        frame.product, frame.header, frame.pixels, module, host_file.format(seqno), number
+    )
+
+
+def text_of(table: LiveTable, now: float) -> str:
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(table.render(now))
+    return console.export_text()
+
+
+def test_rows_per_host_module_and_product():
+    """One row per (host, module, product); PanoFrames and parsed dicts count alike."""
+    table = LiveTable()
+    table.update(movie_frame(1, 0), 0.0, host="node-a")
+    table.update(movie_frame(1, 1).to_dict(), 0.1, host="node-a")
+    table.update(movie_frame(1, 0, "img8"), 0.1, host="node-a")
+    table.update(ph_frame(1, 0), 0.2, host="node-a")
+    table.update(ph_frame(1, 1), 0.3, host="node-b")
+    assert set(table.rows) == {
+        ("node-a", 1, "img16"),
+        ("node-a", 1, "img8"),
+        ("node-a", 1, "ph256"),
+        ("node-b", 1, "ph256"),
+    }
+    assert table.rows[("node-a", 1, "img16")].frames == 2
+    assert table.total == 5
+
+
+def test_newest_timestamp_clock_and_peak():
+    """The newest frame's timestamp (R-PARSE-1), WR or host clock (R-TIME-4), brightest pixel."""
+    table = LiveTable()
+    first, newest = ph_frame(7, 0), ph_frame(7, 1)
+    table.update(first, 1.0)
+    table.update(newest, 2.0)
+    row = table.rows[("", 7, "ph256")]
+    assert row.timestamp == newest.time.pandas_timestamp
+    assert row.wr_valid == newest.time.wr_valid
+    assert row.peak == int(newest.pixels.max())
+    text = text_of(table, 2.0)
+    assert str(newest.time.pandas_timestamp)[:19] in text
+    assert ("WR" if newest.time.wr_valid else "host") in text
+
+
+def test_rate_over_a_sliding_window():
+    """10 frames/s for 20 s reads 10/s; after the stream stops the rate decays to 0."""
+    table = LiveTable(rate_window_s=5.0)
+    for i in range(200):
+        table.update(numbered(1, i), i * 0.1)
+    row = table.rows[("", 1, "img16")]
+    assert abs(table.rate(row, 19.9) - 10.0) < 0.25
+    assert abs(table.rate(row, 22.4) - 5.0) < 0.25
+    assert table.rate(row, 30.0) == 0.0
+
+
+def test_rate_before_the_window_has_filled():
+    table = LiveTable(rate_window_s=5.0)
+    table.update(numbered(1, 0), 100.0)
+    row = table.rows[("", 1, "img16")]
+    assert table.rate(row, 100.0) == 0.0
+    table.update(numbered(1, 1), 100.5)
+    table.update(numbered(1, 2), 101.0)
+    assert table.rate(row, 101.0) == 3.0
+
+
+def test_gaps_from_frame_number_jumps_within_a_file():
+    """A frame number that skips ahead is a gap; the skipped frames are counted."""
+    table = LiveTable()
+    for number in (0, 1, 2, 5, 6, 10):
+        table.update(numbered(1, number), number)
+    row = table.rows[("", 1, "img16")]
+    assert (row.gaps, row.skipped) == (2, 2 + 3)
+
+
+def test_rollover_to_the_next_file_is_no_gap_but_a_late_start_is():
+    """R-NAME-2: seqno+1 starting at frame 0 continues the series; starting later is a gap."""
+    table = LiveTable()
+    table.update(numbered(1, 998, seqno=0), 0.0)
+    table.update(numbered(1, 999, seqno=0), 0.1)
+    table.update(numbered(1, 0, seqno=1), 0.2)
+    row = table.rows[("", 1, "img16")]
+    assert (row.gaps, row.skipped) == (0, 0)
+    table.update(numbered(1, 4, seqno=2), 0.3)  # file 1 ended early or file 2 began late
+    assert (row.gaps, row.skipped) == (1, 4)
+    table.update(numbered(1, 0, seqno=5), 0.4)  # whole files skipped
+    assert row.gaps == 2
+
+
+def test_restarts_and_other_runs_are_not_gaps():
+    """Frame numbers going back, or a file of another run, start the count afresh."""
+    table = LiveTable()
+    table.update(numbered(1, 50), 0.0)
+    table.update(numbered(1, 3), 0.1)
+    other_run = "start_2025-01-01T00_00_00Z.dp_img16.bpp_2.module_1.seqno_{}.pff"
+    table.update(numbered(1, 40, seqno=3, host_file=other_run), 0.2)
+    table.update(numbered(1, 41, seqno=3, host_file=other_run), 0.3)
+    assert table.rows[("", 1, "img16")].gaps == 0
+
+
+@given(st.lists(st.integers(1, 20), min_size=1, max_size=60))
+def test_skipped_counts_every_missing_frame(steps):
+    """For any increasing frame numbers in one file, skipped = span - received + 1."""
+    table = LiveTable()
+    numbers = [0]
+    for step in steps:
+        numbers.append(numbers[-1] + step)
+    for i, number in enumerate(numbers):
+        table.update(numbered(3, number), float(i))
+    row = table.rows[("", 3, "img16")]
+    assert row.skipped == numbers[-1] + 1 - len(numbers)
+    assert row.gaps == sum(step > 1 for step in steps)
+
+
+def test_render_lists_every_row_with_its_counts():
+    table = LiveTable("panoseti-daq stream")
+    table.update(numbered(224, 0), 0.0, host="sim-node")
+    table.update(numbered(224, 3), 1.0, host="sim-node")
+    table.update(ph_frame(225, 0), 1.0, host="sim-node")
+    text = text_of(table, 2.0)
+    assert "panoseti-daq stream (2 s, 3 frames)" in text
+    lines = [line for line in text.splitlines() if "sim-node" in line]
+    assert len(lines) == 2
+    assert "224" in lines[0] and "img16" in lines[0] and "seqno_0#3" in lines[0]
+    assert "225" in lines[1] and "ph256" in lines[1]
