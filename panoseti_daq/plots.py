@@ -178,6 +178,7 @@ class PulseHeightDistribution(_LivePlot):
         self.bins = np.arange(-100, 4097, 16) if bins is None else np.asarray(bins)
         self.per_event_max = per_event_max
         self.counts: dict[int, np.ndarray] = {}
+        self.outside: dict[int, int] = {}  # values beyond the bins, per module
         self.images_seen: dict[int, int] = {}
         self.figure = plt.figure(figsize=(6.5, 4.0), layout="constrained")
         self.axes: dict[int, Any] = {}
@@ -194,8 +195,10 @@ class PulseHeightDistribution(_LivePlot):
         module = fields.module_id
         if module not in self.counts:
             self.counts[module] = np.zeros(len(self.bins) - 1, dtype=np.int64)
+            self.outside[module] = 0
             self._layout()
         self.counts[module] += counts
+        self.outside[module] += int(values.size - counts.sum())
         self.images_seen[module] = self.images_seen.get(module, 0) + 1
 
     def _layout(self) -> None:
@@ -213,5 +216,8 @@ class PulseHeightDistribution(_LivePlot):
             ax.set_yscale("log")
             ax.set_xlabel(f"{what} (ADC)")
             ax.set_ylabel("count")
-            ax.set_title(f"module {module}: {self.images_seen[module]} images", fontsize=9)
+            title = f"module {module}: {self.images_seen[module]} images"
+            if self.outside[module]:
+                title += f", {self.outside[module]} values outside the bins"
+            ax.set_title(title, fontsize=9)
         super().refresh()

@@ -73,3 +73,85 @@ def test_per_event_maximum_histogram():
     expected, _ = np.histogram(maxima, bins=plot.bins)
     np.testing.assert_array_equal(plot.counts[254], expected)
     assert plot.counts[254].sum() == 30
+
+
+def rendered_colour(figure, ax, row: int, col: int) -> np.ndarray:
+    """The RGB the canvas shows at the centre of image cell (row, col) of `ax`."""
+    x, y = ax.transData.transform((col, row))
+    buffer = np.asarray(figure.canvas.buffer_rgba())
+    return buffer[int(np.rint(buffer.shape[0] - y)), int(np.rint(x)), :3].astype(int)
+
+
+def test_previewer_figure_has_two_panels_and_two_colour_bars_per_module():
+    """R-UI-2: the figure holds, per module, a movie and a PH image, each with a colour bar."""
+    previewer = PanoImagePreviewer()
+    for module in (3, 1, 2):
+        previewer.update(movie_frame(module, module))
+        previewer.update(ph_frame(module, module))
+    images = [ax for ax in previewer.figure.axes if ax.images]
+    assert len(previewer.figure.axes) == 3 * 2 * 2
+    assert len(images) == 6
+    # rows are sorted by module; the movie panel is left of the pulse-height panel
+    rows = sorted(previewer.axes.items(), key=lambda item: -item[1].get_position().y0)
+    assert [key for key, _ in rows[::2]] == [(1, "MOVIE"), (2, "MOVIE"), (3, "MOVIE")]
+    for module in (1, 2, 3):
+        movie, ph = previewer.axes[(module, "MOVIE")], previewer.axes[(module, "PULSE_HEIGHT")]
+        assert movie.get_position().x0 < ph.get_position().x0
+        assert abs(movie.get_position().y0 - ph.get_position().y0) < 1e-6
+
+
+def test_rendered_pixels_show_the_frame_through_the_colour_map():
+    """R-UI-2: what Agg draws in a panel is the frame's pixels mapped by the colour scale."""
+    previewer = PanoImagePreviewer(stream_movie_data=False)
+    frame = ph_frame(4, 17)
+    previewer.update(frame)
+    previewer.figure.set_dpi(100)
+    previewer.figure.canvas.draw()
+    ax = previewer.axes[(4, "PULSE_HEIGHT")]
+    image = previewer.images[(4, "PULSE_HEIGHT")]
+    low, high = image.get_clim()
+    assert low <= np.median(frame.pixels) <= high
+    checked = 0
+    for row, col in [(0, 0), (3, 12), (8, 8), (15, 15), (11, 2), (6, 9)]:
+        expected = np.asarray(image.to_rgba(frame.pixels[row, col], bytes=True)[:3], dtype=int)
+        shown = rendered_colour(previewer.figure, ax, row, col)
+        assert np.abs(shown - expected).max() <= 2, (row, col, shown, expected)
+        checked += 1
+    assert checked == 6
+
+
+def test_previewer_shows_a_new_frame_in_place():
+    """Each update replaces the panel's image data (the newest frame is shown)."""
+    previewer = PanoImagePreviewer(stream_pulse_height_data=False)
+    previewer.update(movie_frame(1, 0))
+    image = previewer.images[(1, "MOVIE")]
+    newer = movie_frame(1, 50, "img8")
+    previewer.update(newer)
+    assert previewer.images[(1, "MOVIE")] is image
+    np.testing.assert_array_equal(image.get_array(), newer.pixels)
+    assert "img8" in previewer.axes[(1, "MOVIE")].get_title()
+
+
+def test_values_beyond_the_bins_are_counted_and_named():
+    plot = PulseHeightDistribution(bins=np.arange(0, 101, 10))
+    frame = ph_frame(6, 0)
+    plot.update(frame)
+    plot.refresh()
+    inside = ((frame.pixels >= 0) & (frame.pixels <= 100)).sum()
+    assert plot.counts[6].sum() == inside
+    assert plot.outside[6] == frame.pixels.size - inside
+    assert f"{plot.outside[6]} values outside the bins" in plot.axes[6].get_title()
+
+
+def test_histogram_accumulates_per_module_from_dicts():
+    """R-UI-3: one panel per module, counts accumulate over updates; parsed dicts work too."""
+    plot = PulseHeightDistribution()
+    for number in range(10):
+        plot.update(ph_frame(1, number).to_dict())
+        plot.update(ph_frame(2, number + 100))
+    plot.refresh()
+    assert len(plot.figure.axes) == 2
+    expected, _ = np.histogram(np.stack([ph_frame(1, n).pixels for n in range(10)]), bins=plot.bins)
+    np.testing.assert_array_equal(plot.counts[1], expected)
+    bars = plot.axes[1].patches[0]
+    assert bars.get_path().vertices[:, 1].max() == expected.max()
