@@ -195,6 +195,8 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
             except KeyboardInterrupt:
                 log.info("interrupted: stopping the stream")
             live.update(table.render(time.monotonic()))
+        if not console.is_terminal:
+            console.line()  # rich ends the last render with a newline only on a terminal
     finally:
         if deadline is not None:
             deadline.cancel()

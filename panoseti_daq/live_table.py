@@ -34,6 +34,7 @@ RATE_WINDOW_S = 5.0
 class RowStats:
     """What has arrived for one (host, module, product)."""
 
+    kind: str = ""  # MOVIE or PULSE_HEIGHT
     frames: int = 0
     arrivals: deque[float] = field(default_factory=deque)
     first_arrival: float = 0.0
@@ -90,7 +91,7 @@ class LiveTable:
         key = (host, frame.module_id, frame.product.name)
         row = self.rows.get(key)
         if row is None:
-            row = self.rows[key] = RowStats(first_arrival=now)
+            row = self.rows[key] = RowStats(kind=frame.type.name, first_arrival=now)
         skipped = _frames_skipped(row, frame.file, frame.frame_number)
         if skipped is not None:
             row.gaps += 1
@@ -112,10 +113,11 @@ class LiveTable:
     def rate(self, row: RowStats, now: float) -> float:
         """Frames per second over the last `rate_window_s` (or since the row's first frame)."""
         self._expire(row, now)
-        span = min(self.rate_window_s, now - row.first_arrival)
-        if span <= 0:
-            return 0.0
-        return len(row.arrivals) / span
+        since_first = now - row.first_arrival
+        if since_first >= self.rate_window_s:
+            return len(row.arrivals) / self.rate_window_s
+        # Before the window has filled: intervals between arrivals since the first frame.
+        return (len(row.arrivals) - 1) / since_first if since_first > 0 else 0.0
 
     def render(self, now: float) -> Table:
         """The table as it stands at `now`."""
@@ -126,6 +128,7 @@ class LiveTable:
             "host",
             "module",
             "product",
+            "type",
             "frames",
             "rate /s",
             "newest timestamp",
@@ -143,6 +146,7 @@ class LiveTable:
                 host,
                 str(module),
                 product,
+                row.kind,
                 str(row.frames),
                 f"{self.rate(row, now):.1f}",
                 str(row.timestamp)[:29],

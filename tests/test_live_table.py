@@ -83,7 +83,8 @@ def test_rate_before_the_window_has_filled():
     assert table.rate(row, 100.0) == 0.0
     table.update(numbered(1, 1), 100.5)
     table.update(numbered(1, 2), 101.0)
-    assert table.rate(row, 101.0) == 3.0
+    assert table.rate(row, 101.0) == 2.0  # three frames half a second apart: 2/s
+    assert table.rate(row, 102.0) == 1.0  # nothing since: the rate falls
 
 
 def test_gaps_from_frame_number_jumps_within_a_file():
