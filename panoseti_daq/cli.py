@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -126,12 +125,13 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
     if args.plot_view or args.plot_phdist:
         from .plots import PanoImagePreviewer, PulseHeightDistribution, display_available
 
+        modules = tuple(args.module_ids)
+        # The loop below refreshes every --refresh-period: no redraws from update().
         if args.plot_view:
-            plots.append(
-                ("preview", PanoImagePreviewer(args.movie, args.ph, tuple(args.module_ids)))
-            )
+            previewer = PanoImagePreviewer(args.movie, args.ph, modules, plot_update_interval=None)
+            plots.append(("preview", previewer))
         if args.plot_phdist:
-            plots.append(("phdist", PulseHeightDistribution(tuple(args.module_ids))))
+            plots.append(("phdist", PulseHeightDistribution(modules, plot_update_interval=None)))
         on_display = display_available()
     plot_dir = Path(args.plot_dir)
     recorder = None
@@ -305,5 +305,4 @@ def _fail(message: str, code: int) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -6,12 +6,14 @@
   maximum) accumulated over time, with logarithmic counts.
 
 Both take frames from `update(image)`, where `image` is a PanoFrame or the parsed dict the
-clients yield, and redraw on `refresh()`. Without a display (matplotlib's Agg backend) use
-`save(path)` to write PNG files.
+clients yield, and redraw on `refresh()`; on a display, `update()` also redraws every
+`plot_update_interval` seconds (as the original's plots did; None: only `refresh()` redraws).
+Without a display (matplotlib's Agg backend) use `save(path)` to write PNG files.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +72,23 @@ def display_available() -> bool:
 
 class _LivePlot:
     figure: Figure
+    plot_update_interval: float | None = None
+    _last_refresh: float = float("-inf")
 
     def refresh(self) -> None:
         """Redraw; on a display, also let the window process its events."""
+        self._last_refresh = time.monotonic()
         self.figure.canvas.draw_idle()
         if display_available():
             plt.pause(0.001)
+
+    def _auto_refresh(self) -> None:
+        """On a display, redraw from update() at most every `plot_update_interval` seconds, as
+        the original did; without one (or with None) only refresh() redraws."""
+        if self.plot_update_interval is None or not display_available():
+            return
+        if time.monotonic() - self._last_refresh >= self.plot_update_interval:
+            self.refresh()
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -96,7 +109,9 @@ class PanoImagePreviewer(_LivePlot):
         stream_pulse_height_data: bool = True,
         module_ids: tuple[int, ...] = (),
         cmap: str = "viridis",
+        plot_update_interval: float | None = 1.0,
     ) -> None:
+        self.plot_update_interval = plot_update_interval
         self.kinds = [
             kind
             for kind, wanted in (
@@ -163,6 +178,7 @@ class PanoImagePreviewer(_LivePlot):
             self._layout(fields.module_id)
         title = f"module {fields.module_id} {fields.product}\n{fields.timestamp}"
         self._draw(fields.module_id, fields.kind, fields.pixels, title)
+        self._auto_refresh()
 
 
 class PulseHeightDistribution(_LivePlot):
@@ -173,7 +189,9 @@ class PulseHeightDistribution(_LivePlot):
         module_ids: tuple[int, ...] = (),
         bins: np.ndarray | None = None,
         per_event_max: bool = False,
+        plot_update_interval: float | None = 1.0,
     ) -> None:
+        self.plot_update_interval = plot_update_interval
         self.module_ids = tuple(module_ids)
         self.bins = np.arange(-100, 4097, 16) if bins is None else np.asarray(bins)
         self.per_event_max = per_event_max
@@ -200,6 +218,7 @@ class PulseHeightDistribution(_LivePlot):
         self.counts[module] += counts
         self.outside[module] += int(values.size - counts.sum())
         self.images_seen[module] = self.images_seen.get(module, 0) + 1
+        self._auto_refresh()
 
     def _layout(self) -> None:
         self.figure.clear()

@@ -155,3 +155,27 @@ def test_histogram_accumulates_per_module_from_dicts():
     np.testing.assert_array_equal(plot.counts[1], expected)
     bars = plot.axes[1].patches[0]
     assert bars.get_path().vertices[:, 1].max() == expected.max()
+
+
+def test_update_redraws_on_a_display_at_most_every_interval(monkeypatch):
+    """As the original's plots: on a display, update() redraws every plot_update_interval s;
+    with Agg (no display) or None, only refresh() redraws."""
+    from panoseti_daq import plots
+
+    pauses = []
+    monkeypatch.setattr(plots.plt, "pause", pauses.append)
+    PanoImagePreviewer(plot_update_interval=0).update(movie_frame(1, 0))
+    assert pauses == []  # Agg: nothing to show
+    monkeypatch.setattr(plots, "display_available", lambda: True)
+    previewer = PanoImagePreviewer(plot_update_interval=3600)
+    previewer.update(movie_frame(1, 0))
+    previewer.update(movie_frame(1, 1))
+    assert len(pauses) == 1
+    previewer.plot_update_interval = 0
+    previewer.update(movie_frame(1, 2))
+    assert len(pauses) == 2
+    distribution = PulseHeightDistribution(plot_update_interval=None)
+    distribution.update(ph_frame(1, 0))
+    assert len(pauses) == 2
+    distribution.refresh()
+    assert len(pauses) == 3
