@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--update-interval",
         type=float,
         default=None,
-        help="StreamImages update interval (default: the refresh period; 0: every frame)",
+        help="StreamImages update interval in seconds; 0: every frame "
+        "(default: 0 with --record, else the refresh period)",
     )
     parser.add_argument(
         "--module-ids", nargs="*", type=int, default=[], help="modules to stream (default: all)"
@@ -139,7 +140,9 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
         from .recorder import PFFRecorder
 
         recorder = PFFRecorder(args.record)
-    interval = args.refresh_period if args.update_interval is None else args.update_interval
+    interval = args.update_interval
+    if interval is None:  # a recording wants every frame (R-STREAM-10); a view one per refresh
+        interval = 0.0 if recorder is not None else args.refresh_period
     table = LiveTable("panoseti-daq stream")
     console = Console()
 

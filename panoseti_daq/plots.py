@@ -76,10 +76,11 @@ class _LivePlot:
     _last_refresh: float = float("-inf")
 
     def refresh(self) -> None:
-        """Redraw; on a display, also let the window process its events."""
+        """Bring the figure up to date; on a display, draw it and let the window process its
+        events (without one, `save()` or `figure.canvas.draw()` renders it)."""
         self._last_refresh = time.monotonic()
-        self.figure.canvas.draw_idle()
         if display_available():
+            self.figure.canvas.draw_idle()
             plt.pause(0.001)
 
     def _auto_refresh(self) -> None:
