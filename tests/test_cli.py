@@ -279,3 +279,26 @@ def test_bad_daq_config_exits_2(live_server, tmp_path, content):
 def test_init_with_a_missing_hp_io_config_exits_2(live_server, tmp_path):
     result = cli(live_server, "--init", str(tmp_path / "nope.json"))
     assert result.returncode == 2 and "nope.json" in result.stderr
+
+
+def test_init_from_an_hp_io_config(live_server, tmp_path):
+    """R-UI-1 --init CFG_PATH (R-CFG-2): a refused configuration exits 1 with the server's
+    reason (R-INIT-2); a valid one (simulate_daq, R-INIT-8) initialises hp_io."""
+    config = {
+        "data_dir": str(tmp_path / "nonexistent"),
+        "update_interval_seconds": 0.1,
+        "force": False,
+        "simulate_daq": False,
+        "module_ids": [],
+        "comments": "refused",
+    }
+    path = tmp_path / "hp_io_config.json"
+    path.write_text(json.dumps(config))
+    result = cli(live_server, "--init", str(path))
+    assert result.returncode == 1
+    assert "does not exist" in " ".join(result.stderr.split())  # rich wraps long lines
+    assert "Traceback" not in result.stderr
+    path.write_text(json.dumps({**config, "simulate_daq": True, "force": True}))
+    result = cli(live_server, "--init", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "hp_io initialised" in result.stdout
