@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from panoseti_daq import PanoFrame, pff, product_named
+from panoseti_daq.products import PRODUCTS
 from panoseti_daq.recorder import PFFRecorder, hashpipe_header
 from tests.helpers import REAL_PH, movie_frame, ph_frame
 
@@ -188,3 +189,22 @@ def test_any_frames_round_trip_in_uniform_files(tmp_path_factory, items, per_fil
         header, pixels = files[path.name][index]
         assert header == hashpipe_header(frame.header)
         np.testing.assert_array_equal(pixels, frame.pixels)
+
+
+def test_the_servers_scanner_reads_a_recording(tmp_path):
+    """A recording is a run directory tree the scanner follows like Hashpipe's (R-SCAN-1,
+    R-SCAN-2): it finds the newest complete frame of each module and product in the newest
+    file (highest seqno)."""
+    from panoseti_daq.server.scanner import RunScanner
+
+    with PFFRecorder(tmp_path, frames_per_file=4) as recorder:
+        for number in range(10):
+            recorder.write(movie_frame(1, number))
+        for number in range(3):
+            recorder.write(ph_frame(2, number))
+    found = {(f.module_id, f.product.name): f for f in RunScanner(tmp_path, (), PRODUCTS).scan()}
+    assert set(found) == {(1, "img16"), (2, "ph256")}
+    newest = found[(1, "img16")]
+    assert pff.DataFileName.parse(newest.file).seqno == 2 and newest.frame_number == 1
+    np.testing.assert_array_equal(newest.pixels, movie_frame(1, 9).pixels)
+    np.testing.assert_array_equal(found[(2, "ph256")].pixels, ph_frame(2, 2).pixels)
