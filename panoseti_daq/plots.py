@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .frames import PanoFrame
+from .products import ImageType, product_for
 
 __all__ = ["PanoImagePreviewer", "PulseHeightDistribution", "display_available", "image_fields"]
 
@@ -41,6 +42,8 @@ class ImageFields:
 
 
 def image_fields(image: PanoFrame | Mapping[str, Any]) -> ImageFields:
+    """The fields of a PanoFrame or a parsed dict (R-PARSE-1); the product from (type, shape,
+    bytes per pixel) as R-DP-2 defines it."""
     if isinstance(image, PanoFrame):
         return ImageFields(
             image.module_id,
@@ -49,17 +52,13 @@ def image_fields(image: PanoFrame | Mapping[str, Any]) -> ImageFields:
             image.pixels,
             image.time.pandas_timestamp,
         )
-    shape = tuple(image["shape"])
     kind = image["type"]
-    if kind == "MOVIE":
-        product = "img8" if image["bytes_per_pixel"] == 1 else "img16"
-    else:
-        product = "ph256" if shape == (16, 16) else "ph1024"
+    product = product_for(ImageType[kind], list(image["shape"]), image["bytes_per_pixel"])
     header = image.get("header") or {}
     return ImageFields(
         int(image["module_id"]),
         kind,
-        product,
+        product.name,
         np.asarray(image["image_array"]),
         header.get("pandas_unix_timestamp"),
     )
