@@ -106,3 +106,21 @@ def test_blocking_client_streams_and_stops_cleanly(live_server):
         stream.close()
         assert len(images) == 6 and {i["type"] for i in images} <= {"MOVIE", "PULSE_HEIGHT"}
         assert client.ping(next(iter(client.get_valid_daq_hosts())))
+
+
+@pytest.mark.parametrize("error", [KeyError("x"), ConnectionError("gone")])
+async def test_body_exceptions_come_out_as_themselves(make_server, error):
+    """R-CLI-8: an exception raised inside `async with` is not wrapped in an exception group."""
+    async with make_server() as server:
+        with pytest.raises(type(error)) as info:
+            async with AsyncDaqClient(daq_config(server)) as client:
+                stream = client.stream_images(None, True, True, 0.0)
+                raise error
+        assert info.value is error
+        del stream
+
+
+def test_blocking_client_body_exception_comes_out_as_itself(live_server):
+    daq, net, _ = live_server
+    with pytest.raises(ConnectionError, match="mine"), DaqClient(daq, net):
+        raise ConnectionError("mine")

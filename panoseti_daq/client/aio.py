@@ -106,6 +106,13 @@ def as_frame(image: PanoFrame | PanoImage | Mapping[str, Any]) -> PanoFrame:
     raise TypeError(f"cannot upload a {type(image).__name__}: give PanoFrame, PanoImage or dict")
 
 
+def _sole_exception(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups (or `exc` itself)."""
+    while len(getattr(exc, "exceptions", ())) == 1:
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
+
+
 def rpc_error(exc: BaseException, host: str) -> RpcError:
     """The RpcError for a failed call to `host`."""
     if isinstance(exc, RpcError):
@@ -188,6 +195,13 @@ class AsyncDaqClient:
             return None
         try:
             return await stack.__aexit__(*exc_info)
+        except BaseException as exc:
+            # The client's task group wraps what the `async with` body raised in an exception
+            # group; let the body's own exception through as itself (R-CLI-8), so that the
+            # caller's `except ConnectionError:` and the like still match.
+            if exc_info[1] is not None and _sole_exception(exc) is exc_info[1]:
+                return False
+            raise
         finally:
             self._loop = self._tg = None
 
