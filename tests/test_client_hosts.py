@@ -124,3 +124,21 @@ def test_blocking_client_body_exception_comes_out_as_itself(live_server):
     daq, net, _ = live_server
     with pytest.raises(ConnectionError, match="mine"), DaqClient(daq, net):
         raise ConnectionError("mine")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_stream_outliving_its_event_loop_is_collected_quietly(backend):
+    """R-CLI-8: a stream still referenced after its client and loop ended is collected without
+    an error (its RPCs ended with the client)."""
+    import gc
+
+    from tests.helpers import free_port
+
+    async def open_and_leave():
+        host = f"127.0.0.1:{free_port()}"  # nobody listens: the stream never gets going
+        async with AsyncDaqClient({"daq_nodes": [{"ip_addr": host}]}) as client:
+            return client.stream_images(host, True, True, 0.0)
+
+    stream = anyio.run(open_and_leave, backend=backend)
+    del stream
+    gc.collect()  # pytest turns an exception in __del__ into a failure (filterwarnings)

@@ -100,5 +100,11 @@ class ImageStream:
     def __del__(self) -> None:
         # `break` out of `async for` drops the last reference: cancel the RPCs. Only on the
         # loop's own thread; the blocking client closes its streams through its portal.
-        if threading.get_ident() == self._thread and not self._closed:
+        if threading.get_ident() != self._thread or self._closed or self._state.finished.is_set():
+            return
+        try:
             self.close()
+        except RuntimeError:
+            # Collected after its event loop ended: the client that ran the RPCs has closed
+            # and cancelled them with its task group; there is nothing left to cancel.
+            log.debug("image stream collected after its event loop ended")
