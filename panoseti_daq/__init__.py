@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-# trio-asyncio replaces asyncio.get_running_loop; anyio's asyncio backend keeps the function it
-# finds when first imported. Import trio-asyncio first, so that code running on grpclib's loop
-# under trio (RPC handlers, clients) finds the loop, whatever imports anyio's backend later.
-import trio_asyncio  # noqa: F401
+# First: the bridge imports trio-asyncio before anything can import anyio's asyncio backend,
+# and keeps plain asyncio programs on plain asyncio loops (see bridge.py).
+from . import bridge  # noqa: F401, I001
 
 from . import pff
 from .client import AioDaqDataClient, AsyncDaqClient, DaqClient, DaqDataClient

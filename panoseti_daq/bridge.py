@@ -9,11 +9,28 @@ anyio memory streams and the synchronous hub, which work from both sides of one 
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.events
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import sniffio
+
+# trio-asyncio replaces asyncio.get_running_loop; anyio's asyncio backend keeps the function it
+# finds when first imported. This module is imported first by the package, so that code running
+# on grpclib's loop under trio (RPC handlers, clients) finds its loop, whatever imports anyio's
+# backend later.
+import trio_asyncio  # noqa: I001
+import trio_asyncio._loop
+
+# Importing trio-asyncio also makes asyncio.new_event_loop() return a SyncTrioEventLoop (a trio
+# run in a helper thread) in every thread. asyncio.run(), anyio.run(backend="asyncio") and our
+# blocking client would then all run on it: 2-3x slower than asyncio, and a surprise for any
+# program that merely imports panoseti_daq. Restore asyncio's own function; trio-asyncio's
+# `open_loop()` builds its loops itself and does not need it.
+_original_new_event_loop = trio_asyncio._loop._orig_loop_new
+asyncio.new_event_loop = asyncio.events.new_event_loop = _original_new_event_loop
 
 __all__ = ["GrpclibLoop", "grpclib_loop"]
 

@@ -56,3 +56,24 @@ def test_trio_with_a_running_trio_asyncio_loop_is_reused():
     got = anyio.run(main, backend="trio")
     assert got[0]["module_id"] == 1
     assert opened == []
+
+
+def test_plain_asyncio_programs_keep_plain_asyncio_loops():
+    """Importing panoseti_daq (and with it trio-asyncio) must not turn every asyncio.run(),
+    anyio.run() and blocking-client thread into a trio run in a helper thread: trio-asyncio's
+    SyncTrioEventLoop made them 2-3x slower before bridge.py restored asyncio.new_event_loop."""
+    import asyncio
+    import threading
+
+    import panoseti_daq  # noqa: F401
+
+    async def loop_type() -> type:
+        return type(asyncio.get_running_loop())
+
+    in_thread: list[type] = []
+    thread = threading.Thread(target=lambda: in_thread.append(asyncio.run(loop_type())))
+    thread.start()
+    thread.join(10)
+    for found in (asyncio.run(loop_type()), anyio.run(loop_type), *in_thread):
+        assert not issubclass(found, trio_asyncio.BaseTrioEventLoop), found
+    assert len(in_thread) == 1
