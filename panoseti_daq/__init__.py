@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-# First: the bridge imports trio-asyncio before anything can import anyio's asyncio backend,
+# `bridge` first: it imports trio-asyncio before anything can import anyio's asyncio backend,
 # and keeps plain asyncio programs on plain asyncio loops (see bridge.py).
-from . import bridge  # noqa: F401, I001
-
-from . import pff
+from . import bridge, pff  # noqa: F401
 from .client import AioDaqDataClient, AsyncDaqClient, DaqClient, DaqDataClient
 from .errors import CodecError, ConfigError, ImageError, PanosetiDaqError, PFFError, RpcError
 from .frames import PanoFrame

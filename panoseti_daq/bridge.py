@@ -21,7 +21,7 @@ import sniffio
 # finds when first imported. This module is imported first by the package, so that code running
 # on grpclib's loop under trio (RPC handlers, clients) finds its loop, whatever imports anyio's
 # backend later.
-import trio_asyncio  # noqa: I001
+import trio_asyncio
 import trio_asyncio._loop
 
 # Importing trio-asyncio also makes asyncio.new_event_loop() return a SyncTrioEventLoop (a trio
