@@ -57,6 +57,17 @@ async def test_upload_accepted_without_hp_io(make_server):
         assert server.hub.latest[(3, "img16")].frame.frame_number == 9
 
 
+async def test_reply_means_every_image_is_in_the_hub(make_server):
+    """R-UP-5: the Empty reply comes once every image of the upload has entered the hub, also
+    for uploads longer than one burst (UPLOAD_BURST) and than the upload channel."""
+    async with make_server() as server:
+        for count in (1, 7, 300):
+            before = server.hub.published
+            await upload(server, [movie_frame(4, i) for i in range(count)])
+            assert server.hub.published == before + count
+            assert server.hub.latest[(4, "img16")].frame.frame_number == count - 1
+
+
 async def test_request_without_image_is_skipped(make_server):
     """R-UP-2: an UploadImageRequest without pano_image is skipped."""
     async with make_server() as server:

@@ -34,11 +34,14 @@ from .scanner import RunScanner, run_scanner
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Reconfigure", "ServerCore"]
+__all__ = ["Reconfigure", "ServerCore", "Uploader"]
 
 # R-INIT-7: a configuration that does not become valid within this time fails.
 START_TIMEOUT_S = 10.0
 UPLOAD_CHANNEL_SIZE = 256
+# An upload hands at most this many frames (and at most half a reader queue) to the hub before
+# it waits for readers to take them.
+UPLOAD_BURST = 64
 
 
 @dataclass(eq=False)
@@ -49,6 +52,39 @@ class Reconfigure:
     done: anyio.Event
     success: bool = False
     error_message: str = ""
+
+
+class Uploader:
+    """One upload's way into the hub, through the upload task (R-UP-4, R-STREAM-11).
+
+    `put` does not wait while the channel has room: a handler passes on every message that has
+    arrived before it yields, and the upload task and the readers take them as one batch. Every
+    `burst` frames, `flush` waits until the upload task has put them into the hub; the readers'
+    wake-ups are queued by then, so they run first. A reader that keeps up thus never has more
+    than `burst` new frames (half its queue) waiting, and never loses one. A full channel makes
+    `put` wait, and the client with it (HTTP/2 flow control).
+    """
+
+    def __init__(self, send: Any, burst: int) -> None:
+        self._send = send
+        self._burst = burst
+        self._pending = 0
+
+    async def put(self, frame: PanoFrame, encoded: bytes | None = None) -> None:
+        try:
+            self._send.send_nowait((frame, encoded))
+        except anyio.WouldBlock:
+            await self._send.send((frame, encoded))
+        self._pending += 1
+        if self._pending >= self._burst:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until every frame put so far is in the hub."""
+        self._pending = 0
+        done = anyio.Event()
+        await self._send.send(done)
+        await done.wait()
 
 
 @dataclass(eq=False)
@@ -74,7 +110,7 @@ class ServerCore:
         self.channel_factory: Callable[[], Any] | None = None
         self.run_on_grpclib_loop: Callable[..., Awaitable[Any]] | None = None
         self._upload_send, self._upload_receive = anyio.create_memory_object_stream[
-            tuple[PanoFrame, bytes | None]
+            tuple[PanoFrame, bytes | None] | anyio.Event
         ](UPLOAD_CHANNEL_SIZE)
         self._command_send, self._command_receive = anyio.create_memory_object_stream[Reconfigure](
             1
@@ -82,9 +118,10 @@ class ServerCore:
         self._sources: _Sources | None = None
 
     # -- called from RPC handlers ----------------------------------------------------------
-    async def upload(self, frame: PanoFrame, encoded: bytes | None = None) -> None:
-        """Queue an uploaded frame for the hub; waits while the channel is full (R-UP-4)."""
-        await self._upload_send.send((frame, encoded))
+    def uploader(self) -> Uploader:
+        """A queue into the hub for one UploadImages call (R-UP-4)."""
+        burst = max(1, min(UPLOAD_BURST, self.config.max_read_queue_size // 2))
+        return Uploader(self._upload_send, burst)
 
     async def reconfigure(self, config: HpIoConfig) -> Reconfigure:
         """Hand a configuration to the controller and wait for its answer."""
@@ -109,9 +146,19 @@ class ServerCore:
 
     async def _upload_task(self) -> None:
         publish = self.hub.publish
-        async with self._upload_receive:
-            async for frame, encoded in self._upload_receive:
-                publish(frame, encoded)
+        receive = self._upload_receive
+        async with receive:
+            async for item in receive:
+                # Everything that has arrived goes into the hub before this task yields.
+                while True:
+                    if type(item) is tuple:
+                        publish(*item)
+                    else:
+                        item.set()  # an Uploader.flush() waits for this
+                    try:
+                        item = receive.receive_nowait()
+                    except anyio.WouldBlock:
+                        break
 
     async def _controller(self, tg: TaskGroup, *, task_status: TaskStatus[None]) -> None:
         task_status.started()

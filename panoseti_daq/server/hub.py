@@ -132,27 +132,41 @@ class Subscriber:
 
         Raises SubscriberEnded once the hub has ended this client.
         """
-        with anyio.move_on_after(timeout_s):
-            try:
-                first = await self._receive.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                raise self.ended or SubscriberEnded(Status.CANCELLED, "stream closed") from None
-            if self.paced:
-                batch = sorted(self._pending.values(), key=lambda e: e.seq)
-                self._pending.clear()
-                return batch
-            batch = [first] if first is not None else []
-            while len(batch) < limit:
+        receive = self._receive
+        try:
+            first = receive.receive_nowait()
+        except anyio.WouldBlock:
+            with anyio.move_on_after(timeout_s):
                 try:
-                    item = self._receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-                if item is not None:
-                    batch.append(item)
+                    first = await receive.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    raise self._end_reason() from None
+                return self._batch(first, limit)
+            if self.ended is not None:
+                raise self.ended from None
+            return []
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise self._end_reason() from None
+        return self._batch(first, limit)
+
+    def _end_reason(self) -> SubscriberEnded:
+        return self.ended or SubscriberEnded(Status.CANCELLED, "stream closed")
+
+    def _batch(self, first: HubEntry | None, limit: int) -> list[HubEntry]:
+        if self.paced:
+            batch = sorted(self._pending.values(), key=lambda e: e.seq)
+            self._pending.clear()
             return batch
-        if self.ended is not None:
-            raise self.ended
-        return []
+        batch = [first] if first is not None else []
+        receive = self._receive
+        while len(batch) < limit:
+            try:
+                item = receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            if item is not None:
+                batch.append(item)
+        return batch
 
     def close(self) -> None:
         self._send.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
 
-from ..codec import StreamReply, UploadItem
+from ..codec import StreamReply, UploadItem, encode_stream_reply
 from ..config import HpIoConfig
 from ..errors import CodecError, ImageError
 from ..messages import (
@@ -55,6 +56,35 @@ async def _request(stream: Stream) -> Any:
     if request is None:
         raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
     return request
+
+
+_MESSAGE_PREFIX = struct.Struct(">BI")  # gRPC framing: not compressed, length
+
+
+async def _send_batch(stream: Stream, replies: list[StreamReply]) -> None:
+    """Send replies as gRPC messages in one HTTP/2 write, not one write each.
+
+    gRPC frames messages independently of HTTP/2 DATA frames, so several messages may share one;
+    grpclib's `send_message` writes to the socket once per message, a system call and an h2
+    frame each. This does what it does for a batch: frame, send (grpclib's protocol stream
+    splits the data by frame size and flow-control window, and waits when the window is
+    closed), count. It skips grpclib's SendMessage event, for which this server registers no
+    listener. Initial metadata must have been sent.
+    """
+    if len(replies) == 1:
+        await stream.send_message(replies[0])
+        return
+    pack = _MESSAGE_PREFIX.pack
+    parts = []
+    for reply in replies:
+        message = encode_stream_reply(reply)
+        parts += (pack(0, len(message)), message)
+    await stream._stream.send_data(b"".join(parts))
+    stream._send_message_done = True
+    stream._messages_sent += len(replies)
+    connection = stream._stream.connection
+    connection.messages_sent += len(replies)
+    connection.last_message_sent = time.monotonic()
 
 
 def _within(path: Path, roots: tuple[Path, ...]) -> bool:
@@ -179,10 +209,11 @@ class DaqDataService:
                 continue
             dequeue_timeouts = 0
             next_send = anyio.current_time() + interval_s
-            for entry in batch:
-                await stream.send_message(
-                    StreamReply(entry.frame, name, time.time_ns(), "", encoded_image=entry.encoded)
-                )
+            now_ns = time.time_ns()
+            await _send_batch(
+                stream,
+                [StreamReply(e.frame, name, now_ns, "", encoded_image=e.encoded) for e in batch],
+            )
             subscriber.sent += len(batch)
 
     # -- InitHpIo --------------------------------------------------------------------------
@@ -256,6 +287,7 @@ class DaqDataService:
         """R-UP-1 .. R-UP-5: frames enter the hub; a bad image ends this upload only."""
         index = 0
         valid = self.core.hub.valid_products
+        uploader = self.core.uploader()
         while True:
             try:
                 item = await stream.recv_message()
@@ -276,6 +308,7 @@ class DaqDataService:
                     f"server does not serve (valid: {', '.join(sorted(valid))})",
                 )
             else:
-                await self.core.upload(item.frame, item.encoded)
+                await uploader.put(item.frame, item.encoded)
             index += 1
+        await uploader.flush()  # the reply says: every image is in the hub
         await stream.send_message(Empty())
