@@ -23,6 +23,8 @@ import pytest
 from panoseti_daq import pff
 from panoseti_daq.frames import PanoFrame
 from panoseti_daq.products import PRODUCTS, DataProduct
+from panoseti_daq.server import inotify
+from panoseti_daq.server import scanner as scanner_module
 from panoseti_daq.server.scanner import RunScanner, daq_is_active, run_scanner
 
 IMG16 = PRODUCTS["img16"]
@@ -30,6 +32,16 @@ PH256 = PRODUCTS["ph256"]
 IMG8 = PRODUCTS["img8"]
 RUN = "obs_Lick.start_2024-07-25T04:34:06Z.runtype_sci-data.pffd"
 HEADER_WIDTH = 96
+
+
+@pytest.fixture(autouse=True, params=["inotify", "polling"])
+def scanner_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with inotify and, as where it is unavailable, polling."""
+    if request.param == "polling":
+        monkeypatch.setattr(inotify.Inotify, "open", classmethod(lambda cls: None))
+    else:
+        assert RunScanner(".", (), []).watching, "inotify should be available on Linux"
+    return request.param
 
 
 def frame(product: DataProduct, tag: str) -> tuple[bytes, dict[str, Any], np.ndarray]:
@@ -275,6 +287,90 @@ def test_scan_reads_only_the_new_frame(tmp_path: Path, monkeypatch: pytest.Monke
     assert read_bytes == [len(one)]
 
 
+# --- inotify: only what changed is looked at (R-SCAN-3) --------------------------------------
+
+
+@pytest.fixture
+def no_periodic_full_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scanner_module, "RUN_DIR_RECHECK_S", 3600.0)
+
+
+def test_quiet_until_something_changes(
+    tmp_path: Path, scanner_mode: str, no_periodic_full_scan: None
+) -> None:
+    """R-SCAN-2, R-SCAN-3: with inotify a look costs nothing until a file or directory changes."""
+    path = run_dir(tmp_path, 1) / file_name(IMG16, 1, 0)
+    append(path, IMG16, ["a0"])
+    scanner = RunScanner(tmp_path, (), [IMG16])
+    assert len(scanner.scan()) == 1
+    if scanner_mode == "polling":
+        assert not scanner.quiet()  # it cannot tell: every look is a scan
+        return
+    assert scanner.quiet()
+    append(path, IMG16, ["a1"])
+    assert not scanner.quiet()
+    assert [f.header["tag"] for f in scanner.scan()] == ["a1"]
+    assert scanner.quiet()
+    run_dir(tmp_path, 2)  # a new module directory
+    assert not scanner.quiet()
+    assert scanner.scan() == []
+    assert scanner.quiet()
+    append(run_dir(tmp_path, 2) / file_name(IMG16, 2, 0), IMG16, ["b0"])
+    assert not scanner.quiet()
+    assert [(f.module_id, f.header["tag"]) for f in scanner.scan()] == [(2, "b0")]
+    scanner.close()
+    assert not scanner.watching and not scanner.quiet()
+    append(path, IMG16, ["a2"])
+    assert [f.header["tag"] for f in scanner.scan()] == ["a2"]  # polling from now on
+
+
+def test_scan_stats_only_changed_files(
+    tmp_path: Path, scanner_mode: str, monkeypatch: pytest.MonkeyPatch, no_periodic_full_scan: None
+) -> None:
+    """R-SCAN-3: with inotify, one stat per changed file and none for the other 39 files."""
+    paths = []
+    for module in range(1, 21):
+        for product in (IMG16, PH256):
+            paths.append(run_dir(tmp_path, module) / file_name(product, module, 0))
+            append(paths[-1], product, ["first"])
+    scanner = RunScanner(tmp_path, (), [IMG16, PH256])
+    assert len(scanner.scan()) == 40
+    stats: list[Path] = []
+    real_stat = Path.stat
+
+    def counting_stat(self: Path, *args: Any, **kwargs: Any) -> os.stat_result:
+        stats.append(self)
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", counting_stat)
+    append(paths[7], PH256, ["second"])
+    [got] = scanner.scan()
+    assert got.header["tag"] == "second"
+    if scanner_mode == "inotify":
+        assert stats == [paths[7]]
+    else:
+        assert len(stats) == 40
+
+
+def test_lost_events_mean_a_full_look(tmp_path: Path, no_periodic_full_scan: None) -> None:
+    """R-SCAN-4: when the kernel's event queue overflows, every file is looked at again."""
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if limit > 100_000:
+        pytest.skip(f"max_queued_events is {limit}: too many writes to overflow it")
+    run = run_dir(tmp_path, 1)
+    path = run / file_name(IMG16, 1, 0)
+    append(path, IMG16, ["a0"])
+    scanner = RunScanner(tmp_path, (), [IMG16])
+    assert len(scanner.scan()) == 1
+    # The kernel merges an event with an identical one just before it: alternate two files.
+    with open(run / "a.txt", "wb", buffering=0) as a, open(run / "b.txt", "wb", buffering=0) as b:
+        for _ in range(limit // 2 + 10):
+            a.write(b"x")
+            b.write(b"x")
+    append(path, IMG16, ["a1"])  # its event is lost
+    assert [f.header["tag"] for f in scanner.scan()] == ["a1"]
+
+
 # --- the DAQ-active check (R-INIT-4) ----------------------------------------------------------
 
 
@@ -330,6 +426,12 @@ class CountingScanner(RunScanner):
         frames = super().scan()
         self.scans += 1
         return frames
+
+    def quiet(self) -> bool:
+        # A look that inotify answered counts as a scan that found nothing.
+        quiet = super().quiet()
+        self.scans += quiet
+        return quiet
 
 
 async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -23,6 +23,7 @@ from .. import pff
 from ..errors import PFFError
 from ..frames import PanoFrame
 from ..products import DataProduct, product_named
+from .inotify import Inotify
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,33 @@ RUN_DIR_RECHECK_S = 1.0
 
 
 class _Listings:
-    """Directory listings, re-read only when the directory's mtime says they changed (R-SCAN-3)."""
+    """Directory listings, re-read only when they may have changed (R-SCAN-3).
 
-    def __init__(self) -> None:
+    With inotify, a watched directory's listing stands until an event says its entries changed.
+    Without (or where a watch cannot be added), a listing is re-read when the directory's mtime
+    changes.
+    """
+
+    def __init__(self, inotify: Inotify | None = None) -> None:
+        self._inotify = inotify
         self._cache: dict[Path, tuple[int, list[str]]] = {}
+        # Watched directories whose entries have not changed since they were listed.
+        self._clean: dict[Path, list[str]] = {}
 
     def names(self, path: Path) -> list[str] | None:
         """The entry names of a directory, or None when it does not exist."""
+        clean = self._clean.get(path)
+        if clean is not None:
+            return clean
+        if self._inotify is not None and self._inotify.watch(str(path)):
+            # Watched first, listed second: a change after the listing is an event.
+            try:
+                names = os.listdir(path)
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                self._inotify.unwatch(str(path))
+                return None
+            self._clean[path] = names
+            return names
         try:
             mtime_ns = os.stat(path).st_mtime_ns
         except (FileNotFoundError, NotADirectoryError, PermissionError):
@@ -84,9 +105,26 @@ class _Listings:
             self._cache[path] = (mtime_ns, names)
         return names
 
+    def is_watched(self, path: Path) -> bool:
+        """Whether every change to the directory's entries and files is reported by inotify."""
+        return path in self._clean
+
+    def changed(self, directories: Iterable[str]) -> None:
+        """inotify reported that these directories' entries changed."""
+        for directory in directories:
+            self._clean.pop(Path(directory), None)
+
+    def reset(self) -> None:
+        """Events were lost: list every directory again."""
+        self._clean.clear()
+
     def forget(self, keep: set[Path]) -> None:
         for path in self._cache.keys() - keep:
             del self._cache[path]
+        for path in self._clean.keys() - keep:
+            del self._clean[path]
+            if self._inotify is not None:
+                self._inotify.unwatch(str(path))
 
 
 def _newest_run_dir(module_dir: Path) -> Path | None:
@@ -107,7 +145,14 @@ class RunScanner:
     """Snapshots of a run directory tree; remembers what it has already published.
 
     `module_ids` empty follows every module found (R-INIT-9); files of products outside
-    `products` are ignored (R-SCAN-5). Not thread-safe: one scan at a time.
+    `products` are ignored (R-SCAN-5). Not thread-safe: one scan (or `quiet`) at a time.
+
+    With `watch` (the default) and Linux inotify, directories are watched and only what changed
+    is looked at: a scan costs a `stat` per changed file and one small read per new frame, and
+    `quiet()` tells without touching the file system that a scan would find nothing new. Every
+    RUN_DIR_RECHECK_S the whole tree is looked at anyway (a run directory that is not watched
+    may have become the newest). Without inotify, every scan polls: a `stat` per directory and
+    per data file.
     """
 
     def __init__(
@@ -115,6 +160,8 @@ class RunScanner:
         data_dir: str | os.PathLike[str],
         module_ids: Collection[int],
         products: Iterable[DataProduct | str],
+        *,
+        watch: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.module_ids = frozenset(module_ids)
@@ -128,19 +175,85 @@ class RunScanner:
         self._run_dirs: dict[int, Path] = {}
         self._run_dir_checked: dict[int, tuple[float, list[str] | None]] = {}
         self._published_seqno: dict[tuple[int, str], int] = {}
-        self._listings = _Listings()
+        self._inotify = Inotify.open() if watch else None
+        self._listings = _Listings(self._inotify)
+        # Files inotify reported as changed since the last scan; every file after lost events.
+        self._dirty: set[str] = set()
+        self._all_dirty = True
+        # Whether the last scan relied on polling somewhere, and when the next full look is due.
+        self._polled = True
+        self._next_full_scan = 0.0
+        # Names of the module directories with changes since the last scan (inotify only).
+        self._touched: set[str] | None = set() if self._inotify is not None else None
+        self._modules_cache: tuple[list[str] | None, dict[int, Path]] = (None, {})
         self._names: dict[str, pff.DataFileName | None] = {}
         # run dir -> (the listing it was computed from, product -> (seqno, newest file))
         self._newest_cache: dict[Path, tuple[list[str] | None, dict[str, tuple[int, Path]]]] = {}
 
+    @property
+    def watching(self) -> bool:
+        """Whether inotify is in use (see the class docstring)."""
+        return self._inotify is not None
+
+    def close(self) -> None:
+        """Release the inotify instance; the scanner polls from now on."""
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+            self._listings = _Listings()
+            self._all_dirty = self._polled = True
+            self._touched = None
+
+    def quiet(self) -> bool:
+        """True when a scan now would find nothing new, by inotify alone; cheap (one read).
+
+        False whenever it cannot tell: no inotify, a directory followed by polling, events
+        pending, or a full look due.
+        """
+        if self._inotify is None:
+            return False
+        self._take_events()
+        return not (
+            self._dirty
+            or self._all_dirty
+            or self._polled
+            or time.monotonic() >= self._next_full_scan
+        )
+
+    def _take_events(self) -> None:
+        if self._inotify is None:
+            return
+        changes = self._inotify.read()
+        if changes.overflow:
+            log.info("inotify queue overflowed: looking at every directory and file again")
+            self._listings.reset()
+            self._all_dirty = True
+        self._listings.changed(changes.directories)
+        self._dirty |= changes.files
+        if self._touched is None:
+            return
+        # The module directories these changes are in; a change to data_dir's own entries
+        # (modules added or removed) means a look at every module.
+        top = str(self.data_dir)
+        prefix = top + os.sep
+        for path in (*changes.directories, *changes.files):
+            if path.startswith(prefix):
+                self._touched.add(path[len(prefix) :].split(os.sep, 1)[0])
+            elif path == top:
+                self._all_dirty = True
+
     def modules(self) -> dict[int, Path]:
         """module id -> module directory, for the modules this scanner follows (R-SCAN-1)."""
+        listing = self._listings.names(self.data_dir)
+        if listing is not None and listing is self._modules_cache[0]:
+            return self._modules_cache[1]
         found = {}
-        for name in self._listings.names(self.data_dir) or ():
+        for name in listing or ():
             module = pff.module_dir_id(name)
             if module is None or (self.module_ids and module not in self.module_ids):
                 continue
             found[module] = self.data_dir / name
+        self._modules_cache = (listing, found)
         return found
 
     def _run_dir(self, module: int, module_dir: Path, now: float) -> Path | None:
@@ -169,16 +282,28 @@ class RunScanner:
         """
         frames: list[PanoFrame] = []
         seen: set[Path] = set()
+        self._take_events()
         modules = self.modules()
         now = time.monotonic()
+        if now >= self._next_full_scan:
+            self._next_full_scan = now + RUN_DIR_RECHECK_S
+            self._all_dirty = True
+        # A full look at every module, or (inotify) at the modules something happened in.
+        full = self._all_dirty or self._polled or self._touched is None
+        touched = self._touched or set()
         for module in self._run_dirs.keys() - modules.keys():
             self._new_run(module, None)
+        followed = {self.data_dir}
         for module, module_dir in sorted(modules.items()):
+            if not full and module_dir.name not in touched:
+                continue
+            followed.add(module_dir)
             run_dir = self._run_dir(module, module_dir, now)
             if run_dir != self._run_dirs.get(module):
                 self._new_run(module, run_dir)
             if run_dir is None:
                 continue
+            followed.add(run_dir)
             for name, (seqno, path) in self._newest_files(run_dir).items():
                 seen.add(path)
                 if seqno < self._published_seqno.get((module, name), -1):
@@ -187,12 +312,19 @@ class RunScanner:
                 if frame is not None:
                     self._published_seqno[(module, name)] = seqno
                     frames.append(frame)
-        # Files that are gone, or no longer the newest of their product: forget them.
-        for path in self._files.keys() - seen:
-            del self._files[path]
-        self._listings.forget({self.data_dir, *modules.values(), *self._run_dirs.values()})
-        for run_dir in self._newest_cache.keys() - set(self._run_dirs.values()):
-            del self._newest_cache[run_dir]
+        watched = all(self._listings.is_watched(path) for path in followed)
+        if full:
+            # Files that are gone, or no longer the newest of their product: forget them.
+            for path in self._files.keys() - seen:
+                del self._files[path]
+            self._listings.forget(followed)
+            for run_dir in self._newest_cache.keys() - set(self._run_dirs.values()):
+                del self._newest_cache[run_dir]
+        # A directory followed by polling (no watch possible): full looks until it is watched.
+        self._polled = not watched
+        self._dirty.clear()
+        self._touched = set() if self._inotify is not None else None
+        self._all_dirty = False
         return frames
 
     def _new_run(self, module: int, run_dir: Path | None) -> None:
@@ -233,7 +365,17 @@ class RunScanner:
             return name
 
     def _newest_frame(self, module: int, product: DataProduct, path: Path) -> PanoFrame | None:
-        """The file's newest complete frame if not published yet (R-PFF-3): one stat, one read."""
+        """The file's newest complete frame if not published yet (R-PFF-3): one stat, one read.
+
+        Nothing at all for a file that inotify watches and reported no change for.
+        """
+        if (
+            not self._all_dirty
+            and path in self._files
+            and str(path) not in self._dirty
+            and self._listings.is_watched(path.parent)
+        ):
+            return None
         try:
             stat = path.stat()
         except OSError:
@@ -285,22 +427,30 @@ async def run_scanner(
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Scan every `interval_s` seconds and publish new frames; runs until cancelled."""
+    """Scan every `interval_s` seconds and publish new frames; runs until cancelled.
+
+    A scan runs in a worker thread (the file system may be slow), unless inotify says it would
+    find nothing. The scanner is closed at the end.
+    """
     started = False
     next_at = anyio.current_time()
-    while True:
-        try:
-            frames = await anyio.to_thread.run_sync(scanner.scan)
-        except Exception:  # R-SCAN-4: the scanner never dies from data it finds
-            log.exception("scan of %s failed; retrying", scanner.data_dir)
-            frames = []
-        for frame in frames:
-            publish(frame)
-        if not started:
-            task_status.started()
-            started = True
-        next_at = max(next_at + interval_s, anyio.current_time())
-        await anyio.sleep_until(next_at)
+    try:
+        while True:
+            try:
+                quiet = started and scanner.quiet()
+                frames = [] if quiet else await anyio.to_thread.run_sync(scanner.scan)
+            except Exception:  # R-SCAN-4: the scanner never dies from data it finds
+                log.exception("scan of %s failed; retrying", scanner.data_dir)
+                frames = []
+            for frame in frames:
+                publish(frame)
+            if not started:
+                task_status.started()
+                started = True
+            next_at = max(next_at + interval_s, anyio.current_time())
+            await anyio.sleep_until(next_at)
+    finally:
+        scanner.close()
 
 
 _HASHPIPE = re.compile(rb"hashpipe")
