@@ -9,7 +9,8 @@ Scenarios (issue: benchmarks that prove the service holds under load), each on l
   (d) our scanner's CPU share for 64 modules x 2 products at a 10 ms interval.
 Both servers run as subprocesses; the load generator is this process (grpclib with our codec
 for uploads; subscribers count bytes without decoding, so the client costs the same for both).
-Each scenario prints one JSON line with both figures and their ratio.
+Each scenario prints one JSON line with both figures and their ratio. Our server runs on the
+trio backend; `BENCH_BACKEND=asyncio make bench` measures its asyncio backend instead.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _frame(number: int) -> PanoFrame:
 
 
 @contextlib.contextmanager
-def _server(kind: str, tmp: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+def _server(kind: str, tmp: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, int]]:
     port = free_port()
     if kind == "ours":
         config = tmp / "bench_config.json"
@@ -114,6 +115,9 @@ def _server(kind: str, tmp: Path) -> Iterator[tuple[subprocess.Popen, int]]:
             "",
             "--log-level",
             "warning",
+            "--backend",
+            os.environ.get("BENCH_BACKEND", "trio"),
+            *extra,
         ]
     else:
         cmd = [sys.executable, "-m", "benchmarks._reference_server", "--port", str(port)]

@@ -2,8 +2,9 @@
 
 An uploader sends img16 frames at a fixed rate while one subscriber (interval 0) receives them.
 Every minute, and at the start and the end, it prints one JSON line with the server's resident
-memory, open file descriptors and threads, and the frames uploaded and delivered. Not part of
-`make bench` or the tests.
+memory, task count (trio's and asyncio's, from the server's own `--stats-file`), open file
+descriptors and threads, and the frames uploaded and delivered. Not part of `make bench` or the
+tests.
 
     python -m benchmarks.soak [--minutes 10] [--rate 5000]
 """
@@ -26,6 +27,20 @@ from panoseti_daq.messages import Empty, StreamImagesRequest
 from .e2e import RawCodec, _active_run, _frame, _init, _Raw, _server
 
 
+def _server_stats(path: Path) -> dict[str, float]:
+    """The server's newest stats line (serve --stats-file): its task count and counters."""
+    try:
+        last = json.loads(path.read_text().splitlines()[-1])
+    except (OSError, IndexError, ValueError):
+        return {}
+    return {
+        "server_tasks": last["tasks"],
+        "server_published": last["frames_published"],
+        "server_sent": last["frames_sent"],
+        "server_dropped": last["frames_dropped"],
+    }
+
+
 def _proc(pid: int) -> dict[str, float]:
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     fields = dict(line.split(":", 1) for line in status if ":" in line)
@@ -36,7 +51,7 @@ def _proc(pid: int) -> dict[str, float]:
     }
 
 
-async def soak(port: int, pid: int, minutes: float, rate: float) -> None:
+async def soak(port: int, pid: int, minutes: float, rate: float, stats: Path) -> None:
     payloads = [encode_upload_item(UploadItem(_frame(i))) for i in range(64)]
     counts = {"uploaded": 0, "delivered": 0}
     start = time.monotonic()
@@ -52,6 +67,7 @@ async def soak(port: int, pid: int, minutes: float, rate: float) -> None:
                     **counts,
                     "upload_rate": counts["uploaded"] / max(elapsed, 1e-9),
                     **_proc(pid),
+                    **_server_stats(stats),
                 }
             ),
             flush=True,
@@ -67,6 +83,8 @@ async def soak(port: int, pid: int, minutes: float, rate: float) -> None:
                 _Raw,
             ) as stream:
                 await stream.send_message(StreamImagesRequest(stream_movie_data=True), end=True)
+                await stream.recv_initial_metadata()
+                subscribed.set()
                 async for _ in stream:
                     counts["delivered"] += 1
         finally:
@@ -89,17 +107,26 @@ async def soak(port: int, pid: int, minutes: float, rate: float) -> None:
         finally:
             channel.close()
 
+    await asyncio.sleep(2 * STATS_INTERVAL_S)  # a stats line written after InitHpIo
+    subscribed = asyncio.Event()
     report("start")
     async with asyncio.TaskGroup() as tg:
         sub = tg.create_task(subscriber())
+        await subscribed.wait()
+        start = time.monotonic()
+        deadline = start + minutes * 60
         up = tg.create_task(uploader())
         while not up.done():
             await asyncio.sleep(min(60.0, max(deadline - time.monotonic(), 0.1)))
             if not up.done():
                 report("running")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the last frames arrive
         sub.cancel()
+    await asyncio.sleep(2 * STATS_INTERVAL_S)  # the server's stats line catches up
     report("end")
+
+
+STATS_INTERVAL_S = 1.0
 
 
 def main() -> None:
@@ -107,15 +134,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=5000.0, help="images per second")
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory(dir="/tmp") as tmp,
-        _server("ours", Path(tmp)) as (
-            process,
-            port,
-        ),
-    ):
-        asyncio.run(_init(port, _active_run(Path(tmp))))
-        asyncio.run(soak(port, process.pid, args.minutes, args.rate))
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        stats = Path(tmp) / "stats.jsonl"
+        extra = ("--stats-file", str(stats), "--stats-interval", str(STATS_INTERVAL_S))
+        with _server("ours", Path(tmp), *extra) as (process, port):
+            asyncio.run(_init(port, _active_run(Path(tmp))))
+            asyncio.run(soak(port, process.pid, args.minutes, args.rate, stats))
 
 
 if __name__ == "__main__":

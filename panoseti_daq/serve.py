@@ -24,7 +24,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
     parser.add_argument("--init-sim", action="store_true", help="start the simulation at once")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--stats-file", help="append the server's counters as one JSON line per interval"
+    )
+    parser.add_argument(
+        "--stats-interval", type=float, default=60.0, help="seconds between stats lines (60)"
+    )
+    args = parser.parse_args(argv)
+    if not args.stats_interval > 0:
+        parser.error(f"--stats-interval must be > 0, not {args.stats_interval}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             uds=args.uds,
             init_sim=args.init_sim,
+            stats_file=args.stats_file,
+            stats_interval_s=args.stats_interval,
         )
     except ConfigError as exc:
         print(f"panoseti_daq.serve: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from ..messages import DESCRIPTOR_POOL
 from .core import ServerCore
 from .service import DaqDataService
 from .sockets import prepare_socket_path
+from .stats import server_stats, write_stats
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,13 @@ class DaqDataServer:
         host: str | None = None,
         port: int | None = None,
         uds: str | None = None,
+        stats_file: str | os.PathLike[str] | None = None,
+        stats_interval_s: float = 60.0,
     ) -> None:
         self.config = config
+        self.stats_file = stats_file
+        self.stats_interval_s = stats_interval_s
+        self._started = time.monotonic()
         self.host = config.host if host is None else host
         self.requested_port = config.port if port is None else port
         self.uds_path = config.uds_path if uds is None else (uds or None)
@@ -97,6 +104,10 @@ class DaqDataServer:
             stack.push_async_callback(self._stop)
             await self._task_group.start(self.core.run)
             await self._loop.run(self._start_listeners)
+            if self.stats_file is not None:
+                self._task_group.start_soon(
+                    write_stats, self.stats_file, self.stats_interval_s, self.stats
+                )
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -165,6 +176,10 @@ class DaqDataServer:
         if not result.success:
             raise RuntimeError(f"hp_io configuration failed: {result.error_message}")
 
+    def stats(self) -> dict[str, Any]:
+        """Counters and resources now (see stats.py); call it from the server's event loop."""
+        return server_stats(self.core, self._started, self._loop.loop if self._loop else None)
+
     # -- stop ------------------------------------------------------------------------------
     async def _stop(self) -> None:
         """R-STOP-1: refuse new calls, end streams with a status, stop sources, close."""
@@ -195,8 +210,16 @@ class DaqDataServer:
                 return
 
 
-async def _serve(config: ServerConfig, host, port, uds, init_sim: bool) -> None:
-    async with DaqDataServer(config, host=host, port=port, uds=uds) as server:
+async def _serve(config: ServerConfig, host, port, uds, init_sim: bool, stats) -> None:
+    stats_file, stats_interval_s = stats
+    async with DaqDataServer(
+        config,
+        host=host,
+        port=port,
+        uds=uds,
+        stats_file=stats_file,
+        stats_interval_s=stats_interval_s,
+    ) as server:
         if init_sim:
             await server.init_hp_io(
                 load_hp_io_config(
@@ -214,6 +237,9 @@ def run(
     port: int | None = None,
     uds: str | None = None,
     init_sim: bool = False,
+    stats_file: str | None = None,
+    stats_interval_s: float = 60.0,
 ) -> None:
     """Run the server until SIGINT/SIGTERM; returns after a graceful shutdown."""
-    anyio.run(_serve, config, host, port, uds, init_sim, backend=backend)
+    stats = (stats_file, stats_interval_s)
+    anyio.run(_serve, config, host, port, uds, init_sim, stats, backend=backend)

@@ -182,10 +182,23 @@ class Hub:
         self.published = 0
         self._seq = 0
         self._subscribers: set[Subscriber] = set()
+        # Frames sent to and dropped for clients that have gone.
+        self._sent_before = 0
+        self._dropped_before = 0
 
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+    @property
+    def frames_sent(self) -> int:
+        """Frames sent to StreamImages clients since the server started."""
+        return self._sent_before + sum(s.sent for s in self._subscribers)
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frames dropped for slow clients since the server started (R-STREAM-11)."""
+        return self._dropped_before + sum(s.dropped for s in self._subscribers)
 
     def publish(self, frame: PanoFrame, encoded: bytes | None = None) -> None:
         """Put a frame into the hub and offer it to every interested client; never waits.
@@ -213,7 +226,10 @@ class Hub:
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        self._subscribers.discard(subscriber)
+        if subscriber in self._subscribers:
+            self._subscribers.discard(subscriber)
+            self._sent_before += subscriber.sent
+            self._dropped_before += subscriber.dropped
         subscriber.close()
 
     def end_all(self, status: Status, message: str) -> None:
