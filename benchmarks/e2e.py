@@ -372,6 +372,7 @@ def run() -> list[dict[str, Any]]:
         results.append(b)
     c = _scenario_pair("c_latency", _latency_scenario, rate_hz=1000.0, seconds=3.0)
     c["target_p99_ms"] = 5.0
+    c["ratio_p99"] = c["ours"]["p99_ms"] / c["grpcio"]["p99_ms"]
     results.append(c)
     results.append(_scanner_cpu())
     return results

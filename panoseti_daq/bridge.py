@@ -29,8 +29,10 @@ import trio_asyncio._loop
 # blocking client would then all run on it: 2-3x slower than asyncio, and a surprise for any
 # program that merely imports panoseti_daq. Restore asyncio's own function; trio-asyncio's
 # `open_loop()` builds its loops itself and does not need it.
-_original_new_event_loop = trio_asyncio._loop._orig_loop_new
-asyncio.new_event_loop = asyncio.events.new_event_loop = _original_new_event_loop
+# (tests/test_client_entry.py checks that this still holds for the installed trio-asyncio.)
+_original_new_event_loop = getattr(trio_asyncio._loop, "_orig_loop_new", None)
+if _original_new_event_loop is not None:
+    asyncio.new_event_loop = asyncio.events.new_event_loop = _original_new_event_loop
 
 __all__ = ["GrpclibLoop", "grpclib_loop"]
 
