@@ -2,13 +2,16 @@
 
 Each is bounded in time. Related faults are tested elsewhere: data_dir removed and re-created,
 truncated/corrupt/deleted PFF files (test_scanner.py), malformed uploads (test_server_upload.py),
-a client killed mid-stream (test_server_stream.py::test_disconnect_frees_slot_within_one_second).
+a client that cancels its stream
+(test_server_stream.py::test_disconnect_frees_slot_within_one_second).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import anyio
@@ -61,6 +64,52 @@ async def test_stalled_client_among_ten_healthy(make_server, run_dir):
                 await upload(server, frames)
         assert all(numbers == list(range(300)) for numbers in received.values())
         assert stalled.ended is not None and "client too slow" in stalled.ended.message
+
+
+_STREAMING_CLIENT = """
+import sys
+from panoseti_daq import DaqClient
+with DaqClient({"daq_nodes": [{"ip_addr": sys.argv[1]}]}) as client:
+    for frame in client.stream_images(None, True, True, 0.0):
+        print(frame["frame_number"], flush=True)
+"""
+
+
+async def test_client_killed_mid_stream_frees_its_slot(make_server, run_dir):
+    """R-STREAM-14: a client process killed (SIGKILL: no RST_STREAM, no goodbye) while frames
+    flow to it frees its slot within 1 s; another client then takes the only slot."""
+    async with make_server(max_concurrent_rpcs=1) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        client = subprocess.Popen(
+            [sys.executable, "-c", _STREAMING_CLIENT, f"127.0.0.1:{server.port}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            await wait_until(lambda: server.core.active_streams == 1, timeout_s=20)
+            async with anyio.create_task_group() as tg:
+
+                async def keep_uploading() -> None:
+                    number = 0
+                    while True:
+                        await upload(server, [movie_frame(1, number + i) for i in range(20)])
+                        number += 20
+
+                tg.start_soon(keep_uploading)
+                line = await anyio.to_thread.run_sync(client.stdout.readline)
+                assert line.strip().isdigit()  # frames are flowing to it
+                client.kill()
+                killed_at = time.monotonic()
+                await anyio.to_thread.run_sync(client.wait)
+                await wait_until(lambda: server.core.active_streams == 0, timeout_s=1.0)
+                assert time.monotonic() - killed_at < 1.0
+                async with open_stream(server) as stream:  # the slot is free
+                    assert (await next_reply(stream)).frame.module_id == 1
+                tg.cancel_scope.cancel()
+        finally:
+            client.kill()
+            client.wait()
+            client.stdout.close()
 
 
 def _fds() -> int:
