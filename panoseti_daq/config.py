@@ -112,6 +112,7 @@ class ServerConfig:
     simulate_daq_cfg: SimulateConfig = field(default_factory=SimulateConfig)
     allowed_data_roots: tuple[Path, ...] = ()
     daq_active_check: tuple[str, ...] = DAQ_ACTIVE_CHECKS
+    scanner_watch: bool = True
     server_name: str = field(default_factory=socket.gethostname)
     host: str = "[::]"
     port: int = 50051
@@ -539,6 +540,7 @@ def server_config_from_dict(
         simulate_daq_cfg=simulate,
         allowed_data_roots=roots,
         daq_active_check=r.choice_list("daq_active_check", d.daq_active_check, DAQ_ACTIVE_CHECKS),
+        scanner_watch=r.boolean("scanner_watch", d.scanner_watch),
         server_name=server_name,
         host=r.string("host", d.host, nonempty=True),
         port=r.integer("port", d.port, 0, 65535),

@@ -149,6 +149,7 @@ def test_defaults_are_the_originals() -> None:
     assert (config.host, config.port) == ("[::]", 50051)
     assert config.server_name == socket.gethostname()
     assert config.daq_active_check == ("process", "marker", "recent_write")
+    assert config.scanner_watch is True
     sim = config.simulate_daq_cfg
     assert sim.data_dir == Path(tempfile.gettempdir()) / "panoseti_daq_sim"
     assert config.allowed_data_roots == (Path.cwd(), sim.data_dir)
@@ -342,6 +343,7 @@ _TYPED_KEYS: dict[str, set[str]] = {
     "valid_data_products": {"list"},
     "allowed_data_roots": {"list"},
     "daq_active_check": {"list"},
+    "scanner_watch": {"bool"},
     "server_name": {"str"},
     "host": {"str"},
     "port": {"int"},

@@ -132,11 +132,13 @@ async def test_readers_wait_for_a_writer(make_server, run_dir):
             assert (await next_reply(stream)).frame.frame_number == 3
 
 
-async def test_scanner_module_whitelist(make_server, run_dir):
-    """R-INIT-9: with module_ids only those modules are scanned."""
+@pytest.mark.parametrize("scanner_watch", [True, False], ids=["inotify", "polling"])
+async def test_scanner_module_whitelist(make_server, run_dir, scanner_watch):
+    """R-INIT-9: with module_ids only those modules are scanned (config `scanner_watch`: with
+    inotify and by polling)."""
     from panoseti_daq import pff
 
-    async with make_server() as server:
+    async with make_server(scanner_watch=scanner_watch) as server:
         assert (await init_hp_io(server, run_dir, module_ids=[2])).success
         for module in (1, 2):
             run = run_dir / f"module_{module}" / "obs_T"

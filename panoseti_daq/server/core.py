@@ -219,7 +219,12 @@ class ServerCore:
                     else:
                         data_dir = Path(config.data_dir)
                     if data_dir is not None:
-                        scanner = RunScanner(data_dir, config.module_ids, self.products)
+                        scanner = RunScanner(
+                            data_dir,
+                            config.module_ids,
+                            self.products,
+                            watch=self.config.scanner_watch,
+                        )
                         await tg.start(
                             run_scanner, scanner, config.update_interval_seconds, self.hub.publish
                         )
