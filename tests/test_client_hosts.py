@@ -71,6 +71,24 @@ async def test_named_host_that_does_not_answer(make_server):
             assert "127.0.0.1:1" in str(info.value)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_upload_with_a_bad_image_keeps_the_images_before_it(make_server, anyio_backend):
+    """R-CLI-7, R-UP-3: an image that is not one raises ImageError from upload_images, after
+    every host has accepted the images before it (and none after it)."""
+    from panoseti_daq import ImageError
+
+    bad = movie_frame(6, 2).to_dict()
+    bad["image_array"] = bad["image_array"][:5]  # 5 pixels for a 32x32 image
+    images = [movie_frame(6, 0), movie_frame(6, 1), bad, movie_frame(6, 3)]
+    async with make_server() as one, make_server() as two:
+        async with AsyncDaqClient(daq_config(one, two)) as client:
+            with pytest.raises(ImageError):
+                await client.upload_images(None, images)
+        for server in (one, two):
+            assert server.hub.published == 2
+            assert server.hub.latest[(6, "img16")].frame.frame_number == 1
+
+
 async def test_our_client_against_the_grpcio_server(tmp_path):
     """Interop: the same parsed result from a grpcio server built from schema/."""
     frames = REAL_PH[:8]

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
-from contextlib import AsyncExitStack, ExitStack
+from contextlib import AsyncExitStack, ExitStack, aclosing
 from pathlib import Path
 from typing import Any
 
@@ -470,7 +470,10 @@ class AsyncDaqClient:
         """Upload frames (PanoFrame, PanoImage or parsed dicts) to every host (R-CLI-7).
 
         `images` is an iterable or an async iterable. Returns once every host has accepted the
-        whole upload; the first failure raises RpcError and ends the upload on all hosts.
+        whole upload. A host that fails raises RpcError and ends the upload on all hosts. An
+        image that is not one (ImageError, TypeError), or an iterable that raises, ends the
+        upload normally after the images before it, which every host has then accepted, and
+        raises that error.
         """
         loop, _ = self._open()
         names = await self._answering(hosts)
@@ -485,15 +488,17 @@ class AsyncDaqClient:
                 for send in sends:
                     stack.enter_context(send)
                 try:
-                    async for image in _iterate(images):
-                        frame = as_frame(image)
-                        for send in sends:
-                            await send.send(frame)
+                    async with aclosing(_iterate(images)) as iterator:
+                        async for image in iterator:
+                            frame = as_frame(image)
+                            for send in sends:
+                                await send.send(frame)
                 except anyio.BrokenResourceError:
                     pass  # that host's task failed: its error is in `errors`
-                except Exception as exc:  # a bad image or the caller's iterable failed
-                    errors.append(exc)
-                    tg.cancel_scope.cancel()
+                except Exception as exc:
+                    # A bad image or a failing iterable: the sends close as after the last
+                    # image, the hosts accept the images before it, then this error is raised.
+                    errors.insert(0, exc)
         if errors:
             raise errors[0]
 
