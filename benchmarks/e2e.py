@@ -378,7 +378,7 @@ def run() -> list[dict[str, Any]]:
     a = _scenario_pair("a_upload_only", _upload_only, images=5000)
     a["ratio"] = a["ours"]["images_per_s"] / a["grpcio"]["images_per_s"]
     results.append(a)
-    for subscribers, images in ((1, 3000), (10, 1500), (50, 400)):
+    for subscribers, images in ((1, 5000), (10, 2000), (50, 1000)):
         b = _scenario_pair("b_fan_out", _fan_out_scenario, subscribers=subscribers, images=images)
         b["ratio"] = b["ours"]["delivered_per_s"] / b["grpcio"]["delivered_per_s"]
         results.append(b)
