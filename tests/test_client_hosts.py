@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import anyio
 import numpy as np
 import pytest
 
 from panoseti_daq import AsyncDaqClient, DaqClient, RpcError
 from tests.conftest import daq_config
-from tests.helpers import REAL_PH, movie_frame, ph_frame, server_process
+from tests.helpers import REAL_PH, movie_frame, ph_frame, server_process, wait_until
 from tests.reference_server import ReferenceServer
 
 pytestmark = pytest.mark.anyio
+
+
+def stream_clients(stats: Path) -> int:
+    """StreamImages clients in a server's newest stats line (serve --stats-file); -1: none yet."""
+    try:
+        return json.loads(stats.read_text().splitlines()[-1])["stream_clients"]
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 async def test_three_hosts_one_stopped_mid_stream(make_server, run_dir, short_tmp):
@@ -27,7 +38,9 @@ async def test_three_hosts_one_stopped_mid_stream(make_server, run_dir, short_tm
     two_dir = short_tmp / "two"
     (two_dir / "data" / "module_1" / "obs_X").mkdir(parents=True)
     (two_dir / "data" / "module_1" / "obs_X" / "module_1.daq-active").touch()
-    with server_process(two_dir) as (process, port, _):
+    stats = two_dir / "stats.jsonl"
+    stats_args = ("--stats-file", str(stats), "--stats-interval", "0.02")
+    with server_process(two_dir, *stats_args) as (process, port, _):
         async with make_server() as one, make_server() as three:
             config = daq_config(one, three)
             config["daq_nodes"].append({"ip_addr": f"127.0.0.1:{port}"})
@@ -38,9 +51,14 @@ async def test_three_hosts_one_stopped_mid_stream(make_server, run_dir, short_tm
                     hp_io = {"data_dir": str(data_dir), "update_interval_seconds": 0.05}
                     assert await client.init_hp_io(host, {**hp_io, "force": True})
                 stream = client.stream_images(None, True, True, 0.0)
-                while one.hub.subscriber_count == 0 or three.hub.subscriber_count == 0:
-                    await anyio.sleep(0.01)
-                await anyio.sleep(0.3)  # host two's subscription happens in its own process
+                # Host two runs in its own process: its stats file says when it has the client.
+                await wait_until(
+                    lambda: (
+                        one.hub.subscriber_count == three.hub.subscriber_count == 1
+                        and stream_clients(stats) == 1
+                    ),
+                    timeout_s=15,
+                )
                 for module, host in enumerate(
                     (f"127.0.0.1:{one.port}", two, f"127.0.0.1:{three.port}"), start=1
                 ):
@@ -56,7 +74,8 @@ async def test_three_hosts_one_stopped_mid_stream(make_server, run_dir, short_tm
 
 
 async def test_named_host_that_does_not_answer(make_server):
-    """R-CLI-3: a named host that does not answer is a ConnectionError naming it."""
+    """R-CLI-2, R-CLI-3: only answering nodes are valid hosts; a named host that does not answer
+    is a ConnectionError naming it."""
     async with make_server() as server:
         config = {
             "daq_nodes": [{"ip_addr": f"127.0.0.1:{server.port}"}, {"ip_addr": "127.0.0.1:1"}]
@@ -69,6 +88,22 @@ async def test_named_host_that_does_not_answer(make_server):
                 async for _ in client.stream_images("127.0.0.1:1", True, True, 0.0):
                     pass
             assert "127.0.0.1:1" in str(info.value)
+
+
+async def test_init_hp_io_takes_data_dir_from_the_node(make_server, run_dir):
+    """R-CLI-5: data_dir comes from hp_io_cfg when present, else from the node in daq_config;
+    init_sim starts the simulation; True when every host succeeded."""
+    async with make_server() as server:
+        node = {"ip_addr": f"127.0.0.1:{server.port}", "data_dir": str(run_dir)}
+        async with AsyncDaqClient({"daq_nodes": [node]}) as client:
+            hp_io = {"update_interval_seconds": 0.05, "force": True}
+            assert await client.init_hp_io(None, hp_io)
+            assert server.core.hp_io.data_dir == str(run_dir.resolve())
+            assert server.core.hp_io.simulate_daq is False
+            assert not await client.init_hp_io(None, {**hp_io, "data_dir": "/nonexistent/x"})
+            assert server.core.hp_io.data_dir == str(run_dir.resolve())  # kept (R-INIT-7)
+            assert await client.init_sim()
+            assert server.core.hp_io.simulate_daq is True
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])

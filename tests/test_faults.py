@@ -154,7 +154,8 @@ async def test_sigterm_with_fifty_streams(short_tmp):
     ):
         config = {"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}
         ended: list[str] = []
-        started = anyio.Event()
+        receiving: list[int] = []
+        all_receiving = anyio.Event()
         async with AsyncDaqClient(config) as client:
             with anyio.fail_after(20):
                 while True:
@@ -165,19 +166,21 @@ async def test_sigterm_with_fifty_streams(short_tmp):
                     except RpcError:
                         await anyio.sleep(0.05)  # the simulation is still starting
 
-            async def reader() -> None:
+            async def reader(slot: int) -> None:
                 try:
                     async for _ in client.stream_images(None, True, True, 0.0):
-                        if len(ended) == 0 and not started.is_set():
-                            started.set()
+                        if slot not in receiving:
+                            receiving.append(slot)
+                            if len(receiving) == 50:
+                                all_receiving.set()
                 except RpcError as exc:
                     ended.append(exc.status.name)
 
             async with anyio.create_task_group() as tg:
-                for _ in range(50):
-                    tg.start_soon(reader)
-                await started.wait()
-                await anyio.sleep(0.5)
+                for slot in range(50):
+                    tg.start_soon(reader, slot)
+                with anyio.fail_after(20):
+                    await all_receiving.wait()  # every stream is active and has had a frame
                 t0 = time.monotonic()
                 process.send_signal(signal.SIGTERM)
             code = await anyio.to_thread.run_sync(process.wait, 15)

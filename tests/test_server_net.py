@@ -138,17 +138,23 @@ async def test_sigterm_while_streaming(short_tmp, backend):
         async with AsyncDaqClient(config) as client:
             await first_frame(client)
 
-            async def reader():
+            receiving: set[int] = set()
+            all_receiving = anyio.Event()
+
+            async def reader(slot: int) -> None:
                 try:
                     async for _ in client.stream_images(None, True, True, 0.0):
-                        pass
+                        receiving.add(slot)
+                        if len(receiving) == 5:
+                            all_receiving.set()
                 except RpcError as exc:
                     errors.append(exc)
 
             async with anyio.create_task_group() as tg:
-                for _ in range(5):
-                    tg.start_soon(reader)
-                await anyio.sleep(0.5)
+                for slot in range(5):
+                    tg.start_soon(reader, slot)
+                with anyio.fail_after(20):
+                    await all_receiving.wait()  # every stream is active and has had a frame
                 assert any((short_tmp / "sim").rglob("*.pff"))
                 started = time.monotonic()
                 process.send_signal(signal.SIGTERM)
