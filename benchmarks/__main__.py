@@ -20,6 +20,18 @@ def available() -> list[str]:
     )
 
 
+def rounded(value):
+    """Floats to whole numbers from 1000 up, else 4 significant digits, in nested dicts and
+    lists: lines people read."""
+    if isinstance(value, float):
+        return round(value) if abs(value) >= 1000 else float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [rounded(item) for item in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     names = available()
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
@@ -34,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if run is None:
             continue
         for result in run():
-            print(json.dumps({"benchmark": name, **result}), flush=True)
+            print(json.dumps(rounded({"benchmark": name, **result})), flush=True)
     return 0
 
 

@@ -54,6 +54,7 @@ def _proc(pid: int) -> dict[str, float]:
 async def soak(port: int, pid: int, minutes: float, rate: float, stats: Path) -> None:
     payloads = [encode_upload_item(UploadItem(_frame(i))) for i in range(64)]
     counts = {"uploaded": 0, "delivered": 0}
+    await asyncio.sleep(2 * STATS_INTERVAL_S)  # a stats line written after InitHpIo
     start = time.monotonic()
     deadline = start + minutes * 60
 
@@ -107,7 +108,6 @@ async def soak(port: int, pid: int, minutes: float, rate: float, stats: Path) ->
         finally:
             channel.close()
 
-    await asyncio.sleep(2 * STATS_INTERVAL_S)  # a stats line written after InitHpIo
     subscribed = asyncio.Event()
     report("start")
     async with asyncio.TaskGroup() as tg:
