@@ -134,23 +134,18 @@ class Subscriber:
         """
         receive = self._receive
         try:
-            first = receive.receive_nowait()
-        except anyio.WouldBlock:
-            with anyio.move_on_after(timeout_s):
-                try:
+            try:
+                first = receive.receive_nowait()
+            except anyio.WouldBlock:
+                with anyio.move_on_after(timeout_s) as waited:
                     first = await receive.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    raise self._end_reason() from None
-                return self._batch(first, limit)
-            if self.ended is not None:
-                raise self.ended from None
-            return []
+                if waited.cancelled_caught:
+                    if self.ended is not None:
+                        raise self.ended from None
+                    return []
         except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise self._end_reason() from None
+            raise self.ended or SubscriberEnded(Status.CANCELLED, "stream closed") from None
         return self._batch(first, limit)
-
-    def _end_reason(self) -> SubscriberEnded:
-        return self.ended or SubscriberEnded(Status.CANCELLED, "stream closed")
 
     def _batch(self, first: HubEntry | None, limit: int) -> list[HubEntry]:
         if self.paced:
@@ -227,7 +222,7 @@ class Hub:
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         if subscriber in self._subscribers:
-            self._subscribers.discard(subscriber)
+            self._subscribers.remove(subscriber)
             self._sent_before += subscriber.sent
             self._dropped_before += subscriber.dropped
         subscriber.close()
