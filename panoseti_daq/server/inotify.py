@@ -139,13 +139,7 @@ class Inotify:
                 data = os.read(self._fd, 65536)
             except BlockingIOError:
                 return changes
-            except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
-                raise
             self._parse(data, changes)
-            if len(data) < 32768:  # the queue was drained by this read
-                return changes
 
     def _parse(self, data: bytes, changes: Changes) -> None:
         """Add the events in `data` (whole `struct inotify_event`s) to `changes`."""
@@ -184,5 +178,4 @@ class Inotify:
             self._wds.clear()
 
     def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)
+        self.close()

@@ -184,7 +184,7 @@ class RunScanner:
         self._polled = True
         self._next_full_scan = 0.0
         # Names of the module directories with changes since the last scan (inotify only).
-        self._touched: set[str] | None = set() if self._inotify is not None else None
+        self._touched: set[str] = set()
         self._modules_cache: tuple[list[str] | None, dict[int, Path]] = (None, {})
         self._names: dict[str, pff.DataFileName | None] = {}
         # run dir -> (the listing it was computed from, product -> (seqno, newest file))
@@ -202,7 +202,6 @@ class RunScanner:
             self._inotify = None
             self._listings = _Listings()
             self._all_dirty = self._polled = True
-            self._touched = None
 
     def quiet(self) -> bool:
         """True when a scan now would find nothing new, by inotify alone; cheap (one read).
@@ -230,8 +229,6 @@ class RunScanner:
             self._all_dirty = True
         self._listings.changed(changes.directories)
         self._dirty |= changes.files
-        if self._touched is None:
-            return
         # The module directories these changes are in; a change to data_dir's own entries
         # (modules added or removed) means a look at every module.
         top = str(self.data_dir)
@@ -289,8 +286,8 @@ class RunScanner:
             self._next_full_scan = now + RUN_DIR_RECHECK_S
             self._all_dirty = True
         # A full look at every module, or (inotify) at the modules something happened in.
-        full = self._all_dirty or self._polled or self._touched is None
-        touched = self._touched or set()
+        full = self._all_dirty or self._polled or self._inotify is None
+        touched = self._touched
         for module in self._run_dirs.keys() - modules.keys():
             self._new_run(module, None)
         followed = {self.data_dir}
@@ -323,7 +320,7 @@ class RunScanner:
         # A directory followed by polling (no watch possible): full looks until it is watched.
         self._polled = not watched
         self._dirty.clear()
-        self._touched = set() if self._inotify is not None else None
+        self._touched = set()
         self._all_dirty = False
         return frames
 
