@@ -13,6 +13,7 @@ Use it from async code (asyncio or trio, through anyio)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -210,16 +211,8 @@ class DaqDataServer:
                 return
 
 
-async def _serve(config: ServerConfig, host, port, uds, init_sim: bool, stats) -> None:
-    stats_file, stats_interval_s = stats
-    async with DaqDataServer(
-        config,
-        host=host,
-        port=port,
-        uds=uds,
-        stats_file=stats_file,
-        stats_interval_s=stats_interval_s,
-    ) as server:
+async def _serve(config: ServerConfig, init_sim: bool, **listeners_and_stats: Any) -> None:
+    async with DaqDataServer(config, **listeners_and_stats) as server:
         if init_sim:
             await server.init_hp_io(
                 load_hp_io_config(
@@ -241,5 +234,14 @@ def run(
     stats_interval_s: float = 60.0,
 ) -> None:
     """Run the server until SIGINT/SIGTERM; returns after a graceful shutdown."""
-    stats = (stats_file, stats_interval_s)
-    anyio.run(_serve, config, host, port, uds, init_sim, stats, backend=backend)
+    serve = functools.partial(
+        _serve,
+        config,
+        init_sim,
+        host=host,
+        port=port,
+        uds=uds,
+        stats_file=stats_file,
+        stats_interval_s=stats_interval_s,
+    )
+    anyio.run(serve, backend=backend)
