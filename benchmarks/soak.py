@@ -2,9 +2,9 @@
 
 An uploader sends img16 frames at a fixed rate while one subscriber (interval 0) receives them.
 Every minute, and at the start and the end, it prints one JSON line with the server's resident
-memory, task count (trio's and asyncio's, from the server's own `--stats-file`), open file
-descriptors and threads, and the frames uploaded and delivered. Not part of `make bench` or the
-tests.
+memory, task count (trio's and asyncio's), open file descriptors and threads, as the server's
+own `--stats-file` reports them, and the frames uploaded and delivered. Not part of
+`make bench` or the tests.
 
     python -m benchmarks.soak [--minutes 10] [--rate 5000]
 """
@@ -28,12 +28,15 @@ from .e2e import RawCodec, _active_run, _frame, _init, _Raw, _server
 
 
 def _server_stats(path: Path) -> dict[str, float]:
-    """The server's newest stats line (serve --stats-file): its task count and counters."""
+    """The server's newest stats line (serve --stats-file): its resources and counters."""
     try:
         last = json.loads(path.read_text().splitlines()[-1])
     except (OSError, IndexError, ValueError):
         return {}
     return {
+        "server_rss_mb": last["rss_mb"],
+        "server_fds": last["open_fds"],
+        "server_threads": last["threads"],
         "server_tasks": last["tasks"],
         "server_published": last["frames_published"],
         "server_sent": last["frames_sent"],
@@ -41,17 +44,7 @@ def _server_stats(path: Path) -> dict[str, float]:
     }
 
 
-def _proc(pid: int) -> dict[str, float]:
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    fields = dict(line.split(":", 1) for line in status if ":" in line)
-    return {
-        "server_rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
-        "server_fds": len(list(Path(f"/proc/{pid}/fd").iterdir())),
-        "server_threads": int(fields["Threads"]),
-    }
-
-
-async def soak(port: int, pid: int, minutes: float, rate: float, stats: Path) -> None:
+async def soak(port: int, minutes: float, rate: float, stats: Path) -> None:
     payloads = [encode_upload_item(UploadItem(_frame(i))) for i in range(64)]
     counts = {"uploaded": 0, "delivered": 0}
     await asyncio.sleep(2 * STATS_INTERVAL_S)  # a stats line written after InitHpIo
@@ -67,7 +60,6 @@ async def soak(port: int, pid: int, minutes: float, rate: float, stats: Path) ->
                     "elapsed_s": round(elapsed, 1),
                     **counts,
                     "upload_rate": counts["uploaded"] / max(elapsed, 1e-9),
-                    **_proc(pid),
                     **_server_stats(stats),
                 }
             ),
@@ -137,9 +129,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         stats = Path(tmp) / "stats.jsonl"
         extra = ("--stats-file", str(stats), "--stats-interval", str(STATS_INTERVAL_S))
-        with _server("ours", Path(tmp), *extra) as (process, port):
+        with _server("ours", Path(tmp), *extra) as (_process, port):
             asyncio.run(_init(port, _active_run(Path(tmp))))
-            asyncio.run(soak(port, process.pid, args.minutes, args.rate, stats))
+            asyncio.run(soak(port, args.minutes, args.rate, stats))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import numpy as np
@@ -102,6 +104,16 @@ async def open_stream(server, movie=True, ph=True, interval=0.0, module_ids=()) 
                     await stream.cancel()
     finally:
         ch.close()
+
+
+def stats_lines(path) -> list[dict]:
+    """The complete JSON lines of a server's stats file (serve --stats-file) so far: none before
+    the file exists, and not a last line still being written."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
 async def wait_until(condition, timeout_s: float = 10.0, what: str = "condition") -> None:

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import anyio
 import numpy as np
 import pytest
 
 from panoseti_daq import AsyncDaqClient, DaqClient, RpcError
 from tests.conftest import daq_config
-from tests.helpers import REAL_PH, movie_frame, ph_frame, server_process, wait_until
+from tests.helpers import (
+    REAL_PH,
+    movie_frame,
+    ph_frame,
+    server_process,
+    stats_lines,
+    wait_until,
+)
 from tests.reference_server import ReferenceServer
 
 pytestmark = pytest.mark.anyio
-
-
-def stream_clients(stats: Path) -> int:
-    """StreamImages clients in a server's newest stats line (serve --stats-file); -1: none yet."""
-    try:
-        return json.loads(stats.read_text().splitlines()[-1])["stream_clients"]
-    except (OSError, IndexError, ValueError):
-        return -1
 
 
 async def test_three_hosts_one_stopped_mid_stream(make_server, run_dir, short_tmp):
@@ -55,7 +51,7 @@ async def test_three_hosts_one_stopped_mid_stream(make_server, run_dir, short_tm
                 await wait_until(
                     lambda: (
                         one.hub.subscriber_count == three.hub.subscriber_count == 1
-                        and stream_clients(stats) == 1
+                        and [line["stream_clients"] for line in stats_lines(stats)[-1:]] == [1]
                     ),
                     timeout_s=15,
                 )

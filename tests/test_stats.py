@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +14,10 @@ from tests.helpers import (
     next_reply,
     open_stream,
     server_process,
+    stats_lines,
     upload,
     wait_until,
 )
-
-
-def lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.anyio
@@ -36,8 +29,8 @@ async def test_stats_file_reports_counters_and_resources(base_config, short_tmp,
     async with DaqDataServer(
         base_config, host="127.0.0.1", port=0, uds="", stats_file=path, stats_interval_s=0.02
     ) as server:
-        await wait_until(lambda: len(lines(path)) >= 1)
-        first = lines(path)[0]
+        await wait_until(lambda: len(stats_lines(path)) >= 1)
+        first = stats_lines(path)[0]
         assert first["frames_published"] == 0 and first["hp_io_valid"] is False
         assert (await init_hp_io(server, run_dir)).success
         async with open_stream(server) as stream:
@@ -45,10 +38,10 @@ async def test_stats_file_reports_counters_and_resources(base_config, short_tmp,
             await upload(server, [movie_frame(1, i) for i in range(5)])
             for _ in range(5):
                 await next_reply(stream)
-            await wait_until(lambda: lines(path)[-1]["stream_clients"] == 1)
+            await wait_until(lambda: stats_lines(path)[-1]["stream_clients"] == 1)
             during = server.stats()
         await wait_until(lambda: server.core.active_streams == 0)
-    final = lines(path)[-1]
+    final = stats_lines(path)[-1]
     assert during["frames_published"] == 5 and during["frames_sent"] == 5
     assert during["tasks"] > first["tasks"]  # the stream's handler, at least
     assert final["frames_published"] == 5 and final["frames_sent"] == 5
@@ -56,7 +49,7 @@ async def test_stats_file_reports_counters_and_resources(base_config, short_tmp,
     assert final["hp_io"] == str(run_dir.resolve())
     assert final["rss_mb"] > 10 and final["open_fds"] > 3 and final["threads"] >= 1
     assert final["uptime_s"] > first["uptime_s"]
-    assert len(lines(path)) >= 3
+    assert len(stats_lines(path)) >= 3
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
@@ -67,14 +60,14 @@ def test_serve_stats_file(short_tmp, backend):
     args = ("--init-sim", "--stats-file", str(path), "--stats-interval", "0.05")
     with server_process(short_tmp, *args, backend=backend) as (process, _port, _uds):
         deadline = time.monotonic() + 20
-        while not (lines(path) and lines(path)[-1]["frames_published"] > 0):
-            assert time.monotonic() < deadline, lines(path)[-1:]
+        while not (stats_lines(path) and stats_lines(path)[-1]["frames_published"] > 0):
+            assert time.monotonic() < deadline, stats_lines(path)[-1:]
             time.sleep(0.02)
-        running = lines(path)[-1]
-        count = len(lines(path))
+        running = stats_lines(path)[-1]
+        count = len(stats_lines(path))
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
     assert running["hp_io"] == "simulation" and running["hp_io_valid"] is True
     # Controller, upload task, scanner, simulation writer, listeners: more than a handful.
     assert running["tasks"] >= 5
-    assert len(lines(path)) > count  # the line written at shutdown
+    assert len(stats_lines(path)) > count  # the line written at shutdown
