@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-# `bridge` first: it imports trio-asyncio before anything can import anyio's asyncio backend,
-# and keeps plain asyncio programs on plain asyncio loops (see bridge.py).
-from . import bridge, pff  # noqa: F401
+from . import pff
 from .client import AioDaqDataClient, AsyncDaqClient, DaqClient, DaqDataClient
 from .errors import CodecError, ConfigError, ImageError, PanosetiDaqError, PFFError, RpcError
 from .frames import PanoFrame

@@ -5,34 +5,21 @@ Under trio it runs on a trio-asyncio loop inside the trio run, and core code (on
 into it with `run_on_grpclib_loop`. That crossing costs ~180 µs, so it is used only for
 start-up, shutdown and long-running coroutines, never per frame: per-frame traffic goes through
 anyio memory streams and the synchronous hub, which work from both sides of one thread.
+
+Importing this module (or the package) changes nothing in asyncio. trio-asyncio, which patches
+asyncio for the whole process when imported, is imported only when `grpclib_loop()` starts a
+loop under trio (see `_private.import_trio_asyncio` for what is kept and what is undone).
 """
 
 from __future__ import annotations
 
-import asyncio
-import asyncio.events
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import sniffio
 
-# trio-asyncio replaces asyncio.get_running_loop; anyio's asyncio backend keeps the function it
-# finds when first imported. This module is imported first by the package, so that code running
-# on grpclib's loop under trio (RPC handlers, clients) finds its loop, whatever imports anyio's
-# backend later.
-import trio_asyncio
-import trio_asyncio._loop
-
-# Importing trio-asyncio also makes asyncio.new_event_loop() return a SyncTrioEventLoop (a trio
-# run in a helper thread) in every thread. asyncio.run(), anyio.run(backend="asyncio") and our
-# blocking client would then all run on it: 2-3x slower than asyncio, and a surprise for any
-# program that merely imports panoseti_daq. Restore asyncio's own function; trio-asyncio's
-# `open_loop()` builds its loops itself and does not need it.
-# (tests/test_client_entry.py checks that this still holds for the installed trio-asyncio.)
-_original_new_event_loop = getattr(trio_asyncio._loop, "_orig_loop_new", None)
-if _original_new_event_loop is not None:
-    asyncio.new_event_loop = asyncio.events.new_event_loop = _original_new_event_loop
+from ._private import import_trio_asyncio
 
 __all__ = ["GrpclibLoop", "grpclib_loop"]
 
@@ -49,7 +36,7 @@ class GrpclibLoop:
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         if self.backend == "asyncio":
             return await fn(*args)
-        import trio_asyncio
+        import trio_asyncio  # imported by grpclib_loop() through import_trio_asyncio
 
         loop = self.loop
 
@@ -72,7 +59,7 @@ async def grpclib_loop() -> AsyncIterator[GrpclibLoop]:
         return
     if backend != "trio":
         raise RuntimeError(f"unsupported async library {backend!r}: use asyncio or trio")
-    import trio_asyncio
+    trio_asyncio = import_trio_asyncio()
 
     running = trio_asyncio.current_loop.get()
     if running is not None:

@@ -13,6 +13,7 @@ Use it from async code (asyncio or trio, through anyio)::
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -42,12 +43,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DaqDataServer", "run"]
 
-_HEALTH_SERVICE = "grpc.health.v1.Health"
-_REFLECTION_SERVICES = (
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-)
-
 
 def _tcp_host(host: str) -> str | None:
     """asyncio's form of a bind address; "[::]", "::", "" and "*" mean every interface.
@@ -59,10 +54,39 @@ def _tcp_host(host: str) -> str | None:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
+def _tcp_listening_socket(host: str | None, port: int) -> socket.socket:
+    """A bound TCP socket for grpclib's `Server.start(sock=...)`.
+
+    Binding it here lets port 0 take the kernel's free port in the bind itself (no race between
+    picking a port and binding it). The wildcard (None) is one dual-stack IPv6 socket, which
+    takes IPv4 connections too; an IPv4 socket where the host has no IPv6.
+    """
+    if host is None:
+        if socket.has_ipv6:
+            try:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                return _bind(sock, ("::", port), dual_stack=True)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise
+                log.debug("no IPv6 listener (%s): listening on IPv4 only", exc)
+        return _bind(socket.socket(socket.AF_INET, socket.SOCK_STREAM), ("0.0.0.0", port))
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return _bind(socket.socket(family, kind, proto), address)
+
+
+def _bind(sock: socket.socket, address: Any, *, dual_stack: bool = False) -> socket.socket:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if dual_stack:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class DaqDataServer:
@@ -127,25 +151,26 @@ class DaqDataServer:
     def _handlers(self) -> list[Any]:
         service = DaqDataService(self.core)
         health = Health({service: [self._health]})
-        names = [*_REFLECTION_SERVICES, "daqdata.DaqData", _HEALTH_SERVICE]
-        # Reflection answers from betterproto2's descriptor pool, where our schema lives.
-        reflection = ServerReflection.extend([service])
-        for servable in reflection:
-            servable._service_names = names
-            servable._pool = DESCRIPTOR_POOL
+        # Reflection lists every service, itself included (R-NET-3), and answers from
+        # betterproto2's descriptor pool, where our schema lives. `extend` names the services it
+        # is given: hand it a first pair of reflection servables for their names, keep the
+        # second pair it adds.
+        named = [service, health, *ServerReflection.extend([])]
+        reflection = ServerReflection.extend(named, pool=DESCRIPTOR_POOL)[len(named) :]
         return [service, health, *reflection]
 
     async def _start_listeners(self) -> None:
         handlers = self._handlers()
         if self.requested_port is not None and self.requested_port >= 0:
-            host = _tcp_host(self.host)
-            port = self.requested_port
-            if port == 0 and host is None:
-                port = _free_port()  # one port for every address family
+            sock = _tcp_listening_socket(_tcp_host(self.host), self.requested_port)
             server = Server(handlers, codec=DaqCodec())
-            await server.start(host, port)
+            try:
+                await server.start(sock=sock)
+            except BaseException:
+                sock.close()
+                raise
             self._servers.append(server)
-            self.port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = sock.getsockname()[1]
             log.info("listening on %s:%d", self.host, self.port)
         if self.uds_path:
             prepare_socket_path(self.uds_path, "unix_domain_socket")

@@ -19,6 +19,7 @@ from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
 
+from .._private import send_framed_messages
 from ..codec import StreamReply, UploadItem, encode_stream_reply
 from ..config import HpIoConfig
 from ..errors import CodecError, ImageError
@@ -66,25 +67,18 @@ async def _send_batch(stream: Stream, replies: list[StreamReply]) -> None:
 
     gRPC frames messages independently of HTTP/2 DATA frames, so several messages may share one;
     grpclib's `send_message` writes to the socket once per message, a system call and an h2
-    frame each. This does what it does for a batch: frame, send (grpclib's protocol stream
-    splits the data by frame size and flow-control window, and waits when the window is
-    closed), count. It skips grpclib's SendMessage event, for which this server registers no
-    listener. Initial metadata must have been sent.
+    frame each. Here the messages are framed together and written at once (grpclib has no
+    public call for that: `_private.send_framed_messages`).
     """
     if len(replies) == 1:
         await stream.send_message(replies[0])
         return
     pack = _MESSAGE_PREFIX.pack
-    parts = []
+    parts: list[bytes] = []
     for reply in replies:
         message = encode_stream_reply(reply)
         parts += (pack(0, len(message)), message)
-    await stream._stream.send_data(b"".join(parts))
-    stream._send_message_done = True
-    stream._messages_sent += len(replies)
-    connection = stream._stream.connection
-    connection.messages_sent += len(replies)
-    connection.last_message_sent = time.monotonic()
+    await send_framed_messages(stream, b"".join(parts), len(replies))
 
 
 def _within(path: Path, roots: tuple[Path, ...]) -> bool:

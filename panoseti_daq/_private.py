@@ -1,0 +1,115 @@
+"""Every use of another library's private names, in one place, checked against its version.
+
+- grpclib 0.4: `send_framed_messages` writes a batch of gRPC messages to a server stream in one
+  HTTP/2 write through the stream's protocol stream (`Stream._stream`) and keeps the counters
+  `Stream.send_message` keeps (`_send_message_done`, `_messages_sent`, the connection's).
+- trio-asyncio 0.16: importing it patches asyncio for the whole process. `import_trio_asyncio`
+  is called only where a trio-asyncio loop is started (`bridge.grpclib_loop` under trio); it
+  restores asyncio's own `new_event_loop` (kept by trio-asyncio as `_loop._orig_loop_new`) and
+  points anyio 4's asyncio backend, if it was imported first, at trio-asyncio's
+  `get_running_loop` and `current_task`.
+
+A version these were not written for fails loudly (ImportError naming the library and both
+versions) instead of misbehaving: take a new minor version only after the tests of this module
+(tests/test_private.py) and the suite pass against it, then add it here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.events
+import importlib.metadata
+import sys
+import time
+from types import ModuleType
+
+from grpclib.server import Stream
+
+__all__ = ["check_version", "import_trio_asyncio", "send_framed_messages"]
+
+GRPCLIB_SUPPORTED = ((0, 4),)
+TRIO_ASYNCIO_SUPPORTED = ((0, 16),)
+ANYIO_SUPPORTED = ((4,),)
+
+
+def check_version(library: str, installed: str, supported: tuple[tuple[int, ...], ...]) -> None:
+    """ImportError unless `installed` starts with one of the `supported` version prefixes."""
+    try:
+        numbers = tuple(int(part) for part in installed.split(".")[:3])
+    except ValueError:
+        numbers = ()
+    if any(numbers[: len(prefix)] == prefix for prefix in supported):
+        return
+    wanted = " or ".join(".".join(map(str, prefix)) + ".x" for prefix in supported)
+    raise ImportError(
+        f"panoseti_daq uses private parts of {library} written for {library} {wanted}, but "
+        f"{library} {installed} is installed: install a supported version "
+        f"(see pyproject.toml) or update panoseti_daq/_private.py"
+    )
+
+
+def _require_attributes(library: str, owner: object, names: tuple[str, ...]) -> None:
+    missing = [name for name in names if not hasattr(owner, name)]
+    if missing:
+        raise ImportError(
+            f"{library} no longer has {', '.join(missing)} on {owner!r}: "
+            "panoseti_daq/_private.py needs updating for this version"
+        )
+
+
+check_version("grpclib", importlib.metadata.version("grpclib"), GRPCLIB_SUPPORTED)
+_require_attributes(
+    "grpclib", Stream, ("_send_initial_metadata_done", "_send_message_done", "_messages_sent")
+)
+
+
+async def send_framed_messages(stream: Stream, data: bytes, count: int) -> None:
+    """Send `count` gRPC messages, already framed one after another in `data`, in one write.
+
+    What grpclib's `Stream.send_message` does for one message, for many: send the initial
+    metadata if not yet sent, write (grpclib's protocol stream splits the data by frame size and
+    flow-control window, and waits while the window is closed), count. grpclib's SendMessage
+    event is not dispatched (the server registers no listener for it).
+    """
+    if not stream._send_initial_metadata_done:
+        await stream.send_initial_metadata()
+    protocol_stream = stream._stream
+    await protocol_stream.send_data(data)
+    stream._send_message_done = True
+    stream._messages_sent += count
+    connection = protocol_stream.connection
+    connection.messages_sent += count
+    connection.last_message_sent = time.monotonic()
+
+
+def import_trio_asyncio() -> ModuleType:
+    """trio-asyncio, imported so that plain asyncio code keeps plain asyncio (see module doc).
+
+    Importing trio-asyncio makes `asyncio.new_event_loop()` return a SyncTrioEventLoop (a trio
+    run in a helper thread) in every thread, so `asyncio.run()`, `anyio.run()` on asyncio and
+    the blocking client would all run 2-3x slower on it: asyncio's own is put back (trio-asyncio's
+    `open_loop()` builds its loops itself). trio-asyncio also replaces `asyncio.get_running_loop`
+    and `asyncio.current_task`, which code on its loops needs; anyio's asyncio backend keeps the
+    functions it found when first imported, so if it came first it is pointed at the new ones.
+    Idempotent; call it only where a trio-asyncio loop is about to start.
+    """
+    import trio_asyncio
+    import trio_asyncio._loop
+
+    check_version("trio-asyncio", trio_asyncio.__version__, TRIO_ASYNCIO_SUPPORTED)
+    _require_attributes("trio-asyncio", trio_asyncio._loop, ("_orig_loop_new",))
+    plain_new_event_loop = trio_asyncio._loop._orig_loop_new
+    if asyncio.events.new_event_loop is not plain_new_event_loop:
+        asyncio.new_event_loop = asyncio.events.new_event_loop = plain_new_event_loop
+    _point_anyio_at(asyncio.get_running_loop, asyncio.current_task)
+    return trio_asyncio
+
+
+def _point_anyio_at(get_running_loop: object, current_task: object) -> None:
+    backend = sys.modules.get("anyio._backends._asyncio")
+    if backend is None or backend.get_running_loop is get_running_loop:
+        return  # not imported yet: it will import the patched functions itself
+    check_version("anyio", importlib.metadata.version("anyio"), ANYIO_SUPPORTED)
+    _require_attributes("anyio", backend, ("get_running_loop", "current_task"))
+    backend.get_running_loop = get_running_loop
+    backend.current_task = current_task

@@ -1,0 +1,141 @@
+"""panoseti_daq._private: the one home of other libraries' private names (issue 16 item 1)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from grpclib.const import Cardinality, Handler
+from grpclib.encoding.base import CodecBase
+from grpclib.events import _DispatchServerEvents
+from grpclib.server import Stream
+from grpclib.testing import ChannelFor
+
+from panoseti_daq import _private
+
+
+class RawCodec(CodecBase):
+    """Messages are their bytes."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> bytes:
+        return bytes(data)
+
+
+def framed(*messages: bytes) -> bytes:
+    return b"".join(struct.pack(">BI", 0, len(m)) + m for m in messages)
+
+
+class BatchService:
+    """A server-streaming method that sends one batch, then one message, then ends."""
+
+    def __init__(self, batch: list[bytes]) -> None:
+        self.batch = batch
+
+    async def batch_then_one(self, stream: Stream) -> None:
+        await stream.recv_message()
+        await _private.send_framed_messages(stream, framed(*self.batch), len(self.batch))
+        await stream.send_message(b"after")
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/test.Batch/Send": Handler(self.batch_then_one, Cardinality.UNARY_STREAM, bytes, bytes)
+        }
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_framed_batch_arrives_as_separate_messages_in_order():
+    """R-STREAM-3: a batch sent in one write reaches a grpclib client (real h2, in memory) as
+    its messages, in order, and the stream goes on normally after it; the initial metadata is
+    sent first when the batch is the first thing sent."""
+    batch = [b"one", b"", b"three" * 1000, bytes(range(256)) * 100]
+    async with ChannelFor([BatchService(batch)], codec=RawCodec()) as channel:
+        async with channel.request(
+            "/test.Batch/Send", Cardinality.UNARY_STREAM, bytes, bytes
+        ) as stream:
+            await stream.send_message(b"go", end=True)
+            got = [message async for message in stream]
+    assert got == [*batch, b"after"]
+
+
+class ConnectionStub:
+    messages_sent = 0
+    last_message_sent: float | None = None
+
+    def get_peer(self) -> None:
+        return None
+
+
+class ProtocolStreamStub:
+    """grpclib's protocol stream, recording what the server Stream writes (as grpclib's own
+    tests do with their H2StreamStub)."""
+
+    def __init__(self) -> None:
+        self.connection = ConnectionStub()
+        self.writes: list[tuple[str, Any]] = []
+
+    async def send_headers(self, headers: Any, end_stream: bool = False) -> None:
+        self.writes.append(("headers", dict(headers)))
+
+    async def send_data(self, data: bytes, end_stream: bool = False) -> None:
+        self.writes.append(("data", data))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_batch_is_one_write_and_counted_like_send_message():
+    """R-STREAM-3: one data write for the whole batch, after the initial metadata; the stream's
+    and the connection's message counters advance as grpclib's send_message advances them."""
+    stub = ProtocolStreamStub()
+    stream = Stream(
+        stub,  # type: ignore[arg-type]
+        "/test.Batch/Send",
+        Cardinality.UNARY_STREAM,
+        bytes,
+        bytes,
+        codec=RawCodec(),
+        status_details_codec=None,
+        dispatch=_DispatchServerEvents(),
+    )
+    data = framed(b"a", b"bc", b"def")
+    await _private.send_framed_messages(stream, data, 3)
+    assert [kind for kind, _ in stub.writes] == ["headers", "data"]
+    assert stub.writes[0][1][":status"] == "200"
+    assert stub.writes[1][1] == data
+    await stream.send_message(b"g")
+    assert stream._messages_sent == 4
+    assert stub.connection.messages_sent == 4
+    assert stub.connection.last_message_sent is not None
+    assert [kind for kind, _ in stub.writes] == ["headers", "data", "data"]
+
+
+def test_a_version_not_written_for_fails_loudly():
+    """The versions the private uses were written for are checked; another names the library,
+    the installed version and the supported ones."""
+    _private.check_version("grpclib", "0.4.9", ((0, 4),))
+    _private.check_version("trio-asyncio", "0.16.0", ((0, 16),))
+    for installed in ("0.5.0", "1.4.0", "0.3.9", "dev"):
+        expected = rf"written for grpclib 0\.4\.x, but grpclib {installed} is installed"
+        with pytest.raises(ImportError, match=expected):
+            _private.check_version("grpclib", installed, ((0, 4),))
+    with pytest.raises(ImportError, match=r"trio-asyncio written for trio-asyncio 0\.16\.x"):
+        _private.check_version("trio-asyncio", "0.17.1", ((0, 16),))
+
+
+def test_the_installed_versions_are_supported():
+    import importlib.metadata
+
+    import trio_asyncio
+
+    _private.check_version(
+        "grpclib", importlib.metadata.version("grpclib"), _private.GRPCLIB_SUPPORTED
+    )
+    _private.check_version(
+        "trio-asyncio", trio_asyncio.__version__, _private.TRIO_ASYNCIO_SUPPORTED
+    )
