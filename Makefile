@@ -26,9 +26,11 @@ demo: $(STAMP)
 test: $(STAMP) lint schema-check
 	$(PY) -m pytest
 
+# ruff (with its ASYNC rules) and mypy (strict on the sans-IO core; see pyproject.toml).
 lint: $(STAMP)
 	$(PY) -m ruff check --no-cache .
 	$(PY) -m ruff format --no-cache --check .
+	$(PY) -m mypy
 
 # Regenerate the betterproto2 messages, grpclib stubs and server base from schema/.
 schema: $(STAMP)
@@ -46,4 +48,4 @@ soak: $(STAMP)
 	$(PY) -m benchmarks.soak --minutes 10 --rate 5000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build *.egg-info

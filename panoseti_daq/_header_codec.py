@@ -15,7 +15,7 @@ parser, which follows protobuf's rules (any order, unknown fields, merged repeat
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any
 
@@ -211,8 +211,8 @@ def _nested_plan(layout: tuple[tuple[str, ...], ...]) -> _Plan:
     return _Plan(tokens, groups=tuple(groups))
 
 
-_flat_plans: dict[tuple, _Plan | None] = {}
-_nested_plans: dict[tuple, _Plan | None] = {}
+_flat_plans: dict[tuple[str, ...], _Plan | None] = {}
+_nested_plans: dict[tuple[tuple[str, ...], ...], _Plan | None] = {}
 _decode_plans: dict[int, list[_Plan]] = {}
 
 
@@ -222,6 +222,9 @@ def _plan_of(header: Mapping[str, Any]) -> tuple[_Plan, list[Any]] | None:
         return None
     values = list(header.values())
     kinds = set(map(type, values))
+    plans: dict[Any, _Plan | None]  # keyed by a flat or a nested layout, built by `make`
+    make: Callable[[Any], _Plan]
+    layout: tuple[Any, ...]
     if kinds <= _NUMBERS:
         plans, layout, make, doubles = _flat_plans, tuple(header), _flat_plan, values
     elif kinds == _DICT_ONLY:
@@ -354,18 +357,18 @@ def _decode_value(buf: bytes, start: int, end: int, depth: int) -> Any:
             value = _unpack_double(buf, data[0])[0]
         elif number == 3:
             _expect("header Value", number, wire_type, 2)
-            value = _text(buf, *data, "header string")
+            value = _text(buf, data[0], data[1], "header string")
         elif number == 4:
             _expect("header Value", number, wire_type, 0)
             value = bool(data)
         elif number == 5:
             _expect("header Value", number, wire_type, 2)
-            inner = _decode_struct_general(buf, *data, depth + 1)
+            inner = _decode_struct_general(buf, data[0], data[1], depth + 1)
             # A repeated message field merges into the one before (protobuf's rule).
             value = {**value, **inner} if case == 5 else inner
         elif number == 6:
             _expect("header Value", number, wire_type, 2)
-            items = _decode_list(buf, *data, depth + 1)
+            items = _decode_list(buf, data[0], data[1], depth + 1)
             value = value + items if case == 6 else items
         else:
             continue
@@ -382,7 +385,7 @@ def _decode_list(buf: bytes, start: int, end: int, depth: int) -> list[Any]:
         number, wire_type, data, pos = next_field(buf, pos, end, "header ListValue")
         if number == 1:
             _expect("header ListValue", number, wire_type, 2)
-            items.append(_decode_value(buf, *data, depth + 1))
+            items.append(_decode_value(buf, data[0], data[1], depth + 1))
     return items
 
 
@@ -390,14 +393,14 @@ def _decode_entry(buf: bytes, start: int, end: int, depth: int) -> tuple[str, An
     """(key, value) of a map entry; None for an entry with unknown fields, which protobuf
     (upb) keeps as an unknown field of the Struct instead of a map entry."""
     key = ""
-    value_spans = []
+    value_spans: list[tuple[int, int]] = []
     unknown = False
     pos = start
     while pos < end:
         number, wire_type, data, pos = next_field(buf, pos, end, "header entry")
         if number == 1:
             _expect("header entry", number, wire_type, 2)
-            key = _text(buf, *data, "header key")
+            key = _text(buf, data[0], data[1], "header key")
         elif number == 2:
             _expect("header entry", number, wire_type, 2)
             value_spans.append(data)
@@ -406,7 +409,8 @@ def _decode_entry(buf: bytes, start: int, end: int, depth: int) -> tuple[str, An
     if not value_spans:
         value = None
     elif len(value_spans) == 1:
-        value = _decode_value(buf, *value_spans[0], depth + 1)
+        value_start, value_end = value_spans[0]
+        value = _decode_value(buf, value_start, value_end, depth + 1)
     else:
         merged = b"".join(buf[a:b] for a, b in value_spans)
         value = _decode_value(merged, 0, len(merged), depth + 1)
@@ -423,7 +427,7 @@ def _decode_struct_general(buf: bytes, start: int, end: int, depth: int) -> dict
         number, wire_type, data, pos = next_field(buf, pos, end, "header Struct")
         if number == 1:
             _expect("header Struct", number, wire_type, 2)
-            entry = _decode_entry(buf, *data, depth + 1)
+            entry = _decode_entry(buf, data[0], data[1], depth + 1)
             if entry is not None:
                 out[entry[0]] = entry[1]  # a repeated map key replaces the earlier entry
     return out

@@ -22,6 +22,7 @@ import importlib.metadata
 import sys
 import time
 from types import ModuleType
+from typing import Any
 
 from grpclib.server import Stream
 
@@ -63,7 +64,7 @@ _require_attributes(
 )
 
 
-async def send_framed_messages(stream: Stream, data: bytes, count: int) -> None:
+async def send_framed_messages(stream: Stream[Any, Any], data: bytes, count: int) -> None:
     """Send `count` gRPC messages, already framed one after another in `data`, in one write.
 
     What grpclib's `Stream.send_message` does for one message, for many: send the initial
@@ -102,11 +103,12 @@ def import_trio_asyncio() -> ModuleType:
     if asyncio.events.new_event_loop is not plain_new_event_loop:
         asyncio.new_event_loop = asyncio.events.new_event_loop = plain_new_event_loop
     _point_anyio_at(asyncio.get_running_loop, asyncio.current_task)
-    return trio_asyncio
+    module: ModuleType = trio_asyncio
+    return module
 
 
 def _point_anyio_at(get_running_loop: object, current_task: object) -> None:
-    backend = sys.modules.get("anyio._backends._asyncio")
+    backend: Any = sys.modules.get("anyio._backends._asyncio")
     if backend is None or backend.get_running_loop is get_running_loop:
         return  # not imported yet: it will import the patched functions itself
     check_version("anyio", importlib.metadata.version("anyio"), ANYIO_SUPPORTED)

@@ -9,6 +9,8 @@ bits, unusual layouts) takes the general path, which handles any uint32 and name
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .errors import CodecError
@@ -169,6 +171,7 @@ def decode_packed_uint32(data: bytes | memoryview, where: str = "packed field") 
     if longest > 5:
         raise CodecError(f"{where}: varint longer than 5 bytes does not fit uint32")
     wide = longest == 5
+    values: np.ndarray[Any, np.dtype[np.unsignedinteger[Any]]]
     values = (b[starts] & 0x7F).astype(np.uint64 if wide else np.uint32)
     for k in range(1, longest):
         more = lengths > k
@@ -197,9 +200,9 @@ def decode_packed_pixels(buf: bytes, start: int, end: int, count: int, where: st
         if int(values.max()) != 0xFFFF:
             return values
     if count:
-        values = _decode_short_varints(buf, start, end, count)
-        if values is not None:
-            return values
+        short = _decode_short_varints(buf, start, end, count)
+        if short is not None:
+            return short
     return decode_packed_uint32(memoryview(buf)[start:end], where)
 
 
@@ -218,4 +221,5 @@ def _decode_short_varints(buf: bytes, start: int, end: int, count: int) -> np.nd
         return None
     padded = b"\0\0" + buf[start:end]
     before = np.ndarray((size,), _U16, padded, 0, (1,)).take(ends)
-    return _LEAD_VALUE.take(before) | (b.take(ends) << _LAST_SHIFT.take(before))
+    values: np.ndarray = _LEAD_VALUE.take(before) | (b.take(ends) << _LAST_SHIFT.take(before))
+    return values

@@ -158,7 +158,7 @@ def _pixels(
         chunks = []
         loose: list[int] = []
         for part in parts:
-            if type(part) is tuple:
+            if isinstance(part, tuple):
                 if loose:
                     chunks.append(np.array(loose, dtype=np.uint32))
                     loose = []
@@ -354,7 +354,7 @@ def decode_pano_image(
     )
     if product is None:
         for part in pixel_parts:  # malformed bytes are a CodecError before an invalid image
-            if type(part) is tuple:
+            if isinstance(part, tuple):
                 decode_packed_pixels(buf, part[0], part[1], 0, f"image_array at offset {pixels_at}")
         product = product_for(image_type, shape, bytes_per_pixel)  # raises the ImageError
     pixels = _pixels(buf, pixel_parts, product, pixels_at)
@@ -464,11 +464,11 @@ def decode_stream_reply(data: bytes | memoryview) -> StreamReply:
         if tag == 0x22:
             image_spans.append(value)
         elif tag == 0x0A:
-            name = _text(buf, *value, "StreamImagesResponse.name")
+            name = _text(buf, value[0], value[1], "StreamImagesResponse.name")
         elif tag == 0x12:
             timestamp_spans.append(value)
         elif tag == 0x1A:
-            message = _text(buf, *value, "StreamImagesResponse.message")
+            message = _text(buf, value[0], value[1], "StreamImagesResponse.message")
     timestamp_ns = _decode_timestamp_ns(*_merged(buf, timestamp_spans)) if timestamp_spans else 0
     frame = decode_pano_image(*_merged(buf, image_spans)) if image_spans else None
     return StreamReply(frame, name, timestamp_ns, message)
@@ -517,7 +517,8 @@ def stream_response_message(reply: StreamReply) -> StreamImagesResponse:
         stamp = Timestamp(seconds=seconds, nanos=nanos)
     return StreamImagesResponse(
         name=reply.name,
-        timestamp=stamp,
+        # betterproto2 declares a datetime here (R-CLI-9, being fixed with the typed messages).
+        timestamp=stamp,  # type: ignore[arg-type]
         message=reply.message,
         pano_image=None if reply.frame is None else reply.frame.to_message(),
     )
@@ -526,7 +527,9 @@ def stream_response_message(reply: StreamReply) -> StreamImagesResponse:
 def _stream_reply_of(message: StreamImagesResponse) -> StreamReply:
     timestamp_ns = 0
     if message.timestamp is not None:
-        timestamp_ns = message.timestamp.seconds * _NS + message.timestamp.nanos
+        # R-CLI-9: a Timestamp where betterproto2 declares a datetime (fixed with the messages).
+        stamp = message.timestamp
+        timestamp_ns = stamp.seconds * _NS + stamp.nanos  # type: ignore[attr-defined]
     return StreamReply(_frame_of(message.pano_image), message.name, timestamp_ns, message.message)
 
 
@@ -558,7 +561,8 @@ class DaqCodec(CodecBase):
         if not isinstance(message, message_type):
             raise TypeError(f"message must be of type {message_type!r}, not {type(message)!r}")
         # betterproto2 and protobuf messages (reflection, health) both serialise this way.
-        return message.SerializeToString()
+        serialized: bytes = message.SerializeToString()
+        return serialized
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         if message_type is StreamReply:

@@ -68,7 +68,8 @@ def _plain(value: Any) -> Any:
 
 def plain_header(header: Mapping[str, Any]) -> dict[str, Any]:
     """The header as the wire carries it: nested dicts, lists, strings, bools and floats."""
-    return _plain(header)
+    plain: dict[str, Any] = _plain(header)
+    return plain
 
 
 @dataclass(frozen=True, eq=False)

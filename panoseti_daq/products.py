@@ -78,7 +78,7 @@ PRODUCTS: dict[str, DataProduct] = {
     )
 }
 
-_BY_LAYOUT: dict[tuple[int, int, int, int], DataProduct] = {
+_BY_LAYOUT: dict[tuple[int, ...], DataProduct] = {  # (image type, *shape, bytes per pixel)
     (int(p.image_type), p.rows, p.cols, p.bytes_per_pixel): p for p in PRODUCTS.values()
 }
 

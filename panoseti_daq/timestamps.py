@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import pandas as pd
+from pandas.api.typing import NaTType
 
 __all__ = [
     "TAI_UTC_OFFSET_S",
@@ -61,7 +62,7 @@ class FrameTime:
         return Decimal(self.wr_unix_ns).scaleb(-9)
 
     @property
-    def pandas_timestamp(self) -> pd.Timestamp:
+    def pandas_timestamp(self) -> pd.Timestamp | NaTType:
         """WR time to the nanosecond, else the host clock, else NaT."""
         ns = self.unix_ns
         return pd.NaT if ns is None else pd.Timestamp(ns, unit="ns")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -124,7 +125,7 @@ async def test_readers_wait_for_a_writer(make_server, run_dir):
         tg.start_soon(init_hp_io, server, run_dir)
         # The reader may arrive before, during or after the reconfiguration: it must never
         # see FAILED_PRECONDITION once it waited for the writer.
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         async with open_stream(server) as stream:
             await wait_until(lambda: server.core.hp_io_valid)
             await wait_until(lambda: server.hub.subscriber_count == 1)

@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping
 from contextlib import AsyncExitStack, ExitStack, aclosing
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,7 @@ def rpc_error(exc: BaseException, host: str) -> RpcError:
     return RpcError(Status.UNAVAILABLE, f"{type(exc).__name__}: {exc}", host)
 
 
-async def _iterate(images: Images) -> AsyncIterator[Any]:
+async def _iterate(images: Images) -> AsyncGenerator[Any, None]:
     if isinstance(images, AsyncIterable):
         async for image in images:
             yield image

@@ -67,7 +67,7 @@ class ImageStream:
 
     def receive_ready(self, limit: int = 256) -> list[Any]:
         """The frames already here, without waiting (lets a caller work in batches)."""
-        items = []
+        items: list[Any] = []
         while len(items) < limit:
             try:
                 items.append(self._convert(self._receive.receive_nowait()))

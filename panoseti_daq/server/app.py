@@ -155,7 +155,7 @@ class DaqDataServer:
         # betterproto2's descriptor pool, where our schema lives. `extend` names the services it
         # is given: hand it a first pair of reflection servables for their names, keep the
         # second pair it adds.
-        named = [service, health, *ServerReflection.extend([])]
+        named: list[Any] = [service, health, *ServerReflection.extend([])]
         reflection = ServerReflection.extend(named, pool=DESCRIPTOR_POOL)[len(named) :]
         return [service, health, *reflection]
 
@@ -214,7 +214,8 @@ class DaqDataServer:
             self.core.begin_shutdown()
             self._health.set(False)
             with anyio.move_on_after(self.config.shutdown_grace_period):
-                while self.core.active_streams:
+                # The core gives no event when its last stream ends (issue 16 item 5).
+                while self.core.active_streams:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
             for server in self._servers:
                 server.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,7 @@ class ServerCore:
         # The simulation's rpc mode uploads through a grpclib channel to this very server; the
         # app sets how to open one and how to run a coroutine on grpclib's event loop.
         self.channel_factory: Callable[[], Any] | None = None
-        self.run_on_grpclib_loop: Callable[..., Awaitable[Any]] | None = None
+        self.run_on_grpclib_loop: Callable[..., Coroutine[Any, Any, Any]] | None = None
         self._upload_send, self._upload_receive = anyio.create_memory_object_stream[
             tuple[PanoFrame, bytes | None] | anyio.Event
         ](UPLOAD_CHANNEL_SIZE)
@@ -151,7 +151,7 @@ class ServerCore:
             async for item in receive:
                 # Everything that has arrived goes into the hub before this task yields.
                 while True:
-                    if type(item) is tuple:
+                    if isinstance(item, tuple):
                         publish(*item)
                     else:
                         item.set()  # an Uploader.flush() waits for this

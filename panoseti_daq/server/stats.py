@@ -31,7 +31,8 @@ def task_count(grpclib_loop: Any = None) -> int:
         def count(task: trio.lowlevel.Task) -> int:
             return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
 
-        trio_tasks = count(trio.lowlevel.current_root_task())
+        root = trio.lowlevel.current_root_task()
+        trio_tasks = count(root) if root is not None else 0
         return trio_tasks + (len(asyncio.all_tasks(grpclib_loop)) if grpclib_loop else 0)
     return len(asyncio.all_tasks())
 

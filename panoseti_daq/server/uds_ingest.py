@@ -59,7 +59,7 @@ class UdsFrameDecoder:
     def feed(self, data: bytes) -> list[PanoFrame]:
         """The frames completed by `data`; PFFError for framing that can never be valid."""
         self._buffer += data
-        frames = []
+        frames: list[PanoFrame] = []
         while True:
             frame = self._next_frame()
             if frame is None:
