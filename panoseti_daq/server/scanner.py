@@ -61,6 +61,22 @@ LISTING_SETTLE_NS = 200_000_000
 RUN_DIR_RECHECK_S = 1.0
 
 
+@dataclass(frozen=True)
+class _Listing:
+    """The entry names of a directory from one read of it.
+
+    `read` numbers the reads (a new read, a new number; 0: the directory does not exist), so
+    what is derived from a listing is valid as long as the directory's listing has the same
+    `read`: the scanner's caches keep the number they were computed from.
+    """
+
+    names: tuple[str, ...]
+    read: int
+
+
+_MISSING = _Listing((), 0)
+
+
 class _Listings:
     """Directory listings, re-read only when they may have changed (R-SCAN-3).
 
@@ -71,39 +87,47 @@ class _Listings:
 
     def __init__(self, inotify: Inotify | None = None) -> None:
         self._inotify = inotify
-        self._cache: dict[Path, tuple[int, list[str]]] = {}
+        self._reads = 0
+        # Polled directories: (mtime_ns, listing) of those whose mtime had settled.
+        self._cache: dict[Path, tuple[int, _Listing]] = {}
         # Watched directories whose entries have not changed since they were listed.
-        self._clean: dict[Path, list[str]] = {}
+        self._clean: dict[Path, _Listing] = {}
 
-    def names(self, path: Path) -> list[str] | None:
-        """The entry names of a directory, or None when it does not exist."""
+    def _read(self, path: Path) -> _Listing | None:
+        try:
+            names = tuple(os.listdir(path))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return None
+        self._reads += 1
+        return _Listing(names, self._reads)
+
+    def names(self, path: Path) -> _Listing:
+        """The entries of a directory (`_MISSING` when it does not exist)."""
         clean = self._clean.get(path)
         if clean is not None:
             return clean
         if self._inotify is not None and self._inotify.watch(str(path)):
             # Watched first, listed second: a change after the listing is an event.
-            try:
-                names = os.listdir(path)
-            except (FileNotFoundError, NotADirectoryError, PermissionError):
+            listing = self._read(path)
+            if listing is None:
                 self._inotify.unwatch(str(path))
-                return None
-            self._clean[path] = names
-            return names
+                return _MISSING
+            self._clean[path] = listing
+            return listing
         try:
             mtime_ns = os.stat(path).st_mtime_ns
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             self._cache.pop(path, None)
-            return None
+            return _MISSING
         cached = self._cache.get(path)
         if cached is not None and cached[0] == mtime_ns:
             return cached[1]
-        try:
-            names = os.listdir(path)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            return None
+        listing = self._read(path)
+        if listing is None:
+            return _MISSING
         if time.time_ns() - mtime_ns > LISTING_SETTLE_NS:
-            self._cache[path] = (mtime_ns, names)
-        return names
+            self._cache[path] = (mtime_ns, listing)
+        return listing
 
     def is_watched(self, path: Path) -> bool:
         """Whether every change to the directory's entries and files is reported by inotify."""
@@ -173,7 +197,8 @@ class RunScanner:
         # last published from it. A file with a lower seqno in the same run holds older frames
         # (the newer file was deleted): never publish from it again.
         self._run_dirs: dict[int, Path] = {}
-        self._run_dir_checked: dict[int, tuple[float, list[str] | None]] = {}
+        # Per module, when its run directory was chosen and from which read of its listing.
+        self._run_dir_checked: dict[int, tuple[float, int]] = {}
         self._published_seqno: dict[tuple[int, str], int] = {}
         self._inotify = Inotify.open() if watch else None
         self._listings = _Listings(self._inotify)
@@ -185,10 +210,11 @@ class RunScanner:
         self._next_full_scan = 0.0
         # Names of the module directories with changes since the last scan (inotify only).
         self._touched: set[str] = set()
-        self._modules_cache: tuple[list[str] | None, dict[int, Path]] = (None, {})
+        # Results derived from a directory listing, with the `_Listing.read` they came from.
+        self._modules_cache: tuple[int, dict[int, Path]] = (-1, {})
         self._names: dict[str, pff.DataFileName | None] = {}
-        # run dir -> (the listing it was computed from, product -> (seqno, newest file))
-        self._newest_cache: dict[Path, tuple[list[str] | None, dict[str, tuple[int, Path]]]] = {}
+        # run dir -> (listing read, product -> (seqno, newest file))
+        self._newest_cache: dict[Path, tuple[int, dict[str, tuple[int, Path]]]] = {}
 
     @property
     def watching(self) -> bool:
@@ -242,15 +268,16 @@ class RunScanner:
     def modules(self) -> dict[int, Path]:
         """module id -> module directory, for the modules this scanner follows (R-SCAN-1)."""
         listing = self._listings.names(self.data_dir)
-        if listing is not None and listing is self._modules_cache[0]:
-            return self._modules_cache[1]
+        read, cached = self._modules_cache
+        if listing.read == read:
+            return cached
         found = {}
-        for name in listing or ():
+        for name in listing.names:
             module = pff.module_dir_id(name)
             if module is None or (self.module_ids and module not in self.module_ids):
                 continue
             found[module] = self.data_dir / name
-        self._modules_cache = (listing, found)
+        self._modules_cache = (listing.read, found)
         return found
 
     def _run_dir(self, module: int, module_dir: Path, now: float) -> Path | None:
@@ -265,11 +292,11 @@ class RunScanner:
         if (
             run_dir is not None
             and checked is not None
-            and checked[1] is listing
+            and checked[1] == listing.read
             and now - checked[0] < RUN_DIR_RECHECK_S
         ):
             return run_dir
-        self._run_dir_checked[module] = (now, listing)
+        self._run_dir_checked[module] = (now, listing.read)
         return _newest_run_dir(module_dir)
 
     def scan(self) -> list[PanoFrame]:
@@ -338,10 +365,10 @@ class RunScanner:
         """product name -> (seqno, path) of its file with the highest seqno (R-NAME-2, -3)."""
         listing = self._listings.names(run_dir)
         cached = self._newest_cache.get(run_dir)
-        if cached is not None and cached[0] is listing:
+        if cached is not None and cached[0] == listing.read:
             return cached[1]
         newest: dict[str, tuple[int, str]] = {}
-        for file_name in listing or ():
+        for file_name in listing.names:
             name = self._parse(file_name)
             if name is None or name.dp not in self.products:
                 continue
@@ -349,7 +376,7 @@ class RunScanner:
             if key > newest.get(name.dp, (-1, "")):
                 newest[name.dp] = key
         result = {dp: (seqno, run_dir / file) for dp, (seqno, file) in sorted(newest.items())}
-        self._newest_cache[run_dir] = (listing, result)
+        self._newest_cache[run_dir] = (listing.read, result)
         return result
 
     def _parse(self, file_name: str) -> pff.DataFileName | None:
