@@ -166,6 +166,8 @@ class AsyncDaqClient:
         self.retry_delay_s = retry_delay_s
         self.valid_hosts: set[str] = set()
         self._channels: dict[str, Channel] = {}
+        # The streams this client opened and nobody closed yet: closed when it closes.
+        self._streams: set[ImageStream] = set()
         self._stack: AsyncExitStack | None = None
         self._loop: GrpclibLoop | None = None
         self._tg: TaskGroup | None = None
@@ -181,6 +183,7 @@ class AsyncDaqClient:
             stack.push_async_callback(self._close_channels)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._tg.cancel_scope.cancel)
+            stack.callback(self._close_streams)
             await self.get_daq_host_status()
         except BaseException:
             await stack.__aexit__(None, None, None)
@@ -204,6 +207,11 @@ class AsyncDaqClient:
             raise
         finally:
             self._loop = self._tg = None
+
+    def _close_streams(self) -> None:
+        """R-CLI-8: cancel the RPCs of every stream still open (the task group waits for them)."""
+        for stream in list(self._streams):
+            stream.close()
 
     async def _close_channels(self) -> None:
         channels, self._channels = self._channels, {}
@@ -400,7 +408,9 @@ class AsyncDaqClient:
         send, receive = anyio.create_memory_object_stream[StreamReply](STREAM_BUFFER)
         state = StreamState()
         tg.start_soon(self._pump, names, request, wait_for_ready, send, state)
-        return ImageStream(receive, state, parse_pano_images)
+        stream = ImageStream(receive, state, parse_pano_images, self._streams.discard)
+        self._streams.add(stream)
+        return stream
 
     async def _pump(
         self,

@@ -2,13 +2,14 @@
 
 One task per host (owned by the client's task group) puts replies into one anyio memory stream
 as they arrive; the consumer reads that stream. Closing the ImageStream cancels the host tasks,
-which resets their HTTP/2 streams; `aclose()` also waits until they have finished.
+which resets their HTTP/2 streams; `aclose()` also waits until they have finished. The client
+owns its streams: leaving the client closes those still open.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,20 +35,24 @@ class StreamState:
 class ImageStream:
     """An async iterator of the frames of all requested hosts, in arrival order (R-CLI-6).
 
-    Yields parsed dicts (R-PARSE-1) or betterproto2 StreamImagesResponse messages. Leave it with
-    `async with client.stream_images(...) as stream:` or `await stream.aclose()` to cancel its
-    RPCs and wait for them to end; a plain `break` out of `async for` cancels them too (when the
-    iterator is dropped). After every host has ended, the iteration raises the first error
-    (RpcError or ConnectionError), if any, else stops.
+    Yields parsed dicts (R-PARSE-1) or betterproto2 StreamImagesResponse messages. Leaving
+    `async with client.stream_images(...) as stream:` (also by `break`) or `await
+    stream.aclose()` cancels its RPCs and waits for them to end (R-CLI-8); a stream left without
+    either runs until its client closes. After every host has ended, the iteration raises the
+    first error (RpcError or ConnectionError), if any, else stops.
     """
 
     def __init__(
-        self, receive: MemoryObjectReceiveStream[StreamReply], state: StreamState, parse: bool
+        self,
+        receive: MemoryObjectReceiveStream[StreamReply],
+        state: StreamState,
+        parse: bool,
+        on_close: Callable[[ImageStream], None] | None = None,
     ) -> None:
         self._receive = receive
         self._state = state
         self._parse = parse
-        self._thread = threading.get_ident()
+        self._on_close = on_close
         self._closed = False
 
     def __aiter__(self) -> ImageStream:
@@ -80,11 +85,19 @@ class ImageStream:
             return stream_response_message(reply)
         return reply.frame.to_dict() if reply.frame is not None else {}
 
+    @property
+    def closed(self) -> bool:
+        """Whether the stream was closed (its RPCs cancelled)."""
+        return self._closed
+
     def close(self) -> None:
         """Cancel the RPCs without waiting (call on the event loop's thread)."""
         self._closed = True
         self._state.scope.cancel()
         self._receive.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(self)
 
     async def aclose(self) -> None:
         """Cancel the RPCs and wait until every host task has ended (R-CLI-8)."""
@@ -96,15 +109,3 @@ class ImageStream:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.aclose()
-
-    def __del__(self) -> None:
-        # `break` out of `async for` drops the last reference: cancel the RPCs. Only on the
-        # loop's own thread; the blocking client closes its streams through its portal.
-        if threading.get_ident() != self._thread or self._closed or self._state.finished.is_set():
-            return
-        try:
-            self.close()
-        except RuntimeError:
-            # Collected after its event loop ended: the client that ran the RPCs has closed
-            # and cancelled them with its task group; there is nothing left to cancel.
-            log.debug("image stream collected after its event loop ended")

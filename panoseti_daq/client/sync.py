@@ -8,10 +8,10 @@ cell does). Every method blocks until the async client's coroutine has finished 
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from typing import Any
 
@@ -30,17 +30,38 @@ class BlockingImageStream(Iterator[Any]):
     """A blocking iterator over an ImageStream running on the portal's loop (R-CLI-6, R-CLI-8).
 
     Frames cross the thread boundary in batches (whatever has arrived), not one by one.
-    `close()`, leaving `with`, or dropping the iterator after `break` cancels the RPCs.
+    `close()` (from any thread), leaving `with`, leaving a `for` loop over it (also by `break`),
+    or leaving its client cancels the RPCs.
     """
 
-    def __init__(self, portal: BlockingPortal, stream: ImageStream) -> None:
+    def __init__(
+        self,
+        portal: BlockingPortal,
+        stream: ImageStream,
+        on_close: Callable[[BlockingImageStream], None] | None = None,
+    ) -> None:
         self._portal = portal
         self._stream = stream
+        self._on_close = on_close
         self._ready: collections.deque[Any] = collections.deque()
+        self._lock = threading.RLock()  # a collected iterator may close it while it closes
         self._closed = False
 
-    def __iter__(self) -> BlockingImageStream:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        return self._frames()
+
+    def _frames(self) -> Iterator[Any]:
+        # A generator, so that a `for` loop left early closes the stream: the loop drops the
+        # generator, which runs this `finally` when closed or collected.
+        try:
+            while True:
+                try:
+                    frame = next(self)
+                except StopIteration:
+                    return
+                yield frame
+        finally:
+            self.close()
 
     def __next__(self) -> Any:
         if not self._ready:
@@ -63,22 +84,28 @@ class BlockingImageStream(Iterator[Any]):
             return []
         return [first, *self._stream.receive_ready()]
 
+    @property
+    def closed(self) -> bool:
+        """Whether the stream was closed (its RPCs cancelled)."""
+        return self._closed
+
     def close(self) -> None:
         """Cancel the RPCs and wait until they have ended."""
-        if self._closed:
-            return
-        self._closed = True
-        # The portal is already gone when the client was closed first: nothing left to cancel.
-        with contextlib.suppress(RuntimeError):
-            self._portal.call(self._stream.aclose)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._portal.call(self._stream.aclose)
+            finally:
+                on_close, self._on_close = self._on_close, None
+                if on_close is not None:
+                    on_close(self)
 
     def __enter__(self) -> BlockingImageStream:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
         self.close()
 
 
@@ -105,6 +132,8 @@ class DaqClient:
         self._backend = backend
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
+        # The streams this client opened and nobody closed yet: closed when it closes.
+        self._streams: set[BlockingImageStream] = set()
 
     @property
     def nodes(self) -> dict[str, Any]:
@@ -131,10 +160,15 @@ class DaqClient:
     def __exit__(self, *exc_info: Any) -> None:
         stack, self._stack = self._stack, None
         try:
-            if stack is not None:
-                stack.__exit__(*exc_info)
+            # R-CLI-8: cancel the open streams' RPCs while the portal still runs.
+            for stream in list(self._streams):
+                stream.close()
         finally:
-            self._portal = None
+            try:
+                if stack is not None:
+                    stack.__exit__(*exc_info)
+            finally:
+                self._portal = None
 
     def _call(self, fn: Any, *args: Any) -> Any:
         if self._portal is None:
@@ -190,7 +224,9 @@ class DaqClient:
 
         stream = self._call(open_stream)
         assert self._portal is not None
-        return BlockingImageStream(self._portal, stream)
+        blocking = BlockingImageStream(self._portal, stream, self._streams.discard)
+        self._streams.add(blocking)
+        return blocking
 
     def upload_images(self, hosts: Hosts, images: Iterable[Any]) -> None:
         """Upload frames, PanoImages or parsed dicts to every host (R-CLI-7).
