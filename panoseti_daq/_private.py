@@ -11,7 +11,8 @@
 
 A version these were not written for fails loudly (ImportError naming the library and both
 versions) instead of misbehaving: take a new minor version only after the tests of this module
-(tests/test_private.py) and the suite pass against it, then add it here.
+(tests/test_private.py, tests/test_client_entry.py) and the suite pass against it, then add it
+here.
 """
 
 from __future__ import annotations
