@@ -35,6 +35,45 @@ async def test_tcp_and_unix_socket_at_once(make_server):
     assert status == {f"127.0.0.1:{server.port}": True, f"unix://{server.uds_path}": True}
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+async def _pings(host: str, port: int) -> bool:
+    from grpclib.client import Channel
+    from grpclib.const import Cardinality
+
+    from panoseti_daq.codec import DaqCodec
+    from panoseti_daq.messages import Empty
+
+    channel = Channel(host, port, codec=DaqCodec())
+    try:
+        with anyio.fail_after(5):
+            async with channel.request(
+                "/daqdata.DaqData/Ping", Cardinality.UNARY_UNARY, Empty, Empty
+            ) as stream:
+                await stream.send_message(Empty(), end=True)
+                return await stream.recv_message() == Empty()
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
+async def test_wildcard_port_0_listens_on_ipv4_and_ipv6_at_one_port(base_config):
+    """R-NET-1: host "[::]" with port 0 binds one free port that answers over IPv4 and IPv6
+    (the kernel picks the port in the bind: no window between choosing and binding it)."""
+    async with DaqDataServer(base_config, host="[::]", port=0, uds="") as server:
+        assert server.port
+        assert await _pings("127.0.0.1", server.port)
+        assert await _pings("::1", server.port)
+
+
 async def test_stale_socket_is_replaced(base_config, short_tmp):
     """R-NET-2: a socket file nobody listens on is removed at start."""
     path = short_tmp / "stale.sock"
@@ -102,7 +141,8 @@ GRPCIO_REFLECTION = textwrap.dedent(
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_grpcio_reflection_client_resolves_the_service(make_server):
-    """R-NET-3: a grpcio reflection client lists and resolves daqdata.DaqData."""
+    """R-NET-3: a grpcio reflection client lists daqdata.DaqData, health and reflection itself,
+    and resolves daqdata.DaqData."""
     async with make_server() as server:
         result = await anyio.run_process(
             [sys.executable, "-c", GRPCIO_REFLECTION, f"127.0.0.1:{server.port}"], check=False
@@ -111,6 +151,8 @@ async def test_grpcio_reflection_client_resolves_the_service(make_server):
     assert result.returncode == 0, result.stderr.decode()
     services = out.splitlines()[0].split(",")
     assert "daqdata.DaqData" in services and "grpc.health.v1.Health" in services
+    assert "grpc.reflection.v1alpha.ServerReflection" in services  # reflection itself
+    assert "grpc.reflection.v1.ServerReflection" in services
     assert "StreamImages daqdata.StreamImagesRequest daqdata.StreamImagesResponse False True" in out
     assert "UploadImages daqdata.UploadImageRequest google.protobuf.Empty True False" in out
 

@@ -45,10 +45,8 @@ __all__ = ["DaqDataServer", "run"]
 
 
 def _tcp_host(host: str) -> str | None:
-    """asyncio's form of a bind address; "[::]", "::", "" and "*" mean every interface.
-
-    asyncio binds "::" as IPv6 only, so the dual-stack wildcard is None (one socket per family).
-    """
+    """A bind address without brackets; None for every interface ("[::]", "::", "", "*"),
+    which `_tcp_listening_socket` binds as one dual-stack socket."""
     if host in ("", "*", "::", "[::]"):
         return None
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
