@@ -9,7 +9,6 @@ node answers or an RPC failed, 2 bad arguments or config, 130 another action int
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import DaqClient
+from .config import client_hp_io_config
 from .errors import PanosetiDaqError, RpcError
 from .frames import PanoFrame
 
@@ -33,7 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Real-time PANOSETI pulse-height and movie-mode data from DaqData servers.",
     )
     parser.add_argument("daq_config_path", help="daq_config.json for the current observing run")
-    parser.add_argument("net_config_path", help="network_config.json for the current run")
+    parser.add_argument(
+        "net_config_path",
+        nargs="?",
+        default=None,
+        help="network_config.json for the current run (optional: needed for port forwarding)",
+    )
     parser.add_argument("--host", help="DaqData server host (a daq_config ip_addr); default: all")
     parser.add_argument("--ping", action="store_true", help="ping the host(s)")
     parser.add_argument("--list-hosts", action="store_true", help="list DAQ hosts and status")
@@ -264,9 +269,8 @@ def _act(client: DaqClient, args: argparse.Namespace) -> int:
         print(client.reflect_services(hosts))
         acted = True
     if args.init:
-        hp_io_cfg = json.loads(Path(args.init).read_text())
         _require_hosts(client, hosts)
-        if not client.init_hp_io(hosts, hp_io_cfg):
+        if not client.init_hp_io(hosts, args.init):
             log.error("InitHpIo failed on at least one host")
             return 1
         print("hp_io initialised")
@@ -293,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.refresh_period <= 0 or (args.update_interval is not None and args.update_interval < 0):
         return _fail("--refresh-period must be > 0 and --update-interval >= 0", 2)
     try:
+        if args.init:
+            # R-CFG-2: a typo in the --init file is reported before anything is sent.
+            client_hp_io_config(args.init)
         return run(args)
     except KeyboardInterrupt:
         return 130

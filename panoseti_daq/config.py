@@ -38,6 +38,7 @@ __all__ = [
     "ServerConfig",
     "SimulateConfig",
     "UdsIngestConfig",
+    "client_hp_io_config",
     "default_sim_data_dir",
     "hp_io_config_from_dict",
     "load_hp_io_config",
@@ -327,7 +328,7 @@ def _as_path(file: str | os.PathLike[str] | None) -> Path | None:
     return None if file is None else Path(file)
 
 
-def _read_json(path: str | os.PathLike[str]) -> tuple[Any, Path]:
+def read_json(path: str | os.PathLike[str]) -> tuple[Any, Path]:
     file = Path(path).expanduser().resolve()
     try:
         text = file.read_text()
@@ -576,7 +577,7 @@ def server_config_from_dict(
 
 def load_server_config(path: str | os.PathLike[str] | None = None) -> ServerConfig:
     """Load daq_data_server_config.json; None loads the bundled one."""
-    data, file = _read_json(path or BUNDLED_CONFIG_DIR / "daq_data_server_config.json")
+    data, file = read_json(path or BUNDLED_CONFIG_DIR / "daq_data_server_config.json")
     return server_config_from_dict(data, file)
 
 
@@ -602,5 +603,25 @@ def hp_io_config_from_dict(
 
 def load_hp_io_config(path: str | os.PathLike[str]) -> HpIoConfig:
     """Load hp_io_config.json."""
-    data, file = _read_json(path)
+    data, file = read_json(path)
+    return hp_io_config_from_dict(data, file)
+
+
+# What a client must say in an hp_io config: a missing interval used to fall silently to 1 s.
+CLIENT_REQUIRED_HP_IO_KEYS = ("update_interval_seconds",)
+
+
+def client_hp_io_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> HpIoConfig:
+    """An hp_io config a client is about to send, validated as the server validates its own
+    (R-CFG-2): a dict or the path of an hp_io_config.json. ConfigError names the key and the
+    file (or "hp_io_cfg dict") for an unknown key, a wrong type or a missing required key."""
+    if isinstance(source, Mapping):
+        data: Any = source
+        file: Path = Path("hp_io_cfg dict")
+    else:
+        data, file = read_json(source)
+    if isinstance(data, Mapping):
+        for key in CLIENT_REQUIRED_HP_IO_KEYS:
+            if key not in data:
+                raise ConfigError(key, "missing required key", file)
     return hp_io_config_from_dict(data, file)

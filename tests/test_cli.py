@@ -302,3 +302,60 @@ def test_init_from_an_hp_io_config(live_server, tmp_path):
     result = cli(live_server, "--init", str(path))
     assert result.returncode == 0, result.stderr
     assert "hp_io initialised" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"update_intervall_seconds": 0.1}, "update_intervall_seconds"),
+        ({"forse": True}, "forse"),
+        ({"force": "yes"}, "force"),
+        ({"module_ids": "1,2"}, "module_ids"),
+        ({"update_interval_seconds": None}, "update_interval_seconds"),
+        ({"comments": 3}, "comments"),
+    ],
+)
+def test_init_file_with_a_typo_exits_2_and_sends_nothing(tmp_path, change, key):
+    """R-CFG-2: an unknown key, a wrong type or a missing required key in an --init file is one
+    line naming the key and the file, exit code 2, and nothing is sent: here the daq_config names
+    a port nobody listens on, so a client that connected first would fail with exit 1."""
+    config = {
+        "data_dir": str(tmp_path),
+        "update_interval_seconds": 0.1,
+        "force": True,
+        "simulate_daq": True,
+        "module_ids": [],
+        "comments": "typo",
+    }
+    config.update(change)
+    if change.get("update_interval_seconds", 0) is None:
+        del config["update_interval_seconds"]
+    path = tmp_path / "hp_io_config.json"
+    path.write_text(json.dumps(config))
+    daq = dead_config(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "panoseti_daq.cli", str(daq), "--init", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert repr(key) in lines[0] and str(path) in lines[0]
+
+
+def test_malformed_init_file_names_the_file(tmp_path):
+    """R-CFG-2: an --init file that is not JSON names the file; exit code 2."""
+    path = tmp_path / "hp_io_config.json"
+    path.write_text("{not json")
+    result = subprocess.run(
+        [sys.executable, "-m", "panoseti_daq.cli", str(dead_config(tmp_path)), "--init", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
+    assert result.returncode == 2 and str(path) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

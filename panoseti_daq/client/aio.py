@@ -39,8 +39,8 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec, StreamReply, UploadItem
-from ..config import BUNDLED_CONFIG_DIR
-from ..errors import CodecError, ImageError, RpcError
+from ..config import BUNDLED_CONFIG_DIR, client_hp_io_config, read_json
+from ..errors import CodecError, ConfigError, ImageError, RpcError
 from ..frames import PanoFrame
 from ..messages import Empty, InitHpIoRequest, InitHpIoResponse, PanoImage, StreamImagesRequest
 from ..products import ImageType, product_for
@@ -136,12 +136,12 @@ async def _iterate(images: Images) -> AsyncIterator[Any]:
 
 
 def _load_hp_io_cfg(hp_io_cfg: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
+    """The JSON object of an hp_io config (a dict or a file); not yet validated."""
     if isinstance(hp_io_cfg, Mapping):
         return hp_io_cfg
-    path = Path(hp_io_cfg).expanduser()
-    data = json.loads(path.read_text())
+    data, _ = read_json(hp_io_cfg)
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: an hp_io config must be a JSON object")
+        raise ConfigError("<top level>", "must be a JSON object", hp_io_cfg)
     return data
 
 
@@ -328,21 +328,23 @@ class AsyncDaqClient:
     ) -> bool:
         """InitHpIo on every host; True when all succeeded (R-CLI-5).
 
-        `hp_io_cfg` is a dict or a path of an hp_io_config.json. `data_dir` comes from it when
-        present, else from the node's `data_dir` in daq_config. A refusal is logged.
+        `hp_io_cfg` is a dict or a path of an hp_io_config.json, validated before anything is
+        sent (R-CFG-2: ConfigError naming the key and the file for an unknown key, a wrong type
+        or a missing `update_interval_seconds`). `data_dir` comes from it when present, else
+        from the node's `data_dir` in daq_config. A refusal is logged.
         """
-        cfg = _load_hp_io_cfg(hp_io_cfg)
+        cfg = client_hp_io_config(hp_io_cfg)
         names = await self._answering(hosts)
         results: dict[str, bool] = {}
 
         async def init(host: str) -> None:
-            data_dir = cfg.get("data_dir") or self.nodes[host].data_dir or ""
+            data_dir = cfg.data_dir or self.nodes[host].data_dir or ""
             request = InitHpIoRequest(
                 data_dir=str(data_dir),
-                update_interval_seconds=float(cfg.get("update_interval_seconds", 1.0)),
-                force=bool(cfg.get("force", False)),
-                simulate_daq=bool(cfg.get("simulate_daq", False)),
-                module_ids=[int(m) for m in cfg.get("module_ids") or []],
+                update_interval_seconds=cfg.update_interval_seconds,
+                force=cfg.force,
+                simulate_daq=cfg.simulate_daq,
+                module_ids=list(cfg.module_ids),
             )
             try:
                 reply = await self._call(host, "InitHpIo", request, InitHpIoResponse, None)
@@ -363,10 +365,11 @@ class AsyncDaqClient:
         self, hosts: Hosts = None, hp_io_cfg: Mapping[str, Any] | str | None = None
     ) -> bool:
         """Start the simulation on every host with the bundled config (R-CLI-5, R-INIT-8)."""
-        if hp_io_cfg is None:
-            path = Path(BUNDLED_CONFIG_DIR) / "hp_io_config_simulate.json"
-            hp_io_cfg = json.loads(path.read_text()) if path.is_file() else _DEFAULT_SIM_CFG
-        return await self.init_hp_io(hosts, {**_load_hp_io_cfg(hp_io_cfg), "simulate_daq": True})
+        path = Path(BUNDLED_CONFIG_DIR) / "hp_io_config_simulate.json"
+        bundled = json.loads(path.read_text()) if path.is_file() else _DEFAULT_SIM_CFG
+        # The bundled settings, with what the caller gives over them.
+        given = {} if hp_io_cfg is None else _load_hp_io_cfg(hp_io_cfg)
+        return await self.init_hp_io(hosts, {**bundled, **given, "simulate_daq": True})
 
     # -- StreamImages --------------------------------------------------------------------------
     def stream_images(
