@@ -64,8 +64,10 @@ _STANDARD_TEMPLATES = {
 
 
 def default_sim_data_dir() -> Path:
-    """Where the filesystem simulation writes its run unless configured: <tempdir>/..."""
-    return Path(tempfile.gettempdir()) / "panoseti_daq_sim"
+    """Where the filesystem simulation writes its run unless configured: a directory of this
+    server process under the temporary directory, so that two servers on one host never share
+    one (R-SIM-7)."""
+    return Path(tempfile.gettempdir()) / f"panoseti_daq_sim_{os.getpid()}"
 
 
 @dataclass(frozen=True)

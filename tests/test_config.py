@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import socket
 import tempfile
@@ -151,7 +152,7 @@ def test_defaults_are_the_originals() -> None:
     assert config.daq_active_check == ("process", "marker", "recent_write")
     assert config.scanner_watch is True
     sim = config.simulate_daq_cfg
-    assert sim.data_dir == Path(tempfile.gettempdir()) / "panoseti_daq_sim"
+    assert sim.data_dir == Path(tempfile.gettempdir()) / f"panoseti_daq_sim_{os.getpid()}"
     assert config.allowed_data_roots == (Path.cwd(), sim.data_dir)
     assert (sim.frame_rate_hz, sim.frame_limit, sim.source_dir) == (10, 0, None)
     assert config.uds_ingest.enabled is False
