@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from .config import ServerConfig, load_server_config
 from .errors import ConfigError
-
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+from .logs import LOG_LEVELS, configure_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,13 +81,7 @@ def _socket_path_problem(path: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
-    )
+    configure_logging(args.log_level)
     try:
         config = load_server_config(args.config)
         check_listeners(args, config)
