@@ -39,8 +39,10 @@ def serve(home: Path, env: dict[str, str]):
     err = home / "stderr.log"
     with open(err, "w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "panoseti_daq.serve", "--config", str(home / "c.json")]
-            + ["--host", "127.0.0.1", "--port", str(port), "--uds", "", "--init-sim"],
+            [
+                *(sys.executable, "-m", "panoseti_daq.serve", "--config", str(home / "c.json")),
+                *("--host", "127.0.0.1", "--port", str(port), "--uds", "", "--init-sim"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env=env,
