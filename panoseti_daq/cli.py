@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import threading
 import time
@@ -21,10 +22,10 @@ from .client import DaqClient
 from .config import client_hp_io_config
 from .errors import PanosetiDaqError, RpcError
 from .frames import PanoFrame
+from .live_table import LiveTable, dropped_in
+from .logs import LOG_LEVELS, configure_logging
 
 log = logging.getLogger("panoseti_daq.cli")
-
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,33 +99,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _configure_logging(level: str) -> None:
-    from rich.console import Console
-    from rich.logging import RichHandler
-
-    # Logs on stderr: stdout carries the answers and the table.
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(message)s",
-        handlers=[
-            RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
-        ],
-    )
-
-
-def _frames(replies: Any) -> Iterator[tuple[str, PanoFrame]]:
-    """(server name, frame) of each StreamImagesResponse; replies without an image are skipped."""
+def _frames(replies: Any) -> Iterator[tuple[str, PanoFrame, int]]:
+    """(server name, frame, frames dropped before it) of each reply; replies without an image
+    are skipped. The replies are the codec's own (DaqClient._stream_replies): no message or
+    dict is made per frame."""
     for reply in replies:
-        if reply.pano_image is not None:
-            yield reply.name, PanoFrame.from_message(reply.pano_image)
+        if reply.frame is not None:
+            yield reply.name, reply.frame, dropped_in(reply.message)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (systemd, `timeout`, batch jobs) ends the CLI as Ctrl+C does: the final table is
+    printed and a recording is closed complete."""
+    raise KeyboardInterrupt
 
 
 def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None) -> int:
     """Stream into the live table, the plots and the recorder until a bound or Ctrl+C."""
     from rich.console import Console
     from rich.live import Live
-
-    from .live_table import LiveTable
 
     plots: list[tuple[str, Any]] = []
     on_display = False
@@ -148,8 +141,19 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
     interval = args.update_interval
     if interval is None:  # a recording wants every frame (R-STREAM-10); a view one per refresh
         interval = 0.0 if recorder is not None else args.refresh_period
-    table = LiveTable("panoseti-daq stream")
+    table = LiveTable("panoseti-daq stream", interval_s=interval)
     console = Console()
+    # On a terminal the table redraws in place; into a pipe or a file it is printed as plain
+    # lines at every refresh, and once more at the end.
+    start = time.monotonic()
+    live = Live(table.render(start), console=console, refresh_per_second=4)
+    live_on = console.is_terminal
+
+    def show(now: float) -> None:
+        if live_on:
+            live.update(table.render(now))
+        else:
+            print("\n".join(table.lines(now)), flush=True)
 
     def refresh_plots() -> None:
         for name, plot in plots:
@@ -157,55 +161,56 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
             if not on_display:
                 plot.save(plot_dir / f"{name}.png")
 
-    # Messages rather than parsed dicts: their `name` says which server sent each frame.
-    replies = client.stream_images(
+    # The codec's replies: their `name` says which server sent each frame, and the frames are
+    # used as they are (no betterproto message or parsed dict per frame).
+    replies = client._stream_replies(
         hosts,
         args.movie,
         args.ph,
         interval,
         tuple(args.module_ids),
         wait_for_ready=True,
-        parse_pano_images=False,
     )
     # --duration holds even when no frame arrives: closing the stream ends the iteration.
     deadline = threading.Timer(args.duration, replies.close) if args.duration else None
     if deadline is not None:
         deadline.daemon = True
         deadline.start()
-    start = last_refresh = time.monotonic()
+    last_refresh = start
     try:
-        with Live(table.render(start), console=console, refresh_per_second=4) as live:
-            try:
-                for host, frame in _frames(replies):
-                    now = time.monotonic()
-                    if table.total == 0:
-                        log.info(
-                            "first frame: %s module %d %s",
-                            host,
-                            frame.module_id,
-                            frame.product.name,
-                        )
-                    table.update(frame, now, host)
-                    for _, plot in plots:
-                        plot.update(frame)
+        if live_on:
+            live.start()
+        try:
+            for host, frame, dropped in _frames(replies):
+                now = time.monotonic()
+                if table.total == 0:
+                    log.info(
+                        "first frame: %s module %d %s",
+                        host,
+                        frame.module_id,
+                        frame.product.name,
+                    )
+                table.update(frame, now, host, dropped)
+                for _, plot in plots:
+                    plot.update(frame)
+                if recorder is not None:
+                    recorder.write(frame)
+                if now - last_refresh >= args.refresh_period:
+                    last_refresh = now
+                    show(now)
                     if recorder is not None:
-                        recorder.write(frame)
-                    if now - last_refresh >= args.refresh_period:
-                        last_refresh = now
-                        live.update(table.render(now))
-                        if recorder is not None:
-                            recorder.flush()
-                        refresh_plots()
-                    if (args.max_frames and table.total >= args.max_frames) or (
-                        args.duration and now - start >= args.duration
-                    ):
-                        break
-            except KeyboardInterrupt:
-                log.info("interrupted: stopping the stream")
-            live.update(table.render(time.monotonic()))
-        if not console.is_terminal:
-            console.line()  # rich ends the last render with a newline only on a terminal
+                        recorder.flush()
+                    refresh_plots()
+                if (args.max_frames and table.total >= args.max_frames) or (
+                    args.duration and now - start >= args.duration
+                ):
+                    break
+        except KeyboardInterrupt:
+            log.info("interrupted: stopping the stream")
+        show(time.monotonic())
     finally:
+        if live_on:
+            live.stop()
         if deadline is not None:
             deadline.cancel()
         replies.close()
@@ -291,7 +296,9 @@ def _act(client: DaqClient, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The console script: parse, configure logging, run; one line on stderr for an error."""
     args = parse_args(argv)
-    _configure_logging(args.log_level)
+    configure_logging(args.log_level)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     if not (args.movie or args.ph):
         return _fail("--no-movie and --no-ph leave nothing to stream", 2)
     if args.refresh_period <= 0 or (args.update_interval is not None and args.update_interval < 0):

@@ -63,5 +63,5 @@ def test_make_demo_runs_server_and_client(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "simulation started" in result.stdout
-    assert "PULSE_HEIGHT" in result.stdout and "MOVIE" in result.stdout
+    assert "ph256" in result.stdout and "img16" in result.stdout
     assert "server stopped (exit code 0)" in result.stdout

@@ -106,6 +106,13 @@ def as_frame(image: PanoFrame | PanoImage | Mapping[str, Any]) -> PanoFrame:
     raise TypeError(f"cannot upload a {type(image).__name__}: give PanoFrame, PanoImage or dict")
 
 
+class _ReplyStream(ImageStream):
+    """An ImageStream of the StreamReply objects themselves (AsyncDaqClient._stream_replies)."""
+
+    def _convert(self, reply: StreamReply, *args: Any, **kwargs: Any) -> Any:
+        return reply
+
+
 def _sole_exception(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups (or `exc` itself)."""
     while len(getattr(exc, "exceptions", ())) == 1:
@@ -389,6 +396,46 @@ class AsyncDaqClient:
         down, restarting or not yet initialised is retried until it streams. Hosts None or empty:
         every valid host (with `wait_for_ready` and none valid yet: every configured node).
         """
+        receive, state = self._start_stream(
+            hosts,
+            stream_movie_data,
+            stream_pulse_height_data,
+            update_interval_seconds,
+            module_ids,
+            wait_for_ready,
+        )
+        return ImageStream(receive, state, parse_pano_images)
+
+    def _stream_replies(
+        self,
+        hosts: Hosts,
+        stream_movie_data: bool,
+        stream_pulse_height_data: bool,
+        update_interval_seconds: float,
+        module_ids: Iterable[int] = (),
+        wait_for_ready: bool = False,
+    ) -> ImageStream:
+        """stream_images yielding the codec's StreamReply (PanoFrame, server name, message)
+        as received, with no conversion: the CLI's fast path."""
+        receive, state = self._start_stream(
+            hosts,
+            stream_movie_data,
+            stream_pulse_height_data,
+            update_interval_seconds,
+            module_ids,
+            wait_for_ready,
+        )
+        return _ReplyStream(receive, state, False)
+
+    def _start_stream(
+        self,
+        hosts: Hosts,
+        stream_movie_data: bool,
+        stream_pulse_height_data: bool,
+        update_interval_seconds: float,
+        module_ids: Iterable[int],
+        wait_for_ready: bool,
+    ) -> tuple[MemoryObjectReceiveStream[StreamReply], StreamState]:
         _, tg = self._open()
         interval = float(update_interval_seconds)
         if math.isnan(interval) or interval < 0:
@@ -403,7 +450,7 @@ class AsyncDaqClient:
         send, receive = anyio.create_memory_object_stream[StreamReply](STREAM_BUFFER)
         state = StreamState()
         tg.start_soon(self._pump, names, request, wait_for_ready, send, state)
-        return ImageStream(receive, state, parse_pano_images)
+        return receive, state
 
     async def _pump(
         self,

@@ -192,6 +192,32 @@ class DaqClient:
         assert self._portal is not None
         return BlockingImageStream(self._portal, stream)
 
+    def _stream_replies(
+        self,
+        hosts: Hosts,
+        stream_movie_data: bool,
+        stream_pulse_height_data: bool,
+        update_interval_seconds: float,
+        module_ids: Iterable[int] = (),
+        wait_for_ready: bool = False,
+    ) -> BlockingImageStream:
+        """stream_images yielding the codec's StreamReply objects unconverted (the CLI's fast
+        path: no betterproto message, no parsed dict per frame)."""
+
+        async def open_stream() -> ImageStream:
+            return self._client._stream_replies(
+                hosts,
+                stream_movie_data,
+                stream_pulse_height_data,
+                update_interval_seconds,
+                module_ids,
+                wait_for_ready,
+            )
+
+        stream = self._call(open_stream)
+        assert self._portal is not None
+        return BlockingImageStream(self._portal, stream)
+
     def upload_images(self, hosts: Hosts, images: Iterable[Any]) -> None:
         """Upload frames, PanoImages or parsed dicts to every host (R-CLI-7).
 
