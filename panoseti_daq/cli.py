@@ -276,15 +276,13 @@ def _act(client: DaqClient, args: argparse.Namespace) -> int:
     if args.init:
         _require_hosts(client, hosts)
         if not client.init_hp_io(hosts, args.init):
-            log.error("InitHpIo failed on at least one host")
-            return 1
+            return 1  # each failed host is one log line already
         print("hp_io initialised")
         acted = True
     if args.init_sim:
         _require_hosts(client, hosts)
         if not client.init_sim(hosts):
-            log.error("starting the simulation failed on at least one host")
-            return 1
+            return 1  # each failed host is one log line already
         print("simulation started")
         acted = True
     if args.stream or args.plot_view or args.plot_phdist or args.record or not acted:

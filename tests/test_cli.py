@@ -296,8 +296,10 @@ def test_init_from_an_hp_io_config(live_server, tmp_path):
     path.write_text(json.dumps(config))
     result = cli(live_server, "--init", str(path))
     assert result.returncode == 1
-    assert "does not exist" in " ".join(result.stderr.split())  # rich wraps long lines
-    assert "Traceback" not in result.stderr
+    # One line for the failed host, with the server's reason, and no summary line after it.
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0], result.stderr
+    assert "InitHpIo on" in lines[0] and "Traceback" not in result.stderr
     path.write_text(json.dumps({**config, "simulate_daq": True, "force": True}))
     result = cli(live_server, "--init", str(path))
     assert result.returncode == 0, result.stderr

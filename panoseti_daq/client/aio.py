@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import socket
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack, ExitStack, aclosing
 from pathlib import Path
@@ -130,7 +131,20 @@ def rpc_error(exc: BaseException, host: str) -> RpcError:
         return RpcError(Status.DEADLINE_EXCEEDED, "deadline exceeded", host)
     if isinstance(exc, (CodecError, ImageError)):
         return RpcError(Status.INTERNAL, f"invalid reply: {exc}", host)
-    return RpcError(Status.UNAVAILABLE, f"{type(exc).__name__}: {exc}", host)
+    return RpcError(Status.UNAVAILABLE, _unreachable(exc), host)
+
+
+def _unreachable(exc: BaseException) -> str:
+    """Why a host cannot be reached, in words: name, refusal, or the error itself."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (no server listening there)"
+    if isinstance(exc, FileNotFoundError):
+        return f"no Unix socket at {exc.filename}" if exc.filename else "no such Unix socket"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def _iterate(images: Images) -> AsyncIterator[Any]:
@@ -284,7 +298,12 @@ class AsyncDaqClient:
         try:
             await self._call(host, "Ping", Empty(), Empty, self.ping_timeout_s)
         except RpcError as exc:
-            log.debug("ping %s failed: %s", host, exc)
+            # Why a host is down, at the default level: one line per failed ping.
+            if exc.status is Status.DEADLINE_EXCEEDED:
+                why = f"no answer within {self.ping_timeout_s:g} s"
+            else:
+                why = exc.details or getattr(exc.status, "name", str(exc.status))
+            log.warning("DAQ host %s is down: %s", host, why)
             self.valid_hosts.discard(host)
             return False
         self.valid_hosts.add(host)
@@ -470,10 +489,20 @@ class AsyncDaqClient:
                     except ConnectionError as exc:
                         state.errors.append(exc)
                         return
+                # Hosts still streaming: a host that fails while others go on is logged; the
+                # error of the last one to end is raised instead (never both).
+                remaining = [len(names)]
                 async with anyio.create_task_group() as tg:
                     for host in names:
                         tg.start_soon(
-                            loop.run, self._stream_host, host, request, wait_for_ready, send, state
+                            loop.run,
+                            self._stream_host,
+                            host,
+                            request,
+                            wait_for_ready,
+                            send,
+                            state,
+                            remaining,
                         )
         finally:
             state.finished.set()
@@ -485,8 +514,27 @@ class AsyncDaqClient:
         wait_for_ready: bool,
         send: MemoryObjectSendStream[StreamReply],
         state: StreamState,
+        remaining: list[int],
     ) -> None:
-        """One host's StreamImages, on grpclib's loop; retried while wait_for_ready."""
+        """One host's StreamImages, on grpclib's loop; retried while wait_for_ready.
+
+        A failure while other hosts still stream is logged (the stream goes on); the failure of
+        the last host is kept in `state.errors`, which the stream raises.
+        """
+        try:
+            await self._stream_one(host, request, wait_for_ready, send, state, remaining)
+        finally:
+            remaining[0] -= 1
+
+    async def _stream_one(
+        self,
+        host: str,
+        request: StreamImagesRequest,
+        wait_for_ready: bool,
+        send: MemoryObjectSendStream[StreamReply],
+        state: StreamState,
+        remaining: list[int],
+    ) -> None:
         delay_s = self.retry_delay_s
         with send.clone() as out:
             while True:
@@ -508,8 +556,10 @@ class AsyncDaqClient:
                 except _RPC_FAILURES as exc:
                     error = rpc_error(exc, host)
                     if not (wait_for_ready and error.status in _RETRYABLE):
-                        log.warning("stream from %s failed: %s", host, error)
-                        state.errors.append(error)
+                        if remaining[0] > 1:
+                            log.warning("stream from %s failed (the others go on): %s", host, error)
+                        else:
+                            state.errors.append(error)
                         return
                     log.info("stream from %s: %s; retrying in %g s", host, error, delay_s)
                     await anyio.sleep(delay_s)
@@ -564,7 +614,9 @@ class AsyncDaqClient:
             with receive:
                 await loop.run(self._upload_host, host, receive)
         except RpcError as exc:
-            log.warning("upload to %s failed: %s", host, exc)
+            # The first error is raised by upload_images; later ones are only logged.
+            if errors:
+                log.warning("upload to %s failed: %s", host, exc)
             errors.append(exc)
             tg.cancel_scope.cancel()
 
