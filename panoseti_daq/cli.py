@@ -149,6 +149,9 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
     live = Live(table.render(start), console=console, refresh_per_second=4)
     live_on = console.is_terminal
 
+    if not live_on:
+        print(table.explanation())  # what skip and lost mean, once
+
     def show(now: float) -> None:
         if live_on:
             live.update(table.render(now))
