@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="StreamImages update interval in seconds; 0: every frame "
-        "(default: 0 with --record, else the refresh period)",
+        "(default: 0 with --record or --plot-phdist, else the refresh period)",
     )
     parser.add_argument(
         "--module-ids", nargs="*", type=int, default=[], help="modules to stream (default: all)"
@@ -139,8 +139,11 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
 
         recorder = PFFRecorder(args.record)
     interval = args.update_interval
-    if interval is None:  # a recording wants every frame (R-STREAM-10); a view one per refresh
-        interval = 0.0 if recorder is not None else args.refresh_period
+    if interval is None:
+        # A recording and a pulse-height distribution want every frame (R-STREAM-10, R-UI-3:
+        # accumulated over time); a view one per refresh.
+        every_frame = recorder is not None or args.plot_phdist
+        interval = 0.0 if every_frame else args.refresh_period
     table = LiveTable("panoseti-daq stream", interval_s=interval)
     console = Console()
     # On a terminal the table redraws in place; into a pipe or a file it is printed as plain

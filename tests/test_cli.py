@@ -487,3 +487,16 @@ def test_terminal_table_fits_80_columns(live_server):
     assert any("img16" in line for line in lines) and any("ph256" in line for line in lines)
     assert "…" not in screen, screen
     assert max(len(line) for line in lines) <= 80, screen
+
+
+def test_plot_phdist_streams_every_frame_by_default(live_server, tmp_path):
+    """R-UI-3: --plot-phdist accumulates every frame (interval 0, like --record), not one per
+    refresh: 40 frames at the simulation's 50 frames/s arrive well before 40 refresh periods."""
+    started = time.monotonic()
+    result = cli(
+        live_server, "--plot-phdist", "--max-frames", "40", "--refresh-period", "1", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "never published" in result.stdout  # the explanation of an interval-0 stream
+    assert time.monotonic() - started < 20
+    assert (tmp_path / "panoseti_plots" / "phdist.png").stat().st_size > 5_000

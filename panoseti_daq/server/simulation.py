@@ -160,13 +160,22 @@ class _ProductWriter:
         self.module = module
         self.per_file = per_file
         self.start = _start_time()
+        # Extra name fields of the source (`synthetic_sky` of the synthetic movie data) stay,
+        # so that a reader can tell synthetic data from observations.
+        source = pff.DataFileName.parse(frames[0].file)
+        self.extra = source.extra if source is not None else ()
         self.seqno = -1
         self.in_file = per_file
         self.file: IO[bytes] | None = None
 
     def name(self, seqno: int) -> str:
         return pff.DataFileName(
-            self.product.name, self.module, seqno, self.product.bytes_per_pixel, self.start
+            self.product.name,
+            self.module,
+            seqno,
+            self.product.bytes_per_pixel,
+            self.start,
+            self.extra,
         ).format()
 
     def write_next(self) -> None:
