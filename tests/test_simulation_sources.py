@@ -377,3 +377,25 @@ async def test_filesystem_simulation_stops_when_its_run_vanishes(tmp_path: Path)
     for h in handles:
         h.close()
     assert (tmp_path / "module_224" / "theirs").is_dir()
+
+
+@pytest.mark.anyio
+async def test_filesystem_simulation_stops_when_its_run_cannot_be_written(tmp_path: Path) -> None:
+    """R-SIM-7: a run that cannot be written (here its directory replaced by a file, as a full
+    or read-only disk would refuse it) ends the simulation with a SourceError naming the file
+    and the operating system's reason."""
+    from panoseti_daq.errors import SourceError
+
+    cfg = SimulateConfig(data_dir=tmp_path, frame_rate_hz=200, frames_per_pff=1)
+    run = tmp_path / "module_224" / SIM_RUN_DIR
+    with pytest.raises(Exception) as info:  # a task group's exception group
+        async with anyio.create_task_group() as tg:
+            await tg.start(run_filesystem_simulation, cfg)
+            shutil.rmtree(run)
+            run.write_text("not a directory")
+            await anyio.sleep_forever()
+    (cause,) = info.value.exceptions  # type: ignore[attr-defined]
+    assert isinstance(cause, SourceError)
+    assert f"cannot write the simulated run file {run}/" in str(cause)
+    assert "Not a directory" in str(cause)
+    assert run.read_text() == "not a directory"  # not ours: left alone
