@@ -9,6 +9,7 @@ node answers or an RPC failed, 2 bad arguments or config, 130 another action int
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -108,10 +109,42 @@ def _frames(replies: Any) -> Iterator[tuple[str, PanoFrame, int]]:
             yield reply.name, reply.frame, dropped_in(reply.message)
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM (systemd, `timeout`, batch jobs) ends the CLI as Ctrl+C does: the final table is
-    printed and a recording is closed complete."""
-    raise KeyboardInterrupt
+class _Interrupts:
+    """SIGINT and SIGTERM (systemd, `timeout`, batch jobs) both end the CLI as Ctrl+C does: the
+    final table is printed and a recording is closed complete.
+
+    The signal raises KeyboardInterrupt where the program waits, but not while one frame is
+    being handled (`deferred()`): then it is raised once the frame is in the table, the plots
+    and the recording, so that they always agree.
+    """
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.requested = False
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.busy:
+            self.requested = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.busy = True
+        try:
+            yield
+        finally:
+            self.busy = False
+            if self.requested:
+                self.requested = False
+                raise KeyboardInterrupt
+
+
+_interrupts = _Interrupts()
 
 
 def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None) -> int:
@@ -188,29 +221,30 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
             live.start()
         try:
             for host, frame, dropped in _frames(replies):
-                now = time.monotonic()
-                if table.total == 0:
-                    log.info(
-                        "first frame: %s module %d %s",
-                        host,
-                        frame.module_id,
-                        frame.product.name,
-                    )
-                table.update(frame, now, host, dropped)
-                for _, plot in plots:
-                    plot.update(frame)
-                if recorder is not None:
-                    recorder.write(frame)
-                if now - last_refresh >= args.refresh_period:
-                    last_refresh = now
-                    show(now)
+                with _interrupts.deferred():
+                    now = time.monotonic()
+                    if table.total == 0:
+                        log.info(
+                            "first frame: %s module %d %s",
+                            host,
+                            frame.module_id,
+                            frame.product.name,
+                        )
+                    table.update(frame, now, host, dropped)
+                    for _, plot in plots:
+                        plot.update(frame)
                     if recorder is not None:
-                        recorder.flush()
-                    refresh_plots()
-                if (args.max_frames and table.total >= args.max_frames) or (
-                    args.duration and now - start >= args.duration
-                ):
-                    break
+                        recorder.write(frame)
+                    if now - last_refresh >= args.refresh_period:
+                        last_refresh = now
+                        show(now)
+                        if recorder is not None:
+                            recorder.flush()
+                        refresh_plots()
+                    if (args.max_frames and table.total >= args.max_frames) or (
+                        args.duration and now - start >= args.duration
+                    ):
+                        break
         except KeyboardInterrupt:
             log.info("interrupted: stopping the stream")
         show(time.monotonic())
@@ -302,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        _interrupts.install()
     if not (args.movie or args.ph):
         return _fail("--no-movie and --no-ph leave nothing to stream", 2)
     if args.refresh_period <= 0 or (args.update_interval is not None and args.update_interval < 0):
