@@ -3,7 +3,9 @@
 The seed README's "Robust Asynchronous Workflow" with structured concurrency: a signal handler
 task cancels the streaming task's scope; leaving `async with` closes every connection.
 
-    python examples/robust_shutdown.py [daq_config.json network_config.json] [--max-frames N]
+    python examples/robust_shutdown.py [--max-frames N]   # a server of its own
+
+    python examples/robust_shutdown.py daq_config.json [network_config.json] [--init-sim]
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import signal
 
 import anyio
-from _common import parse_args
+from _common import daq_target, parse_args
 
 from panoseti_daq import AsyncDaqClient, RpcError
 
@@ -26,6 +28,7 @@ async def stream(client: AsyncDaqClient, hosts: set[str], max_frames: int) -> No
         stream_movie_data=True,
         stream_pulse_height_data=True,
         update_interval_seconds=1.0,
+        wait_for_ready=True,  # the server may still be starting its simulation
     ):
         count += 1
         print(f"module {image['module_id']} {image['type']}", flush=True)
@@ -35,31 +38,32 @@ async def stream(client: AsyncDaqClient, hosts: set[str], max_frames: int) -> No
 
 async def main() -> None:
     args = parse_args(__doc__)
-    try:
-        async with (
-            AsyncDaqClient(args.daq_config, args.network_config) as client,
-            anyio.create_task_group() as tg,
-        ):
-            hosts = await client.get_valid_daq_hosts()
-            if not hosts:
-                raise SystemExit("no DAQ node answered")
-            if not args.no_init:
-                await client.init_sim(hosts)
+    with daq_target(args):
+        try:
+            async with (
+                AsyncDaqClient(args.daq_config, args.network_config) as client,
+                anyio.create_task_group() as tg,
+            ):
+                hosts = await client.get_valid_daq_hosts()
+                if not hosts:
+                    raise SystemExit("no DAQ node answered")
+                if args.init_sim:
+                    await client.init_sim(hosts)
 
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        log.info("%s received, closing the stream", signal.Signals(signum).name)
-                        tg.cancel_scope.cancel()
-                        return
+                async def stop_on_signal() -> None:
+                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for signum in signals:
+                            log.info("%s received, closing the stream", signal.Signals(signum).name)
+                            tg.cancel_scope.cancel()
+                            return
 
-            tg.start_soon(stop_on_signal)
-            await stream(client, hosts, args.max_frames)
-            tg.cancel_scope.cancel()
-    except RpcError as exc:
-        log.warning("stream ended by the server: %s", exc)
-    finally:
-        print("stream processing finished", flush=True)
+                tg.start_soon(stop_on_signal)
+                await stream(client, hosts, args.max_frames)
+                tg.cancel_scope.cancel()
+        except RpcError as exc:
+            log.warning("stream ended by the server: %s", exc)
+        finally:
+            print("stream processing finished", flush=True)
 
 
 if __name__ == "__main__":

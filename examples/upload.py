@@ -2,13 +2,15 @@
 
 Uploaded frames reach every StreamImages client exactly like frames the server reads from disk.
 
-    python examples/upload.py [daq_config.json network_config.json] [--max-frames N]
+    python examples/upload.py [--max-frames N]   # a server of its own
+
+    python examples/upload.py daq_config.json [network_config.json] [--init-sim]
 """
 
 from __future__ import annotations
 
 import anyio
-from _common import parse_args
+from _common import daq_target, parse_args
 
 from panoseti_daq import AsyncDaqClient, PanoFrame, pff, product_named
 from panoseti_daq._bundled import NGC7331_MODULE_ID, NGC7331_PH256
@@ -26,12 +28,13 @@ async def frames(limit: int):
 
 async def main() -> None:
     args = parse_args(__doc__)
-    async with AsyncDaqClient(args.daq_config, args.network_config) as client:
-        hosts = await client.get_valid_daq_hosts()
-        if not hosts:
-            raise SystemExit("no DAQ node answered")
-        await client.upload_images(hosts, frames(args.max_frames))
-        print(f"uploaded to {sorted(hosts)}")
+    with daq_target(args):
+        async with AsyncDaqClient(args.daq_config, args.network_config) as client:
+            hosts = await client.get_valid_daq_hosts()
+            if not hosts:
+                raise SystemExit("no DAQ node answered")
+            await client.upload_images(hosts, frames(args.max_frames))
+            print(f"uploaded to {sorted(hosts)}")
 
 
 if __name__ == "__main__":

@@ -3,42 +3,47 @@
 With a display, a window updates as frames arrive; without one (or with --png DIR) the figure is
 written as PNG files.
 
-    python examples/visualize.py [daq_config.json network_config.json] [--max-frames N]
+    python examples/visualize.py [--max-frames N]   # a server of its own
+
+    python examples/visualize.py daq_config.json [network_config.json] [--init-sim]
 """
 
 from __future__ import annotations
 
 import os
 
-from _common import parse_args
+from _common import daq_target, parse_args
 
 from panoseti_daq import DaqClient, plots
 
 
 def main() -> None:
     args = parse_args(__doc__)
-    out = os.environ.get("PANOSETI_PLOT_DIR", "panoseti_plots")
-    with DaqClient(args.daq_config, args.network_config) as client:
-        hosts = client.get_valid_daq_hosts()
-        if not args.no_init:
-            client.init_sim(hosts)
-        previewer = plots.PanoImagePreviewer(stream_movie_data=True, stream_pulse_height_data=True)
-        stream = client.stream_images(
-            hosts=hosts,
-            stream_movie_data=True,
-            stream_pulse_height_data=True,
-            update_interval_seconds=0.5,
-            wait_for_ready=True,
-            parse_pano_images=True,
-        )
-        for count, pano_image in enumerate(stream, start=1):
-            previewer.update(pano_image)
-            if count == args.max_frames:
-                break
-        os.makedirs(out, exist_ok=True)
-        path = os.path.join(out, "preview.png")
-        previewer.save(path)
-        print(f"wrote {path}")
+    with daq_target(args):
+        out = os.environ.get("PANOSETI_PLOT_DIR", "panoseti_plots")
+        with DaqClient(args.daq_config, args.network_config) as client:
+            hosts = client.get_valid_daq_hosts()
+            if args.init_sim:
+                client.init_sim(hosts)
+            previewer = plots.PanoImagePreviewer(
+                stream_movie_data=True, stream_pulse_height_data=True
+            )
+            stream = client.stream_images(
+                hosts=hosts,
+                stream_movie_data=True,
+                stream_pulse_height_data=True,
+                update_interval_seconds=0.5,
+                wait_for_ready=True,
+                parse_pano_images=True,
+            )
+            for count, pano_image in enumerate(stream, start=1):
+                previewer.update(pano_image)
+                if count == args.max_frames:
+                    break
+            os.makedirs(out, exist_ok=True)
+            path = os.path.join(out, "preview.png")
+            previewer.save(path)
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

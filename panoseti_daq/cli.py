@@ -9,8 +9,9 @@ node answers or an RPC failed, 2 bad arguments or config, 130 another action int
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
+import signal
 import sys
 import threading
 import time
@@ -19,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from .client import DaqClient
+from .config import client_hp_io_config
 from .errors import PanosetiDaqError, RpcError
 from .frames import PanoFrame
+from .live_table import LiveTable, dropped_in
+from .logs import LOG_LEVELS, configure_logging
 
 log = logging.getLogger("panoseti_daq.cli")
-
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Real-time PANOSETI pulse-height and movie-mode data from DaqData servers.",
     )
     parser.add_argument("daq_config_path", help="daq_config.json for the current observing run")
-    parser.add_argument("net_config_path", help="network_config.json for the current run")
+    parser.add_argument(
+        "net_config_path",
+        nargs="?",
+        default=None,
+        help="network_config.json for the current run (optional: needed for port forwarding)",
+    )
     parser.add_argument("--host", help="DaqData server host (a daq_config ip_addr); default: all")
     parser.add_argument("--ping", action="store_true", help="ping the host(s)")
     parser.add_argument("--list-hosts", action="store_true", help="list DAQ hosts and status")
@@ -67,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="StreamImages update interval in seconds; 0: every frame "
-        "(default: 0 with --record, else the refresh period)",
+        "(default: 0 with --record or --plot-phdist, else the refresh period)",
     )
     parser.add_argument(
         "--module-ids", nargs="*", type=int, default=[], help="modules to stream (default: all)"
@@ -93,33 +100,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _configure_logging(level: str) -> None:
-    from rich.console import Console
-    from rich.logging import RichHandler
-
-    # Logs on stderr: stdout carries the answers and the table.
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(message)s",
-        handlers=[
-            RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
-        ],
-    )
-
-
-def _frames(replies: Any) -> Iterator[tuple[str, PanoFrame]]:
-    """(server name, frame) of each StreamImagesResponse; replies without an image are skipped."""
+def _frames(replies: Any) -> Iterator[tuple[str, PanoFrame, int]]:
+    """(server name, frame, frames dropped before it) of each reply; replies without an image
+    are skipped. The replies are the codec's own (DaqClient._stream_replies): no message or
+    dict is made per frame."""
     for reply in replies:
-        if reply.pano_image is not None:
-            yield reply.name, PanoFrame.from_message(reply.pano_image)
+        if reply.frame is not None:
+            yield reply.name, reply.frame, dropped_in(reply.message)
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM (systemd, `timeout`, batch jobs) both end the CLI as Ctrl+C does: the
+    final table is printed and a recording is closed complete.
+
+    The signal raises KeyboardInterrupt where the program waits, but not while one frame is
+    being handled (`deferred()`): then it is raised once the frame is in the table, the plots
+    and the recording, so that they always agree.
+    """
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.requested = False
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.busy:
+            self.requested = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.busy = True
+        try:
+            yield
+        finally:
+            self.busy = False
+            if self.requested:
+                self.requested = False
+                raise KeyboardInterrupt
+
+
+_interrupts = _Interrupts()
 
 
 def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None) -> int:
     """Stream into the live table, the plots and the recorder until a bound or Ctrl+C."""
     from rich.console import Console
     from rich.live import Live
-
-    from .live_table import LiveTable
 
     plots: list[tuple[str, Any]] = []
     on_display = False
@@ -141,10 +172,27 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
 
         recorder = PFFRecorder(args.record)
     interval = args.update_interval
-    if interval is None:  # a recording wants every frame (R-STREAM-10); a view one per refresh
-        interval = 0.0 if recorder is not None else args.refresh_period
-    table = LiveTable("panoseti-daq stream")
+    if interval is None:
+        # A recording and a pulse-height distribution want every frame (R-STREAM-10, R-UI-3:
+        # accumulated over time); a view one per refresh.
+        every_frame = recorder is not None or args.plot_phdist
+        interval = 0.0 if every_frame else args.refresh_period
+    table = LiveTable("panoseti-daq stream", interval_s=interval)
     console = Console()
+    # On a terminal the table redraws in place; into a pipe or a file it is printed as plain
+    # lines at every refresh, and once more at the end.
+    start = time.monotonic()
+    live = Live(table.render(start), console=console, refresh_per_second=4)
+    live_on = console.is_terminal
+
+    if not live_on:
+        print(table.explanation())  # what skip and lost mean, once
+
+    def show(now: float) -> None:
+        if live_on:
+            live.update(table.render(now))
+        else:
+            print("\n".join(table.lines(now)), flush=True)
 
     def refresh_plots() -> None:
         for name, plot in plots:
@@ -152,26 +200,28 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
             if not on_display:
                 plot.save(plot_dir / f"{name}.png")
 
-    # Messages rather than parsed dicts: their `name` says which server sent each frame.
-    replies = client.stream_images(
+    # The codec's replies: their `name` says which server sent each frame, and the frames are
+    # used as they are (no betterproto message or parsed dict per frame).
+    replies = client._stream_replies(
         hosts,
         args.movie,
         args.ph,
         interval,
         tuple(args.module_ids),
         wait_for_ready=True,
-        parse_pano_images=False,
     )
     # --duration holds even when no frame arrives: closing the stream ends the iteration.
     deadline = threading.Timer(args.duration, replies.close) if args.duration else None
     if deadline is not None:
         deadline.daemon = True
         deadline.start()
-    start = last_refresh = time.monotonic()
+    last_refresh = start
     try:
-        with Live(table.render(start), console=console, refresh_per_second=4) as live:
-            try:
-                for host, frame in _frames(replies):
+        if live_on:
+            live.start()
+        try:
+            for host, frame, dropped in _frames(replies):
+                with _interrupts.deferred():
                     now = time.monotonic()
                     if table.total == 0:
                         log.info(
@@ -180,14 +230,14 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
                             frame.module_id,
                             frame.product.name,
                         )
-                    table.update(frame, now, host)
+                    table.update(frame, now, host, dropped)
                     for _, plot in plots:
                         plot.update(frame)
                     if recorder is not None:
                         recorder.write(frame)
                     if now - last_refresh >= args.refresh_period:
                         last_refresh = now
-                        live.update(table.render(now))
+                        show(now)
                         if recorder is not None:
                             recorder.flush()
                         refresh_plots()
@@ -195,12 +245,12 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
                         args.duration and now - start >= args.duration
                     ):
                         break
-            except KeyboardInterrupt:
-                log.info("interrupted: stopping the stream")
-            live.update(table.render(time.monotonic()))
-        if not console.is_terminal:
-            console.line()  # rich ends the last render with a newline only on a terminal
+        except KeyboardInterrupt:
+            log.info("interrupted: stopping the stream")
+        show(time.monotonic())
     finally:
+        if live_on:
+            live.stop()
         if deadline is not None:
             deadline.cancel()
         replies.close()
@@ -264,18 +314,15 @@ def _act(client: DaqClient, args: argparse.Namespace) -> int:
         print(client.reflect_services(hosts))
         acted = True
     if args.init:
-        hp_io_cfg = json.loads(Path(args.init).read_text())
         _require_hosts(client, hosts)
-        if not client.init_hp_io(hosts, hp_io_cfg):
-            log.error("InitHpIo failed on at least one host")
-            return 1
+        if not client.init_hp_io(hosts, args.init):
+            return 1  # each failed host is one log line already
         print("hp_io initialised")
         acted = True
     if args.init_sim:
         _require_hosts(client, hosts)
         if not client.init_sim(hosts):
-            log.error("starting the simulation failed on at least one host")
-            return 1
+            return 1  # each failed host is one log line already
         print("simulation started")
         acted = True
     if args.stream or args.plot_view or args.plot_phdist or args.record or not acted:
@@ -287,12 +334,17 @@ def _act(client: DaqClient, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The console script: parse, configure logging, run; one line on stderr for an error."""
     args = parse_args(argv)
-    _configure_logging(args.log_level)
+    configure_logging(args.log_level)
+    if threading.current_thread() is threading.main_thread():
+        _interrupts.install()
     if not (args.movie or args.ph):
         return _fail("--no-movie and --no-ph leave nothing to stream", 2)
     if args.refresh_period <= 0 or (args.update_interval is not None and args.update_interval < 0):
         return _fail("--refresh-period must be > 0 and --update-interval >= 0", 2)
     try:
+        if args.init:
+            # R-CFG-2: a typo in the --init file is reported before anything is sent.
+            client_hp_io_config(args.init)
         return run(args)
     except KeyboardInterrupt:
         return 130

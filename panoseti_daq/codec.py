@@ -511,14 +511,14 @@ def _frame_of(image: PanoImage | None) -> PanoFrame | None:
 
 def stream_response_message(reply: StreamReply) -> StreamImagesResponse:
     """The betterproto2 StreamImagesResponse of a StreamReply."""
+    # betterproto2 declares the field a timezone-aware datetime (R-CLI-9): microseconds.
     stamp = None
     if reply.timestamp_ns:
         seconds, nanos = divmod(reply.timestamp_ns, _NS)
-        stamp = Timestamp(seconds=seconds, nanos=nanos)
+        stamp = Timestamp(seconds=seconds, nanos=nanos).to_datetime()
     return StreamImagesResponse(
         name=reply.name,
-        # betterproto2 declares a datetime here (R-CLI-9, being fixed with the typed messages).
-        timestamp=stamp,  # type: ignore[arg-type]
+        timestamp=stamp,
         message=reply.message,
         pano_image=None if reply.frame is None else reply.frame.to_message(),
     )
@@ -527,9 +527,8 @@ def stream_response_message(reply: StreamReply) -> StreamImagesResponse:
 def _stream_reply_of(message: StreamImagesResponse) -> StreamReply:
     timestamp_ns = 0
     if message.timestamp is not None:
-        # R-CLI-9: a Timestamp where betterproto2 declares a datetime (fixed with the messages).
-        stamp = message.timestamp
-        timestamp_ns = stamp.seconds * _NS + stamp.nanos  # type: ignore[attr-defined]
+        stamp = Timestamp.from_datetime(message.timestamp)
+        timestamp_ns = stamp.seconds * _NS + stamp.nanos
     return StreamReply(_frame_of(message.pano_image), message.name, timestamp_ns, message.message)
 
 

@@ -7,7 +7,8 @@ key (dotted for nested keys) and the file (R-CFG-1). Defaults live in the datacl
 `simulate_daq_cfg` is read in both layouts of the original (R-CFG-4): the seed README's
 (`files` with data_dir, real_run_dir and name templates) and the later one (`source_data`,
 `filesystem_cfg`, `strategies` per mode). Keys of the later layout that we do not implement are
-accepted with a warning naming them.
+accepted with a warning naming them; its relative paths resolve against the working directory
+first, as the original resolves them (R-CFG-5).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "ServerConfig",
     "SimulateConfig",
     "UdsIngestConfig",
+    "client_hp_io_config",
     "default_sim_data_dir",
     "hp_io_config_from_dict",
     "load_hp_io_config",
@@ -62,8 +64,10 @@ _STANDARD_TEMPLATES = {
 
 
 def default_sim_data_dir() -> Path:
-    """Where the filesystem simulation writes its run unless configured: <tempdir>/..."""
-    return Path(tempfile.gettempdir()) / "panoseti_daq_sim"
+    """Where the filesystem simulation writes its run unless configured: a directory of this
+    server process under the temporary directory, so that two servers on one host never share
+    one (R-SIM-7)."""
+    return Path(tempfile.gettempdir()) / f"panoseti_daq_sim_{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -241,13 +245,22 @@ class _Reader:
             raise self.error(name, "must not be empty")
         return value
 
-    def path(self, name: str, default: Path | None) -> Path | None:
-        """A path; relative paths are relative to the config file's directory."""
+    def path(self, name: str, default: Path | None, cwd_first: bool = False) -> Path | None:
+        """A path; relative paths are relative to the config file's directory.
+
+        With `cwd_first` (the original's later layout, R-CFG-5), a relative path is resolved
+        against the working directory, as the original does, and against the config file's
+        directory only when it does not exist there.
+        """
         if name not in self.data:
             return default
         text = self.string(name, "")
         if not text:
             return default
+        if cwd_first:
+            in_cwd = Path.cwd() / Path(text).expanduser()
+            if in_cwd.exists():
+                return in_cwd
         return _resolve(text, self.file)
 
     def int_list(self, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -317,7 +330,7 @@ def _as_path(file: str | os.PathLike[str] | None) -> Path | None:
     return None if file is None else Path(file)
 
 
-def _read_json(path: str | os.PathLike[str]) -> tuple[Any, Path]:
+def read_json(path: str | os.PathLike[str]) -> tuple[Any, Path]:
     file = Path(path).expanduser().resolve()
     try:
         text = file.read_text()
@@ -383,14 +396,14 @@ def _later_layout(reader: _Reader, values: dict[str, Any], mode_name: str) -> No
             "real_module_id", values["real_module_id"], 0, _MAX_UINT32
         )
         for name in ("movie_pff_path", "ph_pff_path"):
-            path = source.path(name, None)
+            path = source.path(name, None, cwd_first=True)
             if path is not None and values["source_dir"] is None:
                 values["source_dir"] = _source_dir(source, name, path.parent, "directory of")
         source.reject_unknown()
     filesystem = reader.child("filesystem_cfg")
     if filesystem is not None:
-        values["data_dir"] = filesystem.path("sim_data_dir", values["data_dir"])
-        values["data_dir"] = filesystem.path("data_dir", values["data_dir"])
+        values["data_dir"] = filesystem.path("sim_data_dir", values["data_dir"], cwd_first=True)
+        values["data_dir"] = filesystem.path("data_dir", values["data_dir"], cwd_first=True)
         _templates(filesystem)
         filesystem.reject_unknown()
     strategies = reader.child("strategies")
@@ -472,6 +485,17 @@ def _uds_config(methods: _Reader | None) -> UdsIngestConfig:
             # The scanner is the one filesystem method here; its flag is validated, not used.
             method.boolean("enabled", True)
             method.reject_unknown()
+    rpc = methods.child("rpc")
+    if rpc is not None:
+        # The original writes this section for its rpc simulation (R-CFG-5). UploadImages is
+        # always served here: the flag is validated, and `false` is named in a warning.
+        if not rpc.boolean("enabled", True):
+            log.warning(
+                "%s: %r is false, but UploadImages is always served",
+                rpc._where(),
+                rpc.key("enabled"),
+            )
+        rpc.reject_unknown()
     uds = methods.child("uds")
     if uds is not None:
         config = UdsIngestConfig(
@@ -555,7 +579,7 @@ def server_config_from_dict(
 
 def load_server_config(path: str | os.PathLike[str] | None = None) -> ServerConfig:
     """Load daq_data_server_config.json; None loads the bundled one."""
-    data, file = _read_json(path or BUNDLED_CONFIG_DIR / "daq_data_server_config.json")
+    data, file = read_json(path or BUNDLED_CONFIG_DIR / "daq_data_server_config.json")
     return server_config_from_dict(data, file)
 
 
@@ -581,5 +605,25 @@ def hp_io_config_from_dict(
 
 def load_hp_io_config(path: str | os.PathLike[str]) -> HpIoConfig:
     """Load hp_io_config.json."""
-    data, file = _read_json(path)
+    data, file = read_json(path)
+    return hp_io_config_from_dict(data, file)
+
+
+# What a client must say in an hp_io config: a missing interval used to fall silently to 1 s.
+CLIENT_REQUIRED_HP_IO_KEYS = ("update_interval_seconds",)
+
+
+def client_hp_io_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> HpIoConfig:
+    """An hp_io config a client is about to send, validated as the server validates its own
+    (R-CFG-2): a dict or the path of an hp_io_config.json. ConfigError names the key and the
+    file (or "hp_io_cfg dict") for an unknown key, a wrong type or a missing required key."""
+    if isinstance(source, Mapping):
+        data: Any = source
+        file: Path = Path("hp_io_cfg dict")
+    else:
+        data, file = read_json(source)
+    if isinstance(data, Mapping):
+        for key in CLIENT_REQUIRED_HP_IO_KEYS:
+            if key not in data:
+                raise ConfigError(key, "missing required key", file)
     return hp_io_config_from_dict(data, file)

@@ -11,6 +11,7 @@ __all__ = [
     "PFFError",
     "PanosetiDaqError",
     "RpcError",
+    "SourceError",
 ]
 
 
@@ -57,3 +58,10 @@ class RpcError(PanosetiDaqError):
         name = getattr(status, "name", str(status))
         where = f" from {host}" if host else ""
         super().__init__(f"{name}{where}: {self.details}")
+
+
+class SourceError(PanosetiDaqError):
+    """A data source (the simulation) cannot go on; the message names the path and the cause.
+
+    The server logs it as one line and keeps serving (R-SIM-7).
+    """

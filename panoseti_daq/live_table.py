@@ -1,19 +1,25 @@
 """The live table of what a client receives, per host, module and data product (sans-IO).
 
-`LiveTable.update(image, now, host)` takes one frame (PanoFrame, parsed dict or PanoImage) with
-the time it arrived and the server it came from; `render(now)` gives a rich Table: frames, rate
-over a sliding window, newest timestamp and its clock, brightest pixel, gaps and the file.
+`LiveTable.update(image, now, host, dropped)` takes one frame (PanoFrame, parsed dict or
+PanoImage) with the time it arrived, the server it came from and the frames the server said it
+dropped just before it (R-CLI-10: `dropped_before` of a parsed dict, "dropped N frames" in a
+message); `render(now)` gives a rich Table that fits 80 columns, `lines(now)` the same as plain
+text lines (for a pipe or a file).
 
-A *gap* is a jump in the frames a row receives: a frame number that skips ahead within one file,
-or a file with a later seqno (of the same run and product) whose first frames were not seen.
-`skipped` counts the frames known to be missing; a skipped whole file adds only what is known.
-With a StreamImages update interval above 0 the server sends one frame per interval
-(R-STREAM-9), so gaps are then expected; with interval 0 (R-STREAM-10) a gap means a frame was
-dropped on its way (R-STREAM-11) or the source skipped it.
+Frames missing between two a row receives are told apart by their cause:
+- *lost*: frames the server dropped for this client because it fell behind (overruns,
+  R-STREAM-11), as the server reports them: data loss on the way to this client;
+- *skipped*: every other jump in frame numbers (within one file, or a later seqno of the same
+  run whose first frames were not seen). With an update interval above 0 the server sends one
+  frame per interval (R-STREAM-9): these are skipped by pacing, as asked. With interval 0
+  (R-STREAM-10) they are frames the server never published: its hp_io scan takes the newest
+  frame of each file every `update_interval_seconds` (R-SCAN-2), so a source writing faster
+  than that is sampled, or the source itself skipped them.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,9 +31,16 @@ from . import pff
 from .client.aio import as_frame
 from .frames import PanoFrame
 
-__all__ = ["LiveTable", "RowStats"]
+__all__ = ["LiveTable", "RowStats", "dropped_in"]
 
 RATE_WINDOW_S = 5.0
+_DROPPED = re.compile(r"dropped (\d+) frames?")
+
+
+def dropped_in(message: str) -> int:
+    """The frames a StreamImagesResponse's `message` says were dropped (R-STREAM-11), or 0."""
+    match = _DROPPED.search(message or "")
+    return int(match.group(1)) if match else 0
 
 
 @dataclass
@@ -43,8 +56,10 @@ class RowStats:
     peak: int = 0
     file: str = ""
     frame_number: int = -1
-    gaps: int = 0
-    skipped: int = 0
+    gaps: int = 0  # jumps in frame numbers not explained by overruns
+    skipped: int = 0  # frames in those jumps (pacing, or never published)
+    overruns: int = 0  # frames that came with an overrun notice
+    lost: int = 0  # frames the server dropped for this client (R-STREAM-11)
 
 
 def _frames_skipped(row: RowStats, file: str, frame_number: int) -> int | None:
@@ -70,12 +85,32 @@ def _frames_skipped(row: RowStats, file: str, frame_number: int) -> int | None:
     return frame_number
 
 
-class LiveTable:
-    """Counts, rates and gaps of received frames per (host, module, product)."""
+def short_time(stamp: Any) -> str:
+    """HH:MM:SS.mmm of a pandas Timestamp (UTC), truncated, never `.799999999`; '-' if None."""
+    if stamp is None:
+        return "-"
+    try:
+        return f"{stamp:%H:%M:%S}.{stamp.microsecond // 1000:03d}"
+    except (TypeError, ValueError, AttributeError):
+        return str(stamp)[:12]
 
-    def __init__(self, title: str = "live frames", rate_window_s: float = RATE_WINDOW_S) -> None:
+
+class LiveTable:
+    """Counts, rates, skipped and lost frames per (host, module, product).
+
+    `interval_s` is the stream's update interval: it says what skipped frames mean (pacing
+    when above 0, frames the server never published at 0).
+    """
+
+    def __init__(
+        self,
+        title: str = "live frames",
+        rate_window_s: float = RATE_WINDOW_S,
+        interval_s: float = 0.0,
+    ) -> None:
         self.title = title
         self.rate_window_s = rate_window_s
+        self.interval_s = interval_s
         self.rows: dict[tuple[str, int, str], RowStats] = {}
         self.started: float | None = None
 
@@ -83,8 +118,20 @@ class LiveTable:
     def total(self) -> int:
         return sum(row.frames for row in self.rows.values())
 
-    def update(self, image: PanoFrame | Mapping[str, Any], now: float, host: str = "") -> None:
-        """Count one frame that arrived at `now` (seconds, any monotonic clock) from `host`."""
+    def update(
+        self,
+        image: PanoFrame | Mapping[str, Any],
+        now: float,
+        host: str = "",
+        dropped: int | None = None,
+    ) -> None:
+        """Count one frame that arrived at `now` (seconds, any monotonic clock) from `host`.
+
+        `dropped`: the frames the server dropped for this client just before this one; by
+        default the `dropped_before` of a parsed dict (R-CLI-10), else 0.
+        """
+        if dropped is None:
+            dropped = int(image.get("dropped_before", 0)) if isinstance(image, Mapping) else 0
         frame = as_frame(image)
         if self.started is None:
             self.started = now
@@ -92,10 +139,17 @@ class LiveTable:
         row = self.rows.get(key)
         if row is None:
             row = self.rows[key] = RowStats(kind=frame.type.name, first_arrival=now)
-        skipped = _frames_skipped(row, frame.file, frame.frame_number)
-        if skipped is not None:
-            row.gaps += 1
-            row.skipped += skipped
+        if dropped > 0:
+            row.overruns += 1
+            row.lost += dropped
+        jump = _frames_skipped(row, frame.file, frame.frame_number)
+        if jump is not None:
+            # The server's count of dropped frames covers (part of) the jump: the rest was
+            # skipped. A later file begun at frame 0 is a gap of unknown size.
+            skipped = jump - max(dropped, 0)
+            if skipped > 0 or (jump == 0 and dropped <= 0):
+                row.gaps += 1
+                row.skipped += max(skipped, 0)
         row.frames += 1
         row.arrivals.append(now)
         self._expire(row, now)
@@ -119,41 +173,91 @@ class LiveTable:
         # Before the window has filled: intervals between arrivals since the first frame.
         return (len(row.arrivals) - 1) / since_first if since_first > 0 else 0.0
 
-    def render(self, now: float) -> Table:
-        """The table as it stands at `now`."""
+    # -- presentation ----------------------------------------------------------------------
+    def _hosts(self) -> list[str]:
+        return sorted({host for host, _, _ in self.rows})
+
+    def heading(self, now: float) -> str:
+        """The title line: elapsed time, frames, the one host and the date when they repeat."""
         elapsed = now - (self.started if self.started is not None else now)
-        table = Table(title=f"{self.title} ({elapsed:.0f} s, {self.total} frames)")
-        numeric = ("frames", "rate /s", "max", "gaps", "skipped")
-        for column in (
-            "host",
-            "module",
-            "product",
-            "type",
-            "frames",
-            "rate /s",
-            "newest timestamp",
-            "clock",
-            "max",
-            "gaps",
-            "skipped",
-            "file#frame",
-        ):
-            table.add_column(column, justify="right" if column in numeric else "left")
+        parts = [f"{elapsed:.0f} s", f"{self.total} frames"]
+        hosts = self._hosts()
+        if len(hosts) == 1 and hosts[0]:
+            parts.insert(0, f"from {hosts[0]}")
+        dates = {str(row.timestamp)[:10] for row in self.rows.values() if row.timestamp}
+        if len(dates) == 1:
+            parts.append(f"UTC {dates.pop()}")
+        return f"{self.title} ({', '.join(parts)})"
+
+    def explanation(self) -> str:
+        """What `skipped` and `lost` mean for this stream."""
+        if self.interval_s > 0:
+            skip = f"skip: not sent, by pacing (one frame per {self.interval_s:g} s, as asked)"
+        else:
+            skip = "skip: never published (the server's scan samples the newest frame)"
+        return f"{skip}; lost: dropped by the server as this client fell behind"
+
+    def _cells(self, now: float, with_host: bool) -> list[list[str]]:
+        cells = []
         for (host, module, product), row in sorted(self.rows.items()):
             name = pff.DataFileName.parse(row.file)
-            where = f"seqno_{name.seqno}" if name else row.file
-            table.add_row(
-                host,
+            where = f"s{name.seqno}#{row.frame_number}" if name else f"#{row.frame_number}"
+            values = [
                 str(module),
                 product,
-                row.kind,
                 str(row.frames),
                 f"{self.rate(row, now):.1f}",
-                str(row.timestamp)[:29],
+                short_time(row.timestamp),
                 "WR" if row.wr_valid else "host",
                 str(row.peak),
-                str(row.gaps),
                 str(row.skipped),
-                f"{where}#{row.frame_number}",
-            )
+                str(row.lost),
+                where,
+            ]
+            cells.append([host, *values] if with_host else values)
+        return cells
+
+    _COLUMNS = (
+        ("module", "right"),
+        ("prod", "left"),
+        ("frames", "right"),
+        ("fps", "right"),
+        ("newest UTC", "left"),
+        ("clk", "left"),
+        ("max", "right"),
+        ("skip", "right"),
+        ("lost", "right"),
+        ("seq#frame", "left"),
+    )
+
+    def render(self, now: float) -> Table:
+        """The table as it stands at `now`, in 80 columns: a host column only when there are
+        several hosts, times of day (the date is in the title), fps = frames per second, clk =
+        WR or host clock, seq#frame = the file's seqno and the frame number in it."""
+        with_host = len(self._hosts()) > 1
+        table = Table(
+            title=self.heading(now),
+            caption=self.explanation(),
+            box=None,
+            pad_edge=False,
+            padding=(0, 1),
+            collapse_padding=True,
+        )
+        columns = (("host", "left"), *self._COLUMNS) if with_host else self._COLUMNS
+        for name, justify in columns:
+            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for values in self._cells(now, with_host):
+            table.add_row(*values)
         return table
+
+    def lines(self, now: float) -> list[str]:
+        """The table as plain text lines (for a pipe or a file): the heading, then one line per
+        row with its host, as `key=value` pairs."""
+        out = [self.heading(now)]
+        for values in self._cells(now, with_host=True):
+            host, module, product, frames, rate, newest, clock, peak, skipped, lost, where = values
+            out.append(
+                f"  {host} module {module} {product}: frames={frames} fps={rate} "
+                f"newest={newest} {clock} max={peak} skip={skipped} lost={lost} at={where}"
+            )
+        return out

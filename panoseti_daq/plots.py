@@ -22,12 +22,21 @@ from typing import Any
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
+from . import pff
 from .frames import PanoFrame
 from .products import ImageType, product_for
 
-__all__ = ["PanoImagePreviewer", "PulseHeightDistribution", "display_available", "image_fields"]
+__all__ = [
+    "PanoImagePreviewer",
+    "PulseHeightDistribution",
+    "display_available",
+    "format_utc",
+    "image_fields",
+    "is_synthetic",
+]
 
 
 @dataclass(frozen=True)
@@ -39,18 +48,54 @@ class ImageFields:
     product: str
     pixels: np.ndarray
     timestamp: Any
+    wr_valid: bool = False
+    file: str = ""
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the image is synthetic data (its file name says so), not an observation."""
+        return is_synthetic(self.file)
+
+    def caption(self) -> str:
+        """`module 224 img16 (synthetic)` and, below, the UTC time and its clock."""
+        label = f"module {self.module_id} {self.product}"
+        if self.synthetic:
+            label += " (SYNTHETIC data)"
+        clock = "White Rabbit clock" if self.wr_valid else "host clock"
+        return f"{label}\n{format_utc(self.timestamp)} ({clock})"
+
+
+def is_synthetic(file: str) -> bool:
+    """A data file name (R-NAME-2) with a `synthetic_...` field (panoseti_daq.synthetic)."""
+    name = pff.DataFileName.parse(file) if file else None
+    return name is not None and any(key == "synthetic" for key, _ in name.extra)
+
+
+def format_utc(stamp: Any) -> str:
+    """`2024-07-25 04:34:52.779 UTC`: rounded to the millisecond, so that a host-clock time
+    held as a float never shows as `.799999999`; '-' when there is none."""
+    if stamp is None:
+        return "no timestamp"
+    try:
+        rounded = pd.Timestamp(stamp).round("ms")
+    except (TypeError, ValueError):
+        return f"{stamp} UTC"
+    return f"{rounded:%Y-%m-%d %H:%M:%S}.{rounded.microsecond // 1000:03d} UTC"
 
 
 def image_fields(image: PanoFrame | Mapping[str, Any]) -> ImageFields:
     """The fields of a PanoFrame or a parsed dict (R-PARSE-1); the product from (type, shape,
     bytes per pixel) as R-DP-2 defines it."""
     if isinstance(image, PanoFrame):
+        time = image.time
         return ImageFields(
             image.module_id,
             image.type.name,
             image.product.name,
             image.pixels,
-            image.time.pandas_timestamp,
+            time.pandas_timestamp,
+            time.wr_valid,
+            image.file,
         )
     kind = image["type"]
     product = product_for(ImageType[kind], list(image["shape"]), image["bytes_per_pixel"])
@@ -61,6 +106,8 @@ def image_fields(image: PanoFrame | Mapping[str, Any]) -> ImageFields:
         product.name,
         np.asarray(image["image_array"]),
         header.get("pandas_unix_timestamp"),
+        bool(header.get("wr_timestamp_valid", False)),
+        str(image.get("file", "")),
     )
 
 
@@ -159,7 +206,10 @@ class PanoImagePreviewer(_LivePlot):
             ax.set_yticks([])
             image = ax.imshow(data, cmap=self.cmap, origin="upper", interpolation="nearest")
             self.images[(module, kind)] = image
-            self.colorbars[(module, kind)] = self.figure.colorbar(image, ax=ax, shrink=0.85)
+            colorbar = self.figure.colorbar(image, ax=ax, shrink=0.85)
+            what = "pixel value" if kind == "MOVIE" else "pulse height"
+            colorbar.set_label(f"{what} (ADC counts)", fontsize=8)
+            self.colorbars[(module, kind)] = colorbar
         else:
             image.set_data(data)
         low, high = np.percentile(data, [1, 99.5]) if data.size else (0, 1)
@@ -176,13 +226,21 @@ class PanoImagePreviewer(_LivePlot):
             return
         if fields.module_id not in self._modules:
             self._layout(fields.module_id)
-        title = f"module {fields.module_id} {fields.product}\n{fields.timestamp}"
-        self._draw(fields.module_id, fields.kind, fields.pixels, title)
+        self._draw(fields.module_id, fields.kind, fields.pixels, fields.caption())
         self._auto_refresh()
 
 
 class PulseHeightDistribution(_LivePlot):
-    """Per module, the accumulated distribution of pulse heights, log counts (R-UI-3)."""
+    """Per module, the accumulated distribution of pulse heights, log counts (R-UI-3).
+
+    Every image given to `update()` is counted (exactly, per value). By default the x axis fits
+    the data: integer-aligned bins over the smallest to the largest value seen in any module
+    (at most MAX_BINS bins); `bins` fixes the edges instead, and values outside them are
+    counted and named in the title.
+    """
+
+    MAX_BINS = 200
+    _OFFSET = 32768  # pulse heights are int16
 
     def __init__(
         self,
@@ -193,11 +251,11 @@ class PulseHeightDistribution(_LivePlot):
     ) -> None:
         self.plot_update_interval = plot_update_interval
         self.module_ids = tuple(module_ids)
-        self.bins = np.arange(-100, 4097, 16) if bins is None else np.asarray(bins)
+        self.fixed_bins = None if bins is None else np.asarray(bins)
         self.per_event_max = per_event_max
-        self.counts: dict[int, np.ndarray] = {}
-        self.outside: dict[int, int] = {}  # values beyond the bins, per module
+        self._values: dict[int, np.ndarray] = {}  # per module: count of each int16 value
         self.images_seen: dict[int, int] = {}
+        self.synthetic: dict[int, bool] = {}
         self.figure = plt.figure(figsize=(6.5, 4.0), layout="constrained")
         self.axes: dict[int, Any] = {}
 
@@ -208,35 +266,84 @@ class PulseHeightDistribution(_LivePlot):
             return
         if self.module_ids and fields.module_id not in self.module_ids:
             return
-        values = fields.pixels.max(keepdims=True) if self.per_event_max else fields.pixels
-        counts, _ = np.histogram(values, bins=self.bins)
+        pixels = np.asarray(fields.pixels, dtype=np.int64)
+        values = pixels.max(keepdims=True) if self.per_event_max else pixels.ravel()
         module = fields.module_id
-        if module not in self.counts:
-            self.counts[module] = np.zeros(len(self.bins) - 1, dtype=np.int64)
-            self.outside[module] = 0
+        if module not in self._values:
+            self._values[module] = np.zeros(2 * self._OFFSET, dtype=np.int64)
             self._layout()
-        self.counts[module] += counts
-        self.outside[module] += int(values.size - counts.sum())
+        found, counts = np.unique(values, return_counts=True)
+        self._values[module][found + self._OFFSET] += counts
         self.images_seen[module] = self.images_seen.get(module, 0) + 1
+        self.synthetic[module] = self.synthetic.get(module, False) or fields.synthetic
         self._auto_refresh()
+
+    def _range(self) -> tuple[int, int] | None:
+        """The smallest and largest value seen in any module, or None before any."""
+        if not self._values:
+            return None
+        seen = np.flatnonzero(np.sum(list(self._values.values()), axis=0))
+        if len(seen) == 0:
+            return None
+        return int(seen[0]) - self._OFFSET, int(seen[-1]) - self._OFFSET
+
+    @property
+    def bins(self) -> np.ndarray:
+        """The bin edges: fixed, or fitted to the data (half-integer edges, MAX_BINS at most)."""
+        if self.fixed_bins is not None:
+            return self.fixed_bins
+        span = self._range() or (0, 0)
+        low, high = span
+        width = max(1, -(-(high - low + 1) // self.MAX_BINS))
+        count = -(-(high - low + 1) // width)
+        return low - 0.5 + width * np.arange(count + 1)
+
+    @property
+    def counts(self) -> dict[int, np.ndarray]:
+        """Per module, the counts in `bins`."""
+        return {module: self._histogram(module, self.bins) for module in self._values}
+
+    @property
+    def outside(self) -> dict[int, int]:
+        """Per module, the values beyond `bins` (always 0 when the axis fits the data)."""
+        edges = self.bins
+        return {
+            module: int(self._values[module].sum() - self._histogram(module, edges).sum())
+            for module in self._values
+        }
+
+    def _histogram(self, module: int, edges: np.ndarray) -> np.ndarray:
+        raw = self._values[module]
+        present = np.flatnonzero(raw)
+        counts, _ = np.histogram(present - self._OFFSET, bins=edges, weights=raw[present])
+        return counts.astype(np.int64)
 
     def _layout(self) -> None:
         self.figure.clear()
-        modules = sorted(self.counts)
+        modules = sorted(self._values)
         grid = self.figure.subplots(len(modules), 1, squeeze=False)
         self.figure.set_size_inches(6.5, 2.8 * len(modules) + 0.6)
         self.axes = {module: grid[i][0] for i, module in enumerate(modules)}
 
     def refresh(self) -> None:
         what = "per-image maximum" if self.per_event_max else "pixel pulse height"
+        edges = self.bins
+        span = self._range()
+        outside = self.outside
         for module, ax in self.axes.items():
             ax.clear()
-            ax.stairs(self.counts[module], self.bins, fill=True)
+            counts = self._histogram(module, edges)
+            ax.stairs(counts, edges, fill=True)
             ax.set_yscale("log")
-            ax.set_xlabel(f"{what} (ADC)")
+            ax.set_xlim(float(edges[0]), float(edges[-1]))
+            ax.set_xlabel(f"{what} (ADC counts)")
             ax.set_ylabel("count")
             title = f"module {module}: {self.images_seen[module]} images"
-            if self.outside[module]:
-                title += f", {self.outside[module]} values outside the bins"
+            if span is not None and self.fixed_bins is None:
+                title += f", values {span[0]}..{span[1]}"
+            if outside[module]:
+                title += f", {outside[module]} values outside the bins"
+            if self.synthetic.get(module):
+                title += " (SYNTHETIC data)"
             ax.set_title(title, fontsize=9)
         super().refresh()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+from pathlib import Path
 
-from .config import load_server_config
+from .config import ServerConfig, load_server_config
 from .errors import ConfigError
-
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+from .logs import LOG_LEVELS, configure_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,19 +35,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# sun_path holds 108 bytes on Linux, with the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
+class ListenError(ValueError):
+    """A listen option or setting the server cannot honour."""
+
+
+def check_listeners(args: argparse.Namespace, config: ServerConfig) -> None:
+    """ListenError (or ConfigError for the config file's keys) naming what cannot be listened on.
+
+    TCP ports are 0..65535 (-1 on the command line: no TCP listener); a Unix socket's directory
+    must exist and its path fit in sun_path; and the server must listen on something.
+    """
+    if args.port is not None and not -1 <= args.port <= 65535:
+        raise ListenError(f"--port {args.port}: must be 0..65535, or -1 for no TCP listener")
+    port = config.port if args.port is None else args.port
+    if args.uds is not None:
+        uds, what = (args.uds or None), f"--uds {args.uds}"
+    else:
+        uds, what = config.uds_path, ""
+    if uds is not None:
+        problem = _socket_path_problem(uds)
+        if problem is not None:
+            if what:
+                raise ListenError(f"{what}: {problem}")
+            raise ConfigError("unix_domain_socket", problem, config.config_file)
+    if port < 0 and uds is None:
+        where = f" (config {config.config_file})" if config.config_file else ""
+        raise ListenError(
+            f"nothing to listen on: no TCP port (--port -1) and no Unix socket{where}; "
+            "give --port N or --uds PATH"
+        )
+
+
+def _socket_path_problem(path: str) -> str | None:
+    if len(path.encode()) > _MAX_SOCKET_PATH:
+        return f"socket path is too long ({len(path.encode())} bytes, at most {_MAX_SOCKET_PATH})"
+    directory = Path(path).expanduser().parent
+    if not directory.is_dir():
+        return f"directory {directory} of the socket {path} does not exist"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
-    )
+    configure_logging(args.log_level)
     try:
         config = load_server_config(args.config)
+        check_listeners(args, config)
     except ConfigError as exc:
         print(f"panoseti_daq.serve: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except ListenError as exc:
+        print(f"panoseti_daq.serve: {exc}", file=sys.stderr)
         return 2
     from .server.app import run
 

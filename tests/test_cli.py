@@ -296,9 +296,207 @@ def test_init_from_an_hp_io_config(live_server, tmp_path):
     path.write_text(json.dumps(config))
     result = cli(live_server, "--init", str(path))
     assert result.returncode == 1
-    assert "does not exist" in " ".join(result.stderr.split())  # rich wraps long lines
-    assert "Traceback" not in result.stderr
+    # One line for the failed host, with the server's reason, and no summary line after it.
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0], result.stderr
+    assert "InitHpIo on" in lines[0] and "Traceback" not in result.stderr
     path.write_text(json.dumps({**config, "simulate_daq": True, "force": True}))
     result = cli(live_server, "--init", str(path))
     assert result.returncode == 0, result.stderr
     assert "hp_io initialised" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"update_intervall_seconds": 0.1}, "update_intervall_seconds"),
+        ({"forse": True}, "forse"),
+        ({"force": "yes"}, "force"),
+        ({"module_ids": "1,2"}, "module_ids"),
+        ({"update_interval_seconds": None}, "update_interval_seconds"),
+        ({"comments": 3}, "comments"),
+    ],
+)
+def test_init_file_with_a_typo_exits_2_and_sends_nothing(tmp_path, change, key):
+    """R-CFG-2: an unknown key, a wrong type or a missing required key in an --init file is one
+    line naming the key and the file, exit code 2, and nothing is sent: here the daq_config names
+    a port nobody listens on, so a client that connected first would fail with exit 1."""
+    config = {
+        "data_dir": str(tmp_path),
+        "update_interval_seconds": 0.1,
+        "force": True,
+        "simulate_daq": True,
+        "module_ids": [],
+        "comments": "typo",
+    }
+    config.update(change)
+    if change.get("update_interval_seconds", 0) is None:
+        del config["update_interval_seconds"]
+    path = tmp_path / "hp_io_config.json"
+    path.write_text(json.dumps(config))
+    daq = dead_config(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "panoseti_daq.cli", str(daq), "--init", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert repr(key) in lines[0] and str(path) in lines[0]
+
+
+def test_malformed_init_file_names_the_file(tmp_path):
+    """R-CFG-2: an --init file that is not JSON names the file; exit code 2."""
+    path = tmp_path / "hp_io_config.json"
+    path.write_text("{not json")
+    result = subprocess.run(
+        [sys.executable, "-m", "panoseti_daq.cli", str(dead_config(tmp_path)), "--init", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
+    assert result.returncode == 2 and str(path) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _record_until_first_frame_then(live_server, tmp_path, sig):
+    daq, net, _ = live_server
+    out = tmp_path / "rec"
+    process = subprocess.Popen(
+        command(daq, net, "--record", str(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if "first frame:" in line:
+                break
+        assert "first frame:" in "".join(seen), "".join(seen)
+        process.send_signal(sig)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, stdout, stderr, out
+
+
+def test_sigterm_ends_the_stream_like_ctrl_c(live_server, tmp_path):
+    """SIGTERM (systemd, `timeout`, batch jobs) is treated as SIGINT: the final table is
+    printed, the recording is closed complete (every frame the table counted is in the files,
+    each file whole), exit 0, no traceback."""
+    code, stdout, stderr, out = _record_until_first_frame_then(
+        live_server, tmp_path, signal.SIGTERM
+    )
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    final = [line for line in stdout.splitlines() if line.startswith("panoseti-daq stream")][-1]
+    counted = int(final.split(" frames")[0].rsplit(" ", 1)[-1])
+    assert f"recorded {counted} frames under {out}" in stdout
+    on_disk = 0
+    for path in out.rglob("*.pff"):
+        name = pff.DataFileName.parse(path.name)
+        frames = list(pff.iter_frames(path, product_named(name.dp)))
+        assert frames and len(frames) == len(read_like_the_observatory(path, frames[0][1].nbytes))
+        on_disk += len(frames)
+    assert on_disk == counted > 0
+
+
+def test_piped_output_is_plain_lines_and_logs_one_line_per_record(live_server):
+    """Into a pipe: the table as plain lines (no box drawing, nothing cut to "…"), and log
+    records on stderr as one line each with an ISO 8601 UTC time."""
+    import re
+
+    env = {**ENV, "COLUMNS": "80"}
+    daq, net, tmp = live_server
+    result = subprocess.run(
+        command(
+            daq, net, "--update-interval", "0", "--max-frames", "20", "--refresh-period", "0.2"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "…" not in result.stdout and "━" not in result.stdout and "─" not in result.stdout
+    rows = [line for line in result.stdout.splitlines() if "module 224" in line]
+    assert rows and all("frames=" in row and "lost=" in row for row in rows)
+    first = [line for line in result.stderr.splitlines() if "first frame:" in line]
+    assert len(first) == 1
+    assert re.match(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO panoseti_daq\.cli: first frame: "
+        r"subprocess-node module 224 \w+$",
+        first[0],
+    ), first[0]
+
+
+def test_terminal_table_fits_80_columns(live_server):
+    """On an 80-column terminal (a pty) the live table fits: no line wider than 80 and no cell
+    cut to "…"."""
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+
+    daq, net, tmp = live_server
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 80, 0, 0))
+    env = {k: v for k, v in ENV.items() if k not in ("COLUMNS", "LINES")}
+    env["TERM"] = "xterm"
+    process = subprocess.Popen(
+        command(
+            daq, net, "--update-interval", "0", "--max-frames", "60", "--refresh-period", "0.2"
+        ),
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp,
+    )
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break  # the child closed the terminal
+            if not data:
+                break
+            chunks.append(data)
+        process.wait(timeout=60)
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, process.stderr.read()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    screen = text.split("panoseti-daq stream")[-1]
+    lines = [line.rstrip() for line in screen.replace("\r", "\n").splitlines() if line.strip()]
+    assert any("img16" in line for line in lines) and any("ph256" in line for line in lines)
+    assert "…" not in screen, screen
+    assert max(len(line) for line in lines) <= 80, screen
+
+
+def test_plot_phdist_streams_every_frame_by_default(live_server, tmp_path):
+    """R-UI-3: --plot-phdist accumulates every frame (interval 0, like --record), not one per
+    refresh: 40 frames at the simulation's 50 frames/s arrive well before 40 refresh periods."""
+    started = time.monotonic()
+    result = cli(
+        live_server, "--plot-phdist", "--max-frames", "40", "--refresh-period", "1", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "never published" in result.stdout  # the explanation of an interval-0 stream
+    assert time.monotonic() - started < 20
+    assert (tmp_path / "panoseti_plots" / "phdist.png").stat().st_size > 5_000

@@ -79,7 +79,9 @@ async def test_named_host_that_does_not_answer(make_server):
         async with AsyncDaqClient(config) as client:
             assert await client.get_valid_daq_hosts() == {f"127.0.0.1:{server.port}"}
             with pytest.raises(ConnectionError, match=r"127\.0\.0\.1:1"):
-                await client.init_hp_io("127.0.0.1:1", {"simulate_daq": True})
+                await client.init_hp_io(
+                    "127.0.0.1:1", {"simulate_daq": True, "update_interval_seconds": 0.1}
+                )
             with pytest.raises((ConnectionError, RpcError)) as info:
                 async for _ in client.stream_images("127.0.0.1:1", True, True, 0.0):
                     pass
@@ -191,3 +193,25 @@ def test_stream_outliving_its_event_loop_is_collected_quietly(backend):
     stream = anyio.run(open_and_leave, backend=backend)
     del stream
     gc.collect()  # pytest turns an exception in __del__ into a failure (filterwarnings)
+
+
+@pytest.mark.parametrize(
+    ("hp_io", "key"),
+    [
+        ({"update_interval_seconds": 0.1, "forse": True}, "forse"),
+        ({"update_interval_seconds": "0.1"}, "update_interval_seconds"),
+        ({"force": True}, "update_interval_seconds"),
+    ],
+)
+async def test_init_hp_io_validates_before_sending(make_server, run_dir, hp_io, key):
+    """R-CFG-2: init_hp_io refuses an unknown key, a wrong type or a missing required key with a
+    ConfigError naming the key, before anything is sent: the server keeps its hp_io."""
+    from panoseti_daq.errors import ConfigError
+
+    async with make_server() as server:
+        node = {"ip_addr": f"127.0.0.1:{server.port}", "data_dir": str(run_dir)}
+        async with AsyncDaqClient({"daq_nodes": [node]}) as client:
+            with pytest.raises(ConfigError) as info:
+                await client.init_hp_io(None, {**hp_io, "data_dir": str(run_dir)})
+            assert info.value.key == key
+            assert server.core.hp_io is None

@@ -128,3 +128,64 @@ def test_module_id_ranges_expand(ranges):
     expected = tuple(i for low, span in ranges for i in range(low, low + span + 1))
     assert parse_module_ids(text, "test") == expected
     assert parse_module_ids(list(expected), "test") == expected
+
+
+@pytest.mark.parametrize(
+    ("daq", "net", "key", "which"),
+    [
+        ({"daq_nodes": [{"ip_addr": "a", "modul_ids": [1]}]}, None, "modul_ids", "daq"),
+        ({"daq_node": [], "daq_nodes": [{"ip_addr": "a"}]}, None, "daq_node", "daq"),
+        ({"daq_nodes": [{"ip_addr": "a", "data_dir": 3}]}, None, "data_dir", "daq"),
+        ({"daq_nodes": [{"ip_addr": 7}]}, None, "ip_addr", "daq"),
+        ({"daq_nodes": [{"ip_addr": "a", "user_name": 1}]}, None, "user_name", "daq"),
+        ({"daq_nodes": [{"ip_addr": "a", "module_ids": True}]}, None, "module_ids", "daq"),
+        ({"daq_nodes": [{"ip_addr": "a"}], "head_node_ip_addr": 1}, None, "head_node_ip", "daq"),
+        (
+            {"daq_nodes": [{"ip_addr": "a"}]},
+            {"daq_nodes": [{"ip_addr": "a", "port_forwardin": {}}]},
+            "port_forwardin",
+            "net",
+        ),
+        (
+            {"daq_nodes": [{"ip_addr": "a"}]},
+            {"daq_nodes": [{"ip_addr": "a", "port_forwarding": {"status": "on"}}]},
+            "status",
+            "net",
+        ),
+        (
+            {"daq_nodes": [{"ip_addr": "a"}]},
+            {"daq_nodes": [{"ip_addr": "a", "port_forwarding": {"gw": "b"}}]},
+            "gw",
+            "net",
+        ),
+        ({"daq_nodes": [{"ip_addr": "a"}]}, {"nodes": []}, "nodes", "net"),
+    ],
+)
+def test_unknown_keys_and_wrong_types_name_key_and_file(tmp_path, daq, net, key, which):
+    """R-CFG-3: an unknown key or a wrong type in daq_config or network_config is an error
+    naming the key and the file (it used to be ignored: `modul_ids` streamed every module)."""
+    daq_path, net_path = tmp_path / "daq_config.json", tmp_path / "network_config.json"
+    daq_path.write_text(json.dumps(daq))
+    net_path.write_text(json.dumps(net or {"daq_nodes": []}))
+    with pytest.raises(ValueError, match=key) as info:
+        load_daq_nodes(daq_path, net_path)
+    assert str(daq_path if which == "daq" else net_path) in str(info.value)
+
+
+def test_keys_the_originals_tools_write_are_accepted(tmp_path):
+    """R-CFG-3: head_node_data_dir, head_node_ip_addr, user_name and comments load."""
+    daq = {
+        "head_node_data_dir": "/data",
+        "head_node_ip_addr": "10.0.0.1",
+        "comments": "two nodes",
+        "daq_nodes": [
+            {"ip_addr": "10.0.0.2", "user_name": "panoseti", "data_dir": "/d", "module_ids": []},
+        ],
+    }
+    net = {
+        "daq_nodes": [
+            {"ip_addr": "10.0.0.2", "port_forwarding": {"status": False, "gw_ip": "", "port": 22}}
+        ]
+    }
+    nodes = load_daq_nodes(daq, net)
+    assert nodes["10.0.0.2"].user_name == "panoseti"

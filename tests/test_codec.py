@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import socket
 from dataclasses import dataclass
 
@@ -279,8 +280,13 @@ def test_codec_betterproto2_forms_and_fallback():
     data = codec.encode(message, PanoImage)
     assert data == encode_pano_image(frame)
     assert codec.decode(data, PanoImage).image_array == message.image_array
-    response = codec.decode(encode_stream_reply(StreamReply(frame, "n", 7)), StreamImagesResponse)
-    assert response.pano_image.module_id == 1 and response.timestamp.nanos == 7
+    reply = StreamReply(frame, "n", 7_000_123_000)
+    response = codec.decode(encode_stream_reply(reply), StreamImagesResponse)
+    # R-CLI-9: the timestamp as betterproto2 declares it, an aware datetime.
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    assert response.pano_image.module_id == 1
+    assert response.timestamp == epoch + datetime.timedelta(seconds=7, microseconds=123)
+    assert codec.encode(response, StreamImagesResponse) == encode_stream_reply(reply)
     assert codec.decode(codec.encode(frame, PanoFrame), PanoFrame).header == plain(frame.header)
     request = InitHpIoRequest(data_dir="/x", update_interval_seconds=0.5, module_ids=[1, 2])
     assert codec.decode(codec.encode(request, InitHpIoRequest), InitHpIoRequest) == request
@@ -411,7 +417,9 @@ def test_daq_codec_plugs_into_grpclib_server_and_channel():
             assert got.product is frame.product and got.module_id == frame.module_id
             np.testing.assert_array_equal(got.pixels, frame.pixels)
             assert got.header == plain(frame.header)
-    assert messages[0].name == "node" and messages[1].timestamp.nanos == 6
+    # 6 ns after the epoch: a datetime holds whole microseconds (R-CLI-9).
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    assert messages[0].name == "node" and messages[1].timestamp == epoch
     assert len(service.uploaded) == 3 and service.uploaded[2] is None
     assert failure.status is Status.INVALID_ARGUMENT
     assert "image 0" in failure.message and "1024 pixels" in failure.message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import tempfile
 from pathlib import Path
@@ -151,7 +152,7 @@ def test_defaults_are_the_originals() -> None:
     assert config.daq_active_check == ("process", "marker", "recent_write")
     assert config.scanner_watch is True
     sim = config.simulate_daq_cfg
-    assert sim.data_dir == Path(tempfile.gettempdir()) / "panoseti_daq_sim"
+    assert sim.data_dir == Path(tempfile.gettempdir()) / f"panoseti_daq_sim_{os.getpid()}"
     assert config.allowed_data_roots == (Path.cwd(), sim.data_dir)
     assert (sim.frame_rate_hz, sim.frame_limit, sim.source_dir) == (10, 0, None)
     assert config.uds_ingest.enabled is False
@@ -479,3 +480,44 @@ def test_rpc_simulation_defaults_to_full_speed() -> None:
     )
     assert paced.simulate_daq_cfg.frame_rate_hz == 5.0
     assert server_config_from_dict({}).simulate_daq_cfg.frame_rate_hz == 10.0
+
+
+def test_acquisition_methods_rpc_section_loads(caplog: pytest.LogCaptureFixture) -> None:
+    """R-CFG-5: the original writes acquisition_methods.rpc for its rpc simulation; it loads,
+    and its `enabled` flag is validated (UploadImages is always on here)."""
+    data = json.loads(json.dumps(LATER_CONFIG))
+    data["acquisition_methods"]["rpc"] = {"enabled": True}
+    server_config_from_dict(data, FILE)
+    data["acquisition_methods"]["rpc"] = {"enabled": "yes"}
+    error = _error(data)
+    assert error.key == "acquisition_methods.rpc.enabled" and str(FILE) in str(error)
+    data["acquisition_methods"]["rpc"] = {"enabled": True, "port": 1}
+    assert _error(data).key == "acquisition_methods.rpc.port"
+    data["acquisition_methods"]["rpc"] = {"enabled": False}
+    with caplog.at_level(logging.WARNING, "panoseti_daq.config"):
+        server_config_from_dict(data, FILE)
+    assert "acquisition_methods.rpc.enabled" in caplog.text
+
+
+def test_later_layout_paths_resolve_against_the_working_directory_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R-CFG-5: relative source_data.*_pff_path and filesystem_cfg.sim_data_dir resolve as the
+    original resolves them, against the working directory, and against the config file's
+    directory only when the first does not exist."""
+    cwd, etc = tmp_path / "cwd", tmp_path / "etc"
+    for base in (cwd, etc):
+        (base / "daq_data" / "obs_Lick").mkdir(parents=True)
+        (base / "daq_data" / "obs_Lick" / "x.pff").touch()
+    monkeypatch.chdir(cwd)
+    data = json.loads(json.dumps(LATER_CONFIG))
+    data["simulate_daq_cfg"]["source_data"]["movie_pff_path"] = "daq_data/obs_Lick/x.pff"
+    data["simulate_daq_cfg"]["filesystem_cfg"]["sim_data_dir"] = "daq_data"
+    sim = server_config_from_dict(data, etc / "c.json").simulate_daq_cfg
+    assert sim.source_dir == cwd / "daq_data" / "obs_Lick"
+    assert sim.data_dir == cwd / "daq_data"
+    # Not under the working directory: the config file's directory.
+    monkeypatch.chdir(tmp_path)
+    sim = server_config_from_dict(data, etc / "c.json").simulate_daq_cfg
+    assert sim.source_dir == etc / "daq_data" / "obs_Lick"
+    assert sim.data_dir == etc / "daq_data"

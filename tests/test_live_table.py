@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from panoseti_daq.live_table import LiveTable
+from panoseti_daq.live_table import LiveTable, dropped_in
 from tests.helpers import movie_frame, ph_frame
 
 SERIES = "start_2024-07-25T04_34_46Z.dp_img16.bpp_2.module_1.seqno_{}.pff"
@@ -61,7 +61,9 @@ def test_newest_timestamp_clock_and_peak():
     assert row.wr_valid == newest.time.wr_valid
     assert row.peak == int(newest.pixels.max())
     text = text_of(table, 2.0)
-    assert str(newest.time.pandas_timestamp)[:19] in text
+    stamp = newest.time.pandas_timestamp
+    assert f"{stamp:%H:%M:%S}.{stamp.microsecond // 1000:03d}" in text
+    assert f"UTC {stamp:%Y-%m-%d}" in text  # the date, once, in the title
     assert ("WR" if newest.time.wr_valid else "host") in text
 
 
@@ -141,8 +143,63 @@ def test_render_lists_every_row_with_its_counts():
     table.update(numbered(224, 3), 1.0, host="sim-node")
     table.update(ph_frame(225, 0), 1.0, host="sim-node")
     text = text_of(table, 2.0)
-    assert "panoseti-daq stream (2 s, 3 frames)" in text
-    lines = [line for line in text.splitlines() if "sim-node" in line]
-    assert len(lines) == 2
-    assert "224" in lines[0] and "img16" in lines[0] and "seqno_0#3" in lines[0]
+    # One host: named once, in the title, not on every row.
+    assert "panoseti-daq stream (from sim-node, 2 s, 3 frames" in text
+    lines = [line for line in text.splitlines() if "img16" in line or "ph256" in line]
+    assert len(lines) == 2 and not any("sim-node" in line for line in lines)
+    assert "224" in lines[0] and "img16" in lines[0] and "s0#3" in lines[0]
     assert "225" in lines[1] and "ph256" in lines[1]
+    table.update(ph_frame(225, 1), 1.5, host="other-node")
+    rows = [line for line in text_of(table, 2.0).splitlines() if "ph256" in line]
+    assert [("sim-node" in r, "other-node" in r) for r in rows] == [(False, True), (True, False)]
+
+
+def test_fits_80_columns_without_cutting_cells():
+    """The table of a busy stream (two hosts, large counts) fits an 80-column terminal, every
+    cell whole (no "…"); so does its explanation."""
+    table = LiveTable("panoseti-daq stream", interval_s=0.5)
+    for i in range(0, 40_000, 7):
+        table.update(numbered(224, i), i / 1000, host="daq-node-01")
+    table.update(ph_frame(254, 3), 40.0, host="daq-node-02")
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(table.render(40.0))
+    text = console.export_text()
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "daq-node-01" in text and "s0#39998" in text and "34284" in text
+
+
+def test_skipped_by_pacing_and_lost_to_overruns_are_apart():
+    """R-CLI-10: frames the server reports dropped (`dropped_before`, "dropped N frames") count
+    as lost; the rest of a jump is skipped, which the explanation names pacing for interval > 0
+    and unpublished frames for interval 0."""
+    table = LiveTable(interval_s=1.0)
+    table.update(numbered(1, 0), 0.0)
+    table.update(numbered(1, 10), 1.0)  # 9 skipped by pacing
+    table.update({**numbered(1, 20).to_dict(), "dropped_before": 4}, 2.0)  # 5 skipped, 4 lost
+    table.update(numbered(1, 23), 3.0, dropped=2)  # 2 lost, nothing skipped
+    row = table.rows[("", 1, "img16")]
+    assert (row.skipped, row.lost, row.overruns, row.gaps) == (14, 6, 2, 2)
+    assert "pacing" in table.explanation() and "1 s" in table.explanation()
+    assert "pacing" not in LiveTable(interval_s=0.0).explanation()
+    assert "never published" in LiveTable(interval_s=0.0).explanation()
+    text = text_of(table, 3.0)
+    assert "pacing" in text and "lost" in text
+
+
+def test_dropped_in_reads_the_overrun_notice():
+    """R-STREAM-11's message: "dropped N frames"; empty when none."""
+    assert dropped_in("dropped 12 frames") == 12
+    assert dropped_in("dropped 1 frame") == 1
+    assert dropped_in("") == 0 and dropped_in("server shutting down") == 0
+
+
+def test_plain_lines_for_a_pipe():
+    """lines(): the heading and one line per row, with the host, no table drawing."""
+    table = LiveTable("panoseti-daq stream")
+    table.update(numbered(224, 0), 0.0, host="sim-node")
+    table.update(ph_frame(225, 0), 1.0, host="sim-node")
+    lines = table.lines(2.0)
+    assert lines[0].startswith("panoseti-daq stream (from sim-node, 2 s, 2 frames")
+    assert len(lines) == 3 and all("sim-node module" in line for line in lines[1:])
+    assert "frames=1" in lines[1] and "skip=0 lost=0" in lines[1]

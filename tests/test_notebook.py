@@ -12,16 +12,26 @@ import os
 from pathlib import Path
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "daq_data_client_demo.ipynb"
 
 
-def test_notebook_cells_run_in_a_running_loop(live_server, monkeypatch, capsys):
-    daq, net, _ = live_server
-    monkeypatch.setenv("PANOSETI_DAQ_CONFIG", str(daq))
-    monkeypatch.setenv("PANOSETI_NET_CONFIG", str(net))
+@pytest.mark.parametrize("own_server", [False, True])
+def test_notebook_cells_run_in_a_running_loop(live_server, monkeypatch, capsys, own_server):
+    """With PANOSETI_DAQ_CONFIG the notebook uses those servers (and leaves their simulation
+    alone); without it, it starts a server of its own on a free port and stops it at the end."""
+    daq, net, tmp = live_server
+    if own_server:
+        monkeypatch.delenv("PANOSETI_DAQ_CONFIG", raising=False)
+        monkeypatch.delenv("PANOSETI_NET_CONFIG", raising=False)
+        monkeypatch.setenv("TMPDIR", str(tmp / "own"))
+        (tmp / "own").mkdir(exist_ok=True)
+    else:
+        monkeypatch.setenv("PANOSETI_DAQ_CONFIG", str(daq))
+        monkeypatch.setenv("PANOSETI_NET_CONFIG", str(net))
     cells = [
         "".join(cell["source"])
         for cell in json.loads(NOTEBOOK.read_text())["cells"]
@@ -44,4 +54,10 @@ def test_notebook_cells_run_in_a_running_loop(live_server, monkeypatch, capsys):
     assert "async client received 5 pulse-height images" in out
     assert len(namespace["images"]) == 10
     assert namespace["previewer"].images and namespace["distribution"].counts
-    assert os.environ["PANOSETI_DAQ_CONFIG"] == str(daq)
+    if own_server:
+        assert "started a server of our own on 127.0.0.1:" in out
+        assert namespace["own_server"].returncode == 0  # stopped by the last cell
+        assert not list((tmp / "own").glob("panoseti_daq_sim_*"))
+    else:
+        assert namespace["own_server"] is None
+        assert os.environ["PANOSETI_DAQ_CONFIG"] == str(daq)

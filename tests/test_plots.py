@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from panoseti_daq.plots import PanoImagePreviewer, PulseHeightDistribution
@@ -33,7 +34,8 @@ def test_previewer_panels_show_each_modules_newest_images(tmp_path):
     )
     title = previewer.axes[(1, "PULSE_HEIGHT")].get_title()
     assert "module 1" in title and "ph256" in title
-    assert str(ph_frame(1, 3).time.pandas_timestamp) in title
+    # The time in UTC to the millisecond, and which clock it comes from.
+    assert "2025-08-01 10:22:18.409 UTC (host clock)" in title
     assert len(previewer.colorbars) == 4
     path = previewer.save(tmp_path / "preview.png")
     assert path.stat().st_size > 10_000
@@ -179,3 +181,39 @@ def test_update_redraws_on_a_display_at_most_every_interval(monkeypatch):
     assert len(pauses) == 2
     distribution.refresh()
     assert len(pauses) == 3
+
+
+def test_titles_and_colour_bars_say_units_clock_and_synthetic():
+    """R-UI-2 for a reader: colour bars in ADC counts; times in UTC with their clock (White
+    Rabbit or host), rounded to the millisecond (no `.799999999`); synthetic data says so."""
+    from panoseti_daq.plots import format_utc
+    from panoseti_daq.synthetic import synthetic_movie_frames
+
+    previewer = PanoImagePreviewer()
+    synthetic = synthetic_movie_frames("img16", count=2, module_id=1)[1]
+    previewer.update(synthetic)
+    previewer.update(ph_frame(1, 3))
+    movie_title = previewer.axes[(1, "MOVIE")].get_title()
+    ph_title = previewer.axes[(1, "PULSE_HEIGHT")].get_title()
+    assert "SYNTHETIC" in movie_title and "White Rabbit clock" in movie_title
+    assert "UTC" in movie_title and "SYNTHETIC" not in ph_title and "host clock" in ph_title
+    labels = {bar.ax.get_ylabel() for bar in previewer.colorbars.values()}
+    assert labels == {"pixel value (ADC counts)", "pulse height (ADC counts)"}
+    host_float = pd.Timestamp(1721882092.8, unit="s")  # a float time: ...799999...
+    assert format_utc(host_float) == "2024-07-25 04:34:52.800 UTC"
+
+
+def test_histogram_axis_fits_the_data():
+    """R-UI-3: by default the x axis spans the values seen (the NGC 7331 data lie in a few
+    hundred ADC counts), with every value in a bin and none outside."""
+    plot = PulseHeightDistribution()
+    for frame in REAL_PH:
+        plot.update(frame)
+    plot.refresh()
+    values = np.stack([f.pixels for f in REAL_PH])
+    low, high = plot.axes[254].get_xlim()
+    assert low <= values.min() and high >= values.max()
+    assert high - low < 2 * (int(values.max()) - int(values.min()) + 1)
+    assert plot.counts[254].sum() == values.size and plot.outside[254] == 0
+    assert f"values {values.min()}..{values.max()}" in plot.axes[254].get_title()
+    assert "ADC counts" in plot.axes[254].get_xlabel()

@@ -6,6 +6,10 @@ the source frame at that position, with only the module id changed (R-SIM-4).
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 
@@ -314,3 +318,85 @@ async def test_rpc_simulation_retries_a_failed_upload(caplog: pytest.LogCaptureF
     assert [len(a) for a in attempts] == [2, 6]
     assert same_frame(attempts[1][0], attempts[0][0])
     assert "server went away" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_filesystem_simulation_leaves_a_live_servers_run_alone(tmp_path: Path) -> None:
+    """R-SIM-7: a run directory another live process's simulation made is not removed: the
+    simulation refuses to start, naming the path and the process; one whose process has ended
+    is replaced."""
+    from panoseti_daq.errors import SourceError
+    from panoseti_daq.server.simulation import OWNER_FILE
+
+    other = tmp_path / "module_224" / SIM_RUN_DIR
+    other.mkdir(parents=True)
+    data = other / "start_x.dp_img16.bpp_2.module_224.seqno_0.pff"
+    data.write_bytes(b"theirs")
+    (other / OWNER_FILE).write_text(f"{os.getppid()} abc\n")
+    cfg = SimulateConfig(data_dir=tmp_path, frame_rate_hz=100)
+    with pytest.raises(Exception) as group:
+        async with anyio.create_task_group() as tg:
+            await tg.start(run_filesystem_simulation, cfg)
+    (cause,) = group.value.exceptions  # type: ignore[attr-defined]
+    assert isinstance(cause, SourceError)
+    assert f"{other} is in use by the simulation of process {os.getppid()}" in str(cause)
+    assert data.read_bytes() == b"theirs"
+    # Its process has ended: a leftover, replaced, and removed at the end.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (other / OWNER_FILE).write_text(f"{dead.pid} abc\n")
+    async with anyio.create_task_group() as tg:
+        await tg.start(run_filesystem_simulation, cfg)
+        assert not data.exists()
+        tg.cancel_scope.cancel()
+    assert not (tmp_path / "module_224").exists()
+
+
+@pytest.mark.anyio
+async def test_filesystem_simulation_stops_when_its_run_vanishes(tmp_path: Path) -> None:
+    """R-SIM-7: a run removed by someone else ends the simulation with a SourceError naming the
+    path, before another frame goes into an unlinked file; what it did not make stays."""
+    from panoseti_daq.errors import SourceError
+
+    cfg = SimulateConfig(data_dir=tmp_path, frame_rate_hz=200)
+    run = tmp_path / "module_224" / SIM_RUN_DIR
+    with pytest.raises(Exception) as info:
+        async with anyio.create_task_group() as tg:
+            await tg.start(run_filesystem_simulation, cfg)
+            files = sorted(run.glob("*.pff"))
+            handles = [open(f, "rb") for f in files]  # noqa: SIM115
+            shutil.rmtree(run)
+            # The writer sleeps between frames (one event loop): these are the sizes at removal.
+            sizes = [os.fstat(h.fileno()).st_size for h in handles]
+            (tmp_path / "module_224" / "theirs").mkdir()
+            await anyio.sleep_forever()
+    (cause,) = info.value.exceptions  # type: ignore[attr-defined]
+    assert isinstance(cause, SourceError)
+    assert str(run) in str(cause) and "removed" in str(cause)
+    # Not a byte more went into the unlinked files.
+    assert sizes and [os.fstat(h.fileno()).st_size for h in handles] == sizes
+    for h in handles:
+        h.close()
+    assert (tmp_path / "module_224" / "theirs").is_dir()
+
+
+@pytest.mark.anyio
+async def test_filesystem_simulation_stops_when_its_run_cannot_be_written(tmp_path: Path) -> None:
+    """R-SIM-7: a run that cannot be written (here its directory replaced by a file, as a full
+    or read-only disk would refuse it) ends the simulation with a SourceError naming the file
+    and the operating system's reason."""
+    from panoseti_daq.errors import SourceError
+
+    cfg = SimulateConfig(data_dir=tmp_path, frame_rate_hz=200, frames_per_pff=1)
+    run = tmp_path / "module_224" / SIM_RUN_DIR
+    with pytest.raises(Exception) as info:  # a task group's exception group
+        async with anyio.create_task_group() as tg:
+            await tg.start(run_filesystem_simulation, cfg)
+            shutil.rmtree(run)
+            run.write_text("not a directory")
+            await anyio.sleep_forever()
+    (cause,) = info.value.exceptions  # type: ignore[attr-defined]
+    assert isinstance(cause, SourceError)
+    assert f"cannot write the simulated run file {run}/" in str(cause)
+    assert "Not a directory" in str(cause)
+    assert run.read_text() == "not a directory"  # not ours: left alone

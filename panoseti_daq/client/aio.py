@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import socket
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping
 from contextlib import AsyncExitStack, ExitStack, aclosing
 from pathlib import Path
@@ -39,8 +40,8 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec, StreamReply, UploadItem
-from ..config import BUNDLED_CONFIG_DIR
-from ..errors import CodecError, ImageError, RpcError
+from ..config import BUNDLED_CONFIG_DIR, client_hp_io_config, read_json
+from ..errors import CodecError, ConfigError, ImageError, RpcError
 from ..frames import PanoFrame
 from ..messages import Empty, InitHpIoRequest, InitHpIoResponse, PanoImage, StreamImagesRequest
 from ..products import ImageType, product_for
@@ -106,6 +107,13 @@ def as_frame(image: PanoFrame | PanoImage | Mapping[str, Any]) -> PanoFrame:
     raise TypeError(f"cannot upload a {type(image).__name__}: give PanoFrame, PanoImage or dict")
 
 
+class _ReplyStream(ImageStream):
+    """An ImageStream of the StreamReply objects themselves (AsyncDaqClient._stream_replies)."""
+
+    def _convert(self, reply: StreamReply, *args: Any, **kwargs: Any) -> Any:
+        return reply
+
+
 def _sole_exception(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups (or `exc` itself)."""
     while len(getattr(exc, "exceptions", ())) == 1:
@@ -123,7 +131,20 @@ def rpc_error(exc: BaseException, host: str) -> RpcError:
         return RpcError(Status.DEADLINE_EXCEEDED, "deadline exceeded", host)
     if isinstance(exc, (CodecError, ImageError)):
         return RpcError(Status.INTERNAL, f"invalid reply: {exc}", host)
-    return RpcError(Status.UNAVAILABLE, f"{type(exc).__name__}: {exc}", host)
+    return RpcError(Status.UNAVAILABLE, _unreachable(exc), host)
+
+
+def _unreachable(exc: BaseException) -> str:
+    """Why a host cannot be reached, in words: name, refusal, or the error itself."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (no server listening there)"
+    if isinstance(exc, FileNotFoundError):
+        return f"no Unix socket at {exc.filename}" if exc.filename else "no such Unix socket"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def _iterate(images: Images) -> AsyncGenerator[Any, None]:
@@ -136,12 +157,12 @@ async def _iterate(images: Images) -> AsyncGenerator[Any, None]:
 
 
 def _load_hp_io_cfg(hp_io_cfg: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
+    """The JSON object of an hp_io config (a dict or a file); not yet validated."""
     if isinstance(hp_io_cfg, Mapping):
         return hp_io_cfg
-    path = Path(hp_io_cfg).expanduser()
-    data = json.loads(path.read_text())
+    data, _ = read_json(hp_io_cfg)
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: an hp_io config must be a JSON object")
+        raise ConfigError("<top level>", "must be a JSON object", hp_io_cfg)
     return data
 
 
@@ -285,7 +306,12 @@ class AsyncDaqClient:
         try:
             await self._call(host, "Ping", Empty(), Empty, self.ping_timeout_s)
         except RpcError as exc:
-            log.debug("ping %s failed: %s", host, exc)
+            # Why a host is down, at the default level: one line per failed ping.
+            if exc.status is Status.DEADLINE_EXCEEDED:
+                why = f"no answer within {self.ping_timeout_s:g} s"
+            else:
+                why = exc.details or getattr(exc.status, "name", str(exc.status))
+            log.warning("DAQ host %s is down: %s", host, why)
             self.valid_hosts.discard(host)
             return False
         self.valid_hosts.add(host)
@@ -336,21 +362,23 @@ class AsyncDaqClient:
     ) -> bool:
         """InitHpIo on every host; True when all succeeded (R-CLI-5).
 
-        `hp_io_cfg` is a dict or a path of an hp_io_config.json. `data_dir` comes from it when
-        present, else from the node's `data_dir` in daq_config. A refusal is logged.
+        `hp_io_cfg` is a dict or a path of an hp_io_config.json, validated before anything is
+        sent (R-CFG-2: ConfigError naming the key and the file for an unknown key, a wrong type
+        or a missing `update_interval_seconds`). `data_dir` comes from it when present, else
+        from the node's `data_dir` in daq_config. A refusal is logged.
         """
-        cfg = _load_hp_io_cfg(hp_io_cfg)
+        cfg = client_hp_io_config(hp_io_cfg)
         names = await self._answering(hosts)
         results: dict[str, bool] = {}
 
         async def init(host: str) -> None:
-            data_dir = cfg.get("data_dir") or self.nodes[host].data_dir or ""
+            data_dir = cfg.data_dir or self.nodes[host].data_dir or ""
             request = InitHpIoRequest(
                 data_dir=str(data_dir),
-                update_interval_seconds=float(cfg.get("update_interval_seconds", 1.0)),
-                force=bool(cfg.get("force", False)),
-                simulate_daq=bool(cfg.get("simulate_daq", False)),
-                module_ids=[int(m) for m in cfg.get("module_ids") or []],
+                update_interval_seconds=cfg.update_interval_seconds,
+                force=cfg.force,
+                simulate_daq=cfg.simulate_daq,
+                module_ids=list(cfg.module_ids),
             )
             try:
                 reply = await self._call(host, "InitHpIo", request, InitHpIoResponse, None)
@@ -371,10 +399,11 @@ class AsyncDaqClient:
         self, hosts: Hosts = None, hp_io_cfg: Mapping[str, Any] | str | None = None
     ) -> bool:
         """Start the simulation on every host with the bundled config (R-CLI-5, R-INIT-8)."""
-        if hp_io_cfg is None:
-            path = Path(BUNDLED_CONFIG_DIR) / "hp_io_config_simulate.json"
-            hp_io_cfg = json.loads(path.read_text()) if path.is_file() else _DEFAULT_SIM_CFG
-        return await self.init_hp_io(hosts, {**_load_hp_io_cfg(hp_io_cfg), "simulate_daq": True})
+        path = Path(BUNDLED_CONFIG_DIR) / "hp_io_config_simulate.json"
+        bundled = json.loads(path.read_text()) if path.is_file() else _DEFAULT_SIM_CFG
+        # The bundled settings, with what the caller gives over them.
+        given = {} if hp_io_cfg is None else _load_hp_io_cfg(hp_io_cfg)
+        return await self.init_hp_io(hosts, {**bundled, **given, "simulate_daq": True})
 
     # -- StreamImages --------------------------------------------------------------------------
     def stream_images(
@@ -394,6 +423,46 @@ class AsyncDaqClient:
         down, restarting or not yet initialised is retried until it streams. Hosts None or empty:
         every valid host (with `wait_for_ready` and none valid yet: every configured node).
         """
+        receive, state = self._start_stream(
+            hosts,
+            stream_movie_data,
+            stream_pulse_height_data,
+            update_interval_seconds,
+            module_ids,
+            wait_for_ready,
+        )
+        return self._own(ImageStream(receive, state, parse_pano_images, self._streams.discard))
+
+    def _stream_replies(
+        self,
+        hosts: Hosts,
+        stream_movie_data: bool,
+        stream_pulse_height_data: bool,
+        update_interval_seconds: float,
+        module_ids: Iterable[int] = (),
+        wait_for_ready: bool = False,
+    ) -> ImageStream:
+        """stream_images yielding the codec's StreamReply (PanoFrame, server name, message)
+        as received, with no conversion: the CLI's fast path."""
+        receive, state = self._start_stream(
+            hosts,
+            stream_movie_data,
+            stream_pulse_height_data,
+            update_interval_seconds,
+            module_ids,
+            wait_for_ready,
+        )
+        return self._own(_ReplyStream(receive, state, False, self._streams.discard))
+
+    def _start_stream(
+        self,
+        hosts: Hosts,
+        stream_movie_data: bool,
+        stream_pulse_height_data: bool,
+        update_interval_seconds: float,
+        module_ids: Iterable[int],
+        wait_for_ready: bool,
+    ) -> tuple[MemoryObjectReceiveStream[StreamReply], StreamState]:
         _, tg = self._open()
         interval = float(update_interval_seconds)
         if math.isnan(interval) or interval < 0:
@@ -408,7 +477,10 @@ class AsyncDaqClient:
         send, receive = anyio.create_memory_object_stream[StreamReply](STREAM_BUFFER)
         state = StreamState()
         tg.start_soon(self._pump, names, request, wait_for_ready, send, state)
-        stream = ImageStream(receive, state, parse_pano_images, self._streams.discard)
+        return receive, state
+
+    def _own(self, stream: ImageStream) -> ImageStream:
+        """The client closes its open streams when it exits (R-CLI-8)."""
         self._streams.add(stream)
         return stream
 
@@ -430,10 +502,20 @@ class AsyncDaqClient:
                     except ConnectionError as exc:
                         state.errors.append(exc)
                         return
+                # Hosts still streaming: a host that fails while others go on is logged; the
+                # error of the last one to end is raised instead (never both).
+                remaining = [len(names)]
                 async with anyio.create_task_group() as tg:
                     for host in names:
                         tg.start_soon(
-                            loop.run, self._stream_host, host, request, wait_for_ready, send, state
+                            loop.run,
+                            self._stream_host,
+                            host,
+                            request,
+                            wait_for_ready,
+                            send,
+                            state,
+                            remaining,
                         )
         finally:
             state.finished.set()
@@ -445,8 +527,27 @@ class AsyncDaqClient:
         wait_for_ready: bool,
         send: MemoryObjectSendStream[StreamReply],
         state: StreamState,
+        remaining: list[int],
     ) -> None:
-        """One host's StreamImages, on grpclib's loop; retried while wait_for_ready."""
+        """One host's StreamImages, on grpclib's loop; retried while wait_for_ready.
+
+        A failure while other hosts still stream is logged (the stream goes on); the failure of
+        the last host is kept in `state.errors`, which the stream raises.
+        """
+        try:
+            await self._stream_one(host, request, wait_for_ready, send, state, remaining)
+        finally:
+            remaining[0] -= 1
+
+    async def _stream_one(
+        self,
+        host: str,
+        request: StreamImagesRequest,
+        wait_for_ready: bool,
+        send: MemoryObjectSendStream[StreamReply],
+        state: StreamState,
+        remaining: list[int],
+    ) -> None:
         delay_s = self.retry_delay_s
         with send.clone() as out:
             while True:
@@ -468,8 +569,10 @@ class AsyncDaqClient:
                 except _RPC_FAILURES as exc:
                     error = rpc_error(exc, host)
                     if not (wait_for_ready and error.status in _RETRYABLE):
-                        log.warning("stream from %s failed: %s", host, error)
-                        state.errors.append(error)
+                        if remaining[0] > 1:
+                            log.warning("stream from %s failed (the others go on): %s", host, error)
+                        else:
+                            state.errors.append(error)
                         return
                     log.info("stream from %s: %s; retrying in %g s", host, error, delay_s)
                     await anyio.sleep(delay_s)
@@ -524,7 +627,9 @@ class AsyncDaqClient:
             with receive:
                 await loop.run(self._upload_host, host, receive)
         except RpcError as exc:
-            log.warning("upload to %s failed: %s", host, exc)
+            # The first error is raised by upload_images; later ones are only logged.
+            if errors:
+                log.warning("upload to %s failed: %s", host, exc)
             errors.append(exc)
             tg.cancel_scope.cancel()
 

@@ -222,11 +222,38 @@ class DaqClient:
                 parse_pano_images,
             )
 
-        stream = self._call(open_stream)
+        return self._own(self._call(open_stream))
+
+    def _own(self, stream: ImageStream) -> BlockingImageStream:
+        """A blocking view of `stream`, closed with the client if still open (R-CLI-8)."""
         assert self._portal is not None
         blocking = BlockingImageStream(self._portal, stream, self._streams.discard)
         self._streams.add(blocking)
         return blocking
+
+    def _stream_replies(
+        self,
+        hosts: Hosts,
+        stream_movie_data: bool,
+        stream_pulse_height_data: bool,
+        update_interval_seconds: float,
+        module_ids: Iterable[int] = (),
+        wait_for_ready: bool = False,
+    ) -> BlockingImageStream:
+        """stream_images yielding the codec's StreamReply objects unconverted (the CLI's fast
+        path: no betterproto message, no parsed dict per frame)."""
+
+        async def open_stream() -> ImageStream:
+            return self._client._stream_replies(
+                hosts,
+                stream_movie_data,
+                stream_pulse_height_data,
+                update_interval_seconds,
+                module_ids,
+                wait_for_ready,
+            )
+
+        return self._own(self._call(open_stream))
 
     def upload_images(self, hosts: Hosts, images: Iterable[Any]) -> None:
         """Upload frames, PanoImages or parsed dicts to every host (R-CLI-7).

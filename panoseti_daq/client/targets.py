@@ -21,6 +21,52 @@ from typing import Any
 __all__ = ["DEFAULT_PORT", "DaqNode", "load_daq_nodes", "parse_module_ids"]
 
 DEFAULT_PORT = 50051
+# The keys each object may have (R-CFG-3), with the JSON types they take; besides ours, the keys
+# the original's tools write into these files.
+_DAQ_KEYS: dict[str, tuple[type, ...]] = {
+    "daq_nodes": (list,),
+    "head_node_data_dir": (str,),
+    "head_node_ip_addr": (str,),
+    "comments": (str,),
+}
+_DAQ_NODE_KEYS: dict[str, tuple[type, ...]] = {
+    "ip_addr": (str,),
+    "port": (int,),
+    "data_dir": (str,),
+    "module_ids": (str, int, list),
+    "user_name": (str,),
+    "comments": (str,),
+}
+_NET_KEYS: dict[str, tuple[type, ...]] = {"daq_nodes": (list,), "comments": (str,)}
+_NET_NODE_KEYS: dict[str, tuple[type, ...]] = {
+    "ip_addr": (str,),
+    "port_forwarding": (dict,),
+    "comments": (str,),
+}
+_FORWARDING_KEYS: dict[str, tuple[type, ...]] = {
+    "status": (bool,),
+    "gw_ip": (str,),
+    "port": (int,),
+}
+_JSON_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
+_JSON_NAMES[dict] = "an object"
+
+
+def _check_keys(
+    obj: Mapping[str, Any], allowed: dict[str, tuple[type, ...]], where: str, prefix: str = ""
+) -> None:
+    """ValueError naming the first unknown key or value of a wrong JSON type, and the file."""
+    for key, value in obj.items():
+        name = f"{prefix}{key!r}" if not prefix else f"{prefix}.{key}"
+        types = allowed.get(key)
+        if types is None:
+            raise ValueError(f"{where}: unknown key {name if prefix else repr(key)}")
+        # JSON has no bools among its integers; null is "not given".
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if value is not None and (wrong_bool or not isinstance(value, types)):
+            kinds = " or ".join(_JSON_NAMES[t] for t in types)
+            shown = name if prefix else repr(key)
+            raise ValueError(f"{where}: {shown} must be {kinds}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -79,16 +125,19 @@ def _forwarding(network: Any, where: str) -> dict[str, str]:
     """ip_addr -> gw_ip for the network nodes with port forwarding on."""
     if network is None:
         return {}
-    nodes = network.get("daq_nodes", []) if isinstance(network, Mapping) else None
+    if not isinstance(network, Mapping):
+        raise ValueError(f"{where}: must be a JSON object")
+    _check_keys(network, _NET_KEYS, where)
+    nodes = network.get("daq_nodes", [])
     if not isinstance(nodes, list):
         raise ValueError(f"{where}: 'daq_nodes' must be a list")
     gateways = {}
     for index, node in enumerate(nodes):
         if not isinstance(node, Mapping) or "ip_addr" not in node:
             raise ValueError(f"{where}: daq_nodes[{index}] has no 'ip_addr'")
+        _check_keys(node, _NET_NODE_KEYS, where, f"daq_nodes[{index}]")
         forwarding = node.get("port_forwarding") or {}
-        if not isinstance(forwarding, Mapping):
-            raise ValueError(f"{where}: daq_nodes[{index}].'port_forwarding' must be an object")
+        _check_keys(forwarding, _FORWARDING_KEYS, where, f"daq_nodes[{index}].port_forwarding")
         if forwarding.get("status") is True:
             if not forwarding.get("gw_ip"):
                 raise ValueError(f"{where}: daq_nodes[{index}].port_forwarding has no 'gw_ip'")
@@ -128,11 +177,13 @@ def load_daq_nodes(
     nodes = daq["daq_nodes"]
     if not isinstance(nodes, list) or not nodes:
         raise ValueError(f"{where}: 'daq_nodes' must be a non-empty list")
+    _check_keys(daq, _DAQ_KEYS, where)
     gateways = _forwarding(network, net_where)
     result: dict[str, DaqNode] = {}
     for index, node in enumerate(nodes):
         if not isinstance(node, Mapping) or not node.get("ip_addr"):
             raise ValueError(f"{where}: daq_nodes[{index}] has no 'ip_addr'")
+        _check_keys(node, _DAQ_NODE_KEYS, where, f"daq_nodes[{index}]")
         name = str(node["ip_addr"])
         host, port, path = _address(name, node, gateways.get(name), f"{where} daq_nodes[{index}]")
         result[name] = DaqNode(

@@ -27,6 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from grpclib.const import Status
 
 from ..config import HpIoConfig, ServerConfig
+from ..errors import SourceError
 from ..frames import PanoFrame
 from ..products import product_named
 from .hub import Hub
@@ -230,11 +231,15 @@ class ServerCore:
                         )
                     task_status.started()
                     started = True
-        except Exception:
+        except Exception as exc:
             if not started:
                 raise  # the controller reports it (R-INIT-7)
             # A source failed later: hp_io is no longer valid, the server keeps serving.
-            log.exception("hp_io data source failed; hp_io is no longer valid")
+            cause = _root_cause(exc)
+            if isinstance(cause, SourceError):  # R-SIM-7: one line naming the path, no traceback
+                log.error("%s; data source stopped, hp_io is no longer valid", cause)
+            else:
+                log.exception("hp_io data source failed; hp_io is no longer valid")
             if self._sources is sources:
                 self.hp_io_valid = False
         finally:

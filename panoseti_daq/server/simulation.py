@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime, timezone
@@ -28,7 +29,7 @@ from anyio.abc import TaskStatus
 from .. import pff
 from .._bundled import NGC7331_MODULE_ID, NGC7331_PH256
 from ..config import SimulateConfig
-from ..errors import PFFError
+from ..errors import PFFError, SourceError
 from ..frames import PanoFrame
 from ..products import DataProduct, product_named
 from ..synthetic import ph1024_from_ph256, synthetic_movie_frames
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 SIM_RUN_DIR = "obs_SIMULATE"
+# In each simulated run directory: "<pid> <token>" of the simulation that made it (R-SIM-7).
+OWNER_FILE = ".panoseti_daq_owner"
 # Frames read from one source product: the source loops, it need not be long.
 MAX_SOURCE_FRAMES = 10_000
 # The filesystem simulation keeps this many files per module and product and deletes older
@@ -157,33 +160,62 @@ class _ProductWriter:
         self.module = module
         self.per_file = per_file
         self.start = _start_time()
+        # Extra name fields of the source (`synthetic_sky` of the synthetic movie data) stay,
+        # so that a reader can tell synthetic data from observations.
+        source = pff.DataFileName.parse(frames[0].file)
+        self.extra = source.extra if source is not None else ()
         self.seqno = -1
         self.in_file = per_file
         self.file: IO[bytes] | None = None
 
     def name(self, seqno: int) -> str:
         return pff.DataFileName(
-            self.product.name, self.module, seqno, self.product.bytes_per_pixel, self.start
+            self.product.name,
+            self.module,
+            seqno,
+            self.product.bytes_per_pixel,
+            self.start,
+            self.extra,
         ).format()
 
     def write_next(self) -> None:
-        """Append the next source frame, rolling over to the next seqno when the file is full."""
-        if self.in_file >= self.per_file:
-            self.close()
-            self.seqno += 1
-            self.in_file = 0
-            self.file = open(self.run_dir / self.name(self.seqno), "ab")  # noqa: SIM115
-            if self.seqno >= KEPT_FILES:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.run_dir / self.name(self.seqno - KEPT_FILES))
-        assert self.file is not None
-        frame = next(self.frames)
-        self.file.write(
-            pff.encode_frame(frame.header, frame.pixels, self.product, self.header_width)
-        )
-        # One frame reaches the file whole: a reader sees complete frames or a growing tail.
-        self.file.flush()
+        """Append the next source frame, rolling over to the next seqno when the file is full.
+
+        SourceError, naming the file and the cause, when the file cannot be written or is no
+        longer in its directory (removed by someone else): never write into an unlinked file.
+        """
+        path = self.run_dir / self.name(max(self.seqno, 0))
+        try:
+            if self.in_file >= self.per_file:
+                self.close()
+                self.seqno += 1
+                self.in_file = 0
+                path = self.run_dir / self.name(self.seqno)
+                self.file = open(path, "ab")  # noqa: SIM115
+                if self.seqno >= KEPT_FILES:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.run_dir / self.name(self.seqno - KEPT_FILES))
+            assert self.file is not None
+            if os.fstat(self.file.fileno()).st_nlink == 0:
+                raise SourceError(f"simulated run file {path} was removed")
+            frame = next(self.frames)
+            self.file.write(
+                pff.encode_frame(frame.header, frame.pixels, self.product, self.header_width)
+            )
+            # One frame reaches the file whole: a reader sees complete frames or a growing tail.
+            self.file.flush()
+        except OSError as exc:
+            self.close_quietly()
+            reason = exc.strerror or type(exc).__name__
+            raise SourceError(f"cannot write the simulated run file {path}: {reason}") from None
         self.in_file += 1
+
+    def close_quietly(self) -> None:
+        """Close after a failed write: what could not be flushed is lost, not raised again."""
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
 
     def close(self) -> None:
         if self.file is not None:
@@ -191,17 +223,61 @@ class _ProductWriter:
             self.file = None
 
 
-def _make_run_dir(data_dir: Path, module: int) -> Path:
+def _owner(run_dir: Path) -> tuple[int, str] | None:
+    """(pid, token) of the simulation that made `run_dir`, or None when it names none."""
+    try:
+        pid, token = (run_dir / OWNER_FILE).read_text().split()
+        return int(pid), token
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def _make_run_dir(data_dir: Path, module: int, token: str) -> Path:
+    """The simulated run directory of `module`, made and marked as this simulation's.
+
+    One left over from a simulation whose process has ended is replaced; one of a live process
+    (another server sharing the data_dir) is a SourceError: a server removes only what it
+    created, or what a simulation left behind (R-SIM-7).
+    """
     run_dir = data_dir / f"module_{module}" / SIM_RUN_DIR
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # left over from a simulation that was killed
-    run_dir.mkdir(parents=True)
-    (run_dir / f"module_{module}.daq-active").touch()
+        owner = _owner(run_dir)
+        if owner is not None and owner[0] != os.getpid() and _alive(owner[0]):
+            raise SourceError(
+                f"{run_dir} is in use by the simulation of process {owner[0]} "
+                "(give each server its own simulate_daq_cfg.data_dir)"
+            )
+        # Left over from a simulation that was killed (one without an owner file: of an
+        # earlier version).
+        log.info("replacing the simulated run %s left by an ended simulation", run_dir)
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True)
+        (run_dir / OWNER_FILE).write_text(f"{os.getpid()} {token}\n")
+        (run_dir / f"module_{module}.daq-active").touch()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SourceError(f"cannot make the simulated run {run_dir}: {reason}") from None
     return run_dir
 
 
-def _remove_run_dirs(data_dir: Path, run_dirs: list[Path]) -> None:
+def _remove_run_dirs(data_dir: Path, run_dirs: list[Path], token: str) -> None:
+    """Remove the run directories this simulation made, and parents it leaves empty; a run
+    directory that is gone, or that another simulation has made since, is left alone."""
     for run_dir in run_dirs:
+        owner = _owner(run_dir)
+        if owner is None or owner[1] != token:
+            continue
         shutil.rmtree(run_dir, ignore_errors=True)
         # The module and data directories go too when the simulation was all they held.
         for parent in (run_dir.parent, data_dir):
@@ -219,13 +295,17 @@ async def run_filesystem_simulation(
     frames per second each, a new seqno every cfg.frames_per_pff frames. After cfg.frame_limit
     frames (0: never) it stops writing but keeps the run until cancelled. `task_status.started()`
     is called once the first frame of every file exists.
+
+    A run that vanishes or cannot be written raises SourceError naming the path and the cause
+    (R-SIM-7); on exit it removes only the directories it made.
     """
     movie, ph = source_frames(cfg)
+    token = secrets.token_hex(8)
     run_dirs: list[Path] = []
     writers: list[_ProductWriter] = []
     try:
         for module in cfg.sim_module_ids:
-            run_dir = _make_run_dir(cfg.data_dir, module)
+            run_dir = _make_run_dir(cfg.data_dir, module, token)
             run_dirs.append(run_dir)
             for frames in (movie, ph):
                 writers.append(_ProductWriter(run_dir, frames, module, cfg.frames_per_pff))
@@ -252,8 +332,8 @@ async def run_filesystem_simulation(
         await anyio.sleep_forever()
     finally:
         for writer in writers:
-            writer.close()
-        _remove_run_dirs(cfg.data_dir, run_dirs)
+            writer.close_quietly()
+        _remove_run_dirs(cfg.data_dir, run_dirs, token)
 
 
 async def simulated_frames(cfg: SimulateConfig) -> AsyncIterator[PanoFrame]:
