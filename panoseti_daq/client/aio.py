@@ -40,7 +40,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec, StreamReply, UploadItem
 from ..config import BUNDLED_CONFIG_DIR
-from ..errors import CodecError, ImageError, RpcError
+from ..errors import CodecError, ImageError, RpcError, sole_exception
 from ..frames import PanoFrame
 from ..messages import Empty, InitHpIoRequest, InitHpIoResponse, PanoImage, StreamImagesRequest
 from ..products import ImageType, product_for
@@ -104,13 +104,6 @@ def as_frame(image: PanoFrame | PanoImage | Mapping[str, Any]) -> PanoFrame:
             image.get("frame_number", 0),
         )
     raise TypeError(f"cannot upload a {type(image).__name__}: give PanoFrame, PanoImage or dict")
-
-
-def _sole_exception(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member exception groups (or `exc` itself)."""
-    while len(getattr(exc, "exceptions", ())) == 1:
-        exc = exc.exceptions[0]  # type: ignore[attr-defined]
-    return exc
 
 
 def rpc_error(exc: BaseException, host: str) -> RpcError:
@@ -199,7 +192,7 @@ class AsyncDaqClient:
             # The client's task group wraps what the `async with` body raised in an exception
             # group; let the body's own exception through as itself (R-CLI-8), so that the
             # caller's `except ConnectionError:` and the like still match.
-            if exc_info[1] is not None and _sole_exception(exc) is exc_info[1]:
+            if exc_info[1] is not None and sole_exception(exc) is exc_info[1]:
                 return False
             raise
         finally:
