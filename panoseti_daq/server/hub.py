@@ -216,23 +216,30 @@ class Subscriber:
         if self._paced:
             pending = self._pending
             was_empty = not pending
+            if was_empty and now >= self._idle_since + self.limits.idle_after_s:
+                self.expire(now)  # R-STREAM-12: ended before this frame came
+                return
             pending[entry.key] = entry  # R-STREAM-9: sample-and-hold
             if was_empty:
                 self._wake()
             return
         queue = self._queue
-        if len(queue) < self.limits.max_queue:
+        depth = len(queue)
+        if depth < self.limits.max_queue:
+            if not depth and now >= self._idle_since + self.limits.idle_after_s:
+                self.expire(now)  # R-STREAM-12: ended before this frame came
+                return
             queue.append((entry, self._unreported))
             self._unreported = 0
-            if len(queue) == self.limits.max_queue:
+            if depth + 1 == self.limits.max_queue:
                 self._full_since = now
-            if len(queue) == 1:
+            if not depth:
                 self._wake()
             return
-        # R-STREAM-11: an overrun; the client hears of it with its next queued frame.
-        self.dropped += 1
-        self._unreported += 1
-        self.expire(now)
+        if self.expire(now) is None:
+            # R-STREAM-11: an overrun; the client hears of it with its next queued frame.
+            self.dropped += 1
+            self._unreported += 1
 
     def poll(self, now: float) -> Decision:
         """Handler side: what to do now. A `Send` counts its frames as taken and sent."""
