@@ -139,7 +139,7 @@ def _load_hp_io_cfg(hp_io_cfg: Mapping[str, Any] | str | os.PathLike[str]) -> Ma
 
 
 class AsyncDaqClient:
-    """Async client of the DaqData service on many DAQ nodes (the seed's AioDaqDataClient).
+    """Async client of the DaqData service on many DAQ nodes (panoseti_grpc's AioDaqDataClient).
 
     `daq_config` and `network_config` are paths or dicts (R-CLI-1, R-CFG-3). Use it as an async
     context manager: entering pings every node (R-CLI-2), leaving closes every connection and
