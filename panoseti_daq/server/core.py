@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -128,7 +129,7 @@ class ServerCore:
         self,
         config: ServerConfig,
         *,
-        rpc_simulation: Callable[[SimulateConfig], Awaitable[None]] | None = None,
+        rpc_simulation: Callable[[SimulateConfig], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         """`rpc_simulation` runs the simulation's rpc mode, which uploads through UploadImages
         to this very server; the app, which owns the listeners and grpclib's loop, provides it."""
@@ -207,7 +208,7 @@ class ServerCore:
             async for item in receive:
                 # Everything that has arrived goes into the hub before this task yields.
                 while True:
-                    if type(item) is UploadedFrame:
+                    if isinstance(item, UploadedFrame):
                         publish(item.frame, item.source, monotonic(), item.encoded)
                     else:
                         item.done.set()  # an Uploader.flush() waits for this

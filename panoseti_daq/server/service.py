@@ -33,7 +33,7 @@ from ..messages import (
     StreamImagesRequest,
 )
 from .core import ServerCore, interval_ok
-from .hub import End, EndReason, Send, Subscriber, Subscription, valid_interval
+from .hub import EndReason, Send, Subscriber, Subscription, Wait, valid_interval
 from .scanner import daq_is_active
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ class DaqDataService:
         while True:
             bell.reset()
             decision = subscriber.poll(time.monotonic())
-            if type(decision) is Send:
+            if isinstance(decision, Send):
                 now_ns = time.time_ns()
                 await _send_batch(
                     stream,
@@ -283,10 +283,10 @@ class DaqDataService:
                         for entry, dropped in decision.frames
                     ],
                 )
-            elif type(decision) is End:
-                return
-            else:
+            elif isinstance(decision, Wait):
                 await bell.wait(decision.until_s - time.monotonic())
+            else:
+                return  # End: the caller reports it
 
     # -- InitHpIo --------------------------------------------------------------------------
     def _check_hp_io_request(self, request: InitHpIoRequest) -> HpIoConfig:
@@ -372,7 +372,9 @@ class DaqDataService:
         """R-UP-1 .. R-UP-5: frames enter the hub; a bad image ends this upload only."""
         index = 0
         valid = self.core.hub.valid_products
-        simulated = (stream.metadata or {}).get(SOURCE_METADATA_KEY) == "simulation"
+        simulated = stream.metadata is not None and (
+            stream.metadata.get(SOURCE_METADATA_KEY) == "simulation"
+        )
         uploader = self.core.uploader("simulation" if simulated else "upload")
         while True:
             try:
