@@ -4,7 +4,7 @@ Use it from async code (asyncio or trio, through anyio)::
 
     async with DaqDataServer(config, port=0, uds="/tmp/x.sock") as server:
         print(server.port)           # the bound TCP port
-        server.core.publisher("simulation")(frame)   # frames from any source
+        server.core.publisher("upload")(frame)   # frames from outside, counted as uploads
         await server.serve_until_signalled()
 
 `run(config, backend)` is the blocking entry point of `python -m panoseti_daq.serve`.

@@ -73,7 +73,7 @@ class UploadFlush:
     done: anyio.Event
 
 
-UploadItem = UploadedFrame | UploadFlush
+UploadChannelItem = UploadedFrame | UploadFlush
 
 
 class Uploader:
@@ -88,7 +88,7 @@ class Uploader:
     """
 
     def __init__(
-        self, send: MemoryObjectSendStream[UploadItem], burst: int, source: str = "upload"
+        self, send: MemoryObjectSendStream[UploadChannelItem], burst: int, source: str = "upload"
     ) -> None:
         if source not in SOURCES:
             raise ValueError(f"unknown frame source {source!r}")
@@ -148,9 +148,9 @@ class ServerCore:
         self.hp_io: HpIoConfig | None = None
         self.hp_io_valid = False
         self._rpc_simulation = rpc_simulation
-        self._upload_send, self._upload_receive = anyio.create_memory_object_stream[UploadItem](
-            UPLOAD_CHANNEL_SIZE
-        )
+        self._upload_send, self._upload_receive = anyio.create_memory_object_stream[
+            UploadChannelItem
+        ](UPLOAD_CHANNEL_SIZE)
         self._command_send, self._command_receive = anyio.create_memory_object_stream[Reconfigure](
             1
         )
