@@ -118,18 +118,25 @@ class HubMachine(RuleBasedStateMachine):
         )
 
     # -- the model's rules -----------------------------------------------------------------
-    def _expire(self, model: QueueModel) -> None:
-        """R-STREAM-11, R-STREAM-12 at self.now, as the spec states them."""
-        if model.ended is not None:
-            return
+    def _due(self, model: QueueModel) -> EndReason | None:
+        """The end R-STREAM-11 or R-STREAM-12 says is due at self.now, if any."""
         if model.full_since is not None:
             if self.now >= model.full_since + self.limits.too_slow_after_s:
-                model.ended = EndReason.TOO_SLOW
+                return EndReason.TOO_SLOW
         elif model.depth == 0 and self.now >= model.idle_since + self.limits.idle_after_s:
-            model.ended = EndReason.IDLE
+            return EndReason.IDLE
+        return None
+
+    def _expire(self, model: QueueModel) -> None:
+        """The reader looks (polls): a due end happens."""
+        if model.ended is None:
+            model.ended = self._due(model)
 
     def _offer(self, model: QueueModel, seq: int) -> None:
-        self._expire(model)
+        # A frame overdue for an idle reader still counts until the reader has looked; an
+        # overrun applies R-STREAM-11 on the spot.
+        if model.ended is None and model.depth == self.limits.max_queue:
+            self._expire(model)
         if model.ended is not None:
             return
         model.wanted.append(seq)
@@ -180,7 +187,6 @@ class HubMachine(RuleBasedStateMachine):
 
     def _paced_offer(self, frame) -> None:
         paced = self.paced
-        self._paced_expire()
         if paced.ended is None:
             paced.newest[(frame.module_id, frame.product.name)] = self.seq
 
@@ -188,14 +194,17 @@ class HubMachine(RuleBasedStateMachine):
         paced = self.paced
         return {k: s for k, s in paced.newest.items() if paced.last_sent.get(k, 0) < s}
 
-    def _paced_expire(self) -> None:
+    def _paced_due(self) -> bool:
         paced = self.paced
-        if (
+        return (
             paced.ended is None
             and not self._paced_pending()
             and self.now >= paced.idle_since + self.limits.idle_after_s
-        ):
-            paced.ended = EndReason.IDLE
+        )
+
+    def _paced_expire(self) -> None:
+        if self._paced_due():
+            self.paced.ended = EndReason.IDLE
 
     @rule(name=st.sampled_from(["all", "movie_of_1", "ph"]))
     def take(self, name):
@@ -238,7 +247,6 @@ class HubMachine(RuleBasedStateMachine):
     def end_one(self, reason):
         """A reconfiguration or shutdown ends a subscriber at once (R-STREAM-13, R-STREAM-3)."""
         model = self.queues["all"]
-        self._expire(model)
         if model.ended is None:
             model.subscriber.end(reason, "bye")
             model.ended = reason
@@ -250,12 +258,10 @@ class HubMachine(RuleBasedStateMachine):
     def subscribers_match_the_model(self):
         for model in [*self.queues.values(), self.keeper]:
             subscriber = model.subscriber
-            self._expire(model)
             # Ended, or would end at the next look (the hub applies the timeouts lazily).
             over = subscriber.ended is not None or self.now >= subscriber.deadline_s
-            assert over == (model.ended is not None)
-            if subscriber.ended is not None:
-                assert subscriber.ended.reason is model.ended
+            assert over == (model.ended is not None or self._due(model) is not None)
+            assert (subscriber.ended.reason if subscriber.ended else None) is model.ended
             if model.ended is None:
                 # R-STREAM-11: bounded memory; drops counted exactly.
                 assert subscriber.queue_depth == model.depth <= self.limits.max_queue
@@ -264,10 +270,10 @@ class HubMachine(RuleBasedStateMachine):
             if model.ended is None:
                 # Every wanted frame is received, queued, or dropped and counted.
                 assert len(model.wanted) == len(model.received) + model.depth + model.dropped
-        self._paced_expire()
         paced = self.paced.subscriber
         over = paced.ended is not None or self.now >= paced.deadline_s
-        assert over == (self.paced.ended is not None)
+        assert over == (self.paced.ended is not None or self._paced_due())
+        assert (paced.ended.reason if paced.ended else None) is self.paced.ended
 
     @invariant()
     def a_reader_that_keeps_up_gets_everything(self):

@@ -213,12 +213,11 @@ class Subscriber:
         """Hub side: a wanted frame for this client; never waits."""
         if self.ended is not None:
             return
+        # A frame that comes after the idle deadline (R-STREAM-12) but before the handler has
+        # looked still counts: the reader is not idle any more.
         if self._paced:
             pending = self._pending
             was_empty = not pending
-            if was_empty and now >= self._idle_since + self.limits.idle_after_s:
-                self.expire(now)  # R-STREAM-12: ended before this frame came
-                return
             pending[entry.key] = entry  # R-STREAM-9: sample-and-hold
             if was_empty:
                 self._wake()
@@ -226,9 +225,6 @@ class Subscriber:
         queue = self._queue
         depth = len(queue)
         if depth < self.limits.max_queue:
-            if not depth and now >= self._idle_since + self.limits.idle_after_s:
-                self.expire(now)  # R-STREAM-12: ended before this frame came
-                return
             queue.append((entry, self._unreported))
             self._unreported = 0
             if depth + 1 == self.limits.max_queue:
