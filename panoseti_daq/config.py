@@ -4,7 +4,7 @@ Each file type has one loader that validates every key at load time and returns 
 dataclass; an unknown key, a wrong type or an out-of-range value raises ConfigError naming the
 key (dotted for nested keys) and the file (R-CFG-1). Defaults live in the dataclasses.
 
-`simulate_daq_cfg` is read in both layouts of the original (R-CFG-4): the seed README's
+`simulate_daq_cfg` is read in both layouts of the original (R-CFG-4): the panoseti_grpc README's
 (`files` with data_dir, real_run_dir and name templates) and the later one (`source_data`,
 `filesystem_cfg`, `strategies` per mode). Keys of the later layout that we do not implement are
 accepted with a warning naming them; its relative paths resolve against the working directory
@@ -56,7 +56,7 @@ PH_TYPES = tuple(name for name, p in PRODUCTS.items() if not p.is_movie)
 _MAX_UINT32 = 2**32 - 1
 # Top-level keys of the original's later versions that this server does not implement.
 _LATER_TOP_LEVEL = ("role", "gateway", "log_dir", "grpc_logging", "read_status_pipe_name")
-# The names the filesystem simulation uses; other values of the seed's templates are ignored.
+# The names the filesystem simulation uses; other values of panoseti_grpc's templates are ignored.
 _STANDARD_TEMPLATES = {
     "sim_run_dir_template": "module_{module_id}/obs_SIMULATE",
     "daq_active_file": "module_{module_id}.daq-active",
@@ -365,8 +365,8 @@ def _source_dir(reader: _Reader, name: str, path: Path, what: str) -> Path | Non
     return None
 
 
-def _seed_files(files: _Reader, values: dict[str, Any]) -> None:
-    """The seed README's `files` object: data_dir, real_run_dir and name templates."""
+def _panoseti_grpc_files(files: _Reader, values: dict[str, Any]) -> None:
+    """The panoseti_grpc README's `files` object: data_dir, real_run_dir and name templates."""
     values["data_dir"] = files.path("data_dir", values["data_dir"])
     real_run_dir = files.string("real_run_dir", "")
     if real_run_dir:
@@ -457,7 +457,7 @@ def _simulate_config(reader: _Reader | None) -> SimulateConfig:
         raise reader.error("source_dir", f"{values['source_dir']} is not a directory")
     files = reader.child("files")
     if files is not None:
-        _seed_files(files, values)
+        _panoseti_grpc_files(files, values)
     _later_layout(reader, values, mode_name)
     reader.reject_unknown()
     if not values["sim_module_ids"]:

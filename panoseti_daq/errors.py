@@ -65,3 +65,26 @@ class SourceError(PanosetiDaqError):
 
     The server logs it as one line and keeps serving (R-SIM-7).
     """
+
+
+def sole_exception(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups, or `exc` itself.
+
+    For telling whether a task group's exception group wraps just one given exception.
+    """
+    while len(_members(exc)) == 1:
+        exc = _members(exc)[0]
+    return exc
+
+
+def first_leaf_exception(exc: BaseException) -> BaseException:
+    """The first leaf of nested exception groups, or `exc` itself: the one worth a message."""
+    while _members(exc):
+        exc = _members(exc)[0]
+    return exc
+
+
+def _members(exc: BaseException) -> tuple[BaseException, ...]:
+    # An exception group's members (Python 3.10 has no BaseExceptionGroup: duck-typed).
+    members = getattr(exc, "exceptions", ())
+    return members if isinstance(members, tuple) else ()

@@ -1,7 +1,7 @@
 """PanoFrame: one image of one data product, with numpy pixels end to end (R-PARSE-*).
 
 A PanoFrame is what the scanner reads, the hub holds, the codec puts on the wire and the clients
-yield. It converts to the seed's parsed dict (`to_dict`) and to and from the betterproto2
+yield. It converts to panoseti_grpc's parsed dict (`to_dict`) and to and from the betterproto2
 `PanoImage` message for code that wants the typed wire message.
 """
 
@@ -109,7 +109,7 @@ class PanoFrame:
             int(frame_number),
         )
 
-    # -- the seed's PanoImage fields ------------------------------------------------------
+    # -- panoseti_grpc's PanoImage fields -------------------------------------------------
     @property
     def type(self) -> ImageType:
         return self.product.image_type
@@ -137,7 +137,7 @@ class PanoFrame:
         return self.pixels.reshape(-1).view(unsigned).astype(np.uint32)
 
     def to_dict(self) -> dict[str, Any]:
-        """The parsed image of the seed README (R-PARSE-1)."""
+        """The parsed image of the panoseti_grpc README (R-PARSE-1)."""
         header = plain_header(self.header)
         time = self.time
         header["wr_unix_timestamp"] = time.wr_unix_timestamp

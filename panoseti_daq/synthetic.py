@@ -24,7 +24,7 @@ from .timestamps import TAI_UTC_OFFSET_S
 __all__ = ["ph1024_from_ph256", "synthetic_movie_frames"]
 
 _NS = 1_000_000_000
-# 2024-07-25T04:34:52Z, the seed README's example run.
+# 2024-07-25T04:34:52Z, the panoseti_grpc README's example run.
 DEFAULT_START_NS = 1_721_882_092_000_000_000
 
 

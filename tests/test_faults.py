@@ -40,7 +40,12 @@ def anyio_backend():
 
 async def test_stalled_client_among_ten_healthy(make_server, run_dir):
     """R-STREAM-11: ten healthy readers lose nothing while one stalled reader is ended."""
-    async with make_server(max_read_queue_size=8, max_reader_enqueue_timeouts=3) as server:
+    async with make_server(
+        max_read_queue_size=8,
+        max_reader_enqueue_timeouts=3,
+        reader_timeout=0.1,
+        max_reader_dequeue_timeouts=100,
+    ) as server:
         assert (await init_hp_io(server, run_dir)).success
         frames = [movie_frame(1, i) for i in range(300)]
         request = StreamImagesRequest(stream_movie_data=True, update_interval_seconds=0.0)
@@ -62,8 +67,9 @@ async def test_stalled_client_among_ten_healthy(make_server, run_dir):
                     await ready.wait()
                 await wait_until(lambda: server.hub.subscriber_count == 11)
                 await upload(server, frames)
+            await wait_until(lambda: stalled.ended is not None)
         assert all(numbers == list(range(300)) for numbers in received.values())
-        assert stalled.ended is not None and "client too slow" in stalled.ended.message
+        assert "client too slow" in stalled.ended.message
 
 
 _STREAMING_CLIENT = """

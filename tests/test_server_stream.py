@@ -11,6 +11,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from panoseti_daq.messages import StreamImagesRequest
+from panoseti_daq.server.hub import EndReason
 from tests.helpers import (
     init_hp_io,
     movie_frame,
@@ -107,8 +108,14 @@ async def test_paced_client_gets_newest_sample_and_hold(make_server, run_dir):
 
 
 async def test_slow_client_is_dropped_others_unaffected(make_server, run_dir):
-    """R-STREAM-11: a reader that never reads is ended alone; healthy readers lose nothing."""
-    async with make_server(max_read_queue_size=4, max_reader_enqueue_timeouts=3) as server:
+    """R-STREAM-11: a reader that never reads is ended alone (once its full queue has gone
+    untaken for max_reader_enqueue_timeouts x reader_timeout); healthy readers lose nothing."""
+    async with make_server(
+        max_read_queue_size=4,
+        max_reader_enqueue_timeouts=3,
+        reader_timeout=0.1,
+        max_reader_dequeue_timeouts=100,
+    ) as server:
         assert (await init_hp_io(server, run_dir)).success
         frames = [movie_frame(1, i) for i in range(400)]
         request = StreamImagesRequest(stream_movie_data=True, update_interval_seconds=0.0)
@@ -127,9 +134,9 @@ async def test_slow_client_is_dropped_others_unaffected(make_server, run_dir):
                     tg.start_soon(read_all)
                     await upload(server, frames)
                 assert received == list(range(400))
-            assert stalled.ended is not None
-            assert stalled.ended.status == Status.RESOURCE_EXHAUSTED
-            assert "client too slow" in stalled.ended.message
+            await wait_until(lambda: stalled.ended is not None)
+            assert stalled.ended.reason is EndReason.TOO_SLOW
+            assert "client too slow: no frame taken for 0.3 s" in stalled.ended.message
             assert f"{stalled.dropped} frames dropped" in stalled.ended.message
             assert stalled.dropped >= 3
         await wait_until(lambda: server.hub.subscriber_count == 0, timeout_s=2)

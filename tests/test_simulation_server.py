@@ -50,6 +50,9 @@ async def test_simulated_frames_equal_the_source(make_server, base_config, short
         async with AsyncDaqClient(daq_config(server)) as client:
             assert await client.init_sim()
             images = await collect(client, 24)
+        # Counted under the way they entered the hub (the uds simulation is a socket sender).
+        sources = {source for _, _, source in server.hub.frames_in}
+        assert sources == {"socket" if mode == "uds" else "simulation"}
         movie, _ = source_frames(sim)
         ph256 = {int(h["pkt_num"]): p for h, p in ((f.header, f.pixels) for f in _ph(sim))}
         assert {i["module_id"] for i in images} == {7, 9}

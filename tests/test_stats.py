@@ -43,6 +43,15 @@ async def test_stats_file_reports_counters_and_resources(base_config, short_tmp,
         await wait_until(lambda: server.core.active_streams == 0)
     final = stats_lines(path)[-1]
     assert during["frames_published"] == 5 and during["frames_sent"] == 5
+    # The hub's counters per source, per (module, product) and per client.
+    assert during["frames_in"] == [
+        {"module": 1, "product": "img16", "source": "upload", "frames": 5}
+    ]
+    assert [age["age_s"] >= 0 for age in during["newest_frame_age_s"]] == [True]
+    (client,) = during["clients"]
+    assert client["peer"].startswith("127.0.0.1:")
+    assert (client["sent"], client["dropped"], client["queue_depth"]) == (5, 0, 0)
+    assert (client["movie"], client["pulse_height"], client["interval_s"]) == (True, True, 0.0)
     assert during["tasks"] > first["tasks"]  # the stream's handler, at least
     assert final["frames_published"] == 5 and final["frames_sent"] == 5
     assert final["frames_dropped"] == 0 and final["stream_clients"] == 0
@@ -68,6 +77,8 @@ def test_serve_stats_file(short_tmp, backend):
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
     assert running["hp_io"] == "simulation" and running["hp_io_valid"] is True
+    # The simulation's frames are counted as its own, whichever way they enter the hub.
+    assert {entry["source"] for entry in running["frames_in"]} == {"simulation"}
     # Controller, upload task, scanner, simulation writer, listeners: more than a handful.
     assert running["tasks"] >= 5
     assert len(stats_lines(path)) > count  # the line written at shutdown

@@ -41,7 +41,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec, StreamReply, UploadItem
 from ..config import BUNDLED_CONFIG_DIR, client_hp_io_config, read_json
-from ..errors import CodecError, ConfigError, ImageError, RpcError
+from ..errors import CodecError, ConfigError, ImageError, RpcError, sole_exception
 from ..frames import PanoFrame
 from ..messages import Empty, InitHpIoRequest, InitHpIoResponse, PanoImage, StreamImagesRequest
 from ..products import ImageType, product_for
@@ -114,13 +114,6 @@ class _ReplyStream(ImageStream):
         return reply
 
 
-def _sole_exception(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member exception groups (or `exc` itself)."""
-    while len(getattr(exc, "exceptions", ())) == 1:
-        exc = exc.exceptions[0]  # type: ignore[attr-defined]
-    return exc
-
-
 def rpc_error(exc: BaseException, host: str) -> RpcError:
     """The RpcError for a failed call to `host`."""
     if isinstance(exc, RpcError):
@@ -167,7 +160,7 @@ def _load_hp_io_cfg(hp_io_cfg: Mapping[str, Any] | str | os.PathLike[str]) -> Ma
 
 
 class AsyncDaqClient:
-    """Async client of the DaqData service on many DAQ nodes (the seed's AioDaqDataClient).
+    """Async client of the DaqData service on many DAQ nodes (panoseti_grpc's AioDaqDataClient).
 
     `daq_config` and `network_config` are paths or dicts (R-CLI-1, R-CFG-3). Use it as an async
     context manager: entering pings every node (R-CLI-2), leaving closes every connection and
@@ -223,7 +216,7 @@ class AsyncDaqClient:
             # The client's task group wraps what the `async with` body raised in an exception
             # group; let the body's own exception through as itself (R-CLI-8), so that the
             # caller's `except ConnectionError:` and the like still match.
-            if exc_info[1] is not None and _sole_exception(exc) is exc_info[1]:
+            if exc_info[1] is not None and sole_exception(exc) is exc_info[1]:
                 return False
             raise
         finally:

@@ -9,6 +9,7 @@ owns its streams: leaving the client closes those still open.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,16 @@ from ..codec import StreamReply, stream_response_message
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImageStream"]
+__all__ = ["ImageStream", "dropped_before"]
+
+_DROPPED = re.compile(r"dropped (\d+) frames?")
+
+
+def dropped_before(message: str) -> int:
+    """Frames the server dropped just before this one, from its overrun notice (R-STREAM-11):
+    "dropped N frames"; 0 for any other message."""
+    match = _DROPPED.fullmatch(message) if message else None
+    return int(match.group(1)) if match else 0
 
 
 @dataclass(eq=False)
@@ -83,7 +93,9 @@ class ImageStream:
     def _convert(self, reply: StreamReply) -> Any:
         if not self._parse:
             return stream_response_message(reply)
-        return reply.frame.to_dict() if reply.frame is not None else {}
+        parsed = reply.frame.to_dict() if reply.frame is not None else {}
+        parsed["dropped_before"] = dropped_before(reply.message)  # R-CLI-10
+        return parsed
 
     @property
     def closed(self) -> bool:

@@ -1,4 +1,4 @@
-"""DaqClient: the blocking client (the seed's DaqDataClient), also usable inside Jupyter.
+"""DaqClient: the blocking client (panoseti_grpc's DaqDataClient), also usable inside Jupyter.
 
 It runs an AsyncDaqClient on an event loop in a background thread (an anyio blocking portal),
 so it works the same whether or not the caller's thread already runs an event loop (a Jupyter

@@ -4,7 +4,7 @@ Use it from async code (asyncio or trio, through anyio)::
 
     async with DaqDataServer(config, port=0, uds="/tmp/x.sock") as server:
         print(server.port)           # the bound TCP port
-        server.hub.publish(frame)    # frames from any source
+        server.core.publisher("upload")(frame)   # frames from outside, counted as uploads
         await server.serve_until_signalled()
 
 `run(config, backend)` is the blocking entry point of `python -m panoseti_daq.serve`.
@@ -32,7 +32,7 @@ from grpclib.server import Server
 
 from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec
-from ..config import HpIoConfig, ServerConfig, load_hp_io_config
+from ..config import HpIoConfig, ServerConfig, SimulateConfig, load_hp_io_config
 from ..messages import DESCRIPTOR_POOL
 from .core import ServerCore
 from .service import DaqDataService
@@ -107,7 +107,7 @@ class DaqDataServer:
         self.host = config.host if host is None else host
         self.requested_port = config.port if port is None else port
         self.uds_path = config.uds_path if uds is None else (uds or None)
-        self.core = ServerCore(config)
+        self.core = ServerCore(config, rpc_simulation=self._run_rpc_simulation)
         self.hub = self.core.hub
         self.port: int | None = None
         self._servers: list[Server] = []
@@ -135,8 +135,6 @@ class DaqDataServer:
             await stack.__aexit__(None, None, None)
             raise
         self._stack = stack
-        self.core.channel_factory = self._channel_to_self
-        self.core.run_on_grpclib_loop = self._loop.run
         if self.config.init_from_default:
             await self._init_from_default()
         return self
@@ -147,7 +145,7 @@ class DaqDataServer:
         return await stack.__aexit__(*exc_info)
 
     def _handlers(self) -> list[Any]:
-        service = DaqDataService(self.core)
+        service = DaqDataService(self.core, self.uds_path)
         health = Health({service: [self._health]})
         # Reflection lists every service, itself included (R-NET-3), and answers from
         # betterproto2's descriptor pool, where our schema lives. `extend` names the services it
@@ -178,6 +176,14 @@ class DaqDataServer:
             self._uds_bound = True
             log.info("listening on unix://%s", self.uds_path)
         self._health.set(True)
+
+    async def _run_rpc_simulation(self, sim: SimulateConfig) -> None:
+        """The simulation's rpc mode: upload to this server through a grpclib channel."""
+        from .simulation import channel_upload, run_rpc_simulation
+
+        if self._loop is None or not self._servers:
+            raise RuntimeError("rpc simulation needs a listener to upload to")
+        await self._loop.run(run_rpc_simulation, sim, channel_upload(self._channel_to_self))
 
     def _channel_to_self(self) -> Any:
         from grpclib.client import Channel
@@ -211,10 +217,10 @@ class DaqDataServer:
         with anyio.CancelScope(shield=True):
             self.core.begin_shutdown()
             self._health.set(False)
+            streams_ended = anyio.Event()
+            self.hub.call_when_empty(streams_ended.set)
             with anyio.move_on_after(self.config.shutdown_grace_period):
-                # The core gives no event when its last stream ends (issue 16 item 5).
-                while self.core.active_streams:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+                await streams_ended.wait()
             for server in self._servers:
                 server.close()
             with anyio.move_on_after(max(0.5, self.config.shutdown_grace_period)):

@@ -9,14 +9,16 @@ The core is backend-neutral anyio code. It owns three long-lived tasks:
   client (R-UP-4);
 - the data sources themselves, started and cancelled by the controller.
 
-RPC handlers talk to the core only through `Hub.publish`/`subscribe`, the two channels and
-`anyio.Event`s they create themselves, so nothing here depends on which event loop runs grpclib.
+RPC handlers talk to the core only through the hub (`subscribe`; uploads reach `publish`
+through the upload task), the two channels and `anyio.Event`s they create themselves, so nothing
+here depends on which event loop runs grpclib.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,18 +26,18 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from grpclib.const import Status
+from anyio.streams.memory import MemoryObjectSendStream
 
-from ..config import HpIoConfig, ServerConfig
-from ..errors import SourceError
+from ..config import HpIoConfig, ServerConfig, SimulateConfig
+from ..errors import SourceError, first_leaf_exception
 from ..frames import PanoFrame
 from ..products import product_named
-from .hub import Hub
+from .hub import SOURCES, EndReason, Hub, ReaderLimits
 from .scanner import RunScanner, run_scanner
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Reconfigure", "ServerCore", "Uploader"]
+__all__ = ["Reconfigure", "ServerCore", "UploadFlush", "UploadedFrame", "Uploader"]
 
 # R-INIT-7: a configuration that does not become valid within this time fails.
 START_TIMEOUT_S = 10.0
@@ -55,6 +57,25 @@ class Reconfigure:
     error_message: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class UploadedFrame:
+    """A frame on its way from an upload into the hub."""
+
+    frame: PanoFrame
+    encoded: bytes | None
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadFlush:
+    """Set `done` once every frame sent before it is in the hub (Uploader.flush)."""
+
+    done: anyio.Event
+
+
+UploadChannelItem = UploadedFrame | UploadFlush
+
+
 class Uploader:
     """One upload's way into the hub, through the upload task (R-UP-4, R-STREAM-11).
 
@@ -66,16 +87,22 @@ class Uploader:
     `put` wait, and the client with it (HTTP/2 flow control).
     """
 
-    def __init__(self, send: Any, burst: int) -> None:
+    def __init__(
+        self, send: MemoryObjectSendStream[UploadChannelItem], burst: int, source: str = "upload"
+    ) -> None:
+        if source not in SOURCES:
+            raise ValueError(f"unknown frame source {source!r}")
         self._send = send
         self._burst = burst
+        self._source = source
         self._pending = 0
 
     async def put(self, frame: PanoFrame, encoded: bytes | None = None) -> None:
+        item = UploadedFrame(frame, encoded, self._source)
         try:
-            self._send.send_nowait((frame, encoded))
+            self._send.send_nowait(item)
         except anyio.WouldBlock:
-            await self._send.send((frame, encoded))
+            await self._send.send(item)
         self._pending += 1
         if self._pending >= self._burst:
             await self.flush()
@@ -84,7 +111,7 @@ class Uploader:
         """Wait until every frame put so far is in the hub."""
         self._pending = 0
         done = anyio.Event()
-        await self._send.send(done)
+        await self._send.send(UploadFlush(done))
         await done.wait()
 
 
@@ -98,31 +125,59 @@ class _Sources:
 class ServerCore:
     """State shared by the RPC handlers and the core tasks."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        rpc_simulation: Callable[[SimulateConfig], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        """`rpc_simulation` runs the simulation's rpc mode, which uploads through UploadImages
+        to this very server; the app, which owns the listeners and grpclib's loop, provides it."""
         self.config = config
-        self.hub = Hub(config.valid_data_products)
+        self.hub = Hub(
+            config.valid_data_products,
+            ReaderLimits(
+                max_queue=config.max_read_queue_size,
+                reader_timeout_s=config.reader_timeout,
+                max_enqueue_timeouts=config.max_reader_enqueue_timeouts,
+                max_dequeue_timeouts=config.max_reader_dequeue_timeouts,
+            ),
+        )
         self.products = [product_named(name) for name in config.valid_data_products]
         self.shutting_down = False
-        self.active_streams = 0
         self.hp_io: HpIoConfig | None = None
         self.hp_io_valid = False
-        # The simulation's rpc mode uploads through a grpclib channel to this very server; the
-        # app sets how to open one and how to run a coroutine on grpclib's event loop.
-        self.channel_factory: Callable[[], Any] | None = None
-        self.run_on_grpclib_loop: Callable[..., Coroutine[Any, Any, Any]] | None = None
+        self._rpc_simulation = rpc_simulation
         self._upload_send, self._upload_receive = anyio.create_memory_object_stream[
-            tuple[PanoFrame, bytes | None] | anyio.Event
+            UploadChannelItem
         ](UPLOAD_CHANNEL_SIZE)
         self._command_send, self._command_receive = anyio.create_memory_object_stream[Reconfigure](
             1
         )
         self._sources: _Sources | None = None
 
+    @property
+    def active_streams(self) -> int:
+        """StreamImages clients now (R-STREAM-4)."""
+        return self.hub.subscriber_count
+
+    def publisher(self, source: str) -> Callable[[PanoFrame], None]:
+        """`publish(frame)` for a data source: into the hub, counted under `source`."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown frame source {source!r}")
+        publish = self.hub.publish
+        monotonic = time.monotonic
+
+        def publish_from_source(frame: PanoFrame) -> None:
+            publish(frame, source, monotonic())
+
+        return publish_from_source
+
     # -- called from RPC handlers ----------------------------------------------------------
-    def uploader(self) -> Uploader:
+    def uploader(self, source: str = "upload") -> Uploader:
         """A queue into the hub for one UploadImages call (R-UP-4)."""
         burst = max(1, min(UPLOAD_BURST, self.config.max_read_queue_size // 2))
-        return Uploader(self._upload_send, burst)
+        return Uploader(self._upload_send, burst, source)
 
     async def reconfigure(self, config: HpIoConfig) -> Reconfigure:
         """Hand a configuration to the controller and wait for its answer."""
@@ -141,21 +196,22 @@ class ServerCore:
                 from .uds_ingest import run_uds_ingest
 
                 await tg.start(
-                    run_uds_ingest, self.config.uds_ingest, self.products, self.hub.publish
+                    run_uds_ingest, self.config.uds_ingest, self.products, self.publisher("socket")
                 )
             task_status.started()
 
     async def _upload_task(self) -> None:
         publish = self.hub.publish
+        monotonic = time.monotonic
         receive = self._upload_receive
         async with receive:
             async for item in receive:
                 # Everything that has arrived goes into the hub before this task yields.
                 while True:
-                    if isinstance(item, tuple):
-                        publish(*item)
+                    if isinstance(item, UploadedFrame):
+                        publish(item.frame, item.source, monotonic(), item.encoded)
                     else:
-                        item.set()  # an Uploader.flush() waits for this
+                        item.done.set()  # an Uploader.flush() waits for this
                     try:
                         item = receive.receive_nowait()
                     except anyio.WouldBlock:
@@ -172,7 +228,7 @@ class ServerCore:
 
     async def _apply(self, tg: TaskGroup, request: Reconfigure) -> None:
         previous = self._sources.config if self._sources else None
-        self.hub.end_all(Status.CANCELLED, "server reconfigured by InitHpIo (force=true)")
+        self.hub.end_all(EndReason.RECONFIGURED, "server reconfigured by InitHpIo (force=true)")
         await self.stop_sources()
         error = await self._start(tg, request.config)
         if error is None:
@@ -196,7 +252,7 @@ class ServerCore:
             return f"hp_io did not become valid within {START_TIMEOUT_S:g} s"
         except Exception as exc:
             log.debug("hp_io start failed", exc_info=True)
-            return f"hp_io failed to start: {_root_cause(exc)}"
+            return f"hp_io failed to start: {first_leaf_exception(exc)}"
         self._sources = sources
         self.hp_io = config
         self.hp_io_valid = True
@@ -226,8 +282,12 @@ class ServerCore:
                             self.products,
                             watch=self.config.scanner_watch,
                         )
+                        source = "simulation" if config.simulate_daq else "scanner"
                         await tg.start(
-                            run_scanner, scanner, config.update_interval_seconds, self.hub.publish
+                            run_scanner,
+                            scanner,
+                            config.update_interval_seconds,
+                            self.publisher(source),
                         )
                     task_status.started()
                     started = True
@@ -235,7 +295,7 @@ class ServerCore:
             if not started:
                 raise  # the controller reports it (R-INIT-7)
             # A source failed later: hp_io is no longer valid, the server keeps serving.
-            cause = _root_cause(exc)
+            cause = first_leaf_exception(exc)
             if isinstance(cause, SourceError):  # R-SIM-7: one line naming the path, no traceback
                 log.error("%s; data source stopped, hp_io is no longer valid", cause)
             else:
@@ -247,22 +307,16 @@ class ServerCore:
 
     async def _start_simulation(self, tg: TaskGroup, config: HpIoConfig) -> Path | None:
         """Start the simulation (R-INIT-8); the directory to scan, or None in rpc mode."""
-        from .simulation import (
-            channel_upload,
-            run_filesystem_simulation,
-            run_rpc_simulation,
-            run_uds_simulation,
-        )
+        from .simulation import run_filesystem_simulation, run_uds_simulation
 
         sim = self.config.simulate_daq_cfg
         if sim.simulation_mode == "filesystem":
             await tg.start(run_filesystem_simulation, sim)
             return sim.data_dir
         if sim.simulation_mode == "rpc":
-            if self.channel_factory is None or self.run_on_grpclib_loop is None:
+            if self._rpc_simulation is None:
                 raise RuntimeError("rpc simulation needs a listener to upload to")
-            upload = channel_upload(self.channel_factory)
-            tg.start_soon(self.run_on_grpclib_loop, run_rpc_simulation, sim, upload)
+            tg.start_soon(self._rpc_simulation, sim)
             return None
         if sim.simulation_mode == "uds":
             if not self.config.uds_ingest.enabled:
@@ -289,14 +343,7 @@ class ServerCore:
     def begin_shutdown(self) -> None:
         """R-STOP-1, R-STREAM-3: refuse new streams and end the active ones."""
         self.shutting_down = True
-        self.hub.end_all(Status.UNAVAILABLE, "server shutting down")
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The first leaf of nested exception groups (task groups wrap what their tasks raise)."""
-    while getattr(exc, "exceptions", None):
-        exc = exc.exceptions[0]  # type: ignore[attr-defined]
-    return exc
+        self.hub.end_all(EndReason.SHUTDOWN, "server shutting down")
 
 
 def interval_ok(interval_s: float, minimum_s: float) -> bool:

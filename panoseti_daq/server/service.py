@@ -1,7 +1,10 @@
 """The DaqData RPC handlers: thin grpclib handlers over the server core (spec §5 - §7).
 
 Handlers always run on grpclib's asyncio loop; they create their own anyio primitives there
-and reach the core only through its channels, `anyio.Event`s and the synchronous hub.
+and reach the core only through its channels, `anyio.Event`s and the synchronous hub. The
+StreamImages handler is the I/O shell of the hub's state machine (server/hub.py): it waits (for
+the hub's wake-up or the time the state machine names), asks `Subscriber.poll(now)`, and sends
+what it is given or ends the call with the status the reason maps to.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from ..messages import (
     StreamImagesRequest,
 )
 from .core import ServerCore, interval_ok
-from .hub import SubscriberEnded, Subscription, valid_interval
+from .hub import EndReason, Send, Subscriber, Subscription, Wait, valid_interval
 from .scanner import daq_is_active
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,16 @@ log = logging.getLogger(__name__)
 __all__ = ["DaqDataService"]
 
 _NS = 1_000_000_000
+
+# gRPC metadata with which an in-process uploader (the rpc simulation) names its frames' source.
+SOURCE_METADATA_KEY = "x-panoseti-frame-source"
+
+_END_STATUS = {
+    EndReason.RECONFIGURED: Status.CANCELLED,  # R-STREAM-13
+    EndReason.SHUTDOWN: Status.UNAVAILABLE,  # R-STREAM-3
+    EndReason.TOO_SLOW: Status.RESOURCE_EXHAUSTED,  # R-STREAM-11
+    EndReason.IDLE: Status.DEADLINE_EXCEEDED,  # R-STREAM-12
+}
 
 
 def _remaining_s(stream: Stream) -> float:
@@ -86,13 +99,66 @@ def _within(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(resolved == root.resolve() or root.resolve() in resolved.parents for root in roots)
 
 
+class _Bell:
+    """What the hub rings (from any loop in this thread) when a subscriber has news."""
+
+    __slots__ = ("_event", "ended", "subscriber")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self.ended = anyio.Event()  # set once the subscriber has ended
+        self.subscriber: Subscriber | None = None
+
+    def ring(self) -> None:
+        self._event.set()
+        if self.subscriber is not None and self.subscriber.ended is not None:
+            self.ended.set()
+
+    def reset(self) -> None:
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+    async def wait(self, timeout_s: float) -> None:
+        with anyio.move_on_after(timeout_s):
+            await self._event.wait()
+
+
+async def _end_when_too_slow(subscriber: Subscriber, bell: _Bell, scope: anyio.CancelScope) -> None:
+    """R-STREAM-11: end a reader whose full queue goes untaken while its handler is stuck in a
+    send (a client that stopped reading), by cancelling the send; any other end waits for the
+    handler to finish its send and see it."""
+    step_s = max(subscriber.limits.reader_timeout_s, 0.001)
+    while True:
+        now = time.monotonic()
+        with anyio.move_on_after(min(subscriber.deadline_s - now, step_s)):
+            await bell.ended.wait()
+        ended = subscriber.expire(time.monotonic())
+        if ended is not None:
+            if ended.reason is EndReason.TOO_SLOW:
+                scope.cancel()
+            return
+
+
+def _peer(stream: Stream, uds_path: str | None) -> str:
+    """The client's address: "ip:port", or "unix:" and the path of the server's Unix socket."""
+    address: Any = stream.peer.addr()
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
+        return f"{host}:{address[1]}"
+    return f"unix:{address or uds_path or ''}"
+
+
 class DaqDataService:
     """grpclib servable implementing daqdata.DaqData."""
 
-    def __init__(self, core: ServerCore) -> None:
+    def __init__(self, core: ServerCore, uds_path: str | None = None) -> None:
         self.core = core
         self.config = core.config
+        self.uds_path = uds_path
         self._writer_lock: anyio.Lock | None = None
+        # InitHpIo calls from their request to their answer; readers wait while there are any.
+        self._writers = 0
+        self._writers_gone: anyio.Event | None = None
 
     def __mapping__(self) -> dict[str, Handler]:
         prefix = f"/{SERVICE_NAME}"
@@ -117,12 +183,16 @@ class DaqDataService:
         return self._writer_lock
 
     async def _wait_for_writer(self, stream: Stream) -> None:
-        """R-STATE-2, R-STATE-3: wait while a writer reconfigures, within the deadline."""
-        if not self.writer_lock.locked():
+        """R-STATE-2, R-STATE-3: wait while a writer checks its request or reconfigures, within
+        the deadline."""
+        if not self._writers:
             return
         with anyio.move_on_after(_remaining_s(stream)):
-            async with self.writer_lock:
-                return
+            while self._writers:
+                if self._writers_gone is None:
+                    self._writers_gone = anyio.Event()
+                await self._writers_gone.wait()
+            return
         raise GRPCError(
             Status.UNAVAILABLE, "hp_io is being reconfigured and the deadline expired waiting"
         )
@@ -168,47 +238,49 @@ class DaqDataService:
             module_ids=frozenset(request.module_ids),
             interval_s=interval_s,
         )
-        core.active_streams += 1
+        bell = _Bell()
         subscriber = core.hub.subscribe(
-            subscription, config.max_read_queue_size, config.max_reader_enqueue_timeouts
+            subscription, time.monotonic(), peer=_peer(stream, self.uds_path), wake=bell.ring
         )
+        bell.subscriber = subscriber
         try:
             # Headers now: the client knows it is subscribed before the first frame.
             await stream.send_initial_metadata()
-            await self._send_frames(stream, subscriber)
-        except SubscriberEnded as ended:
-            raise GRPCError(ended.status, ended.message) from None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_end_when_too_slow, subscriber, bell, tg.cancel_scope)
+                await self._send_frames(stream, subscriber, bell)
+                tg.cancel_scope.cancel()
         finally:
             core.hub.unsubscribe(subscriber)
-            core.active_streams -= 1
+        ended = subscriber.ended
+        if ended is not None:
+            raise GRPCError(_END_STATUS[ended.reason], ended.message)
 
-    async def _send_frames(self, stream: Stream, subscriber) -> None:
-        config = self.config
-        name = config.server_name
-        interval_s = subscriber.subscription.interval_s
-        dequeue_timeouts = 0
-        next_send = anyio.current_time()
+    async def _send_frames(self, stream: Stream, subscriber: Subscriber, bell: _Bell) -> None:
+        """Until the hub ends the subscriber: wait, ask the state machine, send."""
+        name = self.config.server_name
         while True:
-            if interval_s > 0:
-                await anyio.sleep_until(next_send)  # R-STREAM-9: at most once per interval
-            batch = await subscriber.next_batch(config.reader_timeout)
-            if not batch:
-                # R-STREAM-12: a dequeue timeout; enough in a row end the stream.
-                dequeue_timeouts += 1
-                if dequeue_timeouts >= config.max_reader_dequeue_timeouts:
-                    waited = config.reader_timeout * dequeue_timeouts
-                    raise SubscriberEnded(
-                        Status.DEADLINE_EXCEEDED, f"no data for {waited:g} s: stream ended"
-                    )
-                continue
-            dequeue_timeouts = 0
-            next_send = anyio.current_time() + interval_s
-            now_ns = time.time_ns()
-            await _send_batch(
-                stream,
-                [StreamReply(e.frame, name, now_ns, "", encoded_image=e.encoded) for e in batch],
-            )
-            subscriber.sent += len(batch)
+            bell.reset()
+            decision = subscriber.poll(time.monotonic())
+            if isinstance(decision, Send):
+                now_ns = time.time_ns()
+                await _send_batch(
+                    stream,
+                    [
+                        StreamReply(
+                            entry.frame,
+                            name,
+                            now_ns,
+                            f"dropped {dropped} frames" if dropped else "",
+                            encoded_image=entry.encoded,
+                        )
+                        for entry, dropped in decision.frames
+                    ],
+                )
+            elif isinstance(decision, Wait):
+                await bell.wait(decision.until_s - time.monotonic())
+            else:
+                return  # End: the caller reports it
 
     # -- InitHpIo --------------------------------------------------------------------------
     def _check_hp_io_request(self, request: InitHpIoRequest) -> HpIoConfig:
@@ -252,7 +324,20 @@ class DaqDataService:
 
     async def init_hp_io(self, stream: Stream[InitHpIoRequest, InitHpIoResponse]) -> None:
         request = await _request(stream)
-        hp_io = self._check_hp_io_request(request)
+        self._writers += 1
+        try:
+            await self._init_hp_io(stream, request)
+        finally:
+            self._writers -= 1
+            if not self._writers and self._writers_gone is not None:
+                self._writers_gone.set()
+                self._writers_gone = None
+
+    async def _init_hp_io(
+        self, stream: Stream[InitHpIoRequest, InitHpIoResponse], request: InitHpIoRequest
+    ) -> None:
+        # File-system checks and a /proc scan: off the event loop.
+        hp_io = await anyio.to_thread.run_sync(self._check_hp_io_request, request)
         core = self.core
         if core.shutting_down:
             raise GRPCError(Status.UNAVAILABLE, "server shutting down")
@@ -281,7 +366,10 @@ class DaqDataService:
         """R-UP-1 .. R-UP-5: frames enter the hub; a bad image ends this upload only."""
         index = 0
         valid = self.core.hub.valid_products
-        uploader = self.core.uploader()
+        simulated = stream.metadata is not None and (
+            stream.metadata.get(SOURCE_METADATA_KEY) == "simulation"
+        )
+        uploader = self.core.uploader("simulation" if simulated else "upload")
         while True:
             try:
                 item = await stream.recv_message()

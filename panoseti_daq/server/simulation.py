@@ -400,12 +400,17 @@ def channel_upload(channel_factory: Callable[[], Any]) -> Upload:
 
     from ..codec import UploadItem
     from ..messages import Empty
+    from .service import SOURCE_METADATA_KEY
 
     async def upload(frames: AsyncIterable[PanoFrame]) -> None:
         channel = channel_factory()
         try:
             async with channel.request(
-                "/daqdata.DaqData/UploadImages", Cardinality.STREAM_UNARY, UploadItem, Empty
+                "/daqdata.DaqData/UploadImages",
+                Cardinality.STREAM_UNARY,
+                UploadItem,
+                Empty,
+                metadata={SOURCE_METADATA_KEY: "simulation"},  # counted as the simulation's
             ) as stream:
                 async for frame in frames:
                     await stream.send_message(UploadItem(frame))

@@ -20,7 +20,7 @@ import sniffio
 if TYPE_CHECKING:
     from .core import ServerCore
 
-__all__ = ["process_stats", "server_stats", "task_count", "write_stats"]
+__all__ = ["hub_counters", "process_stats", "server_stats", "task_count", "write_stats"]
 
 
 def task_count(grpclib_loop: Any = None) -> int:
@@ -50,13 +50,48 @@ def process_stats() -> dict[str, Any]:
     return stats
 
 
+def hub_counters(core: ServerCore, now: float) -> dict[str, Any]:
+    """The hub's counters per source, per (module, product) and per client (`now`: monotonic).
+
+    `frames_in`: frames that entered the hub per module, product and source (scanner, upload,
+    socket, simulation); `newest_frame_age_s`: seconds since the newest frame of each (module,
+    product) entered; `clients`: every StreamImages client's peer, subscription, frames sent,
+    overruns (`dropped`, R-STREAM-11) and frames waiting (`queue_depth`).
+    """
+    hub = core.hub
+    return {
+        "frames_in": [
+            {"module": module, "product": product, "source": source, "frames": count}
+            for (module, product, source), count in sorted(hub.frames_in.items())
+        ],
+        "newest_frame_age_s": [
+            {"module": module, "product": product, "age_s": round(now - entered_s, 6)}
+            for (module, product), entered_s in sorted(hub.newest_entered_s().items())
+        ],
+        "clients": [
+            {
+                "peer": client.peer,
+                "movie": client.subscription.movie,
+                "pulse_height": client.subscription.pulse_height,
+                "module_ids": sorted(client.subscription.module_ids),
+                "interval_s": client.subscription.interval_s,
+                "sent": client.sent,
+                "dropped": client.dropped,
+                "queue_depth": client.queue_depth,
+            }
+            for client in sorted(hub.subscriber_stats(), key=lambda c: c.peer)
+        ],
+    }
+
+
 def server_stats(core: ServerCore, started: float, grpclib_loop: Any = None) -> dict[str, Any]:
     """The server's counters and its process's resources, JSON-serialisable."""
     hub = core.hub
     hp_io = core.hp_io
+    now = time.monotonic()
     return {
         "time_ns": time.time_ns(),
-        "uptime_s": round(time.monotonic() - started, 3),
+        "uptime_s": round(now - started, 3),
         "hp_io_valid": core.hp_io_valid,
         "hp_io": None
         if hp_io is None
@@ -66,6 +101,7 @@ def server_stats(core: ServerCore, started: float, grpclib_loop: Any = None) -> 
         "frames_sent": hub.frames_sent,
         "frames_dropped": hub.frames_dropped,
         "tasks": task_count(grpclib_loop),
+        **hub_counters(core, now),
         **process_stats(),
     }
 

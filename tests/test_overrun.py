@@ -1,0 +1,242 @@
+"""Slow readers over real sockets: overruns, drop notices, stalled readers (R-STREAM-11 revised,
+R-CLI-10)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+import urllib.parse
+
+import anyio
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from grpclib.client import Channel
+from grpclib.config import Configuration
+from grpclib.const import Cardinality
+
+from panoseti_daq import AsyncDaqClient
+from panoseti_daq.client.stream import dropped_before
+from panoseti_daq.codec import DaqCodec, StreamReply
+from panoseti_daq.messages import StreamImagesRequest
+from panoseti_daq.server.hub import EndReason
+from tests.conftest import daq_config
+from tests.helpers import init_hp_io, movie_frame, open_stream, upload, wait_until
+
+pytestmark = pytest.mark.anyio
+
+SMALL_WINDOW = 2**16  # the smallest HTTP/2 window: a reader that reads slowly soon blocks sends
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"  # raw grpclib calls from the test
+
+
+@contextlib.asynccontextmanager
+async def _slow_stream(server):
+    """A StreamImages call over a connection with 64 KiB windows, so that reading slowly holds
+    the server's handler back (a grpclib client acknowledges data only as it is read)."""
+    config = Configuration(
+        http2_connection_window_size=SMALL_WINDOW, http2_stream_window_size=SMALL_WINDOW
+    )
+    channel = Channel("127.0.0.1", server.port, codec=DaqCodec(), config=config)
+    try:
+        async with channel.request(
+            "/daqdata.DaqData/StreamImages",
+            Cardinality.UNARY_STREAM,
+            StreamImagesRequest,
+            StreamReply,
+        ) as stream:
+            request = StreamImagesRequest(stream_movie_data=True, update_interval_seconds=0.0)
+            await stream.send_message(request, end=True)
+            try:
+                yield stream
+            finally:
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+    finally:
+        channel.close()
+
+
+async def _watch_queue_depths(server, limit: int, seen: list[int]) -> None:
+    """Record the deepest client queue, every millisecond, until cancelled."""
+    while True:
+        depths = [client.queue_depth for client in server.hub.subscriber_stats()]
+        seen.append(max(depths, default=0))
+        assert seen[-1] <= limit
+        await anyio.sleep(0.001)
+
+
+async def test_slow_reader_keeps_streaming_with_exact_drop_notices(make_server, run_dir):
+    """R-STREAM-11: under a high ingest rate a slow reader (reads with a delay) keeps streaming;
+    the notices on its frames count exactly the frames it missed; a fast reader beside it misses
+    nothing; no client queue ever holds more than max_read_queue_size frames."""
+    count, queue = 1500, 8
+    async with make_server(
+        max_read_queue_size=queue,
+        reader_timeout=0.5,
+        max_reader_enqueue_timeouts=4,
+        max_reader_dequeue_timeouts=100,
+    ) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, ph=False) as fast, _slow_stream(server) as slow:
+            await wait_until(lambda: server.hub.subscriber_count == 2)
+            fast_got: list[tuple[int, str]] = []
+            slow_got: list[tuple[int, str]] = []
+
+            async def read_fast() -> None:
+                while len(fast_got) < count + 1:
+                    reply = await fast.recv_message()
+                    fast_got.append((reply.frame.frame_number, reply.message))
+
+            async def read_slowly() -> None:
+                while not slow_got or slow_got[-1][0] != count:
+                    reply = await slow.recv_message()
+                    slow_got.append((reply.frame.frame_number, reply.message))
+                    await anyio.sleep(0.002)
+
+            depths: list[int] = []
+            async with anyio.create_task_group() as readers:
+                readers.start_soon(_watch_queue_depths, server, queue, depths)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read_fast)
+                    tg.start_soon(read_slowly)
+                    await upload(server, [movie_frame(1, i) for i in range(count)])
+                    (slow_client,) = [
+                        s for s in server.hub._subscribers if s.peer and s.dropped
+                    ]  # the slow one: it has overrun
+                    # Once its queue has room, one last frame carries the last notice.
+                    await wait_until(lambda: slow_client.queue_depth < queue)
+                    await upload(server, [movie_frame(1, count)])
+                readers.cancel_scope.cancel()
+            assert slow_client.ended is None
+    assert [number for number, _ in fast_got] == list(range(count + 1))
+    assert all(message == "" for _, message in fast_got)
+    numbers = [number for number, _ in slow_got]
+    assert numbers == sorted(set(numbers)) and numbers[-1] == count
+    notices = [dropped_before(message) for _, message in slow_got]
+    # Each notice counts exactly the frames lost between two frames received.
+    gaps = [b - a - 1 for a, b in zip([-1, *numbers], numbers, strict=False)]
+    assert notices == gaps
+    assert sum(notices) == slow_client.dropped == count + 1 - len(numbers) > 0
+    assert max(depths) <= queue
+
+
+@contextlib.contextmanager
+def _stalled_h2_client(port: int, request: StreamImagesRequest):
+    """A real HTTP/2 client that sends StreamImages and does not read until asked to."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream_id,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/daqdata.DaqData/StreamImages"),
+            (":authority", f"127.0.0.1:{port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+    )
+    body = bytes(request)
+    conn.send_data(stream_id, b"\x00" + len(body).to_bytes(4, "big") + body, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    try:
+        yield sock, conn
+    finally:
+        sock.close()
+
+
+def _read_trailers(sock: socket.socket, conn: h2.connection.H2Connection) -> dict[str, str]:
+    """Read what the server sent, without acknowledging any data, up to its trailers."""
+    sock.settimeout(5.0)
+    while True:
+        data = sock.recv(1 << 20)
+        assert data, "the server closed the connection without trailers"
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.TrailersReceived):
+                return {k.decode(): v.decode() for k, v in event.headers}
+
+
+async def test_stalled_reader_is_ended_on_time_with_the_reason(make_server, run_dir):
+    """R-STREAM-11: a reader that stops reading is ended once its full queue has gone untaken
+    for max_reader_enqueue_timeouts x reader_timeout, with RESOURCE_EXHAUSTED "client too slow:
+    no frame taken for N s, M frames dropped"; it reaches the client even though its flow-control
+    window is shut."""
+    async with make_server(
+        max_read_queue_size=4,
+        reader_timeout=0.2,
+        max_reader_enqueue_timeouts=2,
+        max_reader_dequeue_timeouts=100,
+    ) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        request = StreamImagesRequest(stream_movie_data=True, update_interval_seconds=0.0)
+        with _stalled_h2_client(server.port, request) as (sock, conn):
+            await wait_until(lambda: server.hub.subscriber_count == 1)
+            (stalled,) = server.hub._subscribers
+            # More than a 64 KiB window and the queue: its handler blocks in a send.
+            await upload(server, [movie_frame(1, i) for i in range(100)])
+            assert stalled.queue_depth == 4
+            full_until = stalled.deadline_s  # when its queue filled, plus 2 x 0.2 s
+            await wait_until(lambda: stalled.ended is not None)
+            ended_at = time.monotonic()
+            assert stalled.ended.reason is EndReason.TOO_SLOW
+            assert full_until <= ended_at < full_until + 0.3
+            await wait_until(lambda: server.hub.subscriber_count == 0)
+            trailers = await anyio.to_thread.run_sync(_read_trailers, sock, conn)
+    assert trailers["grpc-status"] == "8"  # RESOURCE_EXHAUSTED
+    message = urllib.parse.unquote(trailers["grpc-message"])
+    assert message == f"client too slow: no frame taken for 0.4 s, {stalled.dropped} frames dropped"
+    # Every frame was taken (sent or stuck in the shut window), queued, or dropped and counted.
+    assert stalled.sent + 4 + stalled.dropped == 100 and stalled.dropped > 0
+
+
+async def test_parsed_frames_carry_dropped_before(make_server, run_dir):
+    """R-CLI-10: the client's parsed dicts carry `dropped_before` (0 when none); typed messages
+    keep the server's `message`."""
+    async with make_server(max_read_queue_size=4) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        publish = server.core.publisher("upload")
+        async with AsyncDaqClient(daq_config(server)) as client:
+            parsed = client.stream_images(
+                update_interval_seconds=0.0, stream_pulse_height_data=False
+            )
+            typed = client.stream_images(
+                update_interval_seconds=0.0,
+                stream_pulse_height_data=False,
+                parse_pano_images=False,
+            )
+            async with parsed, typed:
+                await wait_until(lambda: server.hub.subscriber_count == 2)
+                for number in range(10):  # without yielding: 4 queued, 6 dropped per client
+                    publish(movie_frame(1, number))
+                got = [await parsed.__anext__() for _ in range(4)]
+                messages = [await typed.__anext__() for _ in range(4)]
+                await wait_until(
+                    lambda: all(s.queue_depth == 0 for s in server.hub.subscriber_stats())
+                )
+                publish(movie_frame(1, 10))
+                got.append(await parsed.__anext__())
+                messages.append(await typed.__anext__())
+    assert [(f["frame_number"], f["dropped_before"]) for f in got] == [
+        (0, 0),
+        (1, 0),
+        (2, 0),
+        (3, 0),
+        (10, 6),
+    ]
+    assert [m.message for m in messages] == ["", "", "", "", "dropped 6 frames"]
+
+
+def test_dropped_before_reads_only_the_notice():
+    """R-CLI-10: the count from "dropped N frames"; anything else is 0."""
+    assert dropped_before("dropped 12 frames") == 12
+    assert dropped_before("dropped 1 frame") == 1
+    assert dropped_before("") == 0
+    assert dropped_before("hello") == 0
+    assert dropped_before("dropped many frames") == 0
