@@ -34,6 +34,7 @@ from ..codec import DaqCodec
 from ..config import HpIoConfig, ServerConfig, load_hp_io_config
 from ..messages import DESCRIPTOR_POOL
 from .core import ServerCore
+from .flow import grpclib_configuration
 from .service import DaqDataService
 from .sockets import prepare_socket_path
 from .stats import server_stats, write_stats
@@ -142,14 +143,14 @@ class DaqDataServer:
             port = self.requested_port
             if port == 0 and host is None:
                 port = _free_port()  # one port for every address family
-            server = Server(handlers, codec=DaqCodec())
+            server = Server(handlers, codec=DaqCodec(), config=grpclib_configuration(self.config))
             await server.start(host, port)
             self._servers.append(server)
             self.port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             log.info("listening on %s:%d", self.host, self.port)
         if self.uds_path:
             prepare_socket_path(self.uds_path, "unix_domain_socket")
-            server = Server(handlers, codec=DaqCodec())
+            server = Server(handlers, codec=DaqCodec(), config=grpclib_configuration(self.config))
             await server.start(path=self.uds_path)
             self._servers.append(server)
             self._uds_bound = True
