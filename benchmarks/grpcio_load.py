@@ -19,6 +19,8 @@ Runs in its own process, so that the server under test shares the machine, not t
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import os
 import re
@@ -32,6 +34,10 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from panoseti_daq import PanoFrame, product_named
+from panoseti_daq._bundled import NGC7331_PH256
+from panoseti_daq.pff import iter_frames
+from panoseti_daq.synthetic import synthetic_movie_frames
 from tests.reference import modules
 
 pb2, _ = modules()
@@ -40,9 +46,9 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _STAMP_SENTINEL = 1234567.890625  # exactly representable; found once in the serialised bytes
 _DROPPED = re.compile(r"dropped (\d+) frames?")
 _PRODUCTS = {
-    # name: (type, shape, bytes_per_pixel, pixel range)
-    "img16": (pb2.PanoImage.MOVIE, (32, 32), 2, 4000),
-    "ph256": (pb2.PanoImage.PULSE_HEIGHT, (16, 16), 2, 4000),
+    # name: (type, shape, bytes_per_pixel)
+    "img16": (pb2.PanoImage.MOVIE, (32, 32), 2),
+    "ph256": (pb2.PanoImage.PULSE_HEIGHT, (16, 16), 2),
 }
 
 
@@ -66,14 +72,24 @@ def hashpipe_header(product: str, number: int) -> dict:
     return {f"quabo_{q}": dict(fields) for q in range(4)}
 
 
+@functools.cache
+def _pixel_sources(product: str) -> tuple[list[int], ...]:
+    """Realistic wire pixels: the synthetic sky for img16 (pedestal, noise, a star), the
+    bundled real NGC 7331 pulse heights for ph256."""
+    if product == "ph256":
+        frames = itertools.islice(iter_frames(NGC7331_PH256, product_named("ph256")), 64)
+        return tuple(PanoFrame.create("ph256", h, p, 1).wire_pixels().tolist() for h, p in frames)
+    return tuple(f.wire_pixels().tolist() for f in synthetic_movie_frames(product, count=64))
+
+
 def upload_request(product: str, number: int, module_id: int, send_ns: bool) -> bytes:
     """UploadImageRequest bytes as protobuf writes them; with `send_ns`, the extra key holds
-    the sentinel double, which `stamped` replaces."""
-    image_type, shape, bytes_per_pixel, top = _PRODUCTS[product]
-    rng = np.random.default_rng(number)
+    the sentinel double, which the request stream replaces with the send time."""
+    image_type, shape, bytes_per_pixel = _PRODUCTS[product]
+    sources = _pixel_sources(product)
     image = pb2.PanoImage(
         type=image_type,
-        image_array=rng.integers(0, top, shape[0] * shape[1]).tolist(),
+        image_array=sources[number % len(sources)],
         shape=shape,
         bytes_per_pixel=bytes_per_pixel,
         file=f"start_bench.dp_{product}.bpp_2.module_{module_id}.seqno_0.pff",
