@@ -6,7 +6,8 @@ decodes with protobuf. Servers: ours on the trio backend (the default), ours on 
 grpcio reference server (`benchmarks/_reference_server.py`), one after another in one run, each
 a subprocess on loopback TCP with our default configuration (queues of `max_read_queue_size`
 frames), except that a reader falling behind is never ended, so that lost frames are counted
-rather than streams cut off. Scenarios:
+rather than streams cut off. The machine is shared and noisy: each figure is the median of
+three runs taken in turns with the other servers' (every run's figure is listed too). Scenarios:
   e_grpcio_upload_only: uploaded/s with no subscriber, and server CPU per 1000 uploads;
   e_grpcio_client: uploaded/s, delivered/s, lost frames and server CPU per 1000 delivered images
       with one subscriber, with Hashpipe's header and with one extra key (`send_ns`);
@@ -35,6 +36,7 @@ TARGET_IMG16_PER_S = 10_000
 TARGET_SATURATION_P99_MS = 50.0
 TARGET_1000_P99_MS = 2.0
 GRPCLIB_DEFAULT_WINDOW = 4 * 2**20
+REPEATS = 3
 
 
 @contextlib.contextmanager
@@ -93,8 +95,30 @@ def load(kind: str, *args: str, **config: Any) -> dict[str, Any]:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def interleaved(
+    kinds: dict[str, dict[str, Any]], metric: str, *args: str, repeats: int = REPEATS
+) -> dict[str, dict[str, Any]]:
+    """Per kind (name: server config), the run with the median `metric` of `repeats` runs,
+    taken in turns (kind A, kind B, ..., A, B, ...) so that the machine's load falls on all
+    alike; each result lists every run's `metric` under `<metric>_runs`."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in kinds}
+    for _ in range(repeats):
+        for name, config in kinds.items():
+            server_kind = config.get("kind", name)
+            settings = {k: v for k, v in config.items() if k != "kind"}
+            runs[name].append(load(server_kind, *args, **settings))
+    out = {}
+    for name, results in runs.items():
+        ordered = sorted(results, key=lambda r: r[metric])
+        out[name] = ordered[len(ordered) // 2] | {f"{metric}_runs": [r[metric] for r in results]}
+    return out
+
+
+ALL_SERVERS: dict[str, dict[str, Any]] = {kind: {} for kind in SERVERS}
+
+
 def upload_only(images: int = 20000) -> dict[str, Any]:
-    results = {kind: load(kind, "--images", str(images), "--no-subscriber") for kind in SERVERS}
+    results = interleaved(ALL_SERVERS, "uploaded_per_s", "--images", str(images), "--no-subscriber")
     reference = results["grpcio"]["uploaded_per_s"]
     return {
         "scenario": "e_grpcio_upload_only",
@@ -108,7 +132,7 @@ def upload_only(images: int = 20000) -> dict[str, Any]:
 
 def with_subscriber(send_ns: bool, images: int = 20000) -> dict[str, Any]:
     extra = ["--send-ns"] if send_ns else []
-    results = {kind: load(kind, "--images", str(images), *extra) for kind in SERVERS}
+    results = interleaved(ALL_SERVERS, "delivered_per_s", "--images", str(images), *extra)
     trio, asyncio_ = results["ours_trio"], results["ours_asyncio"]
     return {
         "scenario": "e_grpcio_client",
@@ -123,15 +147,16 @@ def with_subscriber(send_ns: bool, images: int = 20000) -> dict[str, Any]:
 
 
 def saturation(images: int = 20000) -> dict[str, Any]:
-    args = ("--images", str(images), "--send-ns")
-    results = {
-        "ours_trio": load("ours_trio", *args),
-        "ours_trio_grpclib_default_window": load(
-            "ours_trio", *args, http2_window_bytes=GRPCLIB_DEFAULT_WINDOW
-        ),
-        "ours_asyncio": load("ours_asyncio", *args),
-        "grpcio": load("grpcio", *args),
+    kinds = {
+        "ours_trio": {},
+        "ours_trio_grpclib_default_window": {
+            "kind": "ours_trio",
+            "http2_window_bytes": GRPCLIB_DEFAULT_WINDOW,
+        },
+        "ours_asyncio": {},
+        "grpcio": {},
     }
+    results = interleaved(kinds, "p99_ms", "--images", str(images), "--send-ns")
     bounded, default = results["ours_trio"], results["ours_trio_grpclib_default_window"]
     return {
         "scenario": "f_saturation",
@@ -146,7 +171,7 @@ def saturation(images: int = 20000) -> dict[str, Any]:
 
 def latency_1000(seconds: float = 5.0) -> dict[str, Any]:
     args = ("--images", str(int(1000 * seconds)), "--rate", "1000", "--send-ns")
-    results = {kind: load(kind, *args) for kind in SERVERS}
+    results = interleaved(ALL_SERVERS, "p99_ms", *args)
     return {
         "scenario": "g_latency_1000",
         "product": "img16",

@@ -7,8 +7,9 @@ One grpcio client uploads `--images` images (after `--warmup` more) in one Uploa
 protobuf-encoded with Hashpipe's header layout (img16: `quabo_0..3` sub-structs; ph256: flat
 keys), as fast as flow control allows (`--rate 0`) or at `--rate` images/s. With `--send-ns` each
 header carries one extra key, `send_ns`, the wall-clock send time, stamped into the protobuf bytes
-just before grpcio takes the message. One grpcio StreamImages subscriber (interval 0) decodes
-every reply with protobuf, as a grpcio viewer does, and counts frames, overrun notices
+just before grpcio takes the message. One grpcio StreamImages subscriber (interval 0) reads
+the fields it needs from every reply (message, frame_number, send_ns: a lightweight viewer, so
+that the load generator is not the bottleneck) and counts frames, overrun notices
 ("dropped N frames", R-STREAM-11) and, with `--send-ns`, upload-to-receipt latency. It prints one
 JSON line: uploaded/s, delivered/s, lost frames, latency percentiles and, with `--server-pid`, the
 server's CPU seconds per 1000 delivered (or uploaded) images over the measured part.
@@ -110,46 +111,95 @@ def stamp_offset(data: bytes) -> int:
     return offset
 
 
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: bytes, start: int, end: int):
+    """(number, value or (start, end)) of the varint and length-delimited fields."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        if key & 7 == 0:
+            value, pos = _varint(buf, pos)
+            yield key >> 3, value
+        elif key & 7 == 2:
+            length, pos = _varint(buf, pos)
+            yield key >> 3, (pos, pos + length)
+            pos += length
+        else:
+            raise ValueError(f"unexpected wire type {key & 7} in a StreamImagesResponse")
+
+
+_SEND_NS_ENTRY = b"\x07send_ns\x12\x09\x11"  # the key, then Value{number_value: <8 bytes>}
+
+
+def read_reply(data: bytes) -> tuple[str, int, int | None]:
+    """(message, frame_number, send_ns or None) of StreamImagesResponse bytes.
+
+    Reads only what the subscriber needs, as a lightweight viewer would, so that the load
+    generator spends its CPU on gRPC rather than on building every pixel as a Python int.
+    """
+    message = ""
+    number = 0
+    send_ns = None
+    for field, value in _fields(data, 0, len(data)):
+        if field == 3:
+            message = data[value[0] : value[1]].decode()
+        elif field == 4:
+            for inner, item in _fields(data, *value):
+                if inner == 7:
+                    number = item
+                elif inner == 2:
+                    at = data.find(_SEND_NS_ENTRY, item[0], item[1])
+                    if at >= 0:
+                        send_ns = int(struct.unpack_from("<d", data, at + len(_SEND_NS_ENTRY))[0])
+    return message, number, send_ns
+
+
 class Subscriber(threading.Thread):
-    """One grpcio interval-0 StreamImages client decoding every reply with protobuf."""
+    """One grpcio interval-0 StreamImages client: counts frames, overrun notices, latency."""
 
     def __init__(self, channel: grpc.Channel, warmup: int, want: int) -> None:
         super().__init__(daemon=True)
         self.call = channel.unary_stream(
             "/daqdata.DaqData/StreamImages",
             request_serializer=pb2.StreamImagesRequest.SerializeToString,
-            response_deserializer=pb2.StreamImagesResponse.FromString,
+            response_deserializer=None,
         )(pb2.StreamImagesRequest(stream_movie_data=True, stream_pulse_height_data=True))
         self.warmup = warmup
         self.want = want
         self.received = 0  # frames numbered >= warmup
         self.dropped_notices = 0
         self.latencies_ns: list[int] = []
-        self.last_number = -1
         self.warm = threading.Event()
         self.done = threading.Event()
         self.error = ""
 
     def run(self) -> None:
         try:
-            for reply in self.call:
+            for data in self.call:
                 now = time.time_ns()
-                if reply.message:
-                    found = _DROPPED.search(reply.message)
+                message, number, send_ns = read_reply(data)
+                if message:
+                    found = _DROPPED.search(message)
                     if found:
                         self.dropped_notices += int(found.group(1))
-                image = reply.pano_image
-                number = image.frame_number
-                self.last_number = number
                 if number < self.warmup:
                     if number == self.warmup - 1:
                         self.warm.set()
                     continue
                 self.warm.set()
                 self.received += 1
-                stamp = image.header.fields.get("send_ns")
-                if stamp is not None:
-                    self.latencies_ns.append(now - int(stamp.number_value))
+                if send_ns is not None:
+                    self.latencies_ns.append(now - send_ns)
                 if self.received >= self.want or number == self.warmup + self.want - 1:
                     break
         except grpc.RpcError as exc:
