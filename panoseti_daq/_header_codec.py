@@ -564,10 +564,24 @@ def decode_struct(buf: bytes, start: int = 0, end: int | None = None) -> dict[st
     rec = _Recorder()
     recorded = _decode_struct_general(buf, start, end, _HEADER_DEPTH, rec)
     template = _make_template(buf, start, end, recorded, rec)
-    if template is None:
-        return _decode_struct_general(buf, start, end, _HEADER_DEPTH)
-    header = template.decode(buf, start)
-    if header is None:  # a string that is not UTF-8 was caught by the recording parse
-        return _decode_struct_general(buf, start, end, _HEADER_DEPTH)
-    _remember(size, template)
-    return header
+    if template is not None:
+        header = template.decode(buf, start)
+        if header is not None:
+            _remember(size, template)
+            return header
+    # No template for this layout (this time): the recorded values, without parsing again.
+    return _resolved(recorded, buf)
+
+
+def _resolved(value: Any, buf: bytes) -> Any:
+    """A recorded header with every slot replaced by the double or string it marks."""
+    kind = type(value)
+    if kind is _Slot:
+        if value.length is None:
+            return _unpack_double(buf, value.offset)[0]
+        return buf[value.offset : value.offset + value.length].decode()  # checked when recorded
+    if kind is dict:
+        return {key: _resolved(item, buf) for key, item in value.items()}
+    if kind is list:
+        return [_resolved(item, buf) for item in value]
+    return value
