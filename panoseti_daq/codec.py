@@ -67,6 +67,11 @@ STRICTER_THAN_PROTOBUF: tuple[tuple[str, str], ...] = (
         r"wrong wire type|has wire type \d+, expected",
         "a known field arrives with another wire type; protobuf keeps it as an unknown field",
     ),
+    (
+        r"invalid field number 0 in group",
+        "field number 0 inside a group (an unknown field): protobuf skips groups without "
+        "checking the field numbers inside",
+    ),
 )
 _REPLY_TAGS = frozenset((0x0A, 0x12, 0x1A, 0x22))  # StreamImagesResponse fields 1..4
 _UINT32_MAX = 0xFFFFFFFF
