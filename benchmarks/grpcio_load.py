@@ -227,6 +227,7 @@ def requests(payloads, offset, first, count, rate_hz):
 
 def run(args: argparse.Namespace) -> dict:
     channel = grpc.insecure_channel(f"127.0.0.1:{args.port}")
+    viewer_channel = None
     try:
         if args.init_data_dir:
             init = channel.unary_unary(
@@ -236,7 +237,9 @@ def run(args: argparse.Namespace) -> dict:
             )
             reply = init(
                 pb2.InitHpIoRequest(
-                    data_dir=args.init_data_dir, update_interval_seconds=1.0, force=True
+                    data_dir=args.init_data_dir,
+                    update_interval_seconds=args.init_interval,
+                    force=True,
                 ),
                 timeout=20,
             )
@@ -255,7 +258,11 @@ def run(args: argparse.Namespace) -> dict:
         )
         subscriber = None
         if args.subscriber:
-            subscriber = Subscriber(channel, args.warmup, args.images)
+            # The viewer is another client than the producer: a connection of its own.
+            viewer_channel = grpc.insecure_channel(
+                f"127.0.0.1:{args.port}", options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            subscriber = Subscriber(viewer_channel, args.warmup, args.images)
             subscriber.start()
             subscriber.call.initial_metadata()  # subscribed before the first upload
         if args.warmup:
@@ -300,6 +307,8 @@ def run(args: argparse.Namespace) -> dict:
         return result
     finally:
         channel.close()
+        if viewer_channel is not None:
+            viewer_channel.close()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -313,6 +322,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--send-ns", action="store_true", help="stamp an extra header key")
     parser.add_argument("--no-subscriber", dest="subscriber", action="store_false")
     parser.add_argument("--init-data-dir", default="", help="InitHpIo with this data_dir first")
+    parser.add_argument("--init-interval", type=float, default=1.0, help="its scan interval")
     parser.add_argument("--server-pid", type=int, default=0)
     args = parser.parse_args(argv)
     if args.images < 1 or args.warmup < 0 or args.rate < 0:
