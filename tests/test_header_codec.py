@@ -288,3 +288,19 @@ def test_hostile_header_upload_is_invalid_argument_naming_the_image(grpcio_uploa
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "image 1 of the upload is invalid" in info.value.details()
     assert grpcio_upload(iter([good]), timeout=15) == b""
+
+
+def test_template_caches_stay_bounded():
+    """A producer that changes its layout every frame costs the general parser each time, never
+    unbounded memory: at most 256 byte lengths with 4 templates each are kept."""
+    header_codec._templates.clear()
+    header_codec._general_parses.clear()
+    for n in range(3000):
+        data = protobuf_bytes({f"k{n}": 1.0, "pad": "x" * (n % 700)}, "update")
+        for _ in range(2):
+            assert decode_struct(data) == {f"k{n}": 1.0, "pad": "x" * (n % 700)}
+    assert 0 < len(header_codec._templates) <= header_codec._PLAN_CACHE_LIMIT
+    assert all(
+        len(kept) <= header_codec._PLANS_PER_SIZE for kept in header_codec._templates.values()
+    )
+    assert len(header_codec._general_parses) <= header_codec._PLAN_CACHE_LIMIT
