@@ -6,8 +6,8 @@ decodes with protobuf. Servers: ours on the trio backend (the default), ours on 
 grpcio reference server (`benchmarks/_reference_server.py`), one after another in one run, each
 a subprocess on loopback TCP with our default configuration (queues of `max_read_queue_size`
 frames), except that a reader falling behind is never ended, so that lost frames are counted
-rather than streams cut off. The machine is shared and noisy: each figure is the median of
-three runs taken in turns with the other servers' (every run's figure is listed too). Scenarios:
+rather than streams cut off. The machine is shared and noisy: each server's line is its run with
+the median main figure of three taken in turns with the others (every run's is listed). Scenarios:
   e_grpcio_upload_only: uploaded/s with no subscriber, and server CPU per 1000 uploads;
   e_grpcio_client: uploaded/s, delivered/s, lost frames and server CPU per 1000 delivered images
       with one subscriber, with Hashpipe's header and with one extra key (`send_ns`);
