@@ -10,11 +10,17 @@ the bundled real file), in one run:
   `Struct.update(header)`, then `SerializeToString()` / `FromString(data)` and
   `np.array(image_array).reshape(shape)`; `decode_with_header_us` adds `MessageToDict(header)`,
   which is what ours and betterproto2's decode deliver.
+Then, per product, what a grpcio producer sends: `decode_upload_item` of UploadImageRequest
+bytes written by protobuf, with Hashpipe's header layout (img16: `quabo_0..3` objects; ph256:
+flat keys) and with one extra key (`send_ns`, a different value in every image), and the ratio
+of the two (issue 13 targets for img16: <= 20 µs with the extra key, <= 1.5x without).
 Each figure is the best of several batches timed with time.perf_counter.
 """
 
 from __future__ import annotations
 
+import itertools
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +32,7 @@ from panoseti_daq.codec import (
     StreamReply,
     decode_pano_image,
     decode_stream_reply,
+    decode_upload_item,
     encode_pano_image,
     encode_stream_reply,
 )
@@ -36,6 +43,8 @@ from panoseti_daq.products import product_named
 from panoseti_daq.synthetic import synthetic_movie_frames
 
 TARGET_IMG16_TOTAL_US = 30.0
+TARGET_EXTRA_KEY_DECODE_US = 20.0
+TARGET_EXTRA_KEY_RATIO = 1.5
 _BATCH_S = 0.05
 _REPEATS = 7
 
@@ -110,6 +119,46 @@ def _protobuf_functions() -> tuple[Callable[[PanoFrame], bytes], Callable, Calla
     return encode, decode, decode_with_header
 
 
+def protobuf_uploads(product: str, send_ns: bool, count: int = 64) -> list[bytes]:
+    """UploadImageRequest bytes as a grpcio producer sends them, each with its own numbers."""
+    from benchmarks.grpcio_load import stamp_offset, upload_request
+
+    out = []
+    for number in range(count):
+        data = upload_request(product, number, 1, send_ns)
+        if send_ns:
+            at = stamp_offset(data)
+            data = data[:at] + struct.pack("<d", float(time.time_ns() + number)) + data[at + 8 :]
+        out.append(data)
+    return out
+
+
+def protobuf_upload_rows() -> list[dict]:
+    """decode_upload_item of protobuf-written uploads, without and with an extra header key."""
+    rows = []
+    for product in ("img16", "ph256"):
+        figures = {}
+        for send_ns in (False, True):
+            payloads = itertools.cycle(protobuf_uploads(product, send_ns))
+            figures[send_ns] = per_call_us(lambda cycle: decode_upload_item(next(cycle)), payloads)
+        row = {
+            "product": product,
+            "impl": "ours_protobuf_upload",
+            "decode_us": round(figures[False], 2),
+            "decode_with_extra_key_us": round(figures[True], 2),
+            "extra_key_ratio": round(figures[True] / figures[False], 2),
+        }
+        if product == "img16":
+            row["target_extra_key_us"] = TARGET_EXTRA_KEY_DECODE_US
+            row["target_extra_key_ratio"] = TARGET_EXTRA_KEY_RATIO
+            row["meets_target"] = (
+                figures[True] <= TARGET_EXTRA_KEY_DECODE_US
+                and figures[True] / figures[False] <= TARGET_EXTRA_KEY_RATIO
+            )
+        rows.append(row)
+    return rows
+
+
 def run() -> list[dict]:
     """One JSON-able dict per (product, implementation), then one summary per product."""
     pb_encode, pb_decode, pb_decode_with_header = _protobuf_functions()
@@ -156,4 +205,4 @@ def run() -> list[dict]:
             summary["target_total_us"] = TARGET_IMG16_TOTAL_US
             summary["meets_target"] = ours <= TARGET_IMG16_TOTAL_US
         results.append(summary)
-    return results
+    return results + protobuf_upload_rows()

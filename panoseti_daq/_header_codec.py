@@ -1,15 +1,17 @@
-"""The PanoImage header as google.protobuf.Struct bytes, fast for the headers Hashpipe writes.
+"""The PanoImage header as google.protobuf.Struct bytes, fast for every layout a producer repeats.
 
 Struct{map<string, Value> fields = 1}; Value{oneof: null_value 1, number_value 2, string_value 3,
 bool_value 4, struct_value 5, list_value 6}; ListValue{repeated Value values = 1}.
 
-Every PFF header is either a flat object of numbers (ph256) or an object of such objects (the
-quabos of a 32x32 image). For a given set of keys the bytes of such a header are constant except
-the 8 bytes of each double, so a *plan* (one struct.Struct alternating constant byte strings
-and doubles) encodes it with one `pack` and decodes it with one `unpack_from` plus a comparison
-of the constant parts. Plans are cached by key layout (encode) and by byte length (decode);
-everything else, and every byte string that does not match a plan exactly, takes the general
-parser, which follows protobuf's rules (any order, unknown fields, merged repeats).
+A producer writes the same header layout frame after frame: for a given layout the bytes are
+constant except the 8 bytes of each double (and the characters of strings). Encoding: every PFF
+header is a flat object of numbers (ph256) or an object of such objects (the quabos of a 32x32
+image), and a *plan* (one struct.Struct alternating constant byte strings and doubles) encodes
+it with one `pack`; plans are cached by key layout. Decoding: the general parser follows
+protobuf's rules (any order, unknown fields, merged repeats, every Value kind); a layout it has
+read twice becomes a *template* (constant bytes, variable doubles and strings, and a generated
+function building the dict), so any header a producer repeats decodes with one `unpack_from`,
+a comparison of the constant parts and one call. Templates are cached by byte length.
 """
 
 from __future__ import annotations
@@ -126,25 +128,14 @@ def _text(buf: bytes, start: int, end: int, what: str) -> str:
 
 
 class _Plan:
-    """The bytes of one header layout: constants alternating with doubles.
+    """The bytes of one numeric header layout, for encoding: constants alternating with
+    doubles."""
 
-    `keys` is the key tuple of a flat header; `groups` lists (key, inner keys) of a header of
-    flat objects.
-    """
+    __slots__ = ("consts", "packer", "size", "template")
 
-    __slots__ = ("consts", "groups", "keys", "packer", "size", "template", "unpack_from")
-
-    def __init__(
-        self,
-        tokens: list[bytes | None],
-        keys: tuple[str, ...] = (),
-        groups: tuple[tuple[str, tuple[str, ...]], ...] = (),
-    ) -> None:
+    def __init__(self, tokens: list[bytes | None]) -> None:
         self.consts = tuple(_constants(tokens))
-        self.keys = keys
-        self.groups = groups
         self.packer = struct.Struct("<" + "".join(f"{len(c)}sd" for c in self.consts))
-        self.unpack_from = self.packer.unpack_from
         self.size = self.packer.size
         template: list[Any] = []
         for const in self.consts:
@@ -155,17 +146,6 @@ class _Plan:
         args = self.template.copy()
         args[1::2] = doubles
         return self.packer.pack(*args)
-
-    def unpack(self, buf: bytes, start: int) -> dict[str, Any] | None:
-        """The header, or None if the bytes at `start` are not this layout."""
-        fields = self.unpack_from(buf, start)
-        if fields[0::2] != self.consts:
-            return None
-        if not self.groups:
-            return dict(zip(self.keys, fields[1::2], strict=True))
-        # zip stops at the end of each key tuple without taking another double.
-        doubles = iter(fields[1::2])
-        return {key: dict(zip(inner, doubles)) for key, inner in self.groups}  # noqa: B905
 
 
 def _constants(tokens: list[bytes | None]) -> list[bytes]:
@@ -191,13 +171,12 @@ def _flat_tokens(keys: tuple[str, ...]) -> list[bytes | None]:
 
 
 def _flat_plan(keys: tuple[str, ...]) -> _Plan:
-    return _Plan(_flat_tokens(keys), keys=keys)
+    return _Plan(_flat_tokens(keys))
 
 
 def _nested_plan(layout: tuple[tuple[str, ...], ...]) -> _Plan:
     """The plan of a header of flat objects; layout = (outer keys, inner keys of each)."""
     tokens: list[bytes | None] = []
-    groups = []
     for key, inner_keys in zip(layout[0], layout[1:], strict=True):
         inner = _flat_tokens(inner_keys)
         inner_size = sum(8 if token is None else len(token) for token in inner)
@@ -207,13 +186,11 @@ def _nested_plan(layout: tuple[tuple[str, ...], ...]) -> _Plan:
         entry += b"\x12" + encode_varint(len(value) + inner_size) + value
         tokens.append(b"\n" + encode_varint(len(entry) + inner_size) + entry)
         tokens += inner
-        groups.append((key, inner_keys))
-    return _Plan(tokens, groups=tuple(groups))
+    return _Plan(tokens)
 
 
-_flat_plans: dict[tuple[str, ...], _Plan | None] = {}
-_nested_plans: dict[tuple[tuple[str, ...], ...], _Plan | None] = {}
-_decode_plans: dict[int, list[_Plan]] = {}
+_flat_plans: dict[tuple[Any, ...], _Plan | None] = {}
+_nested_plans: dict[tuple[Any, ...], _Plan | None] = {}
 
 
 def _plan_of(header: Mapping[str, Any]) -> tuple[_Plan, list[Any]] | None:
@@ -246,17 +223,6 @@ def _plan_of(header: Mapping[str, Any]) -> tuple[_Plan, list[Any]] | None:
             plans.clear()
         plan = plans[layout] = make(layout) if valid else None
     return None if plan is None else (plan, doubles)
-
-
-def _remember_for_decoding(plan: _Plan) -> None:
-    plans = _decode_plans.get(plan.size)
-    if plans is None:
-        if len(_decode_plans) >= _PLAN_CACHE_LIMIT:
-            _decode_plans.clear()
-        _decode_plans[plan.size] = [plan]
-    elif plan not in plans:
-        plans.insert(0, plan)
-        del plans[_PLANS_PER_SIZE:]
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -331,17 +297,48 @@ def encode_struct(header: Mapping[str, Any]) -> bytes:
 # --- decoding -----------------------------------------------------------------------------
 
 
+class _Slot:
+    """Where the general parser read a double (or a string) while recording a template."""
+
+    __slots__ = ("index", "length", "offset")
+
+    def __init__(self, index: int, offset: int, length: int | None) -> None:
+        self.index = index
+        self.offset = offset
+        self.length = length  # None: a double (8 bytes); else the bytes of a string
+
+
+class _Recorder:
+    """The variable parts of one header's bytes, noted by the general parser."""
+
+    __slots__ = ("plannable", "slots")
+
+    def __init__(self) -> None:
+        self.slots: list[_Slot] = []
+        self.plannable = True
+
+    def double(self, offset: int) -> _Slot:
+        slot = _Slot(len(self.slots), offset, None)
+        self.slots.append(slot)
+        return slot
+
+    def text(self, start: int, end: int) -> _Slot:
+        slot = _Slot(len(self.slots), start, end - start)
+        self.slots.append(slot)
+        return slot
+
+
 def _deeper_than_protobuf(depth: int, start: int) -> CodecError:
     return CodecError(
         f"header at offset {start}: messages nested {depth} deep, protobuf's limit is {MAX_DEPTH}"
     )
 
 
-def _decode_value(buf: bytes, start: int, end: int, depth: int) -> Any:
+def _decode_value(buf: bytes, start: int, end: int, depth: int, rec: _Recorder | None) -> Any:
     """A Value message at message depth `depth`."""
     # The common case first: a number is exactly 0x11 and 8 bytes.
     if end - start == 9 and buf[start] == 0x11:
-        return _unpack_double(buf, start + 1)[0]
+        return _unpack_double(buf, start + 1)[0] if rec is None else rec.double(start + 1)
     if depth > MAX_DEPTH:
         raise _deeper_than_protobuf(depth, start)
     value: Any = None
@@ -354,21 +351,23 @@ def _decode_value(buf: bytes, start: int, end: int, depth: int) -> Any:
             value = None
         elif number == 2:
             _expect("header Value", number, wire_type, 1)
-            value = _unpack_double(buf, data[0])[0]
+            value = _unpack_double(buf, data[0])[0] if rec is None else rec.double(data[0])
         elif number == 3:
             _expect("header Value", number, wire_type, 2)
             value = _text(buf, data[0], data[1], "header string")
+            if rec is not None:
+                value = rec.text(data[0], data[1])
         elif number == 4:
             _expect("header Value", number, wire_type, 0)
             value = bool(data)
         elif number == 5:
             _expect("header Value", number, wire_type, 2)
-            inner = _decode_struct_general(buf, data[0], data[1], depth + 1)
+            inner = _decode_struct_general(buf, data[0], data[1], depth + 1, rec)
             # A repeated message field merges into the one before (protobuf's rule).
             value = {**value, **inner} if case == 5 else inner
         elif number == 6:
             _expect("header Value", number, wire_type, 2)
-            items = _decode_list(buf, data[0], data[1], depth + 1)
+            items = _decode_list(buf, data[0], data[1], depth + 1, rec)
             value = value + items if case == 6 else items
         else:
             continue
@@ -376,7 +375,7 @@ def _decode_value(buf: bytes, start: int, end: int, depth: int) -> Any:
     return value
 
 
-def _decode_list(buf: bytes, start: int, end: int, depth: int) -> list[Any]:
+def _decode_list(buf: bytes, start: int, end: int, depth: int, rec: _Recorder | None) -> list[Any]:
     if depth > MAX_DEPTH:
         raise _deeper_than_protobuf(depth, start)
     items = []
@@ -385,11 +384,13 @@ def _decode_list(buf: bytes, start: int, end: int, depth: int) -> list[Any]:
         number, wire_type, data, pos = next_field(buf, pos, end, "header ListValue")
         if number == 1:
             _expect("header ListValue", number, wire_type, 2)
-            items.append(_decode_value(buf, data[0], data[1], depth + 1))
+            items.append(_decode_value(buf, data[0], data[1], depth + 1, rec))
     return items
 
 
-def _decode_entry(buf: bytes, start: int, end: int, depth: int) -> tuple[str, Any] | None:
+def _decode_entry(
+    buf: bytes, start: int, end: int, depth: int, rec: _Recorder | None
+) -> tuple[str, Any] | None:
     """(key, value) of a map entry; None for an entry with unknown fields, which protobuf
     (upb) keeps as an unknown field of the Struct instead of a map entry."""
     key = ""
@@ -409,16 +410,20 @@ def _decode_entry(buf: bytes, start: int, end: int, depth: int) -> tuple[str, An
     if not value_spans:
         value = None
     elif len(value_spans) == 1:
-        value_start, value_end = value_spans[0]
-        value = _decode_value(buf, value_start, value_end, depth + 1)
+        value = _decode_value(buf, *value_spans[0], depth + 1, rec)
     else:
         merged = b"".join(buf[a:b] for a, b in value_spans)
-        value = _decode_value(merged, 0, len(merged), depth + 1)
+        # Offsets in the merged copy are not offsets in `buf`: no template for this header.
+        if rec is not None:
+            rec.plannable = False
+        value = _decode_value(merged, 0, len(merged), depth + 1, None)
     return None if unknown else (key, value)
 
 
-def _decode_struct_general(buf: bytes, start: int, end: int, depth: int) -> dict[str, Any]:
-    """A Struct message at message depth `depth`."""
+def _decode_struct_general(
+    buf: bytes, start: int, end: int, depth: int, rec: _Recorder | None = None
+) -> dict[str, Any]:
+    """A Struct message at message depth `depth`; `rec` notes where its variable parts are."""
     if depth > MAX_DEPTH:
         raise _deeper_than_protobuf(depth, start)
     out: dict[str, Any] = {}
@@ -427,26 +432,161 @@ def _decode_struct_general(buf: bytes, start: int, end: int, depth: int) -> dict
         number, wire_type, data, pos = next_field(buf, pos, end, "header Struct")
         if number == 1:
             _expect("header Struct", number, wire_type, 2)
-            entry = _decode_entry(buf, data[0], data[1], depth + 1)
+            entry = _decode_entry(buf, data[0], data[1], depth + 1, rec)
             if entry is not None:
                 out[entry[0]] = entry[1]  # a repeated map key replaces the earlier entry
     return out
 
 
+# --- templates: the fast path of every header layout seen more than once --------------------
+#
+# A producer writes the same header layout frame after frame; only the numbers (8 bytes each)
+# and perhaps the characters of some strings change. Once the general parser has read bytes of
+# one size twice, it reads them once more noting where each double and string lies (`_Recorder`)
+# and makes a *template*: a struct.Struct of the constant bytes between them, and a function
+# generated for the header's shape that builds the dict from the unpacked fields. Bytes of that
+# size whose constant parts are equal parse the same way by construction (the parser reads the
+# variable parts only as a double or as a string), so the template gives the general parser's
+# output for them: any keys, any order, unknown fields, nested structs and lists, every kind of
+# value. Strings are checked to be UTF-8; anything else takes the general parser.
+
+_TEMPLATE_MAX_BYTES = 16384
+_TEMPLATE_MAX_SLOTS = 1024
+_TEMPLATE_MAX_DEPTH = 24
+_PYTHON_NAME = "f"
+
+
+class _Template:
+    __slots__ = ("build", "consts", "size", "unpack_from")
+
+    def __init__(self, packer: struct.Struct, consts: tuple[bytes, ...], build: Any) -> None:
+        self.unpack_from = packer.unpack_from
+        self.size = packer.size
+        self.consts = consts
+        self.build = build
+
+    def decode(self, buf: bytes, start: int) -> dict[str, Any] | None:
+        """The header, or None if the bytes at `start` are not this template's."""
+        fields = self.unpack_from(buf, start)
+        if fields[0::2] != self.consts:
+            return None
+        try:
+            header: dict[str, Any] = self.build(fields)
+        except UnicodeDecodeError:
+            return None  # the general parser names the bad string
+        return header
+
+
+def _expression(value: Any, depth: int) -> str | None:
+    """Python source building `value` from the unpacked fields `f`; None if too deep."""
+    if depth > _TEMPLATE_MAX_DEPTH:
+        return None
+    if type(value) is _Slot:
+        field = f"{_PYTHON_NAME}[{2 * value.index + 1}]"
+        return field if value.length is None else f"{field}.decode()"
+    if type(value) is dict:
+        items = []
+        for key, item in value.items():
+            inner = _expression(item, depth + 1)
+            if inner is None:
+                return None
+            items.append(f"{key!r}: {inner}")
+        return "{" + ", ".join(items) + "}"
+    if type(value) is list:
+        inner_items = [_expression(item, depth + 1) for item in value]
+        if None in inner_items:
+            return None
+        return "[" + ", ".join(inner_items) + "]"  # type: ignore[arg-type]
+    if value is None or type(value) is bool or type(value) is str:
+        return repr(value)
+    return None  # not produced by the recording parser
+
+
+def _make_template(
+    buf: bytes, start: int, end: int, header: dict[str, Any], rec: _Recorder
+) -> _Template | None:
+    if not rec.plannable or len(rec.slots) > _TEMPLATE_MAX_SLOTS:
+        return None
+    slots = sorted(rec.slots, key=lambda s: s.offset)
+    # The slots in byte order are the unpacked fields 1, 3, 5, ...
+    for order, slot in enumerate(slots):
+        slot.index = order
+    source = _expression(header, 0)
+    if source is None:
+        return None
+    formats = ["<"]
+    consts = []
+    pos = start
+    for slot in slots:
+        if slot.offset < pos:
+            return None  # overlapping reads cannot happen in a well-formed parse; be safe
+        consts.append(buf[pos : slot.offset])
+        formats.append(f"{slot.offset - pos}s")
+        formats.append("d" if slot.length is None else f"{slot.length}s")
+        pos = slot.offset + (8 if slot.length is None else slot.length)
+    consts.append(buf[pos:end])
+    formats.append(f"{end - pos}s")
+    # Keys are str, whose repr is a literal; the source holds literals, dicts, lists and f[i].
+    build = eval(f"lambda {_PYTHON_NAME}: {source}", {"__builtins__": {}})
+    return _Template(struct.Struct("".join(formats)), tuple(consts), build)
+
+
+_templates: dict[int, list[_Template]] = {}
+_general_parses: dict[int, int] = {}
+
+
+def _remember(size: int, template: _Template) -> None:
+    templates = _templates.get(size)
+    if templates is None:
+        if len(_templates) >= _PLAN_CACHE_LIMIT:
+            _templates.clear()
+        _templates[size] = [template]
+    else:
+        templates.insert(0, template)
+        del templates[_PLANS_PER_SIZE:]
+
+
 def decode_struct(buf: bytes, start: int = 0, end: int | None = None) -> dict[str, Any]:
     """A google.protobuf.Struct as a plain dict (numbers as float); CodecError if malformed."""
     end = len(buf) if end is None else end
-    plans = _decode_plans.get(end - start)
-    if plans is not None:
-        for plan in plans:
-            header = plan.unpack(buf, start)
+    size = end - start
+    templates = _templates.get(size)
+    if templates is not None:
+        for template in templates:
+            header = template.decode(buf, start)
             if header is not None:
                 return header
-    header = _decode_struct_general(buf, start, end, _HEADER_DEPTH)
-    found = _plan_of(header)
-    if found is not None:
-        plan, doubles = found
-        # Only bytes exactly as the plan writes them may take the plan's path later.
-        if plan.size == end - start and plan.pack(doubles) == buf[start:end]:
-            _remember_for_decoding(plan)
-    return header
+    if size > _TEMPLATE_MAX_BYTES:
+        return _decode_struct_general(buf, start, end, _HEADER_DEPTH)
+    seen = _general_parses.get(size, 0)
+    if not seen:
+        if len(_general_parses) >= _PLAN_CACHE_LIMIT:
+            _general_parses.clear()
+        _general_parses[size] = 1
+        return _decode_struct_general(buf, start, end, _HEADER_DEPTH)
+    # A second header of this size: it may be a layout that comes again. Record it.
+    rec = _Recorder()
+    recorded = _decode_struct_general(buf, start, end, _HEADER_DEPTH, rec)
+    made = _make_template(buf, start, end, recorded, rec)
+    if made is not None:
+        header = made.decode(buf, start)
+        if header is not None:
+            _remember(size, made)
+            return header
+    # No template for this layout (this time): the recorded values, without parsing again.
+    resolved: dict[str, Any] = _resolved(recorded, buf)
+    return resolved
+
+
+def _resolved(value: Any, buf: bytes) -> Any:
+    """A recorded header with every slot replaced by the double or string it marks."""
+    kind = type(value)
+    if kind is _Slot:
+        if value.length is None:
+            return _unpack_double(buf, value.offset)[0]
+        return buf[value.offset : value.offset + value.length].decode()  # checked when recorded
+    if kind is dict:
+        return {key: _resolved(item, buf) for key, item in value.items()}
+    if kind is list:
+        return [_resolved(item, buf) for item in value]
+    return value

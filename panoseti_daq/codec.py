@@ -12,7 +12,8 @@ services).
 Decoding follows protobuf's rules: fields in any order, unknown fields skipped, packed or
 unpacked repeated scalars, the last value of a scalar wins, a repeated message field merges.
 Malformed bytes raise CodecError naming the field and offset; a well-formed but invalid image
-raises ImageError (R-PARSE-4); neither can hang.
+raises ImageError (R-PARSE-4); neither can hang. Where we reject bytes that protobuf reads, the
+reason is one of `STRICTER_THAN_PROTOBUF` (the differential tests hold us to that list).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .messages import PanoImage, StreamImagesResponse, Timestamp, UploadImageReq
 from .products import PRODUCTS, DataProduct, product_for
 
 __all__ = [
+    "STRICTER_THAN_PROTOBUF",
     "DaqCodec",
     "StreamReply",
     "UploadItem",
@@ -46,6 +48,31 @@ __all__ = [
 ]
 
 _NS = 1_000_000_000
+
+# Every way this codec rejects bytes that protobuf parses: (pattern of our error message, why).
+# Anything else we reject, protobuf rejects too.
+STRICTER_THAN_PROTOBUF: tuple[tuple[str, str], ...] = (
+    (
+        r"no data product has type",
+        "type, shape and bytes_per_pixel name no data product (R-PARSE-4, R-DP-2)",
+    ),
+    (r"needs \d+ pixels", "the pixel count is not rows x cols of the product (R-PARSE-4)"),
+    (r"pixel values must fit", "a pixel value does not fit bytes_per_pixel (R-PARSE-4)"),
+    (
+        r"does not fit uint32",
+        "a uint32 field (image_array, shape, frame_number, module_id) holds a varint beyond "
+        "32 bits; protobuf keeps its low 32 bits",
+    ),
+    (
+        r"wrong wire type|has wire type \d+, expected",
+        "a known field arrives with another wire type; protobuf keeps it as an unknown field",
+    ),
+    (
+        r"invalid field number 0 in group",
+        "field number 0 inside a group (an unknown field): protobuf skips groups without "
+        "checking the field numbers inside",
+    ),
+)
 _REPLY_TAGS = frozenset((0x0A, 0x12, 0x1A, 0x22))  # StreamImagesResponse fields 1..4
 _UINT32_MAX = 0xFFFFFFFF
 

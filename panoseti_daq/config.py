@@ -96,6 +96,12 @@ class UdsIngestConfig:
     read_timeout_s: float = 60.0
 
 
+# HTTP/2 allows flow-control windows from 65,535 bytes (its initial window) to 2**31 - 1.
+HTTP2_WINDOW_MIN = 65_535
+HTTP2_WINDOW_MAX = 2**31 - 1
+HTTP2_WINDOW_DEFAULT = 256 * 1024
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """daq_data_server_config.json, validated (spec §10)."""
@@ -121,6 +127,9 @@ class ServerConfig:
     host: str = "[::]"
     port: int = 50051
     uds_ingest: UdsIngestConfig = field(default_factory=UdsIngestConfig)
+    # Inbound HTTP/2 flow-control window, per connection and per stream (bounds the bytes an
+    # uploader has in flight ahead of the hub; see server/flow.py).
+    http2_window_bytes: int = HTTP2_WINDOW_DEFAULT
     config_file: Path | None = None
 
     @classmethod
@@ -569,6 +578,9 @@ def server_config_from_dict(
         host=r.string("host", d.host, nonempty=True),
         port=r.integer("port", d.port, 0, 65535),
         uds_ingest=_uds_config(r.child("acquisition_methods")),
+        http2_window_bytes=r.integer(
+            "http2_window_bytes", d.http2_window_bytes, HTTP2_WINDOW_MIN, HTTP2_WINDOW_MAX
+        ),
         config_file=path,
     )
     if not config.valid_data_products:

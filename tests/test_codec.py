@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import re
 import socket
 from dataclasses import dataclass
 
@@ -14,13 +15,14 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from panoseti_daq import CodecError, ImageError, PanoFrame
 from panoseti_daq._varint import decode_packed_uint32, encode_packed_uint32
 from panoseti_daq.codec import (
+    STRICTER_THAN_PROTOBUF,
     DaqCodec,
     StreamReply,
     UploadItem,
@@ -40,7 +42,7 @@ from panoseti_daq.messages import (
     StreamImagesRequest,
     StreamImagesResponse,
 )
-from panoseti_daq.products import PRODUCTS
+from panoseti_daq.products import PRODUCTS, product_for
 from tests.reference import modules
 
 pb2, _ = modules()
@@ -498,6 +500,34 @@ def _mutated(data: bytes, edits) -> bytes:
     return bytes(out)
 
 
+def _image_of(message):
+    return message.pano_image if hasattr(message, "pano_image") else message
+
+
+def _assert_protobuf_rejects_or_documented(exc: Exception, data: bytes, message_type) -> None:
+    """Issue 17: when we reject bytes, protobuf rejects them too, or the reason is one of the
+    documented validations of ours (codec.STRICTER_THAN_PROTOBUF); the image validations
+    (R-PARSE-4) are checked against what protobuf read, not taken from our message."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        reference = message_type.FromString(data)
+    except DecodeError:
+        event("compared: both reject")
+        return
+    reasons = [why for pattern, why in STRICTER_THAN_PROTOBUF if re.search(pattern, str(exc))]
+    assert reasons, f"we reject what protobuf reads, for no documented reason: {exc}"
+    event(f"ours stricter: {reasons[0]}")
+    if isinstance(exc, ImageError):
+        image = _image_of(reference)
+        try:
+            product = product_for(image.type, list(image.shape), image.bytes_per_pixel)
+        except ImageError:
+            return  # no data product
+        values = list(image.image_array)
+        assert len(values) != product.pixel_count or max(values) > product.max_bit_pattern
+
+
 mutations = st.lists(
     st.tuples(
         st.sampled_from(["flip", "set", "cut", "insert", "delete"]),
@@ -513,12 +543,17 @@ mutations = st.lists(
 @settings(max_examples=300, deadline=None)
 def test_mutated_images_fail_cleanly_or_decode_as_protobuf_does(frame, edits):
     """R-WIRE-5, R-PARSE-4: damaged bytes raise CodecError/ImageError, or, when they still
-    decode, give exactly what protobuf reads from them: never a silently wrong image."""
+    decode, give exactly what protobuf reads from them: never a silently wrong image. A
+    rejection is compared too: protobuf rejects the bytes, or the reason is a documented
+    validation of ours (codec.STRICTER_THAN_PROTOBUF); `--hypothesis-show-statistics` shows
+    the share of each outcome."""
     data = _mutated(encode_pano_image(frame), edits)
     try:
         ours = decode_pano_image(data)
-    except (CodecError, ImageError):
+    except (CodecError, ImageError) as exc:
+        _assert_protobuf_rejects_or_documented(exc, data, pb2.PanoImage)
         return
+    event("compared: both accept")
     _assert_same_as_reference(ours, pb2.PanoImage.FromString(data))
 
 
@@ -728,12 +763,15 @@ def test_header_nesting_stops_where_protobuf_stops():
 def test_mutated_stream_replies_fail_cleanly_or_decode_as_protobuf_does(
     frame, edits, name, timestamp_ns
 ):
-    """R-WIRE-4, R-WIRE-5: the same for StreamImagesResponse, what streaming clients decode."""
+    """R-WIRE-4, R-WIRE-5: the same for StreamImagesResponse, what streaming clients decode,
+    rejections compared both ways."""
     data = _mutated(encode_stream_reply(StreamReply(frame, name, timestamp_ns, "m")), edits)
     try:
         ours = decode_stream_reply(data)
-    except (CodecError, ImageError):
+    except (CodecError, ImageError) as exc:
+        _assert_protobuf_rejects_or_documented(exc, data, pb2.StreamImagesResponse)
         return
+    event("compared: both accept")
     reference = pb2.StreamImagesResponse.FromString(data)
     assert (ours.name, ours.message) == (reference.name, reference.message)
     stamp = reference.timestamp

@@ -35,6 +35,7 @@ from ..codec import DaqCodec
 from ..config import HpIoConfig, ServerConfig, SimulateConfig, load_hp_io_config
 from ..messages import DESCRIPTOR_POOL
 from .core import ServerCore
+from .flow import grpclib_configuration
 from .service import DaqDataService
 from .sockets import prepare_socket_path
 from .stats import server_stats, write_stats
@@ -159,7 +160,7 @@ class DaqDataServer:
         handlers = self._handlers()
         if self.requested_port is not None and self.requested_port >= 0:
             sock = _tcp_listening_socket(_tcp_host(self.host), self.requested_port)
-            server = Server(handlers, codec=DaqCodec())
+            server = Server(handlers, codec=DaqCodec(), config=grpclib_configuration(self.config))
             try:
                 await server.start(sock=sock)
             except BaseException:
@@ -170,7 +171,7 @@ class DaqDataServer:
             log.info("listening on %s:%d", self.host, self.port)
         if self.uds_path:
             prepare_socket_path(self.uds_path, "unix_domain_socket")
-            server = Server(handlers, codec=DaqCodec())
+            server = Server(handlers, codec=DaqCodec(), config=grpclib_configuration(self.config))
             await server.start(path=self.uds_path)
             self._servers.append(server)
             self._uds_bound = True

@@ -1,0 +1,29 @@
+"""HTTP/2 flow control of the server's listeners: how much an uploader may send ahead of the hub.
+
+grpclib acknowledges received DATA (and so reopens the sender's window) as a handler reads
+messages, and an upload handler reads at the pace of the hub (server/core.py `Uploader`: every
+`UPLOAD_BURST` frames it waits until they are in the hub). The bytes a connection can have
+accepted ahead of the hub are therefore at most its inbound window plus one burst of frames per
+upload. grpclib's default windows are 4 MiB per connection and per stream, ~1,800 img16 images
+or a fifth of a second at full speed: that much latency under overload. `http2_window_bytes`
+(ServerConfig) sets both windows; the default, 256 KiB (~110 img16 images, ~10 ms at 10,000/s),
+keeps the latency of a saturated upload low without costing throughput on loopback or a LAN.
+
+The trade-off: one connection cannot upload faster than window / round-trip time. Over a long
+link (say 100 ms) 256 KiB allows ~2.6 MB/s (~1,100 img16/s); raise the window for uploads over
+such links, at the price of more latency when the server is the bottleneck.
+"""
+
+from __future__ import annotations
+
+from grpclib.config import Configuration
+
+from ..config import ServerConfig
+
+__all__ = ["grpclib_configuration"]
+
+
+def grpclib_configuration(config: ServerConfig) -> Configuration:
+    """The grpclib Server configuration of `config`: inbound windows of http2_window_bytes."""
+    window = config.http2_window_bytes
+    return Configuration(http2_connection_window_size=window, http2_stream_window_size=window)

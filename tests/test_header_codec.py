@@ -1,0 +1,306 @@
+"""The PanoImage header (google.protobuf.Struct) against protobuf, on every decoding path.
+
+Headers are built and serialised by protobuf itself (`ParseDict`, `Struct.update`), or laid out
+by hand the ways protobuf also accepts (value before key, unknown fields, repeated keys, merged
+values), and our decoder must give exactly what protobuf reads: on the general parser (first
+sight of a layout), while recording a template (second), and from the template (every later
+header of that layout, with other numbers and strings) (R-WIRE-3, R-PARSE-4). Hostile headers
+are a clear INVALID_ARGUMENT naming the image, through a grpcio client (R-UP-3, R-WIRE-5).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import tempfile
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import json_format, struct_pb2
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from panoseti_daq import CodecError, PanoFrame
+from panoseti_daq import _header_codec as header_codec
+from panoseti_daq.codec import decode_pano_image, decode_struct, encode_pano_image
+from tests.helpers import server_process
+from tests.reference import modules
+
+pb2, _ = modules()
+
+numbers = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53)
+leaves = numbers | st.booleans() | st.none() | st.text(max_size=8)
+values = st.recursive(
+    leaves,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+headers = st.dictionaries(st.text(max_size=8), values, max_size=8)
+
+
+def reference_value(value):
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None
+    if kind == "struct_value":
+        return reference_header(value.struct_value)
+    if kind == "list_value":
+        return [reference_value(v) for v in value.list_value.values]
+    return getattr(value, kind)
+
+
+def reference_header(message) -> dict:
+    """What protobuf reads: a dict with every number a float, as our decoder returns."""
+    return {key: reference_value(value) for key, value in message.fields.items()}
+
+
+def reference_of(data: bytes) -> dict:
+    return reference_header(struct_pb2.Struct.FromString(data))
+
+
+def same(ours, reference) -> bool:
+    """Equal values of equal types (a float is not an int, True is not 1.0)."""
+    if type(ours) is not type(reference):
+        return False
+    if isinstance(ours, dict):
+        return ours.keys() == reference.keys() and all(same(ours[k], reference[k]) for k in ours)
+    if isinstance(ours, list):
+        return len(ours) == len(reference) and all(map(same, ours, reference))
+    if isinstance(ours, float) and math.isnan(ours):
+        return math.isnan(reference)
+    return ours == reference
+
+
+def protobuf_bytes(header: dict, how: str) -> bytes:
+    message = struct_pb2.Struct()
+    if how == "ParseDict":
+        json_format.ParseDict(header, message)
+    else:
+        message.update(header)
+    return message.SerializeToString()
+
+
+def relabelled(value, draw):
+    """The same layout with other numbers, and other strings of the same UTF-8 length."""
+    if isinstance(value, dict):
+        return {key: relabelled(item, draw) for key, item in value.items()}
+    if isinstance(value, list):
+        return [relabelled(item, draw) for item in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return draw(st.floats(allow_nan=False, allow_infinity=False))
+    size = len(value.encode())
+    return draw(st.text(st.characters(max_codepoint=127), min_size=size, max_size=size))
+
+
+def decode_on_every_path(data: bytes) -> list[dict]:
+    """Our decode of `data` on its first, second and third sight."""
+    header_codec._templates.clear()
+    header_codec._general_parses.clear()
+    return [decode_struct(data) for _ in range(3)]
+
+
+def templated(data: bytes) -> bool:
+    return any(t.size == len(data) for t in header_codec._templates.get(len(data), ()))
+
+
+@given(headers, st.sampled_from(["ParseDict", "update"]), st.data())
+@settings(max_examples=300, deadline=None)
+def test_headers_protobuf_builds_decode_as_protobuf_reads_them(header, how, data):
+    """Any header protobuf writes: extra keys at any level, nested structs and lists, every
+    Value kind; the same output on the general path, the recording pass and the template, and
+    for a second header of the same layout with other numbers and strings."""
+    first = protobuf_bytes(header, how)
+    reference = reference_of(first)
+    for ours in decode_on_every_path(first):
+        assert same(ours, reference)
+    event("template made" if templated(first) else "general parser only")
+    second = protobuf_bytes(relabelled(header, data.draw), how)
+    if len(second) == len(first):
+        event("second header of the same size")
+    assert same(decode_struct(second), reference_of(second))
+
+
+def _len(tag: int, payload: bytes) -> bytes:
+    return bytes([tag]) + _varint(len(payload)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _value_bytes(value) -> bytes:
+    message = struct_pb2.Value()
+    json_format.ParseDict(value, message)
+    return message.SerializeToString()
+
+
+entry_layouts = st.sampled_from(["key first", "value first", "unknown in value", "split value"])
+
+
+@st.composite
+def hand_laid_structs(draw):
+    """(entries, layouts): header entries protobuf accepts but does not itself write: value
+    before key, an unknown field inside the Value, a Value split in two that protobuf merges
+    (last field wins), and repeated keys (the last entry wins)."""
+    keys = draw(st.lists(st.text(max_size=4), min_size=1, max_size=6))  # repeats allowed
+    entries = [(key, draw(values)) for key in keys]
+    return entries, [draw(entry_layouts) for _ in entries]
+
+
+def _struct_bytes(entries, layouts) -> bytes:
+    out = b""
+    for (key, value), layout in zip(entries, layouts, strict=True):
+        key_field = _len(0x0A, key.encode())
+        value_bytes = _value_bytes(value)
+        if layout == "unknown in value":
+            value_bytes = b"\x48\x07" + value_bytes + b"\x55\x01\x02\x03\x04"  # fields 9, 10
+        if layout == "split value":  # a string first, then the real value: the last wins
+            value_field = _len(0x12, _len(0x1A, b"old")) + _len(0x12, value_bytes)
+        else:
+            value_field = _len(0x12, value_bytes)
+        body = value_field + key_field if layout == "value first" else key_field + value_field
+        out += _len(0x0A, body)
+    return out
+
+
+@given(hand_laid_structs(), st.data())
+@settings(max_examples=300, deadline=None)
+def test_any_entry_order_unknown_fields_and_repeats_decode_as_protobuf_does(laid, data):
+    entries, layouts = laid
+    first = _struct_bytes(entries, layouts)
+    reference = reference_of(first)
+    for ours in decode_on_every_path(first):
+        assert same(ours, reference)
+    event("template made" if templated(first) else "general parser only")
+    again = [(key, relabelled(value, data.draw)) for key, value in entries]
+    second = _struct_bytes(again, layouts)
+    assert same(decode_struct(second), reference_of(second))
+
+
+def test_templates_take_repeated_layouts_and_check_their_strings():
+    """A layout read twice becomes a template; a header of that layout with a string that is
+    not UTF-8 is still a CodecError, and one with other constant bytes parses generally."""
+    header = {"quabo_0": {"pkt_num": 1.0, "tag": "zz"}, "send_ns": 2.0, "ok": [True, None]}
+    data = protobuf_bytes(header, "update")
+    assert decode_on_every_path(data) == [header] * 3
+    assert templated(data)
+    other = data.replace(b"zz", b"cd")
+    assert decode_struct(other)["quabo_0"]["tag"] == "cd"
+    with pytest.raises(CodecError, match="UTF-8"):
+        decode_struct(data.replace(b"zz", b"\xff\xfe"))
+    renamed = data.replace(b"send_ns", b"recv_ns")  # same size, another key
+    assert decode_struct(renamed) == {
+        **{k: v for k, v in header.items() if k != "send_ns"},
+        "recv_ns": 2.0,
+    }
+
+
+def test_an_extra_key_keeps_the_fast_path():
+    """Issue 13: one key more than Hashpipe's layout decodes from a template, like the layout
+    itself (the plan's figures are in `make bench`)."""
+    quabos = {
+        f"quabo_{q}": {"pkt_num": 5.0, "pkt_tai": 529.0, "pkt_nsec": 7.0, "tv_sec": 1.0}
+        for q in range(4)
+    }
+    for header in (quabos, {**quabos, "send_ns": 1.7e18}):
+        data = protobuf_bytes(header, "update")
+        decode_on_every_path(data)
+        assert templated(data)
+        stamped = data[:-8] + struct.pack("<d", 3.5) if "send_ns" in header else data
+        assert decode_struct(stamped) == reference_of(stamped)
+
+
+# --- hostile headers through a grpcio client --------------------------------------------------
+
+
+def _deep_struct(levels: int) -> bytes:
+    value = b"\x11" + b"\x00" * 8
+    for _ in range(levels):  # Struct{"a": Value{struct_value: Struct{"a": ...}}}
+        value = _len(0x2A, _len(0x0A, b"\x0a\x01a" + _len(0x12, value)))
+    return _len(0x0A, b"\x0a\x01a" + _len(0x12, value))
+
+
+def _pano_image_with_header(header: bytes) -> bytes:
+    """PanoImage bytes of a ph256 image whose header field holds `header` (the empty header
+    field after it merges into it, as protobuf merges a repeated message field)."""
+    frame = PanoFrame.create("ph256", {}, np.arange(256), 7)
+    return _len(0x12, header) + encode_pano_image(frame)
+
+
+def _image_with_header(header: bytes) -> bytes:
+    """UploadImageRequest bytes of that image."""
+    return _len(0x0A, _pano_image_with_header(header))
+
+
+HOSTILE_HEADERS = {
+    "nested 3000 deep": (_deep_struct(3000), "nested"),
+    "huge length": (b"\x0a\xff\xff\xff\xff\x0f\x0a\x01a", "claims"),
+    "truncated entry": (b"\x0a\x05\x0a\x03ab", "claims"),
+    "truncated double": (b"\x0a\x09\x0a\x01a\x12\x04\x11\x00\x00\x00", "truncated"),
+    "bad varint": (b"\x0a" + b"\xff" * 11, "varint longer"),
+}
+
+
+def test_hostile_headers_are_codec_errors():
+    """R-WIRE-5: deep nesting, huge lengths, truncated entries: a CodecError naming the problem,
+    never a hang, a RecursionError or an allocation of the claimed size."""
+    for header, problem in HOSTILE_HEADERS.values():
+        for _ in range(3):  # every decoding path
+            with pytest.raises(CodecError, match=problem):
+                decode_struct(header)
+        with pytest.raises(CodecError, match=problem):
+            decode_pano_image(_pano_image_with_header(header))
+
+
+@pytest.fixture(scope="module")
+def grpcio_upload():
+    tmp = Path(tempfile.mkdtemp(prefix="pdaqhdr", dir="/tmp"))
+    with server_process(tmp) as (_, port, _uds):
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        call = channel.stream_unary(
+            "/daqdata.DaqData/UploadImages",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        yield call
+        channel.close()
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_HEADERS))
+def test_hostile_header_upload_is_invalid_argument_naming_the_image(grpcio_upload, name):
+    """R-UP-3, R-WIRE-5 through grpcio: the hostile header's image is named, those before it
+    count, and the server answers the next upload."""
+    header, _ = HOSTILE_HEADERS[name]
+    good = _image_with_header(protobuf_bytes({"quabo_num": 1.0}, "update"))
+    with pytest.raises(grpc.RpcError) as info:
+        grpcio_upload(iter([good, _image_with_header(header)]), timeout=15)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "image 1 of the upload is invalid" in info.value.details()
+    assert grpcio_upload(iter([good]), timeout=15) == b""
+
+
+def test_template_caches_stay_bounded():
+    """A producer that changes its layout every frame costs the general parser each time, never
+    unbounded memory: at most 256 byte lengths with 4 templates each are kept."""
+    header_codec._templates.clear()
+    header_codec._general_parses.clear()
+    for n in range(3000):
+        data = protobuf_bytes({f"k{n}": 1.0, "pad": "x" * (n % 700)}, "update")
+        for _ in range(2):
+            assert decode_struct(data) == {f"k{n}": 1.0, "pad": "x" * (n % 700)}
+    assert 0 < len(header_codec._templates) <= header_codec._PLAN_CACHE_LIMIT
+    assert all(
+        len(kept) <= header_codec._PLANS_PER_SIZE for kept in header_codec._templates.values()
+    )
+    assert len(header_codec._general_parses) <= header_codec._PLAN_CACHE_LIMIT
