@@ -126,6 +126,8 @@ class ServerConfig:
     server_name: str = field(default_factory=socket.gethostname)
     host: str = "[::]"
     port: int = 50051
+    # Prometheus /metrics on this TCP port (same bind address as the gRPC listener); None: off.
+    metrics_port: int | None = None
     uds_ingest: UdsIngestConfig = field(default_factory=UdsIngestConfig)
     # Inbound HTTP/2 flow-control window, per connection and per stream (bounds the bytes an
     # uploader has in flight ahead of the hub; see server/flow.py).
@@ -228,6 +230,12 @@ class _Reader:
         if maximum is not None and value > maximum:
             raise self.error(name, f"must be <= {maximum}, not {value}")
         return value
+
+    def optional_integer(self, name: str, minimum: int, maximum: int) -> int | None:
+        """An integer in [minimum, maximum], or None when the key is absent or null."""
+        if name not in self.data or self.raw(name) is None:
+            return None
+        return self.integer(name, minimum, minimum, maximum)
 
     def number(
         self, name: str, default: float, minimum: float | None = None, exclusive: bool = False
@@ -577,6 +585,7 @@ def server_config_from_dict(
         server_name=server_name,
         host=r.string("host", d.host, nonempty=True),
         port=r.integer("port", d.port, 0, 65535),
+        metrics_port=r.optional_integer("metrics_port", 0, 65535),
         uds_ingest=_uds_config(r.child("acquisition_methods")),
         http2_window_bytes=r.integer(
             "http2_window_bytes", d.http2_window_bytes, HTTP2_WINDOW_MIN, HTTP2_WINDOW_MAX

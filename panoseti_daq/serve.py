@@ -29,7 +29,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stats-interval", type=float, default=60.0, help="seconds between stats lines (60)"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default from config: off)",
+    )
     args = parser.parse_args(argv)
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port must be between 0 and 65535, not {args.metrics_port}")
     if not args.stats_interval > 0:
         parser.error(f"--stats-interval must be > 0, not {args.stats_interval}")
     return args
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             init_sim=args.init_sim,
             stats_file=args.stats_file,
             stats_interval_s=args.stats_interval,
+            metrics_port=args.metrics_port,
         )
     except ConfigError as exc:
         print(f"panoseti_daq.serve: {exc}", file=sys.stderr)

@@ -36,9 +36,10 @@ from ..config import HpIoConfig, ServerConfig, SimulateConfig, load_hp_io_config
 from ..messages import DESCRIPTOR_POOL
 from .core import ServerCore
 from .flow import grpclib_configuration
+from .metrics import ServerCollector, metrics_registry, serve_metrics
 from .service import DaqDataService
 from .sockets import prepare_socket_path
-from .stats import server_stats, write_stats
+from .stats import server_stats, task_count, write_stats
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,12 @@ class DaqDataServer:
         uds: str | None = None,
         stats_file: str | os.PathLike[str] | None = None,
         stats_interval_s: float = 60.0,
+        metrics_port: int | None = None,
     ) -> None:
         self.config = config
+        self.requested_metrics_port = config.metrics_port if metrics_port is None else metrics_port
+        #: The bound port of the Prometheus endpoint, once listening (None: no endpoint).
+        self.metrics_port: int | None = None
         self.stats_file = stats_file
         self.stats_interval_s = stats_interval_s
         self._started = time.monotonic()
@@ -128,6 +133,13 @@ class DaqDataServer:
             stack.push_async_callback(self._stop)
             await self._task_group.start(self.core.run)
             await self._loop.run(self._start_listeners)
+            if self.requested_metrics_port is not None:
+                self.metrics_port = await self._task_group.start(
+                    serve_metrics,
+                    _tcp_host(self.host),
+                    self.requested_metrics_port,
+                    metrics_registry(ServerCollector(self.core, self._started, self._task_count)),
+                )
             if self.stats_file is not None:
                 self._task_group.start_soon(
                     write_stats, self.stats_file, self.stats_interval_s, self.stats
@@ -207,6 +219,9 @@ class DaqDataServer:
         if not result.success:
             raise RuntimeError(f"hp_io configuration failed: {result.error_message}")
 
+    def _task_count(self) -> int:
+        return task_count(self._loop.loop if self._loop else None)
+
     def stats(self) -> dict[str, Any]:
         """Counters and resources now (see stats.py); call it from the server's event loop."""
         return server_stats(self.core, self._started, self._loop.loop if self._loop else None)
@@ -263,6 +278,7 @@ def run(
     init_sim: bool = False,
     stats_file: str | None = None,
     stats_interval_s: float = 60.0,
+    metrics_port: int | None = None,
 ) -> None:
     """Run the server until SIGINT/SIGTERM; returns after a graceful shutdown."""
     serve = functools.partial(
@@ -274,5 +290,6 @@ def run(
         uds=uds,
         stats_file=stats_file,
         stats_interval_s=stats_interval_s,
+        metrics_port=metrics_port,
     )
     anyio.run(serve, backend=backend)

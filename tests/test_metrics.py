@@ -1,0 +1,171 @@
+"""The Prometheus endpoint (`serve --metrics-port`), scraped over HTTP while streams run.
+
+Scrapes are parsed with prometheus-client's own parser, as Prometheus would read them.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import anyio
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from panoseti_daq._localhost import free_port
+from panoseti_daq.config import server_config_from_dict
+from panoseti_daq.errors import ConfigError
+from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, server_process, upload
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"  # the test's raw grpclib calls need asyncio; the server side is the same
+
+
+def scrape(port: int, path: str = "/metrics") -> dict[str, dict[tuple, float]]:
+    """name -> {sorted label items: value}, from one GET over HTTP."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def only(samples: dict[tuple, float]) -> float:
+    assert len(samples) == 1, samples
+    return next(iter(samples.values()))
+
+
+async def test_scrape_while_streaming_counts_frames_clients_and_process(make_server, run_dir):
+    """Frames in per (module, product, source), the newest frame's age, per-client sent,
+    overruns (R-STREAM-11) and queue depth, server totals and process metrics; the stats
+    record agrees with the scrape."""
+    async with make_server(metrics_port=0) as server:
+        assert server.metrics_port
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, ph=False, module_ids=[7]) as stream:
+            await anyio.sleep(0)  # the subscription exists once headers come back
+            await stream.recv_initial_metadata()
+            await upload(server, [movie_frame(7, i) for i in range(20)])
+            await upload(server, [movie_frame(8, i) for i in range(3)])
+            for _ in range(20):
+                await next_reply(stream)
+            metrics = await anyio.to_thread.run_sync(scrape, server.metrics_port)
+            stats = server.stats()
+
+            frames_in = metrics["panoseti_daq_frames_in_total"]
+            key7 = (("module", "7"), ("product", "img16"), ("source", "upload"))
+            key8 = (("module", "8"), ("product", "img16"), ("source", "upload"))
+            assert frames_in[key7] == 20
+            assert frames_in[key8] == 3
+            ages = metrics["panoseti_daq_newest_frame_age_seconds"]
+            assert 0 <= ages[(("module", "7"), ("product", "img16"))] < 60
+
+            (labels,) = metrics["panoseti_daq_client_frames_sent_total"]
+            client = dict(labels)
+            assert client["peer"].startswith("127.0.0.1")
+            assert client["subscription"] == "movie every 0 s modules 7"
+            assert metrics["panoseti_daq_client_frames_sent_total"][labels] == 20
+            assert metrics["panoseti_daq_client_overruns_total"][labels] == 0
+            assert metrics["panoseti_daq_client_queue_depth"][labels] == 0
+
+            assert only(metrics["panoseti_daq_stream_clients"]) == 1
+            assert only(metrics["panoseti_daq_frames_published_total"]) == 23
+            assert only(metrics["panoseti_daq_frames_sent_total"]) == stats["frames_sent"] == 20
+            assert only(metrics["panoseti_daq_frames_overrun_total"]) == stats["frames_dropped"]
+            assert only(metrics["panoseti_daq_hp_io_valid"]) == 1
+            assert only(metrics["process_resident_memory_bytes"]) > 1e6
+            assert only(metrics["process_open_fds"]) > 0
+
+        # The client has gone: its series go, the totals keep what it was sent.
+        await anyio.sleep(0.05)
+        metrics = await anyio.to_thread.run_sync(scrape, server.metrics_port)
+        assert "panoseti_daq_client_frames_sent_total" not in metrics
+        assert only(metrics["panoseti_daq_frames_sent_total"]) == 20
+
+
+def raw_http(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_bad_requests_get_http_errors_and_the_endpoint_keeps_serving(make_server):
+    """A wrong path, method or a request that is not HTTP ends that request only."""
+    async with make_server(metrics_port=0) as server:
+        port = server.metrics_port
+        with pytest.raises(urllib.error.HTTPError) as info:
+            await anyio.to_thread.run_sync(scrape, port, "/nothing")
+        assert info.value.code == 404
+        answer = await anyio.to_thread.run_sync(
+            raw_http, port, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 405 ")
+        answer = await anyio.to_thread.run_sync(raw_http, port, b"\x16\x03\x01garbage\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        answer = await anyio.to_thread.run_sync(
+            raw_http, port, b"GET /metrics HTTP/1.1\r\n" + b"X: " + b"y" * 20000 + b"\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        head = await anyio.to_thread.run_sync(
+            raw_http, port, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+        metrics = await anyio.to_thread.run_sync(scrape, port)
+        assert only(metrics["panoseti_daq_stream_clients"]) == 0
+
+
+def test_metrics_port_config_key_is_validated(tmp_path):
+    """R-CFG-1: metrics_port is an integer 0..65535 or null (off)."""
+    file = tmp_path / "daq_data_server_config.json"
+    assert server_config_from_dict({"metrics_port": None}, file).metrics_port is None
+    assert server_config_from_dict({"metrics_port": 9100}, file).metrics_port == 9100
+    for bad in (70000, -1, "9100", True):
+        with pytest.raises(ConfigError) as info:
+            server_config_from_dict({"metrics_port": bad}, file)
+        assert "metrics_port" in str(info.value) and str(file) in str(info.value)
+
+
+def test_serve_metrics_port_option_serves_metrics(tmp_path):
+    """`python -m panoseti_daq.serve --metrics-port N`, scraped from outside the process."""
+    port = free_port()
+    with server_process(tmp_path, "--metrics-port", str(port), "--init-sim"):
+        # The endpoint starts right after the gRPC listener that server_process waits for.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                metrics = scrape(port)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert only(metrics["panoseti_daq_up_seconds"]) >= 0
+        assert only(metrics["panoseti_daq_hp_io_valid"]) == 1
+        assert "process_cpu_seconds_total" in metrics
+
+
+def test_serve_rejects_metrics_port_out_of_range():
+    """One line naming the option, exit code 2 (R-CFG-1 for the command line)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "panoseti_daq.serve", "--metrics-port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--metrics-port must be between 0 and 65535" in result.stderr
