@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 import anyio
+import anyio.lowlevel
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -55,7 +56,7 @@ async def test_scrape_while_streaming_counts_frames_clients_and_process(make_ser
         assert server.metrics_port
         assert (await init_hp_io(server, run_dir)).success
         async with open_stream(server, ph=False, module_ids=[7]) as stream:
-            await anyio.sleep(0)  # the subscription exists once headers come back
+            await anyio.lowlevel.checkpoint()  # the subscription exists once headers come back
             await stream.recv_initial_metadata()
             await upload(server, [movie_frame(7, i) for i in range(20)])
             await upload(server, [movie_frame(8, i) for i in range(3)])
@@ -144,16 +145,18 @@ def test_serve_metrics_port_option_serves_metrics(tmp_path):
     """`python -m panoseti_daq.serve --metrics-port N`, scraped from outside the process."""
     port = free_port()
     with server_process(tmp_path, "--metrics-port", str(port), "--init-sim"):
-        # The endpoint starts right after the gRPC listener that server_process waits for.
+        # The endpoint starts right after the gRPC listener that server_process waits for, and
+        # the simulation becomes valid after both: poll the other process until it has.
         deadline = time.monotonic() + 15
         while True:
             try:
                 metrics = scrape(port)
-                break
+                if only(metrics["panoseti_daq_hp_io_valid"]) == 1:
+                    break
             except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                pass
+            assert time.monotonic() < deadline, "no scrape with hp_io valid within 15 s"
+            time.sleep(0.05)
         assert only(metrics["panoseti_daq_up_seconds"]) >= 0
         assert only(metrics["panoseti_daq_hp_io_valid"]) == 1
         assert "process_cpu_seconds_total" in metrics

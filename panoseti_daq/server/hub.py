@@ -173,10 +173,12 @@ class Subscriber:
         now: float,
         peer: str = "",
         wake: Callable[[], None] | None = None,
+        client_id: int = 0,
     ) -> None:
         self.subscription = subscription
         self.limits = limits
         self.peer = peer
+        self.client_id = client_id
         self.sent = 0
         self.dropped = 0
         self.ended: End | None = None
@@ -291,8 +293,9 @@ def _seq(entry: HubEntry) -> int:
 
 @dataclass(frozen=True)
 class SubscriberStats:
-    """One StreamImages client as operators see it."""
+    """One StreamImages client as operators see it; `client_id` numbers clients from 1."""
 
+    client_id: int
     peer: str
     subscription: Subscription
     sent: int
@@ -311,6 +314,7 @@ class Hub:
         # Frames in per (module id, product name, source).
         self.frames_in: dict[tuple[int, str, str], int] = {}
         self._seq = 0
+        self._clients = 0  # subscribers so far: the next one's client_id is this + 1
         self._subscribers: set[Subscriber] = set()
         self._when_empty: list[Callable[[], None]] = []
         # Frames sent to and dropped for clients that have gone.
@@ -334,8 +338,8 @@ class Hub:
     def subscriber_stats(self) -> list[SubscriberStats]:
         """Every current client's peer, subscription and counters."""
         return [
-            SubscriberStats(s.peer, s.subscription, s.sent, s.dropped, s.queue_depth)
-            for s in self._subscribers
+            SubscriberStats(s.client_id, s.peer, s.subscription, s.sent, s.dropped, s.queue_depth)
+            for s in sorted(self._subscribers, key=lambda s: s.client_id)
         ]
 
     def newest_entered_s(self) -> dict[Key, float]:
@@ -374,7 +378,8 @@ class Hub:
         wake: Callable[[], None] | None = None,
     ) -> Subscriber:
         """A new client; a paced client starts with the newest frame of each subscribed key."""
-        subscriber = Subscriber(subscription, self.limits, now, peer, wake)
+        self._clients += 1
+        subscriber = Subscriber(subscription, self.limits, now, peer, wake, self._clients)
         self._subscribers.add(subscriber)
         if subscriber.paced:
             for entry in sorted(self.latest.values(), key=_seq):

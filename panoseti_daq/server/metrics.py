@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
@@ -21,9 +21,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .stats import hub_counters
+
 if TYPE_CHECKING:
     from .core import ServerCore
-    from .hub import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +36,17 @@ _MAX_REQUEST_BYTES = 16384
 _REQUEST_TIMEOUT_S = 10.0
 
 
-def describe_subscription(subscription: Subscription) -> str:
+def describe_subscription(client: dict[str, Any]) -> str:
     """A short label for what one client asked for, e.g. "movie+ph every 0.5 s modules 1,3"."""
-    kinds = [
-        name
-        for name, wanted in (
-            ("movie", subscription.movie),
-            ("ph", subscription.pulse_height),
-        )
-        if wanted
-    ]
-    modules = ",".join(str(m) for m in sorted(subscription.module_ids)) or "all"
-    return f"{'+'.join(kinds)} every {subscription.interval_s:g} s modules {modules}"
+    wanted = (("movie", client["movie"]), ("ph", client["pulse_height"]))
+    kinds = "+".join(name for name, asked in wanted if asked)
+    modules = ",".join(str(m) for m in client["module_ids"]) or "all"
+    return f"{kinds} every {client['interval_s']:g} s modules {modules}"
 
 
 class ServerCollector(Collector):
-    """The server's own metrics, computed from the hub and the core at each scrape."""
+    """The server's own metrics, computed at each scrape from the counters the stats file
+    reads (`stats.hub_counters`), so a scrape and a stats line never disagree."""
 
     def __init__(self, core: ServerCore, started_monotonic: float, tasks: Callable[[], int]):
         self._core = core
@@ -60,9 +56,9 @@ class ServerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         core = self._core
         hub = core.hub
-        yield _gauge(
-            "up_seconds", "Seconds since the server started.", time.monotonic() - self._started
-        )
+        now = time.monotonic()
+        counters = hub_counters(core, now)
+        yield _gauge("up_seconds", "Seconds since the server started.", now - self._started)
         yield _gauge(
             "hp_io_valid", "1 when hp_io is configured and its sources run.", core.hp_io_valid
         )
@@ -70,11 +66,13 @@ class ServerCollector(Collector):
 
         frames_in = CounterMetricFamily(
             f"{_PREFIX}_frames_in",
-            "Frames that entered the hub, per module, data product and source.",
+            "Frames that entered the hub, per module, data product and source "
+            "(scanner, upload, socket, simulation).",
             labels=["module", "product", "source"],
         )
-        for (module, product, source), count in sorted(hub.frames_in.items()):
-            frames_in.add_metric([str(module), product, source], count)
+        for entry in counters["frames_in"]:
+            labels = [str(entry["module"]), entry["product"], entry["source"]]
+            frames_in.add_metric(labels, entry["frames"])
         yield frames_in
 
         age = GaugeMetricFamily(
@@ -82,9 +80,8 @@ class ServerCollector(Collector):
             "Seconds since the newest frame of each module and data product entered the hub.",
             labels=["module", "product"],
         )
-        now = time.monotonic()
-        for (module, product), entered in sorted(hub.entered_monotonic.items()):
-            age.add_metric([str(module), product], max(0.0, now - entered))
+        for entry in counters["newest_frame_age_s"]:
+            age.add_metric([str(entry["module"]), entry["product"]], max(0.0, entry["age_s"]))
         yield age
 
         yield _counter("frames_published", "Frames that entered the hub.", hub.published)
@@ -114,15 +111,11 @@ class ServerCollector(Collector):
             "Frames waiting in this client's queue.",
             labels=labels,
         )
-        for subscriber in hub.subscribers:
-            values = [
-                str(subscriber.client_id),
-                subscriber.peer,
-                describe_subscription(subscriber.subscription),
-            ]
-            sent.add_metric(values, subscriber.sent)
-            overruns.add_metric(values, subscriber.dropped)
-            depth.add_metric(values, subscriber.queue_depth)
+        for client in counters["clients"]:
+            values = [str(client["client"]), client["peer"], describe_subscription(client)]
+            sent.add_metric(values, client["sent"])
+            overruns.add_metric(values, client["dropped"])
+            depth.add_metric(values, client["queue_depth"])
         yield sent
         yield overruns
         yield depth
@@ -177,11 +170,11 @@ async def serve_metrics(
 
 async def _answer(connection: SocketStream, registry: CollectorRegistry) -> None:
     request = b""
-    while b"\r\n\r\n" not in request:
-        if len(request) > _MAX_REQUEST_BYTES:
-            await _respond(connection, 431, b"request header too large\n")
-            return
+    while (end := request.find(b"\r\n\r\n")) < 0 and len(request) <= _MAX_REQUEST_BYTES:
         request += await connection.receive()
+    if not 0 <= end <= _MAX_REQUEST_BYTES:
+        await _respond(connection, 431, b"request header too large\n")
+        return
     request_line = request.split(b"\r\n", 1)[0].decode("latin-1")
     parts = request_line.split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):

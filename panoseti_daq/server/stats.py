@@ -70,6 +70,7 @@ def hub_counters(core: ServerCore, now: float) -> dict[str, Any]:
         ],
         "clients": [
             {
+                "client": client.client_id,
                 "peer": client.peer,
                 "movie": client.subscription.movie,
                 "pulse_height": client.subscription.pulse_height,
@@ -79,7 +80,7 @@ def hub_counters(core: ServerCore, now: float) -> dict[str, Any]:
                 "dropped": client.dropped,
                 "queue_depth": client.queue_depth,
             }
-            for client in sorted(hub.subscriber_stats(), key=lambda c: c.peer)
+            for client in hub.subscriber_stats()
         ],
     }
 
