@@ -25,13 +25,8 @@ from tests.helpers import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"  # raw grpclib calls from the test; both backends: tests/test_client.py
-
-
 async def expect_status(server, status, match, **stream_args):
-    async with open_stream(server, **stream_args) as stream:
+    async with open_stream(server, subscribed=False, **stream_args) as stream:
         with pytest.raises(GRPCError) as info:
             await next_reply(stream)
     assert info.value.status == status
@@ -67,7 +62,6 @@ async def test_too_many_streams_is_resource_exhausted(make_server, run_dir):
     async with make_server(max_concurrent_rpcs=2) as server:
         assert (await init_hp_io(server, run_dir)).success
         async with open_stream(server), open_stream(server):
-            await wait_until(lambda: server.core.active_streams == 2)
             error = await expect_status(server, Status.RESOURCE_EXHAUSTED, "limit is 2")
             assert error
 
@@ -79,7 +73,6 @@ async def test_lossless_in_order_with_filters(make_server, run_dir):
         frames = [movie_frame(m, i) for i in range(30) for m in (1, 2)]
         frames += [ph_frame(m, i) for i in range(30) for m in (1, 2)]
         async with open_stream(server, movie=True, ph=False, module_ids=[2]) as only_movie_2:
-            await wait_until(lambda: server.hub.subscriber_count == 1)
             before = time.time_ns()
             await upload(server, frames)
             got = [await next_reply(only_movie_2) for _ in range(30)]
@@ -94,7 +87,6 @@ async def test_paced_client_gets_newest_sample_and_hold(make_server, run_dir):
     async with make_server() as server:
         assert (await init_hp_io(server, run_dir)).success
         async with open_stream(server, ph=False, interval=0.4) as stream:
-            await wait_until(lambda: server.hub.subscriber_count == 1)
             await upload(server, [movie_frame(1, 0)])
             first = await next_reply(stream)
             t_first = anyio.current_time()
@@ -160,11 +152,10 @@ async def test_disconnect_frees_slot_within_one_second(make_server, run_dir):
     async with make_server(max_concurrent_rpcs=1) as server:
         assert (await init_hp_io(server, run_dir)).success
         async with open_stream(server) as stream:
-            await wait_until(lambda: server.core.active_streams == 1)
             await stream.cancel()
         await wait_until(lambda: server.core.active_streams == 0, timeout_s=1.0)
-        async with open_stream(server):
-            await wait_until(lambda: server.core.active_streams == 1)
+        async with open_stream(server):  # subscribed (response headers): the slot is free
+            assert server.core.active_streams == 1
 
 
 async def test_force_init_cancels_twenty_streams(make_server, run_dir):
