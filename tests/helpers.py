@@ -286,3 +286,95 @@ async def next_reply(stream):
         await stream.recv_trailing_metadata()
         raise AssertionError("the stream ended with status OK")
     return reply
+
+
+def fill_flow_control_window(sock, timeout_s: float = 10.0) -> int:
+    """Read a stalled client's socket (see `stalled_stream_client`) until the server has sent a
+    whole HTTP/2 flow-control window (65,535 bytes of DATA) without acknowledging any of it.
+
+    From then on the server's handler cannot send: its stream does not end by itself. Returns
+    the number of DATA bytes read.
+    """
+    import time
+
+    window = 65_535
+    deadline = time.monotonic() + timeout_s
+    buffer = b""
+    data = 0
+    while data < window:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65_536)  # raises TimeoutError when the server stops sending early
+        if not chunk:
+            raise ConnectionError(f"server closed the connection after {data} DATA bytes")
+        buffer += chunk
+        while len(buffer) >= 9:
+            length = int.from_bytes(buffer[:3], "big")
+            if len(buffer) < 9 + length:
+                break
+            if buffer[3] == 0:  # a DATA frame (grpclib pads none)
+                data += length
+            buffer = buffer[9 + length :]
+    return data
+
+
+def h2_unary_call(
+    target, path: str, request: bytes, grpc_timeout: str | None = None
+) -> tuple[int, str]:
+    """One gRPC call by a bare HTTP/2 client: (grpc-status, grpc-message) of the reply.
+
+    `target` is a TCP port on 127.0.0.1 or a Unix socket path. Unlike grpclib or grpcio, this
+    client does not enforce the deadline it sends (`grpc_timeout`, e.g. "300m"): it waits for
+    the server's own answer, so a test can read the status a server gives when the deadline
+    runs out while it waits, without racing the client's timer. Blocking: run it in a thread.
+    """
+    import socket
+    import urllib.parse
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    if isinstance(target, int):
+        sock = socket.create_connection(("127.0.0.1", target), timeout=30)
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(30)
+        sock.connect(str(target))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    if grpc_timeout is not None:
+        headers.append(("grpc-timeout", grpc_timeout))
+    conn.send_headers(stream_id, headers)
+    conn.send_data(stream_id, b"\x00" + len(request).to_bytes(4, "big") + request, end_stream=True)
+    status: dict[str, str] = {}
+    try:
+        sock.sendall(conn.data_to_send())
+        while True:
+            chunk = sock.recv(65_536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection before the status")
+            for event in conn.receive_data(chunk):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    for key, value in event.headers:
+                        key = key.decode() if isinstance(key, bytes) else key
+                        value = value.decode() if isinstance(value, bytes) else value
+                        status[key] = value
+                elif isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+                elif isinstance(event, h2.events.StreamReset):
+                    raise ConnectionError(f"stream reset: {event.error_code!r}")
+                if isinstance(event, h2.events.StreamEnded):
+                    message = urllib.parse.unquote(status.get("grpc-message", ""))
+                    return int(status["grpc-status"]), message
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
