@@ -40,11 +40,17 @@ __all__ = ["DaqDataService"]
 _NS = 1_000_000_000
 
 
+# grpclib cancels a handler when the caller's deadline expires and answers DEADLINE_EXCEEDED
+# itself. A handler waiting for a writer stops this much earlier, so that the caller learns why
+# (UNAVAILABLE, R-STATE-2, R-STATE-3) instead of racing grpclib's timer.
+DEADLINE_MARGIN_S = 0.05
+
+
 def _remaining_s(stream: Stream) -> float:
-    """Seconds until the caller's deadline; infinity when it set none."""
+    """Seconds a handler may wait within the caller's deadline; infinity when it set none."""
     if stream.deadline is None:
         return math.inf
-    return max(0.0, stream.deadline.time_remaining())
+    return max(0.0, stream.deadline.time_remaining() - DEADLINE_MARGIN_S)
 
 
 async def _request(stream: Stream) -> Any:
