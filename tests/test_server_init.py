@@ -111,18 +111,6 @@ async def test_concurrent_writers_are_serialised(make_server, run_dir):
         assert server.core.hp_io_valid
 
 
-async def test_readers_wait_for_a_writer(make_server, run_dir):
-    """R-STATE-3: a reader arriving during a reconfiguration waits, then proceeds."""
-    async with make_server() as server, anyio.create_task_group() as tg:
-        tg.start_soon(init_hp_io, server, run_dir)
-        # The reader may arrive before, during or after the reconfiguration: it must never
-        # see FAILED_PRECONDITION once it waited for the writer.
-        await anyio.sleep(0)
-        async with open_stream(server) as stream:
-            await upload(server, [movie_frame(1, 3)])
-            assert (await next_reply(stream)).frame.frame_number == 3
-
-
 @pytest.mark.parametrize("scanner_watch", [True, False], ids=["inotify", "polling"])
 async def test_scanner_module_whitelist(make_server, run_dir, scanner_watch):
     """R-INIT-9: with module_ids only those modules are scanned (config `scanner_watch`: with

@@ -116,6 +116,28 @@ async def test_deadline_runs_out_waiting_for_a_writer(make_server, run_dir, sour
     assert replies[0].success and server.core.hp_io.data_dir == str(gated.resolve())
 
 
+async def test_reader_waits_for_a_writer_then_proceeds(make_server, run_dir, sources):
+    """R-STATE-3: a reader arriving while a writer reconfigures waits, then streams (never
+    FAILED_PRECONDITION)."""
+    gated = data_dir(run_dir, "gated")
+    async with make_server() as server, anyio.create_task_group() as tg:
+        tg.start_soon(init_hp_io, server, gated)
+        received = []
+
+        async def reader(task_status=anyio.TASK_STATUS_IGNORED):
+            async with open_stream(server, ph=False, subscribed=False) as stream:
+                task_status.started()
+                received.append(await next_reply(stream))
+
+        with anyio.fail_after(10):
+            await sources.gated.wait()  # the writer holds the lock
+            await tg.start(reader)  # the reader's call is on its way
+            sources.valid.set()
+            await wait_until(lambda: server.core.active_streams == 1)
+            await upload(server, [movie_frame(1, 3)])
+    assert received[0].frame.frame_number == 3
+
+
 async def test_configuration_that_never_becomes_valid(make_server, run_dir, sources, monkeypatch):
     """R-INIT-7: a configuration not valid within the limit (START_TIMEOUT_S, 10 s; 0.3 s
     here) answers success=false naming the limit, and the previous one is restored."""
