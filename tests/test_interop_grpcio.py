@@ -20,6 +20,9 @@ from panoseti_daq._bundled import NGC7331_PH256
 from tests.helpers import REAL_PH, server_process
 from tests.reference import modules
 
+# A server process for the module, grpcio clients in subprocesses.
+pytestmark = pytest.mark.timeout(30)
+
 pb2, pb2_grpc = modules()
 
 

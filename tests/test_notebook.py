@@ -12,12 +12,14 @@ import os
 from pathlib import Path
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "daq_data_client_demo.ipynb"
 
 
+@pytest.mark.timeout(30)  # a server process for the module, then every cell
 def test_notebook_cells_run_in_a_running_loop(live_server, monkeypatch, capsys):
     daq, net, _ = live_server
     monkeypatch.setenv("PANOSETI_DAQ_CONFIG", str(daq))

@@ -100,6 +100,7 @@ GRPCIO_REFLECTION = textwrap.dedent(
 )
 
 
+@pytest.mark.timeout(30)  # a client process
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_grpcio_reflection_client_resolves_the_service(make_server):
     """R-NET-3: a grpcio reflection client lists and resolves daqdata.DaqData."""
@@ -128,6 +129,7 @@ async def first_frame(client, timeout_s=20.0):
                 await anyio.sleep(0.05)
 
 
+@pytest.mark.timeout(30)  # a server process
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 async def test_sigterm_while_streaming(short_tmp, backend):
@@ -178,6 +180,7 @@ async def test_sigterm_while_streaming(short_tmp, backend):
         ({"valid_data_products": ["img32"]}, "valid_data_products"),
     ],
 )
+@pytest.mark.timeout(30)  # a server process
 def test_bad_config_exits_2_naming_the_key(tmp_path, settings, key):
     """R-CFG-1: unknown key, wrong type, out-of-range value: one message, exit code 2."""
     path = tmp_path / "bad.json"

@@ -138,11 +138,14 @@ async def test_idle_reader_deadline_exceeded(make_server, run_dir):
 
 async def test_frame_resets_dequeue_count(make_server, run_dir):
     """R-STREAM-12: a frame resets the count of dequeue timeouts."""
-    async with make_server(reader_timeout=0.15, max_reader_dequeue_timeouts=2) as server:
+    # Gaps of 0.6 s between frames: one timeout each (0.5 s), never two in a row, though 3 x
+    # 0.6 s > 2 x 0.5 s in all. The 0.4 s left is for an upload under load (on trio, through
+    # the bridge).
+    async with make_server(reader_timeout=0.5, max_reader_dequeue_timeouts=2) as server:
         assert (await init_hp_io(server, run_dir)).success
         async with open_stream(server) as stream:
-            for i in range(4):  # 4 x 0.2 s > 2 x 0.15 s in all, yet never 2 timeouts in a row
-                await anyio.sleep(0.2)
+            for i in range(3):
+                await anyio.sleep(0.6)
                 await upload(server, [movie_frame(1, i)])
                 assert (await next_reply(stream)).frame.frame_number == i
 

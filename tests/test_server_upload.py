@@ -106,6 +106,7 @@ async def test_product_outside_valid_data_products(make_server):
         assert "img16" in info.value.message
 
 
+@pytest.mark.timeout(30)  # 4,500 frames, 3 uploaders
 async def test_backpressure_slows_never_drops(make_server, run_dir):
     """R-UP-4, R-STATE-4: several uploaders at full speed, a lossless reader gets every frame."""
     async with make_server(max_read_queue_size=5000) as server:
