@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from panoseti_daq.config import ServerConfig
 from panoseti_daq.server import DaqDataServer
 from tests.helpers import server_process
+
+# `make mutate` (tools/mutate.py) runs every mutant's tests: fewer examples per property there.
+settings.register_profile("mutate", max_examples=20, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(params=["asyncio", "trio"])
