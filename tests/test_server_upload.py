@@ -152,3 +152,30 @@ async def test_malformed_request_is_invalid_argument(make_server, method):
             await call(server, method, [b"\x0a\x09ab"], bytes, bytes, _BytesCodec(), trailers=True)
         assert info.value.status == Status.INVALID_ARGUMENT
         assert "malformed request" in info.value.message
+
+
+async def test_uploaders_that_fill_the_upload_channel_lose_nothing(make_server, run_dir):
+    """R-UP-4, R-STATE-4: more uploaders at once than the upload channel holds bursts of
+    (5 x 64 frames > UPLOAD_CHANNEL_SIZE = 256): the ones that find it full wait, and a
+    lossless reader still gets every frame of each, in order."""
+    from panoseti_daq.server.core import UPLOAD_BURST, UPLOAD_CHANNEL_SIZE
+
+    uploaders, per_uploader = 5, 2 * UPLOAD_BURST
+    assert uploaders * UPLOAD_BURST > UPLOAD_CHANNEL_SIZE
+    async with make_server(max_read_queue_size=5000) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server) as reader:
+            received = []
+
+            async def read_all():
+                while len(received) < uploaders * per_uploader:
+                    received.append((await reader.recv_message()).frame)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_all)
+                for module in range(1, uploaders + 1):
+                    frames = [movie_frame(module, i) for i in range(per_uploader)]
+                    tg.start_soon(upload, server, frames)
+        for module in range(1, uploaders + 1):
+            numbers = [f.frame_number for f in received if f.module_id == module]
+            assert numbers == list(range(per_uploader))
