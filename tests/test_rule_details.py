@@ -1,0 +1,71 @@
+"""The details a client sees of the stream and upload rules, each pinned exactly (written to
+kill mutants `make mutate` found surviving: see README, Testing). Both backends."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from panoseti_daq.messages import UploadImageRequest
+from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, upload
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_frames_carry_no_message_and_are_counted(make_server, run_dir):
+    """R-WIRE-4, R-STREAM-10: an ordinary frame's `message` is empty; `frames_sent` (the
+    stats) counts every frame sent."""
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, ph=False) as stream:
+            await upload(server, [movie_frame(1, i) for i in range(5)])
+            replies = [await next_reply(stream) for _ in range(5)]
+            await upload(server, [movie_frame(1, 5)])
+            replies.append(await next_reply(stream))
+            assert server.hub.frames_sent == 6
+        assert [r.message for r in replies] == [""] * 6
+        assert [r.frame.frame_number for r in replies] == list(range(6))
+
+
+async def test_idle_stream_waits_every_timeout(make_server, run_dir):
+    """R-STREAM-12: the stream ends only after max_reader_dequeue_timeouts whole timeouts."""
+    async with make_server(reader_timeout=0.2, max_reader_dequeue_timeouts=3) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server) as stream:
+            started = anyio.current_time()
+            with pytest.raises(GRPCError) as info, anyio.fail_after(5):
+                await next_reply(stream)
+            elapsed = anyio.current_time() - started
+    assert info.value.status == Status.DEADLINE_EXCEEDED
+    assert info.value.message == "no data for 0.6 s: stream ended"
+    assert elapsed >= 0.55
+
+
+async def test_upload_without_image_logs_its_index(make_server, caplog):
+    """R-UP-2: the skipped request is named in a warning."""
+    from grpclib.encoding.proto import ProtoCodec
+
+    from panoseti_daq.messages import Empty
+    from tests.helpers import call
+
+    async with make_server() as server:
+        good = UploadImageRequest(pano_image=movie_frame(1, 1).to_message())
+        with caplog.at_level(logging.WARNING, "panoseti_daq.server.service"):
+            requests = [good, UploadImageRequest(), good]
+            await call(server, "UploadImages", requests, UploadImageRequest, Empty, ProtoCodec())
+    assert "UploadImages: request 1 has no pano_image; skipped" in caplog.messages
+
+
+async def test_product_not_served_names_the_valid_ones(make_server):
+    """R-DP-1, R-UP-3: the error names the image, its product and the products served."""
+    async with make_server(valid_data_products=("ph256", "img8")) as server:
+        with pytest.raises(GRPCError) as info:
+            await upload(server, [movie_frame(1, 0)])
+    assert info.value.status == Status.INVALID_ARGUMENT
+    assert info.value.message == (
+        "image 0 of the upload is img16, which this server does not serve (valid: img8, ph256)"
+    )
