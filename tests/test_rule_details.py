@@ -69,3 +69,48 @@ async def test_product_not_served_names_the_valid_ones(make_server):
     assert info.value.message == (
         "image 0 of the upload is img16, which this server does not serve (valid: img8, ph256)"
     )
+
+
+async def test_refusals_name_the_reason(make_server, run_dir):
+    """R-STREAM-1, R-STREAM-2, R-STREAM-3 (in-process; through SIGTERM: test_shutdown.py):
+    the exact status and details of each refusal."""
+
+    async def refusal(server, **stream_args):
+        async with open_stream(server, subscribed=False, **stream_args) as stream:
+            with pytest.raises(GRPCError) as info:
+                await next_reply(stream)
+        return info.value.status, info.value.message
+
+    async with make_server() as server:
+        assert await refusal(server, movie=False, ph=False) == (
+            Status.INVALID_ARGUMENT,
+            "stream_movie_data and stream_pulse_height_data are both false: nothing to stream",
+        )
+        assert await refusal(server) == (
+            Status.FAILED_PRECONDITION,
+            "hp_io is not initialized: call InitHpIo first",
+        )
+        assert (await init_hp_io(server, run_dir)).success
+        server.core.begin_shutdown()
+        assert await refusal(server) == (Status.UNAVAILABLE, "server shutting down")
+
+
+async def test_pulse_height_only_and_forced_reconfiguration(make_server, run_dir):
+    """R-STREAM-7: a pulse-height-only stream gets pulse heights and no movie frames;
+    R-STREAM-13: a forced InitHpIo ends it with CANCELLED and says why."""
+    from tests.helpers import ph_frame
+
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, movie=False) as stream:
+            await upload(server, [movie_frame(1, 0), ph_frame(1, 1), movie_frame(1, 2)])
+            await upload(server, [ph_frame(1, 3)])
+            got = [(await next_reply(stream)).frame for _ in range(2)]
+            assert [(f.product.name, f.frame_number) for f in got] == [("ph256", 1), ("ph256", 3)]
+            assert (await init_hp_io(server, run_dir, force=True)).success
+            with pytest.raises(GRPCError) as info:
+                await next_reply(stream)
+    assert (info.value.status, info.value.message) == (
+        Status.CANCELLED,
+        "server reconfigured by InitHpIo (force=true)",
+    )
