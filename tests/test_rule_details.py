@@ -114,3 +114,16 @@ async def test_pulse_height_only_and_forced_reconfiguration(make_server, run_dir
         Status.CANCELLED,
         "server reconfigured by InitHpIo (force=true)",
     )
+
+
+async def test_empty_data_dir_does_not_exist(make_server, monkeypatch, short_tmp):
+    """R-INIT-2: an empty data_dir (not simulating) is INVALID_ARGUMENT, even when the working
+    directory, which "" would name, is an allowed root."""
+    monkeypatch.chdir(short_tmp)
+    async with make_server() as server:
+        with pytest.raises(GRPCError) as info:
+            await init_hp_io(server, "")
+    assert (info.value.status, info.value.message) == (
+        Status.INVALID_ARGUMENT,
+        "data_dir '' does not exist",
+    )
