@@ -127,3 +127,15 @@ async def test_empty_data_dir_does_not_exist(make_server, monkeypatch, short_tmp
         Status.INVALID_ARGUMENT,
         "data_dir '' does not exist",
     )
+
+
+async def test_shutdown_ends_active_streams_with_unavailable(make_server, run_dir):
+    """R-STREAM-3, R-STOP-1 (in-process; through SIGTERM: test_shutdown.py): beginning the
+    shutdown ends an active stream with exactly UNAVAILABLE "server shutting down"."""
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server) as stream:
+            server.core.begin_shutdown()
+            with pytest.raises(GRPCError) as info:
+                await next_reply(stream)
+    assert (info.value.status, info.value.message) == (Status.UNAVAILABLE, "server shutting down")

@@ -168,6 +168,7 @@ async def test_never_valid_without_a_previous_configuration(make_server, run_dir
         async with make_server() as server:
             reply = await init_hp_io(server, data_dir(run_dir, "never"))
             assert not reply.success and "restored" not in reply.error_message
+            assert server.core.hp_io_valid is False
             status, message = await call_with_deadline(
                 server, "StreamImages", StreamImagesRequest(stream_movie_data=True)
             )
