@@ -46,7 +46,10 @@ def main(argv: list[str]) -> int:
     print("\nmodule                               killed / mutants   score")
     total_killed = total = 0
     for module, counts in sorted(statuses.items()):
-        killed, count = counts["killed"], sum(counts.values())
+        killed, count = counts["killed"], sum(counts.values()) - counts["not checked"]
+        if count == 0:
+            print(f"{module:36} not run")
+            continue
         total_killed, total = total_killed + killed, total + count
         print(f"{module:36} {killed:6} / {count:<7}  {killed / count:6.1%}")
     if total:
