@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_DIR := panoseti_daq/_generated
 PROTO := schema/daq_data.proto
 
-.PHONY: all setup demo test lint schema schema-check bench soak clean
+.PHONY: all setup demo test lint schema schema-check bench soak mutate clean
 
 all: test
 
@@ -47,5 +47,10 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(PY) -m benchmarks.soak --minutes 10 --rate 5000
 
+# Not in CI: mutation testing of the server's rule modules and the codec ([tool.mutmut] in
+# pyproject.toml); prints the score and every surviving mutant.
+mutate: $(STAMP)
+	$(PY) tools/mutate.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build *.egg-info
+	rm -rf mutants $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build *.egg-info

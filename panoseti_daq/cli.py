@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .client import DaqClient
+from .codec import dropped_before
 from .config import client_hp_io_config
 from .errors import PanosetiDaqError, RpcError
 from .frames import PanoFrame
-from .live_table import LiveTable, dropped_in
+from .live_table import LiveTable
 from .logs import LOG_LEVELS, configure_logging
 
 log = logging.getLogger("panoseti_daq.cli")
@@ -106,7 +107,7 @@ def _frames(replies: Any) -> Iterator[tuple[str, PanoFrame, int]]:
     dict is made per frame."""
     for reply in replies:
         if reply.frame is not None:
-            yield reply.name, reply.frame, dropped_in(reply.message)
+            yield reply.name, reply.frame, dropped_before(reply.message)
 
 
 class _Interrupts:

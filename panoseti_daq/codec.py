@@ -18,6 +18,7 @@ reason is one of `STRICTER_THAN_PROTOBUF` (the differential tests hold us to tha
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,12 @@ __all__ = [
     "decode_stream_reply",
     "decode_struct",
     "decode_upload_item",
+    "dropped_before",
     "encode_pano_image",
     "encode_stream_reply",
     "encode_struct",
     "encode_upload_item",
+    "overrun_notice",
     "stream_response_message",
 ]
 
@@ -75,6 +78,21 @@ STRICTER_THAN_PROTOBUF: tuple[tuple[str, str], ...] = (
 )
 _REPLY_TAGS = frozenset((0x0A, 0x12, 0x1A, 0x22))  # StreamImagesResponse fields 1..4
 _UINT32_MAX = 0xFFFFFFFF
+
+
+_DROPPED = re.compile(r"dropped (\d+) frames?")
+
+
+def overrun_notice(dropped: int) -> str:
+    """StreamImagesResponse.message for a frame after `dropped` overruns (R-STREAM-11)."""
+    return f"dropped {dropped} frames" if dropped else ""
+
+
+def dropped_before(message: str) -> int:
+    """Frames the server dropped just before this one, read from its overrun notice
+    (R-STREAM-11, R-CLI-10): "dropped N frames"; 0 for any other message."""
+    match = _DROPPED.fullmatch(message) if message else None
+    return int(match.group(1)) if match else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ Frames missing between two a row receives are told apart by their cause:
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,16 +30,9 @@ from . import pff
 from .client.aio import as_frame
 from .frames import PanoFrame
 
-__all__ = ["LiveTable", "RowStats", "dropped_in"]
+__all__ = ["LiveTable", "RowStats"]
 
 RATE_WINDOW_S = 5.0
-_DROPPED = re.compile(r"dropped (\d+) frames?")
-
-
-def dropped_in(message: str) -> int:
-    """The frames a StreamImagesResponse's `message` says were dropped (R-STREAM-11), or 0."""
-    match = _DROPPED.search(message or "")
-    return int(match.group(1)) if match else 0
 
 
 @dataclass

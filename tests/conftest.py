@@ -12,17 +12,26 @@ asyncio and on trio.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
+import os
 import shutil
+import sys
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from panoseti_daq.config import ServerConfig
 from panoseti_daq.server import DaqDataServer
 from tests.helpers import server_process
+
+# `make mutate` (tools/mutate.py) runs every mutant's tests: fewer examples per property there.
+settings.register_profile("mutate", max_examples=20, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -100,3 +109,44 @@ def live_server():
             )
         )
         yield daq, net, tmp
+
+
+_TRIO_TIMER = pytest.StashKey[threading.Timer]()
+
+
+def _on_trio(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("anyio_backend") == "trio"
+
+
+def pytest_timeout_set_timer(item, settings):
+    """Every test has a deadline (pytest-timeout, default 10 s). Its signal method raises from a
+    SIGALRM handler inside the running event loop: asyncio and plain tests fail and the run goes
+    on, but a trio run interrupted that way hangs. On trio, a timer thread names the test, dumps
+    every thread's stack and ends the run instead."""
+    if not _on_trio(item) or settings.timeout <= 0:
+        return None
+
+    def expire() -> None:
+        capture = item.config.pluginmanager.getplugin("capturemanager")
+        if capture is not None:
+            capture.suspend_global_capture(in_=True)  # as pytest-timeout's thread method does
+        sys.stderr.write(f"\n+++ Timeout ({settings.timeout:g} s): {item.nodeid} +++\n")
+        faulthandler.dump_traceback(file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(settings.timeout, expire)
+    timer.daemon = True
+    timer.start()
+    item.stash[_TRIO_TIMER] = timer
+    return True
+
+
+def pytest_timeout_cancel_timer(item):
+    timer = item.stash.get(_TRIO_TIMER, None)
+    if timer is None:
+        return None
+    timer.cancel()
+    del item.stash[_TRIO_TIMER]
+    return True

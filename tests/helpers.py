@@ -15,6 +15,7 @@ from grpclib.const import Cardinality
 from panoseti_daq import PanoFrame, pff, product_named
 from panoseti_daq._bundled import NGC7331_PH256
 from panoseti_daq._localhost import free_port, wait_for_port
+from panoseti_daq.bridge import grpclib_loop
 from panoseti_daq.codec import DaqCodec, StreamReply, UploadItem
 from panoseti_daq.messages import (
     Empty,
@@ -42,68 +43,128 @@ def ph_frame(module: int, number: int) -> PanoFrame:
     return PanoFrame(frame.product, frame.header, frame.pixels, module, frame.file, number)
 
 
-def channel(server) -> Channel:
-    return Channel("127.0.0.1", server.port, codec=DaqCodec())
+def channel(server, codec=None) -> Channel:
+    """A grpclib channel to `server` by TCP; create it on grpclib's loop (see `on_grpclib_loop`)."""
+    return Channel("127.0.0.1", server.port, codec=codec or DaqCodec())
+
+
+async def on_grpclib_loop(fn, *args):
+    """Run the asyncio coroutine function `fn(*args)` on grpclib's loop, from a test on either
+    backend: the running asyncio loop, or under trio a trio-asyncio loop (panoseti_daq.bridge)."""
+    async with grpclib_loop() as loop:
+        return await loop.run(fn, *args)
+
+
+async def call(server, method, requests, request_type, reply_type, codec=None, trailers=False):
+    """One unary-reply call of DaqData `method` sending `requests` (a list; several for
+    UploadImages) on either backend; returns the reply. With `trailers`, also reads the trailing
+    metadata (where a non-OK status that follows a reply message is raised)."""
+    cardinality = Cardinality.STREAM_UNARY if method == "UploadImages" else Cardinality.UNARY_UNARY
+    if method == "StreamImages":
+        cardinality = Cardinality.UNARY_STREAM
+
+    async def run():
+        ch = channel(server, codec)
+        try:
+            async with ch.request(
+                f"/daqdata.DaqData/{method}", cardinality, request_type, reply_type
+            ) as stream:
+                for request in requests:
+                    await stream.send_message(request)
+                await stream.end()
+                reply = await stream.recv_message()
+                if trailers:
+                    await stream.recv_trailing_metadata()
+                return reply
+        finally:
+            ch.close()
+
+    return await on_grpclib_loop(run)
 
 
 async def init_hp_io(server, data_dir, force=True, interval=0.05, **extra) -> InitHpIoResponse:
     request = InitHpIoRequest(
         data_dir=str(data_dir), update_interval_seconds=interval, force=force, **extra
     )
-    ch = channel(server)
-    try:
-        async with ch.request(
-            "/daqdata.DaqData/InitHpIo", Cardinality.UNARY_UNARY, InitHpIoRequest, InitHpIoResponse
-        ) as stream:
-            await stream.send_message(request, end=True)
-            return await stream.recv_message()
-    finally:
-        ch.close()
+    return await call(server, "InitHpIo", [request], InitHpIoRequest, InitHpIoResponse)
 
 
 async def upload(server, frames) -> None:
-    ch = channel(server)
-    try:
-        async with ch.request(
-            "/daqdata.DaqData/UploadImages", Cardinality.STREAM_UNARY, UploadItem, Empty
-        ) as stream:
-            for frame in frames:
-                await stream.send_message(UploadItem(frame))
-            await stream.end()
-            await stream.recv_message()
-    finally:
-        ch.close()
+    items = [UploadItem(frame) for frame in frames]
+    await call(server, "UploadImages", items, UploadItem, Empty)
+
+
+class RawStream:
+    """A grpclib client stream usable from a test on either backend: each call runs on
+    grpclib's loop."""
+
+    def __init__(self, loop, stream) -> None:
+        self._loop = loop
+        self.grpclib_stream = stream
+
+    async def recv_message(self):
+        return await self._loop.run(self.grpclib_stream.recv_message)
+
+    async def recv_initial_metadata(self):
+        return await self._loop.run(self.grpclib_stream.recv_initial_metadata)
+
+    async def recv_trailing_metadata(self):
+        return await self._loop.run(self.grpclib_stream.recv_trailing_metadata)
+
+    async def cancel(self):
+        return await self._loop.run(self.grpclib_stream.cancel)
 
 
 @contextlib.asynccontextmanager
-async def open_stream(server, movie=True, ph=True, interval=0.0, module_ids=()) -> AsyncIterator:
-    """A raw StreamImages call (yields the grpclib stream; the request is already sent)."""
-    ch = channel(server)
-    try:
-        async with ch.request(
-            "/daqdata.DaqData/StreamImages",
-            Cardinality.UNARY_STREAM,
-            StreamImagesRequest,
-            StreamReply,
-        ) as stream:
-            await stream.send_message(
-                StreamImagesRequest(
-                    stream_movie_data=movie,
-                    stream_pulse_height_data=ph,
-                    update_interval_seconds=interval,
-                    module_ids=list(module_ids),
-                ),
-                end=True,
+async def open_stream(
+    server, movie=True, ph=True, interval=0.0, module_ids=(), subscribed=True
+) -> AsyncIterator[RawStream]:
+    """A raw StreamImages call on either backend (yields a `RawStream`; the request is sent).
+
+    With `subscribed` (the default), it first waits for the response headers, which the server
+    sends once it has subscribed the stream to the hub: an event, no polling. Calls the server
+    refuses before subscribing (R-STREAM-1 .. R-STREAM-5) need `subscribed=False`.
+    """
+    request = StreamImagesRequest(
+        stream_movie_data=movie,
+        stream_pulse_height_data=ph,
+        update_interval_seconds=interval,
+        module_ids=list(module_ids),
+    )
+    async with grpclib_loop() as loop:
+
+        async def start():
+            ch = channel(server)
+            stream = ch.request(
+                "/daqdata.DaqData/StreamImages",
+                Cardinality.UNARY_STREAM,
+                StreamImagesRequest,
+                StreamReply,
             )
+            await stream.__aenter__()
+            await stream.send_message(request, end=True)
+            return ch, stream
+
+        async def stop(ch, stream):
             try:
-                yield stream
-            finally:
                 # Leaving without reading to the end: reset the stream, as a client that
                 # goes away does; grpclib would otherwise wait for the server to finish.
                 with contextlib.suppress(Exception):
                     await stream.cancel()
-    finally:
-        ch.close()
+                with contextlib.suppress(Exception):
+                    await stream.__aexit__(None, None, None)
+            finally:
+                ch.close()
+
+        ch, stream = await loop.run(start)
+        try:
+            raw = RawStream(loop, stream)
+            if subscribed:
+                await raw.recv_initial_metadata()
+            yield raw
+        finally:
+            with anyio.CancelScope(shield=True):
+                await loop.run(stop, ch, stream)
 
 
 def stats_lines(path) -> list[dict]:
@@ -226,3 +287,95 @@ async def next_reply(stream):
         await stream.recv_trailing_metadata()
         raise AssertionError("the stream ended with status OK")
     return reply
+
+
+def fill_flow_control_window(sock, timeout_s: float = 10.0) -> int:
+    """Read a stalled client's socket (see `stalled_stream_client`) until the server has sent a
+    whole HTTP/2 flow-control window (65,535 bytes of DATA) without acknowledging any of it.
+
+    From then on the server's handler cannot send: its stream does not end by itself. Returns
+    the number of DATA bytes read.
+    """
+    import time
+
+    window = 65_535
+    deadline = time.monotonic() + timeout_s
+    buffer = b""
+    data = 0
+    while data < window:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65_536)  # raises TimeoutError when the server stops sending early
+        if not chunk:
+            raise ConnectionError(f"server closed the connection after {data} DATA bytes")
+        buffer += chunk
+        while len(buffer) >= 9:
+            length = int.from_bytes(buffer[:3], "big")
+            if len(buffer) < 9 + length:
+                break
+            if buffer[3] == 0:  # a DATA frame (grpclib pads none)
+                data += length
+            buffer = buffer[9 + length :]
+    return data
+
+
+def h2_unary_call(
+    target, path: str, request: bytes, grpc_timeout: str | None = None
+) -> tuple[int, str]:
+    """One gRPC call by a bare HTTP/2 client: (grpc-status, grpc-message) of the reply.
+
+    `target` is a TCP port on 127.0.0.1 or a Unix socket path. Unlike grpclib or grpcio, this
+    client does not enforce the deadline it sends (`grpc_timeout`, e.g. "300m"): it waits for
+    the server's own answer, so a test can read the status a server gives when the deadline
+    runs out while it waits, without racing the client's timer. Blocking: run it in a thread.
+    """
+    import socket
+    import urllib.parse
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    if isinstance(target, int):
+        sock = socket.create_connection(("127.0.0.1", target), timeout=30)
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(30)
+        sock.connect(str(target))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    if grpc_timeout is not None:
+        headers.append(("grpc-timeout", grpc_timeout))
+    conn.send_headers(stream_id, headers)
+    conn.send_data(stream_id, b"\x00" + len(request).to_bytes(4, "big") + request, end_stream=True)
+    status: dict[str, str] = {}
+    try:
+        sock.sendall(conn.data_to_send())
+        while True:
+            chunk = sock.recv(65_536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection before the status")
+            for event in conn.receive_data(chunk):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    for key, value in event.headers:
+                        key = key.decode() if isinstance(key, bytes) else key
+                        value = value.decode() if isinstance(value, bytes) else value
+                        status[key] = value
+                elif isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+                elif isinstance(event, h2.events.StreamReset):
+                    raise ConnectionError(f"stream reset: {event.error_code!r}")
+                if isinstance(event, h2.events.StreamEnded):
+                    message = urllib.parse.unquote(status.get("grpc-message", ""))
+                    return int(status["grpc-status"]), message
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()

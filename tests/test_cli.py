@@ -28,6 +28,9 @@ from panoseti_daq.recorder import hashpipe_header
 from tests.helpers import REAL_PH, free_port, server_process
 from tests.test_recorder import read_like_the_observatory
 
+# Each test runs the CLI, and most a server, as processes: 2-15 s under load.
+pytestmark = pytest.mark.timeout(60)
+
 ENV = {**os.environ, "MPLBACKEND": "Agg", "COLUMNS": "200"}
 
 

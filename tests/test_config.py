@@ -184,7 +184,8 @@ def test_seed_layout_real_run_dir_is_found(tmp_path: Path) -> None:
 
 
 def test_later_layout_is_accepted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """R-CFG-4: source_data, filesystem_cfg, strategies and acquisition_methods."""
+    """R-CFG-4, R-CFG-5: source_data, filesystem_cfg, strategies, acquisition_methods (rpc too)
+    and the later top-level keys (read_status_pipe_name) load."""
     with caplog.at_level(logging.WARNING, "panoseti_daq.config"):
         config = server_config_from_dict(LATER_CONFIG, tmp_path / "c.json")
     sim = config.simulate_daq_cfg

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Each test runs an example script against a server process: 2-8 s under load.
+pytestmark = pytest.mark.timeout(60)
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -33,11 +33,7 @@ from tests.helpers import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
+@pytest.mark.timeout(30)  # 3,000 frames to 10 readers
 async def test_stalled_client_among_ten_healthy(make_server, run_dir):
     """R-STREAM-11: ten healthy readers lose nothing while one stalled reader is ended."""
     async with make_server(
@@ -81,6 +77,7 @@ with DaqClient({"daq_nodes": [{"ip_addr": sys.argv[1]}]}) as client:
 """
 
 
+@pytest.mark.timeout(30)  # a client process
 async def test_client_killed_mid_stream_frees_its_slot(make_server, run_dir):
     """R-STREAM-14: a client process killed (SIGKILL: no RST_STREAM, no goodbye) while frames
     flow to it frees its slot within 1 s; another client then takes the only slot."""
@@ -122,6 +119,10 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+# It counts asyncio's tasks: on trio the server's are trio tasks and the client's live in a
+# trio-asyncio loop of their own, which asyncio.all_tasks() does not see.
+@pytest.mark.timeout(30)  # 110 client cycles
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_connect_disconnect_cycles_leak_nothing(make_server, run_dir):
     """R-STREAM-14: 100 connect/stream/disconnect cycles; no growth in tasks or descriptors."""
     import asyncio
@@ -151,6 +152,7 @@ async def test_connect_disconnect_cycles_leak_nothing(make_server, run_dir):
         assert server.hub.subscriber_count == 0
 
 
+@pytest.mark.timeout(45)  # a server process and 50 streams
 async def test_sigterm_with_fifty_streams(short_tmp):
     """R-STOP-1: 50 active streams all end with a status within the grace period; exit 0."""
     with server_process(short_tmp, "--init-sim", config={"shutdown_grace_period": 3}) as (

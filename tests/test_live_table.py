@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from panoseti_daq.live_table import LiveTable, dropped_in
+from panoseti_daq.live_table import LiveTable
 from tests.helpers import movie_frame, ph_frame
 
 SERIES = "start_2024-07-25T04_34_46Z.dp_img16.bpp_2.module_1.seqno_{}.pff"
@@ -185,13 +185,6 @@ def test_skipped_by_pacing_and_lost_to_overruns_are_apart():
     assert "never published" in LiveTable(interval_s=0.0).explanation()
     text = text_of(table, 3.0)
     assert "pacing" in text and "lost" in text
-
-
-def test_dropped_in_reads_the_overrun_notice():
-    """R-STREAM-11's message: "dropped N frames"; empty when none."""
-    assert dropped_in("dropped 12 frames") == 12
-    assert dropped_in("dropped 1 frame") == 1
-    assert dropped_in("") == 0 and dropped_in("server shutting down") == 0
 
 
 def test_plain_lines_for_a_pipe():

@@ -20,14 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from panoseti_daq._localhost import free_port
 from panoseti_daq.config import server_config_from_dict
 from panoseti_daq.errors import ConfigError
-from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, server_process, upload
+from tests.helpers import (
+    init_hp_io,
+    movie_frame,
+    next_reply,
+    open_stream,
+    server_process,
+    upload,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"  # the test's raw grpclib calls need asyncio; the server side is the same
 
 
 def scrape(port: int, path: str = "/metrics") -> dict[str, dict[tuple, float]]:
@@ -56,8 +59,6 @@ async def test_scrape_while_streaming_counts_frames_clients_and_process(make_ser
         assert server.metrics_port
         assert (await init_hp_io(server, run_dir)).success
         async with open_stream(server, ph=False, module_ids=[7]) as stream:
-            await anyio.lowlevel.checkpoint()  # the subscription exists once headers come back
-            await stream.recv_initial_metadata()
             await upload(server, [movie_frame(7, i) for i in range(20)])
             await upload(server, [movie_frame(8, i) for i in range(3)])
             for _ in range(20):
@@ -90,7 +91,7 @@ async def test_scrape_while_streaming_counts_frames_clients_and_process(make_ser
             assert only(metrics["process_open_fds"]) > 0
 
         # The client has gone: its series go, the totals keep what it was sent.
-        await anyio.sleep(0.05)
+        await wait_until(lambda: server.hub.subscriber_count == 0)
         metrics = await anyio.to_thread.run_sync(scrape, server.metrics_port)
         assert "panoseti_daq_client_frames_sent_total" not in metrics
         assert only(metrics["panoseti_daq_frames_sent_total"]) == 20

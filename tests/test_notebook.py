@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "daq_data_client_demo.ipynb"
 
 
+@pytest.mark.timeout(30)  # a server process for the module, then every cell
 @pytest.mark.parametrize("own_server", [False, True])
 def test_notebook_cells_run_in_a_running_loop(live_server, monkeypatch, capsys, own_server):
     """With PANOSETI_DAQ_CONFIG the notebook uses those servers (and leaves their simulation

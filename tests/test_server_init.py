@@ -13,11 +13,6 @@ from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, uplo
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 async def expect_init_error(server, data_dir, status, match, **kwargs):
     with pytest.raises(GRPCError) as info:
         await init_hp_io(server, data_dir, **kwargs)
@@ -70,7 +65,6 @@ async def test_non_force_with_active_readers(make_server, run_dir):
         assert (await init_hp_io(server, run_dir)).success
         before = server.core.hp_io
         async with open_stream(server), open_stream(server):
-            await wait_until(lambda: server.core.active_streams == 2)
             with pytest.raises(GRPCError) as info:
                 await init_hp_io(server, run_dir, force=False, interval=0.5)
         assert info.value.status == Status.FAILED_PRECONDITION
@@ -99,7 +93,6 @@ async def test_failed_configuration_restores_previous(make_server, run_dir, base
         assert "restored" in reply.error_message
         assert server.core.hp_io_valid and server.core.hp_io.data_dir == str(run_dir.resolve())
         async with open_stream(server) as stream:
-            await wait_until(lambda: server.hub.subscriber_count == 1)
             await upload(server, [movie_frame(1, 7)])
             assert (await next_reply(stream)).frame.frame_number == 7
 
@@ -117,20 +110,6 @@ async def test_concurrent_writers_are_serialised(make_server, run_dir):
                 tg.start_soon(writer, 0.05 + i / 100)
         assert [r.success for r in replies] == [True] * 5
         assert server.core.hp_io_valid
-
-
-async def test_readers_wait_for_a_writer(make_server, run_dir):
-    """R-STATE-3: a reader arriving during a reconfiguration waits, then proceeds."""
-    async with make_server() as server, anyio.create_task_group() as tg:
-        tg.start_soon(init_hp_io, server, run_dir)
-        # The reader may arrive before, during or after the reconfiguration: it must never
-        # see FAILED_PRECONDITION once it waited for the writer.
-        await anyio.lowlevel.checkpoint()
-        async with open_stream(server) as stream:
-            await wait_until(lambda: server.core.hp_io_valid)
-            await wait_until(lambda: server.hub.subscriber_count == 1)
-            await upload(server, [movie_frame(1, 3)])
-            assert (await next_reply(stream)).frame.frame_number == 3
 
 
 @pytest.mark.parametrize("scanner_watch", [True, False], ids=["inotify", "polling"])

@@ -61,6 +61,7 @@ async def test_stats_file_reports_counters_and_resources(base_config, short_tmp,
     assert len(stats_lines(path)) >= 3
 
 
+@pytest.mark.timeout(30)  # a server process
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_serve_stats_file(short_tmp, backend):
     """`serve --stats-file F --stats-interval S`: lines while it runs (the simulation's frames

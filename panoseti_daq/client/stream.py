@@ -9,7 +9,6 @@ owns its streams: leaving the client closes those still open.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,20 +16,11 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..codec import StreamReply, stream_response_message
+from ..codec import StreamReply, dropped_before, stream_response_message
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ImageStream", "dropped_before"]
-
-_DROPPED = re.compile(r"dropped (\d+) frames?")
-
-
-def dropped_before(message: str) -> int:
-    """Frames the server dropped just before this one, from its overrun notice (R-STREAM-11):
-    "dropped N frames"; 0 for any other message."""
-    match = _DROPPED.fullmatch(message) if message else None
-    return int(match.group(1)) if match else 0
 
 
 @dataclass(eq=False)

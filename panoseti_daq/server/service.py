@@ -23,7 +23,7 @@ from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
 
 from .._private import send_framed_messages
-from ..codec import StreamReply, UploadItem, encode_stream_reply
+from ..codec import StreamReply, UploadItem, encode_stream_reply, overrun_notice
 from ..config import HpIoConfig
 from ..errors import CodecError, ImageError
 from ..messages import (
@@ -54,11 +54,17 @@ _END_STATUS = {
 }
 
 
+# grpclib cancels a handler when the caller's deadline expires and answers DEADLINE_EXCEEDED
+# itself. A handler waiting for a writer stops this much earlier, so that the caller learns why
+# (UNAVAILABLE, R-STATE-2, R-STATE-3) instead of racing grpclib's timer.
+DEADLINE_MARGIN_S = 0.05
+
+
 def _remaining_s(stream: Stream) -> float:
-    """Seconds until the caller's deadline; infinity when it set none."""
+    """Seconds a handler may wait within the caller's deadline; infinity when it set none."""
     if stream.deadline is None:
         return math.inf
-    return max(0.0, stream.deadline.time_remaining())
+    return max(0.0, stream.deadline.time_remaining() - DEADLINE_MARGIN_S)
 
 
 async def _request(stream: Stream) -> Any:
@@ -271,7 +277,7 @@ class DaqDataService:
                             entry.frame,
                             name,
                             now_ns,
-                            f"dropped {dropped} frames" if dropped else "",
+                            overrun_notice(dropped),
                             encoded_image=entry.encoded,
                         )
                         for entry, dropped in decision.frames

@@ -1,0 +1,141 @@
+"""The details a client sees of the stream and upload rules, each pinned exactly (written to
+kill mutants `make mutate` found surviving: see README, Testing). Both backends."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from panoseti_daq.messages import UploadImageRequest
+from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, upload
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_frames_carry_no_message_and_are_counted(make_server, run_dir):
+    """R-WIRE-4, R-STREAM-10: an ordinary frame's `message` is empty; `frames_sent` (the
+    stats) counts every frame sent."""
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, ph=False) as stream:
+            await upload(server, [movie_frame(1, i) for i in range(5)])
+            replies = [await next_reply(stream) for _ in range(5)]
+            await upload(server, [movie_frame(1, 5)])
+            replies.append(await next_reply(stream))
+            assert server.hub.frames_sent == 6
+        assert [r.message for r in replies] == [""] * 6
+        assert [r.frame.frame_number for r in replies] == list(range(6))
+
+
+async def test_idle_stream_waits_every_timeout(make_server, run_dir):
+    """R-STREAM-12: the stream ends only after max_reader_dequeue_timeouts whole timeouts."""
+    async with make_server(reader_timeout=0.2, max_reader_dequeue_timeouts=3) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server) as stream:
+            started = anyio.current_time()
+            with pytest.raises(GRPCError) as info, anyio.fail_after(5):
+                await next_reply(stream)
+            elapsed = anyio.current_time() - started
+    assert info.value.status == Status.DEADLINE_EXCEEDED
+    assert info.value.message == "no data for 0.6 s: stream ended"
+    assert elapsed >= 0.55
+
+
+async def test_upload_without_image_logs_its_index(make_server, caplog):
+    """R-UP-2: the skipped request is named in a warning."""
+    from grpclib.encoding.proto import ProtoCodec
+
+    from panoseti_daq.messages import Empty
+    from tests.helpers import call
+
+    async with make_server() as server:
+        good = UploadImageRequest(pano_image=movie_frame(1, 1).to_message())
+        with caplog.at_level(logging.WARNING, "panoseti_daq.server.service"):
+            requests = [good, UploadImageRequest(), good]
+            await call(server, "UploadImages", requests, UploadImageRequest, Empty, ProtoCodec())
+    assert "UploadImages: request 1 has no pano_image; skipped" in caplog.messages
+
+
+async def test_product_not_served_names_the_valid_ones(make_server):
+    """R-DP-1, R-UP-3: the error names the image, its product and the products served."""
+    async with make_server(valid_data_products=("ph256", "img8")) as server:
+        with pytest.raises(GRPCError) as info:
+            await upload(server, [movie_frame(1, 0)])
+    assert info.value.status == Status.INVALID_ARGUMENT
+    assert info.value.message == (
+        "image 0 of the upload is img16, which this server does not serve (valid: img8, ph256)"
+    )
+
+
+async def test_refusals_name_the_reason(make_server, run_dir):
+    """R-STREAM-1, R-STREAM-2, R-STREAM-3 (in-process; through SIGTERM: test_shutdown.py):
+    the exact status and details of each refusal."""
+
+    async def refusal(server, **stream_args):
+        async with open_stream(server, subscribed=False, **stream_args) as stream:
+            with pytest.raises(GRPCError) as info:
+                await next_reply(stream)
+        return info.value.status, info.value.message
+
+    async with make_server() as server:
+        assert await refusal(server, movie=False, ph=False) == (
+            Status.INVALID_ARGUMENT,
+            "stream_movie_data and stream_pulse_height_data are both false: nothing to stream",
+        )
+        assert await refusal(server) == (
+            Status.FAILED_PRECONDITION,
+            "hp_io is not initialized: call InitHpIo first",
+        )
+        assert (await init_hp_io(server, run_dir)).success
+        server.core.begin_shutdown()
+        assert await refusal(server) == (Status.UNAVAILABLE, "server shutting down")
+
+
+async def test_pulse_height_only_and_forced_reconfiguration(make_server, run_dir):
+    """R-STREAM-7: a pulse-height-only stream gets pulse heights and no movie frames;
+    R-STREAM-13: a forced InitHpIo ends it with CANCELLED and says why."""
+    from tests.helpers import ph_frame
+
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, movie=False) as stream:
+            await upload(server, [movie_frame(1, 0), ph_frame(1, 1), movie_frame(1, 2)])
+            await upload(server, [ph_frame(1, 3)])
+            got = [(await next_reply(stream)).frame for _ in range(2)]
+            assert [(f.product.name, f.frame_number) for f in got] == [("ph256", 1), ("ph256", 3)]
+            assert (await init_hp_io(server, run_dir, force=True)).success
+            with pytest.raises(GRPCError) as info:
+                await next_reply(stream)
+    assert (info.value.status, info.value.message) == (
+        Status.CANCELLED,
+        "server reconfigured by InitHpIo (force=true)",
+    )
+
+
+async def test_empty_data_dir_does_not_exist(make_server, monkeypatch, short_tmp):
+    """R-INIT-2: an empty data_dir (not simulating) is INVALID_ARGUMENT, even when the working
+    directory, which "" would name, is an allowed root."""
+    monkeypatch.chdir(short_tmp)
+    async with make_server() as server:
+        with pytest.raises(GRPCError) as info:
+            await init_hp_io(server, "")
+    assert (info.value.status, info.value.message) == (
+        Status.INVALID_ARGUMENT,
+        "data_dir '' does not exist",
+    )
+
+
+async def test_shutdown_ends_active_streams_with_unavailable(make_server, run_dir):
+    """R-STREAM-3, R-STOP-1 (in-process; through SIGTERM: test_shutdown.py): beginning the
+    shutdown ends an active stream with exactly UNAVAILABLE "server shutting down"."""
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server) as stream:
+            server.core.begin_shutdown()
+            with pytest.raises(GRPCError) as info:
+                await next_reply(stream)
+    assert (info.value.status, info.value.message) == (Status.UNAVAILABLE, "server shutting down")

@@ -1,0 +1,137 @@
+"""Shutdown as grpcio clients see it: the real SIGTERM path of `python -m panoseti_daq.serve`
+(R-STOP-1, R-NET-4, R-STREAM-3, R-NET-2).
+
+The server runs in a subprocess (tests/helpers.py `server_process`) on each backend. DaqData
+statuses are read by the grpcio reference client (tests/reference.py); the standard health
+service by grpcio-health-checking in a process of its own (tests/grpcio_probe.py: its protos
+collide with grpclib's in one process). A stream that does not end by itself is a real HTTP/2
+client that never acknowledges data once the server has filled its flow-control window.
+"""
+
+from __future__ import annotations
+
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2
+
+from panoseti_daq.messages import StreamImagesRequest
+from tests.helpers import fill_flow_control_window, server_process, stalled_stream_client
+from tests.reference import modules
+
+pb2, pb2_grpc = modules()
+
+PROBE = str(Path(__file__).with_name("grpcio_probe.py"))
+
+
+def read_line(process: subprocess.Popen, timeout_s: float) -> str:
+    """The next line a probe prints, within `timeout_s`."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout_s):
+            raise TimeoutError(f"no line from {process.args} within {timeout_s} s")
+    return process.stdout.readline().strip()
+
+
+def first_frame(stub, timeout_s: float = 20.0) -> None:
+    """Wait until the server streams (its --init-sim may still be starting)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stream = stub.StreamImages(
+            pb2.StreamImagesRequest(stream_movie_data=True, stream_pulse_height_data=True),
+            timeout=max(0.1, deadline - time.monotonic()),
+        )
+        try:
+            next(stream)
+            stream.cancel()
+            return
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.timeout(60)  # two server starts and a shutdown that takes its grace period
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_shutdown_with_a_stream_that_does_not_end(short_tmp, backend):
+    """R-STOP-1, R-NET-4, R-STREAM-3: during shutdown the health service reports NOT_SERVING
+    (through the real stop path), a StreamImages call arriving then gets UNAVAILABLE, and a
+    stream that never ends holds the shutdown no longer than `shutdown_grace_period` (the
+    listeners then close: bounded by the grace period again); the process exits 0."""
+    grace = 2.0
+    settings = {"shutdown_grace_period": grace, "hp_io_stop_timeout": 1.0}
+    with server_process(short_tmp, "--init-sim", config=settings, backend=backend) as (
+        process,
+        port,
+        _uds,
+    ):
+        target = f"127.0.0.1:{port}"
+        with grpc.insecure_channel(target) as channel:
+            stub = pb2_grpc.DaqDataStub(channel)
+            first_frame(stub)
+            request = StreamImagesRequest(stream_movie_data=True, stream_pulse_height_data=True)
+            with stalled_stream_client(port, request) as stalled:
+                fill_flow_control_window(stalled)
+                watch = subprocess.Popen(
+                    [sys.executable, PROBE, "watch", target, "daqdata.DaqData"],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                try:
+                    assert read_line(watch, 20) == "SERVING"
+                    started = time.monotonic()
+                    process.send_signal(signal.SIGTERM)
+                    assert read_line(watch, 10) == "NOT_SERVING"
+                    # Still within the grace period: the stalled stream holds the listeners.
+                    check = subprocess.run(
+                        [sys.executable, PROBE, "check", target, ""],
+                        capture_output=True,
+                        text=True,
+                        timeout=20,
+                    )
+                    assert check.stdout.strip() == "NOT_SERVING", check.stderr
+                    late = stub.StreamImages(
+                        pb2.StreamImagesRequest(stream_movie_data=True), timeout=5
+                    )
+                    with pytest.raises(grpc.RpcError) as info:
+                        next(late)
+                    assert time.monotonic() - started < grace, "checked after the grace period"
+                    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert "server shutting down" in info.value.details()
+                    code = process.wait(timeout=2 * grace + 1.0 + 5)
+                    elapsed = time.monotonic() - started
+                finally:
+                    watch.kill()
+                    watch.communicate()
+    assert code == 0
+    assert grace <= elapsed < 2 * grace + 1.0 + 3, elapsed
+    assert not (short_tmp / "sim").exists()
+
+
+@pytest.mark.timeout(45)  # two server processes
+def test_second_server_refuses_a_live_unix_socket(short_tmp):
+    """R-NET-2: a second server does not take a Unix socket another server listens on: it exits
+    with code 2 naming the socket, and the first server keeps answering on it."""
+    with server_process(short_tmp) as (_process, _port, uds):
+        other = subprocess.run(
+            [sys.executable, "-m", "panoseti_daq.serve", "--port", "-1", "--uds", uds],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert other.returncode == 2, other.stderr
+        assert f"another server is listening on {uds}" in other.stderr
+        with grpc.insecure_channel(f"unix://{uds}") as channel:
+            ping = channel.unary_unary(
+                "/daqdata.DaqData/Ping",
+                request_serializer=empty_pb2.Empty.SerializeToString,
+                response_deserializer=empty_pb2.Empty.FromString,
+            )
+            assert ping(empty_pb2.Empty(), timeout=10) == empty_pb2.Empty()
+        assert Path(uds).exists()
