@@ -190,7 +190,8 @@ def stalled_stream_client(port: int, request: StreamImagesRequest):
     """A real HTTP/2 client that sends StreamImages and then never reads its socket.
 
     The server may send only one HTTP/2 window (64 KiB) before it must wait: a client that is
-    truly stalled, unlike a grpclib client, which acknowledges data as it arrives.
+    truly stalled, unlike a grpclib client, which acknowledges data as it arrives. Yields the
+    socket and the h2 connection (to read what the server sent without acknowledging it).
     """
     import socket
 
@@ -216,7 +217,7 @@ def stalled_stream_client(port: int, request: StreamImagesRequest):
     conn.send_data(stream_id, b"\x00" + len(body).to_bytes(4, "big") + body, end_stream=True)
     sock.sendall(conn.data_to_send())
     try:
-        yield sock
+        yield sock, conn
     finally:
         sock.close()
 

@@ -23,7 +23,14 @@ from panoseti_daq.codec import DaqCodec, StreamReply
 from panoseti_daq.messages import StreamImagesRequest
 from panoseti_daq.server.hub import EndReason
 from tests.conftest import daq_config
-from tests.helpers import init_hp_io, movie_frame, open_stream, upload, wait_until
+from tests.helpers import (
+    init_hp_io,
+    movie_frame,
+    open_stream,
+    stalled_stream_client,
+    upload,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -125,33 +132,6 @@ async def test_slow_reader_keeps_streaming_with_exact_drop_notices(make_server, 
     assert max(depths) <= queue
 
 
-@contextlib.contextmanager
-def _stalled_h2_client(port: int, request: StreamImagesRequest):
-    """A real HTTP/2 client that sends StreamImages and does not read until asked to."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    stream_id = conn.get_next_available_stream_id()
-    conn.send_headers(
-        stream_id,
-        [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/daqdata.DaqData/StreamImages"),
-            (":authority", f"127.0.0.1:{port}"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ],
-    )
-    body = bytes(request)
-    conn.send_data(stream_id, b"\x00" + len(body).to_bytes(4, "big") + body, end_stream=True)
-    sock.sendall(conn.data_to_send())
-    try:
-        yield sock, conn
-    finally:
-        sock.close()
-
-
 def _read_trailers(sock: socket.socket, conn: h2.connection.H2Connection) -> dict[str, str]:
     """Read what the server sent, without acknowledging any data, up to its trailers."""
     sock.settimeout(5.0)
@@ -176,7 +156,7 @@ async def test_stalled_reader_is_ended_on_time_with_the_reason(make_server, run_
     ) as server:
         assert (await init_hp_io(server, run_dir)).success
         request = StreamImagesRequest(stream_movie_data=True, update_interval_seconds=0.0)
-        with _stalled_h2_client(server.port, request) as (sock, conn):
+        with stalled_stream_client(server.port, request) as (sock, conn):
             await wait_until(lambda: server.hub.subscriber_count == 1)
             (stalled,) = server.hub._subscribers
             # More than a 64 KiB window and the queue: its handler blocks in a send.

@@ -76,7 +76,7 @@ def test_shutdown_with_a_stream_that_does_not_end(short_tmp, backend):
             stub = pb2_grpc.DaqDataStub(channel)
             first_frame(stub)
             request = StreamImagesRequest(stream_movie_data=True, stream_pulse_height_data=True)
-            with stalled_stream_client(port, request) as stalled:
+            with stalled_stream_client(port, request) as (stalled, _):
                 fill_flow_control_window(stalled)
                 watch = subprocess.Popen(
                     [sys.executable, PROBE, "watch", target, "daqdata.DaqData"],

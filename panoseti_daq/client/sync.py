@@ -210,26 +210,16 @@ class DaqClient:
         parse_pano_images: bool = True,
     ) -> BlockingImageStream:
         """A blocking iterator of frames of every host (R-CLI-6); close it to cancel the RPCs."""
-
-        async def open_stream() -> ImageStream:
-            return self._client.stream_images(
-                hosts,
-                stream_movie_data,
-                stream_pulse_height_data,
-                update_interval_seconds,
-                module_ids,
-                wait_for_ready,
-                parse_pano_images,
-            )
-
-        return self._own(self._call(open_stream))
-
-    def _own(self, stream: ImageStream) -> BlockingImageStream:
-        """A blocking view of `stream`, closed with the client if still open (R-CLI-8)."""
-        assert self._portal is not None
-        blocking = BlockingImageStream(self._portal, stream, self._streams.discard)
-        self._streams.add(blocking)
-        return blocking
+        return self._blocking_stream(
+            self._client.stream_images,
+            hosts,
+            stream_movie_data,
+            stream_pulse_height_data,
+            update_interval_seconds,
+            module_ids,
+            wait_for_ready,
+            parse_pano_images,
+        )
 
     def _stream_replies(
         self,
@@ -242,18 +232,30 @@ class DaqClient:
     ) -> BlockingImageStream:
         """stream_images yielding the codec's StreamReply objects unconverted (the CLI's fast
         path: no betterproto message, no parsed dict per frame)."""
+        return self._blocking_stream(
+            self._client._stream_replies,
+            hosts,
+            stream_movie_data,
+            stream_pulse_height_data,
+            update_interval_seconds,
+            module_ids,
+            wait_for_ready,
+        )
 
-        async def open_stream() -> ImageStream:
-            return self._client._stream_replies(
-                hosts,
-                stream_movie_data,
-                stream_pulse_height_data,
-                update_interval_seconds,
-                module_ids,
-                wait_for_ready,
-            )
+    def _blocking_stream(
+        self, open_stream: Callable[..., ImageStream], *args: Any
+    ) -> BlockingImageStream:
+        """Open a stream of the async client on the portal's loop; a blocking view of it, closed
+        with the client if still open (R-CLI-8)."""
 
-        return self._own(self._call(open_stream))
+        async def opened() -> ImageStream:
+            return open_stream(*args)
+
+        stream = self._call(opened)
+        assert self._portal is not None
+        blocking = BlockingImageStream(self._portal, stream, self._streams.discard)
+        self._streams.add(blocking)
+        return blocking
 
     def upload_images(self, hosts: Hosts, images: Iterable[Any]) -> None:
         """Upload frames, PanoImages or parsed dicts to every host (R-CLI-7).
