@@ -34,11 +34,12 @@ from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
 
 from panoseti_daq import PanoFrame, pff, product_named
-from panoseti_daq._localhost import free_port, wait_for_port
+from panoseti_daq._localhost import free_port
 from panoseti_daq.codec import DaqCodec, StreamReply, UploadItem, encode_upload_item
 from panoseti_daq.messages import Empty, InitHpIoRequest, InitHpIoResponse, StreamImagesRequest
 
-ROOT = Path(__file__).resolve().parent.parent
+from ._process import running
+
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -125,18 +126,8 @@ def _server(
         ]
     else:
         cmd = [sys.executable, "-m", "benchmarks._reference_server", "--port", str(port)]
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
-    try:
-        if not wait_for_port(port, process):
-            raise RuntimeError(f"{kind} server did not start")
+    with running(cmd, port, kind) as process:
         yield process, port
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _active_run(tmp: Path) -> Path:

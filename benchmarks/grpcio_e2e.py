@@ -28,9 +28,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from panoseti_daq._localhost import free_port, wait_for_port
+from panoseti_daq._localhost import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+from ._process import ROOT, running
+
 SERVERS = ("ours_trio", "ours_asyncio", "grpcio")
 TARGET_IMG16_PER_S = 10_000
 TARGET_SATURATION_P99_MS = 50.0
@@ -65,18 +66,8 @@ def server(kind: str, tmp: Path, **config: Any) -> Iterator[tuple[int, int, str]
         cmd = [sys.executable, "-m", "panoseti_daq.serve", "--config", str(path)]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--uds", ""]
         cmd += ["--log-level", "warning", "--backend", kind.removeprefix("ours_")]
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
-    try:
-        if not wait_for_port(port, process):
-            raise RuntimeError(f"{kind} server did not start")
+    with running(cmd, port, kind) as process:
         yield process.pid, port, data_dir
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def load(kind: str, *args: str, **config: Any) -> dict[str, Any]:
