@@ -7,7 +7,10 @@
   is called only where a trio-asyncio loop is started (`bridge.grpclib_loop` under trio); it
   restores asyncio's own `new_event_loop` (kept by trio-asyncio as `_loop._orig_loop_new`) and
   points anyio 4's asyncio backend, if it was imported first, at trio-asyncio's
-  `get_running_loop` and `current_task`.
+  `get_running_loop` and `current_task`; and makes trio-asyncio's loops run the callbacks
+  already queued in one trio step, as asyncio does (`_run_ready_callbacks_in_one_step`: the
+  loop's `_main_loop_one`, `_q_recv`, `_timers`, `_nursery` and `AsyncHandle`'s fields), which
+  saves a trio scheduler pass per asyncio callback.
 
 A version these were not written for fails loudly (ImportError naming the library and both
 versions) instead of misbehaving: take a new minor version only after the tests of this module
@@ -93,19 +96,74 @@ def import_trio_asyncio() -> ModuleType:
     `open_loop()` builds its loops itself). trio-asyncio also replaces `asyncio.get_running_loop`
     and `asyncio.current_task`, which code on its loops needs; anyio's asyncio backend keeps the
     functions it found when first imported, so if it came first it is pointed at the new ones.
-    Idempotent; call it only where a trio-asyncio loop is about to start.
+    Its loops are made to run the callbacks already queued in one trio step
+    (`_run_ready_callbacks_in_one_step`). Idempotent; call it only where a trio-asyncio loop is
+    about to start.
     """
     import trio_asyncio
+    import trio_asyncio._base
     import trio_asyncio._loop
 
     check_version("trio-asyncio", trio_asyncio.__version__, TRIO_ASYNCIO_SUPPORTED)
     _require_attributes("trio-asyncio", trio_asyncio._loop, ("_orig_loop_new",))
+    _require_attributes("trio-asyncio", trio_asyncio._base.BaseTrioEventLoop, ("_main_loop_one",))
     plain_new_event_loop = trio_asyncio._loop._orig_loop_new
     if asyncio.events.new_event_loop is not plain_new_event_loop:
         asyncio.new_event_loop = asyncio.events.new_event_loop = plain_new_event_loop
     _point_anyio_at(asyncio.get_running_loop, asyncio.current_task)
+    _run_ready_callbacks_in_one_step(trio_asyncio._base.BaseTrioEventLoop)
     module: ModuleType = trio_asyncio
     return module
+
+
+def _run_ready_callbacks_in_one_step(loop_class: Any) -> None:
+    """Make trio-asyncio's loops run the callbacks already queued in one trio step, as
+    asyncio's loop runs its ready callbacks in one pass.
+
+    trio-asyncio 0.16's `_main_loop_one` takes one callback (`call_soon`) from the loop's queue
+    (`_q_recv`) per call, and each call is a trio checkpoint: a scheduler pass and an
+    `epoll_wait` per callback, several per gRPC message. After trio-asyncio's own step, the
+    callbacks that were queued by then run without yielding, in order, exactly as that step
+    runs them: timers go to the timer heap (`_timers`), a trio task to start (`AsyncHandle`)
+    ends the batch the way trio-asyncio starts it, cancelled handles are skipped. Callbacks
+    queued meanwhile wait for the next step, as in asyncio (what a callback schedules runs in
+    the next pass). Idempotent.
+    """
+    import heapq
+
+    import sniffio
+    import trio
+    from trio_asyncio._handles import AsyncHandle
+
+    original = loop_class._main_loop_one
+    if getattr(original, "_panoseti_batched", False):
+        return
+    timer_type = asyncio.TimerHandle
+    library = sniffio.thread_local
+
+    async def _main_loop_one(self: Any, no_wait: bool = False) -> None:
+        await original(self, no_wait)
+        receive = self._q_recv
+        for _ in range(receive.statistics().current_buffer_used):
+            try:
+                handle = receive.receive_nowait()
+            except trio.WouldBlock:
+                return
+            if isinstance(handle, timer_type):
+                heapq.heappush(self._timers, handle)
+            elif isinstance(handle, AsyncHandle):
+                handle._context.run(self._nursery.start_soon, handle._run, name=handle._callback)
+                await handle._started.wait()
+                return
+            elif not handle._cancelled:
+                previous, library.name = library.name, "asyncio"
+                try:
+                    handle._run()
+                finally:
+                    library.name = previous
+
+    _main_loop_one._panoseti_batched = True  # type: ignore[attr-defined]
+    loop_class._main_loop_one = _main_loop_one
 
 
 def _point_anyio_at(get_running_loop: object, current_task: object) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -113,6 +115,48 @@ async def test_batch_is_one_write_and_counted_like_send_message():
     assert stub.connection.messages_sent == 4
     assert stub.connection.last_message_sent is not None
     assert [kind for kind, _ in stub.writes] == ["headers", "data", "data"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.anyio
+async def test_trio_asyncio_runs_the_queued_callbacks_in_one_step():
+    """The callbacks queued on a trio-asyncio loop run in order, in a few steps of its loop
+    task rather than one step (a trio scheduler pass) each; a callback that a callback queues
+    runs after them, in a later step, as in asyncio."""
+    import trio
+
+    from panoseti_daq.bridge import grpclib_loop
+
+    ran: list[object] = []
+    steps: Counter[str] = Counter()
+
+    class CountSteps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            steps[task.name] += 1
+
+    async def queue_callbacks() -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def last() -> None:
+            ran.append("queued by a callback")
+            done.set_result(None)
+
+        for number in range(200):
+            loop.call_soon(ran.append, number)
+        loop.call_soon(loop.call_soon, last)
+        await done
+
+    async with grpclib_loop() as loop:
+        instrument = CountSteps()
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            await loop.run(queue_callbacks)
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+    assert ran == [*range(200), "queued by a callback"]
+    loop_steps = sum(count for name, count in steps.items() if name.endswith("._main_loop"))
+    assert 0 < loop_steps < 20, steps
 
 
 def test_a_version_not_written_for_fails_loudly():

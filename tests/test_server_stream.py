@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import math
 import time
 
@@ -10,8 +12,10 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from panoseti_daq import AsyncDaqClient
 from panoseti_daq.messages import StreamImagesRequest
 from panoseti_daq.server.hub import EndReason
+from tests.conftest import daq_config
 from tests.helpers import (
     init_hp_io,
     movie_frame,
@@ -141,6 +145,35 @@ async def test_idle_reader_deadline_exceeded(make_server, run_dir):
         with anyio.fail_after(5):
             error = await expect_status(server, Status.DEADLINE_EXCEEDED, "no data for 0.3 s")
         assert error
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_reader_waiting_for_each_frame_leaves_no_timers_behind(make_server, run_dir):
+    """R-STREAM-12 on trio: the idle deadline of a reader waiting for frames is kept by the
+    task beside its handler, not by a timer per wait. trio-asyncio keeps a cancelled asyncio
+    timer until it would have fired (here 15 s later): one per frame piled up ~15,000 of them
+    at 1,000 frames/s, and the garbage collector's full passes over them stalled every stream.
+    """
+    frames = 200
+    async with make_server() as server, AsyncDaqClient(daq_config(server)) as client:
+        assert await client.init_hp_io(
+            None, {"update_interval_seconds": 60.0, "force": True, "data_dir": str(run_dir)}
+        )
+        publish = server.core.publisher("upload")
+        async with client.stream_images(None, True, True, 0.0) as stream:
+            await wait_until(lambda: server.hub.subscriber_count == 1)
+            received = []
+            with anyio.fail_after(30):
+                for number in range(frames):
+                    publish(movie_frame(1, number))  # the handler waits for each frame
+                    received.append((await stream.__anext__())["frame_number"])
+            assert received == list(range(frames))
+            lingering = [
+                handle
+                for handle in gc.get_objects()
+                if isinstance(handle, asyncio.TimerHandle) and handle.cancelled()
+            ]
+            assert len(lingering) < frames // 10, len(lingering)
 
 
 async def test_frame_resets_dequeue_count(make_server, run_dir):

@@ -128,11 +128,19 @@ class _Bell:
         with anyio.move_on_after(timeout_s):
             await self._event.wait()
 
+    async def wait_for_ring(self) -> None:
+        """Wait, with no timer of its own, until the hub (or the deadline guard) rings."""
+        await self._event.wait()
 
-async def _end_when_too_slow(subscriber: Subscriber, bell: _Bell, scope: anyio.CancelScope) -> None:
-    """R-STREAM-11: end a reader whose full queue goes untaken while its handler is stuck in a
-    send (a client that stopped reading), by cancelling the send; any other end waits for the
-    handler to finish its send and see it."""
+
+async def _enforce_deadlines(subscriber: Subscriber, bell: _Bell, scope: anyio.CancelScope) -> None:
+    """Apply the subscriber's deadlines (`Subscriber.deadline_s`) beside its handler.
+
+    R-STREAM-11: a reader whose full queue goes untaken while its handler is stuck in a send (a
+    client that stopped reading) is ended by cancelling the send. R-STREAM-12: a reader with
+    nothing to send is ended when idle for too long; ending it rings the bell, which wakes the
+    handler (which waits without a timer of its own for that deadline, see `_send_frames`).
+    """
     step_s = max(subscriber.limits.reader_timeout_s, 0.001)
     while True:
         now = time.monotonic()
@@ -253,7 +261,7 @@ class DaqDataService:
             # Headers now: the client knows it is subscribed before the first frame.
             await stream.send_initial_metadata()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_end_when_too_slow, subscriber, bell, tg.cancel_scope)
+                tg.start_soon(_enforce_deadlines, subscriber, bell, tg.cancel_scope)
                 await self._send_frames(stream, subscriber, bell)
                 tg.cancel_scope.cancel()
         finally:
@@ -284,7 +292,16 @@ class DaqDataService:
                     ],
                 )
             elif isinstance(decision, Wait):
-                await bell.wait(decision.until_s - time.monotonic())
+                if decision.until_s >= subscriber.deadline_s:
+                    # Nothing to send until the hub rings, or the subscriber's own deadline
+                    # (idle, R-STREAM-12), at which `_enforce_deadlines` ends it and rings.
+                    # No timer here: under trio a cancelled asyncio timer stays in
+                    # trio-asyncio's heap until it would have fired (15 s by default), so one
+                    # per wait, i.e. per frame, kept ~15,000 timers alive at 1,000 frames/s
+                    # and made the garbage collector's full passes stall for 40-80 ms.
+                    await bell.wait_for_ring()
+                else:
+                    await bell.wait(decision.until_s - time.monotonic())  # paced: next send
             else:
                 return  # End: the caller reports it
 
