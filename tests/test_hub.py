@@ -31,6 +31,7 @@ from panoseti_daq.server.hub import (
     Subscriber,
     Subscription,
     Wait,
+    valid_interval,
 )
 from tests.helpers import movie_frame, ph_frame
 
@@ -401,8 +402,22 @@ def test_counters_for_operators():
     sent = client.poll(5.0)
     assert isinstance(sent, Send) and [e.seq for e, _ in sent.frames] == [1]
     assert hub.frames_sent == 1
-    with pytest.raises(ValueError, match="unknown frame source 'disk'"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown frame source 'disk' \(valid: scanner, simulation, socket, upload\)",
+    ):
         hub.publish(movie_frame(1, 0), "disk", 6.0)
+
+    # Clients are numbered from 1 in the order they came, numbers never reused; the stats name
+    # each one's subscription.
+    paced = Subscription(False, True, frozenset({2}), 0.5)
+    second = hub.subscribe(paced, 6.0, peer="unix:/tmp/s.sock")
+    assert [(s.client_id, s.peer, s.subscription) for s in hub.subscriber_stats()] == [
+        (1, "127.0.0.1:5000", Subscription(True, True)),
+        (2, "unix:/tmp/s.sock", paced),
+    ]
+    hub.unsubscribe(second)
+    assert hub.subscribe(paced, 7.0).client_id == 3
 
 
 def test_unsubscribe_keeps_totals_and_calls_when_empty():
@@ -418,6 +433,39 @@ def test_unsubscribe_keeps_totals_and_calls_when_empty():
     hub.unsubscribe(one)
     assert calls == ["at once", "later"]
     assert (hub.subscriber_count, hub.frames_sent, hub.frames_dropped) == (0, 1, 1)
+    # A second client's counters add to the first's, once it has gone too.
+    two = hub.subscribe(Subscription(True, True), 1.0)
+    hub.publish(movie_frame(1, 2), "upload", 1.0)
+    assert isinstance(two.poll(1.0), Send)
+    hub.unsubscribe(two)
+    assert (hub.frames_sent, hub.frames_dropped) == (2, 1)
+
+
+@pytest.mark.parametrize("interval_s", [0.0, 0.5])
+def test_wake_rings_when_a_subscriber_with_nothing_to_send_gets_a_frame(interval_s):
+    """R-STREAM-9, R-STREAM-10: the hub wakes the shell when a subscriber that had nothing to
+    send gets a frame (once, not per frame), so a waiting handler sends at once."""
+    rings: list[float] = []
+    hub = Hub(PRODUCTS, ReaderLimits(max_queue=4))
+    subscriber = hub.subscribe(
+        Subscription(True, True, interval_s=interval_s), 0.0, wake=lambda: rings.append(0)
+    )
+    assert rings == []
+    hub.publish(movie_frame(1, 0), "upload", 0.0)
+    assert len(rings) == 1
+    hub.publish(movie_frame(1, 1), "upload", 0.0)
+    hub.publish(movie_frame(2, 0), "upload", 0.0)
+    assert len(rings) == 1
+    assert isinstance(subscriber.poll(1.0), Send)
+    hub.publish(movie_frame(1, 2), "upload", 1.0)
+    assert len(rings) == 2
+
+
+def test_interval_bounds_are_inclusive():
+    """R-STREAM-5: 0 and the maximum itself are valid; above it, below 0 or NaN are not."""
+    assert valid_interval(0.0, 60.0) and valid_interval(60.0, 60.0)
+    assert not valid_interval(60.000001, 60.0)
+    assert not valid_interval(-1e-9, 60.0) and not valid_interval(math.nan, 60.0)
 
 
 @given(

@@ -62,7 +62,7 @@ class HubEntry:
     __slots__ = ("_encoded", "entered_s", "frame", "seq")
 
     def __init__(
-        self, seq: int, frame: PanoFrame, entered_s: float = 0.0, encoded: bytes | None = None
+        self, seq: int, frame: PanoFrame, entered_s: float, encoded: bytes | None = None
     ) -> None:
         self.seq = seq
         self.frame = frame
