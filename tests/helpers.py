@@ -55,10 +55,13 @@ async def on_grpclib_loop(fn, *args):
         return await loop.run(fn, *args)
 
 
-async def call(server, method, requests, request_type, reply_type, codec=None, trailers=False):
+async def call(
+    server, method, requests, request_type, reply_type, codec=None, trailers=False, metadata=None
+):
     """One unary-reply call of DaqData `method` sending `requests` (a list; several for
-    UploadImages) on either backend; returns the reply. With `trailers`, also reads the trailing
-    metadata (where a non-OK status that follows a reply message is raised)."""
+    UploadImages) on either backend, with request `metadata` if given; returns the reply. With
+    `trailers`, also reads the trailing metadata (where a non-OK status that follows a reply
+    message is raised)."""
     cardinality = Cardinality.STREAM_UNARY if method == "UploadImages" else Cardinality.UNARY_UNARY
     if method == "StreamImages":
         cardinality = Cardinality.UNARY_STREAM
@@ -67,7 +70,11 @@ async def call(server, method, requests, request_type, reply_type, codec=None, t
         ch = channel(server, codec)
         try:
             async with ch.request(
-                f"/daqdata.DaqData/{method}", cardinality, request_type, reply_type
+                f"/daqdata.DaqData/{method}",
+                cardinality,
+                request_type,
+                reply_type,
+                metadata=metadata,
             ) as stream:
                 for request in requests:
                     await stream.send_message(request)
@@ -89,9 +96,9 @@ async def init_hp_io(server, data_dir, force=True, interval=0.05, **extra) -> In
     return await call(server, "InitHpIo", [request], InitHpIoRequest, InitHpIoResponse)
 
 
-async def upload(server, frames) -> None:
+async def upload(server, frames, metadata=None) -> None:
     items = [UploadItem(frame) for frame in frames]
-    await call(server, "UploadImages", items, UploadItem, Empty)
+    await call(server, "UploadImages", items, UploadItem, Empty, metadata=metadata)
 
 
 class RawStream:

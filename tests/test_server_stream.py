@@ -103,6 +103,18 @@ async def test_paced_client_gets_newest_sample_and_hold(make_server, run_dir):
         assert t_second - t_first >= 0.35
 
 
+async def test_paced_client_joining_gets_the_newest_frames_at_once(make_server, run_dir):
+    """R-STREAM-9: a paced client that subscribes while the hub holds frames gets, first, the
+    newest frame of each subscribed (module, product)."""
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        await upload(server, [movie_frame(1, i) for i in range(3)] + [movie_frame(2, 7)])
+        async with open_stream(server, ph=False, interval=0.5) as stream:
+            replies = [await next_reply(stream), await next_reply(stream)]
+        got = sorted((r.frame.module_id, r.frame.frame_number) for r in replies)
+        assert got == [(1, 2), (2, 7)]
+
+
 async def test_slow_client_is_dropped_others_unaffected(make_server, run_dir):
     """R-STREAM-11: a reader that never reads is ended alone (once its full queue has gone
     untaken for max_reader_enqueue_timeouts x reader_timeout); healthy readers lose nothing."""

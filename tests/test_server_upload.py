@@ -9,6 +9,7 @@ from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
 from panoseti_daq.messages import Empty, PanoImage, PanoImageType, UploadImageRequest
+from panoseti_daq.server.service import SOURCE_METADATA_KEY
 from tests.helpers import call, init_hp_io, movie_frame, open_stream, upload, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -179,3 +180,14 @@ async def test_uploaders_that_fill_the_upload_channel_lose_nothing(make_server, 
         for module in range(1, uploaders + 1):
             numbers = [f.frame_number for f in received if f.module_id == module]
             assert numbers == list(range(per_uploader))
+
+
+async def test_uploads_are_counted_by_source(make_server):
+    """R-UP-1: uploads enter the hub as the source "upload"; the rpc simulation's, marked with
+    the metadata x-panoseti-frame-source: simulation, as "simulation" (operators' frames-in
+    counts); any other mark is an ordinary upload."""
+    async with make_server() as server:
+        await upload(server, [movie_frame(1, 0), movie_frame(1, 1)])
+        await upload(server, [movie_frame(1, 2)], metadata={SOURCE_METADATA_KEY: "simulation"})
+        await upload(server, [movie_frame(1, 3)], metadata={SOURCE_METADATA_KEY: "camera"})
+        assert server.hub.frames_in == {(1, "img16", "upload"): 3, (1, "img16", "simulation"): 1}
