@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import anyio
 import anyio.lowlevel
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from panoseti_daq.server.core import interval_ok
 from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, upload, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -70,6 +73,37 @@ async def test_non_force_with_active_readers(make_server, run_dir):
         assert info.value.status == Status.FAILED_PRECONDITION
         assert "2 StreamImages client(s) active" in info.value.message
         assert server.core.hp_io is before and server.core.hp_io_valid
+
+
+async def test_non_force_with_one_reader_is_refused(make_server, run_dir):
+    """R-INIT-5: one reader is enough to refuse a non-forced InitHpIo; the details say so."""
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server):
+            with pytest.raises(GRPCError) as info:
+                await init_hp_io(server, run_dir, force=False, interval=0.5)
+        assert info.value.status == Status.FAILED_PRECONDITION
+        assert info.value.message == (
+            "1 StreamImages client(s) active; use force=true to reconfigure anyway"
+        )
+
+
+async def test_init_during_shutdown_is_unavailable(make_server, run_dir):
+    """R-STOP-1: once the server is shutting down, InitHpIo is refused with UNAVAILABLE."""
+    async with make_server() as server:
+        server.core.begin_shutdown()
+        with pytest.raises(GRPCError) as info:
+            await init_hp_io(server, run_dir)
+        assert (info.value.status, info.value.message) == (
+            Status.UNAVAILABLE,
+            "server shutting down",
+        )
+
+
+def test_minimum_hp_io_interval_itself_is_valid():
+    """R-INIT-1: an interval below the minimum is refused, the minimum itself is not."""
+    assert interval_ok(0.01, 0.01) and interval_ok(0.02, 0.01)
+    assert not interval_ok(0.009, 0.01) and not interval_ok(math.nan, 0.01)
 
 
 async def test_non_force_without_readers_succeeds(make_server, run_dir):
