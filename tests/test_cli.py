@@ -182,29 +182,8 @@ def test_plots_are_written_without_a_display(live_server, tmp_path):
 
 def test_ctrl_c_ends_the_stream_cleanly(live_server, tmp_path):
     """Ctrl+C while streaming: the final table, the recording closed, exit 0, no traceback."""
-    daq, net, _ = live_server
-    out = tmp_path / "rec"
-    process = subprocess.Popen(
-        command(daq, net, "--record", str(out)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    try:
-        seen = []
-        for line in process.stderr:
-            seen.append(line)
-            if "first frame:" in line:
-                break
-        assert "first frame:" in "".join(seen), "".join(seen)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, stderr
+    code, stdout, stderr, out = _record_until_first_frame_then(live_server, tmp_path, signal.SIGINT)
+    assert code == 0, stderr
     assert "Traceback" not in stderr
     assert "panoseti-daq stream" in stdout and "recorded" in stdout
     for path in out.rglob("*.pff"):
