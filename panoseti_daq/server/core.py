@@ -32,7 +32,7 @@ from ..config import HpIoConfig, ServerConfig, SimulateConfig
 from ..errors import SourceError, first_leaf_exception
 from ..frames import PanoFrame
 from ..products import product_named
-from .hub import SOURCES, EndReason, Hub, ReaderLimits
+from .hub import EndReason, Hub, ReaderLimits, check_source
 from .scanner import RunScanner, run_scanner
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,7 @@ class Uploader:
     def __init__(
         self, send: MemoryObjectSendStream[UploadChannelItem], burst: int, source: str = "upload"
     ) -> None:
-        if source not in SOURCES:
-            raise ValueError(f"unknown frame source {source!r}")
+        check_source(source)
         self._send = send
         self._burst = burst
         self._source = source
@@ -163,8 +162,7 @@ class ServerCore:
 
     def publisher(self, source: str) -> Callable[[PanoFrame], None]:
         """`publish(frame)` for a data source: into the hub, counted under `source`."""
-        if source not in SOURCES:
-            raise ValueError(f"unknown frame source {source!r}")
+        check_source(source)
         publish = self.hub.publish
         monotonic = time.monotonic
 

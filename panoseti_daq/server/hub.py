@@ -48,6 +48,7 @@ __all__ = [
     "Subscriber",
     "Subscription",
     "Wait",
+    "check_source",
 ]
 
 # Where frames come from, as `Hub.publish` and the frames-in counters name it.
@@ -354,10 +355,7 @@ class Hub:
         `source` is one of SOURCES; `now` is monotonic seconds. `encoded`, when given, are the
         frame's PanoImage bytes (an upload's, as received).
         """
-        if source not in SOURCES:
-            raise ValueError(
-                f"unknown frame source {source!r} (valid: {', '.join(sorted(SOURCES))})"
-            )
+        check_source(source)
         self._seq += 1
         entry = HubEntry(self._seq, frame, now, encoded)
         key = entry.key
@@ -414,6 +412,12 @@ class Hub:
     def clear(self) -> None:
         """Forget the newest frames (a new data source starts)."""
         self.latest.clear()
+
+
+def check_source(source: str) -> None:
+    """ValueError naming the valid sources unless `source` is one of SOURCES."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown frame source {source!r} (valid: {', '.join(sorted(SOURCES))})")
 
 
 def valid_interval(interval_s: float, maximum_s: float) -> bool:
