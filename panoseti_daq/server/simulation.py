@@ -167,6 +167,7 @@ class _ProductWriter:
         self.seqno = -1
         self.in_file = per_file
         self.file: IO[bytes] | None = None
+        self.path: Path | None = None  # of `file`
 
     def name(self, seqno: int) -> str:
         return pff.DataFileName(
@@ -184,20 +185,19 @@ class _ProductWriter:
         SourceError, naming the file and the cause, when the file cannot be written or is no
         longer in its directory (removed by someone else): never write into an unlinked file.
         """
-        path = self.run_dir / self.name(max(self.seqno, 0))
         try:
             if self.in_file >= self.per_file:
                 self.close()
                 self.seqno += 1
                 self.in_file = 0
-                path = self.run_dir / self.name(self.seqno)
-                self.file = open(path, "ab")  # noqa: SIM115
+                self.path = self.run_dir / self.name(self.seqno)
+                self.file = open(self.path, "ab")  # noqa: SIM115
                 if self.seqno >= KEPT_FILES:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.run_dir / self.name(self.seqno - KEPT_FILES))
             assert self.file is not None
             if os.fstat(self.file.fileno()).st_nlink == 0:
-                raise SourceError(f"simulated run file {path} was removed")
+                raise SourceError(f"simulated run file {self.path} was removed")
             frame = next(self.frames)
             self.file.write(
                 pff.encode_frame(frame.header, frame.pixels, self.product, self.header_width)
@@ -207,7 +207,9 @@ class _ProductWriter:
         except OSError as exc:
             self.close_quietly()
             reason = exc.strerror or type(exc).__name__
-            raise SourceError(f"cannot write the simulated run file {path}: {reason}") from None
+            raise SourceError(
+                f"cannot write the simulated run file {self.path}: {reason}"
+            ) from None
         self.in_file += 1
 
     def close_quietly(self) -> None:
