@@ -495,9 +495,7 @@ class AsyncDaqClient:
                     except ConnectionError as exc:
                         state.errors.append(exc)
                         return
-                # Hosts still streaming: a host that fails while others go on is logged; the
-                # error of the last one to end is raised instead (never both).
-                remaining = [len(names)]
+                state.hosts_streaming = len(names)
                 async with anyio.create_task_group() as tg:
                     for host in names:
                         tg.start_soon(
@@ -508,7 +506,6 @@ class AsyncDaqClient:
                             wait_for_ready,
                             send,
                             state,
-                            remaining,
                         )
         finally:
             state.finished.set()
@@ -520,7 +517,6 @@ class AsyncDaqClient:
         wait_for_ready: bool,
         send: MemoryObjectSendStream[StreamReply],
         state: StreamState,
-        remaining: list[int],
     ) -> None:
         """One host's StreamImages, on grpclib's loop; retried while wait_for_ready.
 
@@ -528,9 +524,9 @@ class AsyncDaqClient:
         the last host is kept in `state.errors`, which the stream raises.
         """
         try:
-            await self._stream_one(host, request, wait_for_ready, send, state, remaining)
+            await self._stream_one(host, request, wait_for_ready, send, state)
         finally:
-            remaining[0] -= 1
+            state.hosts_streaming -= 1
 
     async def _stream_one(
         self,
@@ -539,7 +535,6 @@ class AsyncDaqClient:
         wait_for_ready: bool,
         send: MemoryObjectSendStream[StreamReply],
         state: StreamState,
-        remaining: list[int],
     ) -> None:
         delay_s = self.retry_delay_s
         with send.clone() as out:
@@ -562,7 +557,7 @@ class AsyncDaqClient:
                 except _RPC_FAILURES as exc:
                     error = rpc_error(exc, host)
                     if not (wait_for_ready and error.status in _RETRYABLE):
-                        if remaining[0] > 1:
+                        if state.hosts_streaming > 1:
                             log.warning("stream from %s failed (the others go on): %s", host, error)
                         else:
                             state.errors.append(error)

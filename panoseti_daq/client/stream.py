@@ -30,6 +30,9 @@ class StreamState:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     finished: anyio.Event = field(default_factory=anyio.Event)
     errors: list[Exception] = field(default_factory=list)
+    # Hosts still streaming: one that fails while others go on is logged, the failure of the
+    # last one is kept in `errors` and raised (never both).
+    hosts_streaming: int = 0
 
 
 class ImageStream:
