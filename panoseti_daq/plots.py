@@ -73,7 +73,7 @@ def is_synthetic(file: str) -> bool:
 
 def format_utc(stamp: Any) -> str:
     """`2024-07-25 04:34:52.779 UTC`: rounded to the millisecond, so that a host-clock time
-    held as a float never shows as `.799999999`; '-' when there is none."""
+    held as a float never shows as `.799999999`; 'no timestamp' when there is none."""
     if stamp is None:
         return "no timestamp"
     try:
