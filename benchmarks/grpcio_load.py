@@ -179,9 +179,20 @@ class Subscriber(threading.Thread):
         self.received = 0  # frames numbered >= warmup
         self.dropped_notices = 0
         self.latencies_ns: list[int] = []
-        self.warm = threading.Event()
+        self.warm = threading.Event()  # a warm-up frame (or a later one) has arrived
+        self.last_warmup_frame_s = 0.0  # monotonic
         self.done = threading.Event()
         self.error = ""
+
+    def wait_warm(self, quiet_s: float = 0.1) -> None:
+        """Return once the warm-up frames have drained: one has arrived, and none for quiet_s.
+
+        Not "once the last warm-up frame has arrived": a subscriber that falls behind may miss
+        it (an overrun, R-STREAM-11), and its notice comes only with the next frame."""
+        if not self.warm.wait(30):
+            raise RuntimeError(f"the subscriber got no warm-up frame ({self.error})")
+        while time.monotonic() - self.last_warmup_frame_s < quiet_s:
+            time.sleep(quiet_s / 5)
 
     def run(self) -> None:
         try:
@@ -193,8 +204,8 @@ class Subscriber(threading.Thread):
                     if found:
                         self.dropped_notices += int(found.group(1))
                 if number < self.warmup:
-                    if number == self.warmup - 1:
-                        self.warm.set()
+                    self.last_warmup_frame_s = time.monotonic()
+                    self.warm.set()
                     continue
                 self.warm.set()
                 self.received += 1
@@ -267,8 +278,8 @@ def run(args: argparse.Namespace) -> dict:
             subscriber.call.initial_metadata()  # subscribed before the first upload
         if args.warmup:
             upload(requests(payloads, offset, 0, args.warmup, args.rate), timeout=120)
-            if subscriber is not None and not subscriber.warm.wait(30):
-                raise RuntimeError(f"the subscriber got no warm-up frame ({subscriber.error})")
+            if subscriber is not None:
+                subscriber.wait_warm()
         cpu0 = server_cpu_s(args.server_pid) if args.server_pid else 0.0
         start = time.perf_counter()
         upload(requests(payloads, offset, args.warmup, args.images, args.rate), timeout=300)
