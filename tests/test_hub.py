@@ -22,7 +22,9 @@ from hypothesis.stateful import (
 )
 
 from panoseti_daq.server.hub import (
+    SEND_DELAY_BOUNDS_S,
     SOURCES,
+    DelayHistogram,
     End,
     EndReason,
     Hub,
@@ -478,3 +480,51 @@ def test_reader_limits_are_validated(max_queue, timeout):
     else:
         with pytest.raises(ValueError, match="ReaderLimits"):
             ReaderLimits(max_queue=max_queue, reader_timeout_s=timeout)
+
+
+def test_send_delays_are_counted_per_client_and_kept_when_it_goes():
+    """Each frame's send delay (hub entry to written) lands in the bucket of the smallest bound
+    at or above it, per client; an ended client's delays stay in the hub's total."""
+    hub = Hub(PRODUCTS, ReaderLimits(max_queue=8))
+    fast = hub.subscribe(Subscription(True, True), 0.0)
+    paced = hub.subscribe(Subscription(True, True, interval_s=0.5), 0.0)
+    start = 2**-10  # times and delays exact in binary, so a delay can sit on a bound
+    hub.publish(movie_frame(1, 0), "upload", start)
+    hub.publish(movie_frame(2, 0), "upload", start + 2**-10)
+    sent = fast.poll(start + 2**-10)
+    assert isinstance(sent, Send)
+    fast.record_sent(sent.frames, start + 2**-10 + 2**-11)  # waited 1.46 ms and 0.49 ms
+    held = paced.poll(0.25)
+    assert isinstance(held, Send)
+    paced.record_sent(held.frames, start + 0.5)  # held: 0.5 s (on a bound) and 0.499 s
+
+    def buckets(histogram: DelayHistogram) -> dict[float, int]:
+        return dict(histogram.cumulative())
+
+    fast_sum = 2**-10 + 2**-11 + 2**-11
+    assert buckets(fast.send_delay)[0.001] == 1 and buckets(fast.send_delay)[0.002] == 2
+    assert fast.send_delay.count == 2 and fast.send_delay.sum_s == fast_sum
+    assert buckets(paced.send_delay)[0.2] == 0 and buckets(paced.send_delay)[0.5] == 2
+    assert buckets(paced.send_delay)[math.inf] == 2
+    hub.unsubscribe(fast)
+    total = hub.send_delay()
+    assert total.count == 4 and total.sum_s == fast_sum + 0.5 + 0.5 - 2**-10
+    assert buckets(total)[0.002] == 2 and buckets(total)[0.5] == 4
+    (stats,) = hub.subscriber_stats()
+    assert stats.send_delay is paced.send_delay
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e4, allow_nan=False), max_size=40))
+def test_delay_histogram_buckets_are_cumulative_counts_up_to_each_bound(delays):
+    """The histogram's buckets are Prometheus's: at each bound, the delays <= it; the last
+    (+Inf) and `count` are all of them, `sum_s` their sum; adding two adds both."""
+    histogram, twice = DelayHistogram(), DelayHistogram()
+    for delay in delays:
+        histogram.observe(delay)
+    twice.add(histogram)
+    twice.add(histogram)
+    bounds = [*SEND_DELAY_BOUNDS_S, math.inf]
+    assert histogram.cumulative() == [(b, sum(d <= b for d in delays)) for b in bounds]
+    assert twice.cumulative() == [(b, 2 * sum(d <= b for d in delays)) for b in bounds]
+    assert histogram.count == len(delays) and histogram.sum_s == pytest.approx(sum(delays))
+    assert twice.sum_s == pytest.approx(2 * sum(delays))

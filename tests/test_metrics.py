@@ -81,6 +81,17 @@ async def test_scrape_while_streaming_counts_frames_clients_and_process(make_ser
             assert metrics["panoseti_daq_client_frames_sent_total"][labels] == 20
             assert metrics["panoseti_daq_client_overruns_total"][labels] == 0
             assert metrics["panoseti_daq_client_queue_depth"][labels] == 0
+            # Each frame's wait in the server, as a histogram: every frame sent is counted.
+            assert metrics["panoseti_daq_client_send_delay_seconds_count"][labels] == 20
+            buckets = {
+                float(dict(key)["le"]): count
+                for key, count in metrics["panoseti_daq_client_send_delay_seconds_bucket"].items()
+            }
+            assert buckets[float("inf")] == 20
+            counts = [buckets[bound] for bound in sorted(buckets)]
+            assert counts == sorted(counts)  # cumulative
+            assert 0 < metrics["panoseti_daq_client_send_delay_seconds_sum"][labels] < 60
+            assert stats["send_delay"]["buckets"][-1] == ["+Inf", 20]
 
             assert only(metrics["panoseti_daq_stream_clients"]) == 1
             assert only(metrics["panoseti_daq_frames_published_total"]) == 23
@@ -95,6 +106,7 @@ async def test_scrape_while_streaming_counts_frames_clients_and_process(make_ser
         metrics = await anyio.to_thread.run_sync(scrape, server.metrics_port)
         assert "panoseti_daq_client_frames_sent_total" not in metrics
         assert only(metrics["panoseti_daq_frames_sent_total"]) == 20
+        assert only(metrics["panoseti_daq_send_delay_seconds_count"]) == 20
 
 
 def raw_http(port: int, request: bytes) -> bytes:

@@ -22,13 +22,16 @@ when a subscriber that had nothing to send gets something, and when it is ended.
 
 The hub also keeps the counters operators read (server/stats.py): frames in per (module,
 product, source), when the newest frame of each (module, product) entered, and per subscriber
-its peer, subscription, frames sent, overruns and queue depth.
+its peer, subscription, frames sent, overruns, queue depth and send delays: how long each frame
+waited in the server, from entering the hub until the shell had written it to the client's
+connection (`Subscriber.record_sent`), as a histogram.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -38,7 +41,9 @@ from ..frames import PanoFrame
 from ..products import ImageType
 
 __all__ = [
+    "SEND_DELAY_BOUNDS_S",
     "SOURCES",
+    "DelayHistogram",
     "End",
     "EndReason",
     "Hub",
@@ -55,6 +60,46 @@ __all__ = [
 SOURCES = frozenset({"scanner", "upload", "socket", "simulation"})
 
 Key = tuple[int, str]  # (module id, product name)
+
+# Upper bounds (seconds) of the send-delay histogram's buckets, as Prometheus buckets: from a
+# millisecond (an interval-0 reader that keeps up) to a minute (the longest update interval).
+SEND_DELAY_BOUNDS_S = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class DelayHistogram:
+    """Counts of delays per bucket of SEND_DELAY_BOUNDS_S (the last bucket: above them all)
+    and their sum; a bucket counts the delays up to and including its bound."""
+
+    __slots__ = ("counts", "sum_s")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(SEND_DELAY_BOUNDS_S) + 1)
+        self.sum_s = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def observe(self, delay_s: float) -> None:
+        self.counts[bisect_left(SEND_DELAY_BOUNDS_S, delay_s)] += 1
+        self.sum_s += delay_s
+
+    def add(self, other: DelayHistogram) -> None:
+        """Add `other`'s counts and sum to these."""
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum_s += other.sum_s
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, delays up to it) per bucket, the last bound math.inf: Prometheus's
+        buckets."""
+        total = 0
+        out = []
+        for bound, count in zip((*SEND_DELAY_BOUNDS_S, math.inf), self.counts, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
 
 
 class HubEntry:
@@ -182,6 +227,7 @@ class Subscriber:
         self.client_id = client_id
         self.sent = 0
         self.dropped = 0
+        self.send_delay = DelayHistogram()
         self.ended: End | None = None
         self._wake = wake or _nothing
         self._paced = subscription.interval_s > 0
@@ -265,6 +311,13 @@ class Subscriber:
         self.sent += len(frames)
         return Send(frames)
 
+    def record_sent(self, frames: list[tuple[HubEntry, int]], now: float) -> None:
+        """Shell side: the frames of a `Send` have been written to the client's connection at
+        `now`; count how long each waited since it entered the hub."""
+        observe = self.send_delay.observe
+        for entry, _ in frames:
+            observe(now - entry.entered_s)
+
     def expire(self, now: float) -> End | None:
         """Apply the timeouts at `now` (R-STREAM-11, R-STREAM-12); the end, if ended."""
         if self.ended is None and now >= self.deadline_s:
@@ -302,6 +355,7 @@ class SubscriberStats:
     sent: int
     dropped: int
     queue_depth: int
+    send_delay: DelayHistogram
 
 
 class Hub:
@@ -321,6 +375,7 @@ class Hub:
         # Frames sent to and dropped for clients that have gone.
         self._sent_before = 0
         self._dropped_before = 0
+        self._send_delay_before = DelayHistogram()
 
     @property
     def subscriber_count(self) -> int:
@@ -336,10 +391,20 @@ class Hub:
         """Overruns of slow clients since the server started (R-STREAM-11)."""
         return self._dropped_before + sum(s.dropped for s in self._subscribers)
 
+    def send_delay(self) -> DelayHistogram:
+        """The send delays of every frame sent since the server started, ended clients' too."""
+        total = DelayHistogram()
+        total.add(self._send_delay_before)
+        for subscriber in self._subscribers:
+            total.add(subscriber.send_delay)
+        return total
+
     def subscriber_stats(self) -> list[SubscriberStats]:
         """Every current client's peer, subscription and counters."""
         return [
-            SubscriberStats(s.client_id, s.peer, s.subscription, s.sent, s.dropped, s.queue_depth)
+            SubscriberStats(
+                s.client_id, s.peer, s.subscription, s.sent, s.dropped, s.queue_depth, s.send_delay
+            )
             for s in sorted(self._subscribers, key=lambda s: s.client_id)
         ]
 
@@ -392,6 +457,7 @@ class Hub:
         self._subscribers.remove(subscriber)
         self._sent_before += subscriber.sent
         self._dropped_before += subscriber.dropped
+        self._send_delay_before.add(subscriber.send_delay)
         if not self._subscribers:
             callbacks, self._when_empty = self._when_empty, []
             for callback in callbacks:

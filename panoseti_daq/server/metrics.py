@@ -18,7 +18,12 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from .stats import hub_counters
@@ -96,6 +101,15 @@ class ServerCollector(Collector):
             hub.frames_dropped,
         )
         yield _gauge("stream_clients", "Active StreamImages clients.", hub.subscriber_count)
+        delay_help = (
+            "Seconds each frame waited in the server, from entering the hub until it was written "
+            "to the client's connection (a paced client's include its update interval)"
+        )
+        total_delay = HistogramMetricFamily(
+            f"{_PREFIX}_send_delay_seconds", f"{delay_help}; every client, ended ones included."
+        )
+        _add_delay(total_delay, [], counters["send_delay"])
+        yield total_delay
 
         labels = ["client", "peer", "subscription"]
         sent = CounterMetricFamily(
@@ -111,14 +125,24 @@ class ServerCollector(Collector):
             "Frames waiting in this client's queue.",
             labels=labels,
         )
+        delay = HistogramMetricFamily(
+            f"{_PREFIX}_client_send_delay_seconds", f"{delay_help}.", labels=labels
+        )
         for client in counters["clients"]:
             values = [str(client["client"]), client["peer"], describe_subscription(client)]
             sent.add_metric(values, client["sent"])
             overruns.add_metric(values, client["dropped"])
             depth.add_metric(values, client["queue_depth"])
+            _add_delay(delay, values, client["send_delay"])
         yield sent
         yield overruns
         yield depth
+        yield delay
+
+
+def _add_delay(family: HistogramMetricFamily, labels: list[str], delay: dict[str, Any]) -> None:
+    """One histogram of `family` from `stats.delay_buckets`' form."""
+    family.add_metric(labels, [tuple(bucket) for bucket in delay["buckets"]], delay["sum_s"])
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -278,6 +278,7 @@ class DaqDataService:
             decision = subscriber.poll(time.monotonic())
             if isinstance(decision, Send):
                 now_ns = time.time_ns()
+                frames = decision.frames
                 await _send_batch(
                     stream,
                     [
@@ -288,9 +289,10 @@ class DaqDataService:
                             overrun_notice(dropped),
                             encoded_image=entry.encoded,
                         )
-                        for entry, dropped in decision.frames
+                        for entry, dropped in frames
                     ],
                 )
+                subscriber.record_sent(frames, time.monotonic())
             elif isinstance(decision, Wait):
                 if decision.until_s >= subscriber.deadline_s:
                     # Nothing to send until the hub rings, or the subscriber's own deadline

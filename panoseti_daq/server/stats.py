@@ -16,11 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import sniffio
+from prometheus_client.utils import floatToGoString
+
+from .hub import DelayHistogram
 
 if TYPE_CHECKING:
     from .core import ServerCore
 
-__all__ = ["hub_counters", "process_stats", "server_stats", "task_count", "write_stats"]
+__all__ = [
+    "delay_buckets",
+    "hub_counters",
+    "process_stats",
+    "server_stats",
+    "task_count",
+    "write_stats",
+]
 
 
 def task_count(grpclib_loop: Any = None) -> int:
@@ -56,7 +66,9 @@ def hub_counters(core: ServerCore, now: float) -> dict[str, Any]:
     `frames_in`: frames that entered the hub per module, product and source (scanner, upload,
     socket, simulation); `newest_frame_age_s`: seconds since the newest frame of each (module,
     product) entered; `clients`: every StreamImages client's peer, subscription, frames sent,
-    overruns (`dropped`, R-STREAM-11) and frames waiting (`queue_depth`).
+    overruns (`dropped`, R-STREAM-11), frames waiting (`queue_depth`) and how long its frames
+    waited in the server (`send_delay`, see `delay_buckets`); `send_delay`: the same over every
+    frame sent since the server started.
     """
     hub = core.hub
     return {
@@ -79,9 +91,20 @@ def hub_counters(core: ServerCore, now: float) -> dict[str, Any]:
                 "sent": client.sent,
                 "dropped": client.dropped,
                 "queue_depth": client.queue_depth,
+                "send_delay": delay_buckets(client.send_delay),
             }
             for client in hub.subscriber_stats()
         ],
+        "send_delay": delay_buckets(hub.send_delay()),
+    }
+
+
+def delay_buckets(histogram: DelayHistogram) -> dict[str, Any]:
+    """A send-delay histogram as JSON: cumulative counts per upper bound ("le", in seconds, as
+    Prometheus writes it, the last "+Inf"), and the sum of the delays."""
+    return {
+        "buckets": [[floatToGoString(bound), count] for bound, count in histogram.cumulative()],
+        "sum_s": round(histogram.sum_s, 6),
     }
 
 
