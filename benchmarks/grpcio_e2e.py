@@ -13,7 +13,9 @@ the median main figure of three taken in turns with the others (every run's is l
       with one subscriber, with Hashpipe's header and with one extra key (`send_ns`);
   f_saturation: the uploader as fast as it can with `send_ns` stamps: upload-to-receipt p50/p99
       and throughput, ours with its bounded HTTP/2 window (`http2_window_bytes`) beside ours with
-      grpclib's default 4 MiB windows;
+      grpclib's default 4 MiB windows; for ours also the server's share (`server_delay_*`: how
+      long frames waited in the server, from its send-delay metric), the rest being the
+      network and the subscriber's own buffers;
   g_latency_1000: the same at 1,000 images/s.
 """
 
@@ -41,10 +43,12 @@ REPEATS = 3
 
 
 @contextlib.contextmanager
-def server(kind: str, tmp: Path, **config: Any) -> Iterator[tuple[int, int, str]]:
-    """(pid, port, data_dir for InitHpIo or "") of a running server of `kind`."""
+def server(kind: str, tmp: Path, **config: Any) -> Iterator[tuple[int, int, str, int]]:
+    """(pid, port, data_dir for InitHpIo or "", metrics port or 0) of a running server of
+    `kind`; ours serves its Prometheus metrics."""
     port = free_port()
     data_dir = ""
+    metrics_port = 0
     if kind == "grpcio":
         cmd = [sys.executable, "-m", "benchmarks._reference_server", "--port", str(port)]
         # The reference drops for a full queue of this size, like ours by default.
@@ -54,11 +58,13 @@ def server(kind: str, tmp: Path, **config: Any) -> Iterator[tuple[int, int, str]
         run.mkdir(parents=True, exist_ok=True)
         (run / "module_1.daq-active").touch()
         data_dir = str(tmp / "data")
+        metrics_port = free_port()
         settings = {
             "allowed_data_roots": [str(tmp)],
             "daq_active_check": ["marker"],
             "max_reader_enqueue_timeouts": 1_000_000,
             "simulate_daq_cfg": {"data_dir": str(tmp / "sim")},
+            "metrics_port": metrics_port,
             **config,
         }
         path = tmp / "bench_config.json"
@@ -67,19 +73,21 @@ def server(kind: str, tmp: Path, **config: Any) -> Iterator[tuple[int, int, str]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--uds", ""]
         cmd += ["--log-level", "warning", "--backend", kind.removeprefix("ours_")]
     with running(cmd, port, kind) as process:
-        yield process.pid, port, data_dir
+        yield process.pid, port, data_dir, metrics_port
 
 
 def load(kind: str, *args: str, **config: Any) -> dict[str, Any]:
     """One run of the grpcio load generator against a fresh server of `kind`."""
     with (
         tempfile.TemporaryDirectory(dir="/tmp") as tmp,
-        server(kind, Path(tmp), **config) as (pid, port, data_dir),
+        server(kind, Path(tmp), **config) as (pid, port, data_dir, metrics_port),
     ):
         cmd = [sys.executable, "-m", "benchmarks.grpcio_load", "--port", str(port)]
         cmd += ["--server-pid", str(pid), *args]
         if data_dir:
             cmd += ["--init-data-dir", data_dir]
+        if metrics_port:
+            cmd += ["--metrics-port", str(metrics_port)]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         if out.returncode:
             raise RuntimeError(f"grpcio load generator failed against {kind}: {out.stderr}")

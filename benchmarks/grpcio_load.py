@@ -2,6 +2,7 @@
 
     python -m benchmarks.grpcio_load --port N [--images N] [--rate HZ] [--product img16|ph256]
         [--send-ns] [--no-subscriber] [--init-data-dir DIR] [--server-pid PID]
+        [--metrics-port PORT]
 
 One grpcio client uploads `--images` images (after `--warmup` more) in one UploadImages call,
 protobuf-encoded with Hashpipe's header layout (img16: `quabo_0..3` sub-structs; ph256: flat
@@ -12,7 +13,10 @@ the fields it needs from every reply (message, frame_number, send_ns: a lightwei
 that the load generator is not the bottleneck) and counts frames, overrun notices
 ("dropped N frames", R-STREAM-11) and, with `--send-ns`, upload-to-receipt latency. It prints one
 JSON line: uploaded/s, delivered/s, lost frames, latency percentiles and, with `--server-pid`, the
-server's CPU seconds per 1000 delivered (or uploaded) images over the measured part.
+server's CPU seconds per 1000 delivered (or uploaded) images over the measured part, and with
+`--metrics-port` (our server's Prometheus endpoint) the server's share of the latency over the
+measured part: the send-delay histogram's (`panoseti_daq_send_delay_seconds`) mean and the
+bucket bound under which 99 % of the frames were sent.
 
 Runs in its own process, so that the server under test shares the machine, not the interpreter.
 """
@@ -29,10 +33,12 @@ import struct
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from panoseti_daq import PanoFrame, product_named
@@ -51,6 +57,37 @@ _PRODUCTS = {
     "img16": (pb2.PanoImage.MOVIE, (32, 32), 2),
     "ph256": (pb2.PanoImage.PULSE_HEIGHT, (16, 16), 2),
 }
+
+
+def send_delays(metrics_port: int) -> dict[str, float]:
+    """The server's send-delay histogram (all clients): "+Inf" and each bucket bound (as text)
+    -> frames sent within it, and "sum" -> their total delay in seconds."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "panoseti_daq_send_delay_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    out[sample.labels["le"]] = sample.value
+                elif sample.name.endswith("_sum"):
+                    out["sum"] = sample.value
+    if not out:
+        raise RuntimeError(f"no panoseti_daq_send_delay_seconds at {url}")
+    return out
+
+
+def server_share(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The send delays between two scrapes: their mean and the smallest bucket bound at or
+    under which 99 % of them lie (ms)."""
+    frames = after["+Inf"] - before["+Inf"]
+    bounds = sorted((float(le), after[le] - before[le]) for le in after if le not in ("sum",))
+    p99 = next(bound for bound, count in bounds if count >= 0.99 * frames)
+    return {
+        "server_delay_mean_ms": 1e3 * (after["sum"] - before["sum"]) / max(frames, 1),
+        "server_delay_p99_le_ms": 1e3 * p99,
+    }
 
 
 def server_cpu_s(pid: int) -> float:
@@ -281,6 +318,7 @@ def run(args: argparse.Namespace) -> dict:
             if subscriber is not None:
                 subscriber.wait_warm()
         cpu0 = server_cpu_s(args.server_pid) if args.server_pid else 0.0
+        delays0 = send_delays(args.metrics_port) if args.metrics_port else None
         start = time.perf_counter()
         upload(requests(payloads, offset, args.warmup, args.images, args.rate), timeout=300)
         upload_s = time.perf_counter() - start
@@ -312,6 +350,8 @@ def run(args: argparse.Namespace) -> dict:
                 ms = np.array(subscriber.latencies_ns) / 1e6
                 result |= {f"p{p}_ms": float(np.percentile(ms, p)) for p in (50, 99)}
                 result["max_ms"] = float(ms.max())
+        if delays0 is not None:
+            result |= server_share(delays0, send_delays(args.metrics_port))
         if args.server_pid:
             cpu = server_cpu_s(args.server_pid) - cpu0
             result["server_cpu_s_per_1000"] = 1000 * cpu / max(counted, 1)
@@ -335,6 +375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init-data-dir", default="", help="InitHpIo with this data_dir first")
     parser.add_argument("--init-interval", type=float, default=1.0, help="its scan interval")
     parser.add_argument("--server-pid", type=int, default=0)
+    parser.add_argument("--metrics-port", type=int, default=0, help="ours: its /metrics port")
     args = parser.parse_args(argv)
     if args.images < 1 or args.warmup < 0 or args.rate < 0:
         parser.error("--images must be >= 1, --warmup and --rate >= 0")
