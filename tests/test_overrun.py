@@ -220,3 +220,48 @@ def test_dropped_before_reads_only_the_notice():
     assert dropped_before("") == 0
     assert dropped_before("hello") == 0
     assert dropped_before("dropped many frames") == 0
+
+
+@pytest.mark.timeout(30)  # 3,000 frames uploaded and read back
+async def test_our_client_bounds_how_far_a_stalled_viewer_falls_behind(make_server, run_dir):
+    """R-STREAM-11, R-CLI-10 through our client: a viewer that stops reading while 3,000 frames
+    come has few frames waiting for it when it reads again (its 256 KiB HTTP/2 window, ~110
+    img16 images, its stream buffer and the server's queue); the notices of the frames it
+    missed come with the frames after them, and add up to all it missed. With grpclib's 4 MiB
+    window it had ~2,000 stale frames to read through first."""
+    total = 3000
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with AsyncDaqClient(daq_config(server)) as client:
+            stream = client.stream_images(
+                update_interval_seconds=0.0, stream_pulse_height_data=False
+            )
+            async with stream:
+                await wait_until(lambda: server.hub.subscriber_count == 1)
+                await upload(server, [movie_frame(1, number) for number in range(total)])
+                (subscriber,) = server.hub.subscriber_stats()
+                assert subscriber.dropped > 0  # the server did not wait for the viewer
+                # It reads again: everything that was on its way, until nothing is left.
+                got = []
+                async for frame in stream:
+                    got.append((frame["frame_number"], frame["dropped_before"]))
+                    (subscriber,) = server.hub.subscriber_stats()
+                    if subscriber.queue_depth == 0 and subscriber.sent == len(got):
+                        break
+                await upload(server, [movie_frame(1, total)])
+                frame = await stream.__anext__()
+                got.append((frame["frame_number"], frame["dropped_before"]))
+    numbers = [number for number, _ in got]
+    assert numbers == sorted(numbers) and numbers[-1] == total
+    stale = next(index for index, (_, dropped) in enumerate(got) if dropped)
+    assert stale <= 300, f"{stale} frames came before the first drop notice"
+    assert sum(dropped for _, dropped in got) + len(got) == total + 1
+
+
+@pytest.mark.parametrize("window", [65_534, 2**31, 0])
+def test_client_window_out_of_range_is_refused_by_name(window):
+    """http2_window_bytes outside HTTP/2's 65535 .. 2**31-1 is a ValueError naming it."""
+    with pytest.raises(
+        ValueError, match=f"http2_window_bytes must be between 65535 and .*{window}"
+    ):
+        AsyncDaqClient({"daq_nodes": [{"ip_addr": "127.0.0.1:1"}]}, http2_window_bytes=window)

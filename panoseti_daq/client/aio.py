@@ -35,12 +35,20 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from grpclib.client import Channel
+from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec, StreamReply, UploadItem
-from ..config import BUNDLED_CONFIG_DIR, client_hp_io_config, read_json
+from ..config import (
+    BUNDLED_CONFIG_DIR,
+    HTTP2_WINDOW_DEFAULT,
+    HTTP2_WINDOW_MAX,
+    HTTP2_WINDOW_MIN,
+    client_hp_io_config,
+    read_json,
+)
 from ..errors import CodecError, ConfigError, ImageError, RpcError, sole_exception
 from ..frames import PanoFrame
 from ..messages import Empty, InitHpIoRequest, InitHpIoResponse, PanoImage, StreamImagesRequest
@@ -55,7 +63,11 @@ __all__ = ["AsyncDaqClient", "Hosts", "as_frame"]
 PING_TIMEOUT_S = 2.0
 RETRY_DELAY_S = 0.5
 MAX_RETRY_DELAY_S = 5.0
-STREAM_BUFFER = 256
+# Replies a stream holds between its RPCs and its consumer: few, so that a slow consumer sees
+# fresh frames (the server drops what it cannot send, R-STREAM-11), enough to cover a hiccup.
+STREAM_BUFFER = 32
+# Frames an upload holds per host before it waits for that host.
+UPLOAD_BUFFER = 256
 _PATH = "/daqdata.DaqData/"
 _DEFAULT_SIM_CFG = {  # used when the bundled hp_io_config_simulate.json is missing
     "data_dir": "",
@@ -165,6 +177,15 @@ class AsyncDaqClient:
     `daq_config` and `network_config` are paths or dicts (R-CLI-1, R-CFG-3). Use it as an async
     context manager: entering pings every node (R-CLI-2), leaving closes every connection and
     cancels the streams still open (R-CLI-8).
+
+    `http2_window_bytes` is the HTTP/2 flow-control window of each connection and stream for
+    what the servers send (default 256 KiB, ~110 img16 images): how much a server may send
+    ahead of this client's reading. A viewer that reads slower than frames come falls behind
+    by at most that much, plus the stream's buffer (STREAM_BUFFER frames) and the server's
+    queue; the server drops what it cannot send and says so ("dropped N frames"), so the
+    frames seen stay fresh. With grpclib's default, 4 MiB, such a viewer fell seconds behind.
+    Raise it for fast readers over long links (one stream cannot receive faster than
+    window / round-trip time).
     """
 
     def __init__(
@@ -174,8 +195,18 @@ class AsyncDaqClient:
         *,
         ping_timeout_s: float = PING_TIMEOUT_S,
         retry_delay_s: float = RETRY_DELAY_S,
+        http2_window_bytes: int = HTTP2_WINDOW_DEFAULT,
     ) -> None:
+        if not HTTP2_WINDOW_MIN <= http2_window_bytes <= HTTP2_WINDOW_MAX:
+            raise ValueError(
+                f"http2_window_bytes must be between {HTTP2_WINDOW_MIN} and {HTTP2_WINDOW_MAX}, "
+                f"not {http2_window_bytes}"
+            )
         self.nodes: dict[str, DaqNode] = load_daq_nodes(daq_config, network_config)
+        self._grpclib_config = Configuration(
+            http2_connection_window_size=http2_window_bytes,
+            http2_stream_window_size=http2_window_bytes,
+        )
         self.ping_timeout_s = ping_timeout_s
         self.retry_delay_s = retry_delay_s
         self.valid_hosts: set[str] = set()
@@ -244,9 +275,11 @@ class AsyncDaqClient:
         if channel is None:
             node = self.nodes[host]
             if node.path:
-                channel = Channel(path=node.path, codec=DaqCodec())
+                channel = Channel(path=node.path, codec=DaqCodec(), config=self._grpclib_config)
             else:
-                channel = Channel(node.host, node.port, codec=DaqCodec())
+                channel = Channel(
+                    node.host, node.port, codec=DaqCodec(), config=self._grpclib_config
+                )
             self._channels[host] = channel
         return channel
 
@@ -582,7 +615,7 @@ class AsyncDaqClient:
         async with anyio.create_task_group() as tg:
             sends: list[MemoryObjectSendStream[PanoFrame]] = []
             for host in names:
-                send, receive = anyio.create_memory_object_stream[PanoFrame](STREAM_BUFFER)
+                send, receive = anyio.create_memory_object_stream[PanoFrame](UPLOAD_BUFFER)
                 sends.append(send)
                 tg.start_soon(self._upload_task, loop, host, receive, errors, tg)
             with ExitStack() as stack:
