@@ -99,7 +99,7 @@ def interleaved(
 ) -> dict[str, dict[str, Any]]:
     """Per kind (name: server config), the run with the median `metric` of `repeats` runs,
     taken in turns (kind A, kind B, ..., A, B, ...) so that the machine's load falls on all
-    alike; each result lists every run's `metric` under `<metric>_runs`."""
+    alike; each result lists every run's `metric` (and delivered/s) under `<name>_runs`."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in kinds}
     for _ in range(repeats):
         for name, config in kinds.items():
@@ -109,7 +109,10 @@ def interleaved(
     out = {}
     for name, results in runs.items():
         ordered = sorted(results, key=lambda r: r[metric])
-        out[name] = ordered[len(ordered) // 2] | {f"{metric}_runs": [r[metric] for r in results]}
+        out[name] = ordered[len(ordered) // 2]
+        for listed in (metric, "delivered_per_s"):
+            if listed in results[0]:
+                out[name][f"{listed}_runs"] = [r[listed] for r in results]
     return out
 
 
