@@ -135,3 +135,48 @@ def test_second_server_refuses_a_live_unix_socket(short_tmp):
             )
             assert ping(empty_pb2.Empty(), timeout=10) == empty_pb2.Empty()
         assert Path(uds).exists()
+
+
+@pytest.mark.timeout(40)  # a server start and a shortened shutdown
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_second_signal_cuts_the_grace_period_short_and_still_exits_cleanly(short_tmp, backend):
+    """R-STOP-1: a second SIGINT or SIGTERM during a graceful stop (Ctrl+C twice, or a
+    supervisor's signal on top of a terminal's) ends the streams' grace period at once; the
+    rest of the stop still runs (the simulation's directory is removed, the socket file too)
+    and the process exits 0 with one log line for it, not a traceback."""
+    grace = 30.0
+    settings = {"shutdown_grace_period": grace, "hp_io_stop_timeout": 1.0}
+    with server_process(short_tmp, "--init-sim", config=settings, backend=backend) as (
+        process,
+        port,
+        uds,
+    ):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            first_frame(pb2_grpc.DaqDataStub(channel))
+        request = StreamImagesRequest(stream_movie_data=True, stream_pulse_height_data=True)
+        with stalled_stream_client(port, request) as (stalled, _):
+            fill_flow_control_window(stalled)  # this stream would hold the stop for `grace`
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert "SIGTERM received: shutting down" in read_stderr_line(process, "SIGTERM", 10)
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=15)
+            elapsed = time.monotonic() - started
+    assert process.returncode == 0, stderr
+    assert elapsed < 10, elapsed
+    assert "SIGINT received again: ending the streams now" in stderr
+    assert "Traceback" not in stderr
+    assert not (short_tmp / "sim").exists()
+    assert not Path(uds).exists()
+
+
+def read_stderr_line(process: subprocess.Popen, containing: str, timeout_s: float) -> str:
+    """The first line of the server's log (stderr) that contains `containing`."""
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stderr, selectors.EVENT_READ)
+        while selector.select(max(0.0, deadline - time.monotonic())):
+            line = process.stderr.readline()
+            if containing in line or not line:
+                return line
+    raise TimeoutError(f"no log line with {containing!r} within {timeout_s} s")

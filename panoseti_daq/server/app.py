@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
@@ -123,6 +124,8 @@ class DaqDataServer:
         self._stack: AsyncExitStack | None = None
         self._loop: GrpclibLoop | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        # Cancelled by a second signal (serve_until_signalled): the stop waits no grace period.
+        self._grace = anyio.CancelScope()
 
     # -- start -----------------------------------------------------------------------------
     async def __aenter__(self) -> DaqDataServer:
@@ -236,11 +239,14 @@ class DaqDataServer:
             self._health.set(False)
             streams_ended = anyio.Event()
             self.hub.call_when_empty(streams_ended.set)
-            with anyio.move_on_after(self.config.shutdown_grace_period):
+            grace = self.config.shutdown_grace_period
+            with self._grace, anyio.move_on_after(grace):
                 await streams_ended.wait()
             for server in self._servers:
                 server.close()
-            with anyio.move_on_after(max(0.5, self.config.shutdown_grace_period)):
+            if self._grace.cancel_called:
+                grace = 0.0  # hurried: the listeners get the minimum, below
+            with anyio.move_on_after(max(0.5, grace)):
                 for server in self._servers:
                     await self._loop.run(server.wait_closed)
             self._servers.clear()
@@ -251,11 +257,32 @@ class DaqDataServer:
         self._task_group.cancel_scope.cancel()
 
     async def serve_until_signalled(self) -> None:
-        """Serve until SIGINT or SIGTERM."""
+        """Serve until SIGINT or SIGTERM; leaving the server's `async with` then stops it.
+
+        The signals stay caught until the stop is over: another SIGINT or SIGTERM meanwhile
+        (Ctrl+C twice, or a terminal's Ctrl+C reaching both a supervisor and its server, which
+        then signals the server too) ends the grace period of the streams at once; the rest of
+        the stop (sources, simulation directories, the socket file) still runs. Without this a
+        second signal interrupted the stop wherever it was, with a traceback.
+        """
+        assert self._task_group is not None, "serve inside `async with DaqDataServer(...)`"
+        first = anyio.Event()
+        await self._task_group.start(self._catch_signals, first)
+        await first.wait()
+
+    async def _catch_signals(self, first: anyio.Event, *, task_status: TaskStatus[None]) -> None:
+        """Until the stop cancels the task group: set `first` on the first signal, hurry the
+        stop on any later one."""
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for signum in signals:
-                log.info("%s received: shutting down", signal.Signals(signum).name)
-                return
+                name = signal.Signals(signum).name
+                if not first.is_set():
+                    log.info("%s received: shutting down", name)
+                    first.set()
+                else:
+                    log.warning("%s received again: ending the streams now", name)
+                    self._grace.cancel()
 
 
 def freeze_startup_objects() -> None:
