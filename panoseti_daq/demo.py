@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             "--log-level",
             "warning",
         ],
+        # Its own session: a terminal's Ctrl+C reaches the demo only, which then stops the
+        # server with one SIGINT (below). In the terminal's process group the server got the
+        # terminal's SIGINT and the demo's.
+        start_new_session=True,
     )
     code = 1
     try:
