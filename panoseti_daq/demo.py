@@ -24,6 +24,10 @@ from . import cli
 from ._localhost import free_port, wait_for_port
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m panoseti_daq.demo", description=__doc__)
     parser.add_argument("--duration", type=float, default=0.0, help="stop after S seconds")
@@ -78,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         start_new_session=True,
     )
     code = 1
+    # The server is in a session of its own: a closed terminal (SIGHUP) must stop it through
+    # the demo too, which it does as for Ctrl+C.
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         if not wait_for_port(port, server):
             print("the server did not start", file=sys.stderr)
