@@ -29,6 +29,7 @@ from rich.table import Table
 from . import pff
 from .client.aio import as_frame
 from .frames import PanoFrame
+from .timestamps import to_millisecond
 
 __all__ = ["LiveTable", "RowStats"]
 
@@ -78,13 +79,15 @@ def _frames_skipped(row: RowStats, file: str, frame_number: int) -> int | None:
 
 
 def short_time(stamp: Any) -> str:
-    """HH:MM:SS.mmm of a pandas Timestamp (UTC), truncated, never `.799999999`; '-' if None."""
+    """HH:MM:SS.mmm of a pandas Timestamp (UTC), rounded to the millisecond as the plots show
+    it; '-' if None."""
     if stamp is None:
         return "-"
     try:
-        return f"{stamp:%H:%M:%S}.{stamp.microsecond // 1000:03d}"
-    except (TypeError, ValueError, AttributeError):
+        rounded = to_millisecond(stamp)
+    except (TypeError, ValueError):
         return str(stamp)[:12]
+    return f"{rounded:%H:%M:%S}.{rounded.microsecond // 1000:03d}"
 
 
 class LiveTable:

@@ -22,12 +22,12 @@ from typing import Any
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from matplotlib.figure import Figure
 
 from . import pff
 from .frames import PanoFrame
 from .products import ImageType, product_for
+from .timestamps import to_millisecond
 
 __all__ = [
     "PanoImagePreviewer",
@@ -77,7 +77,7 @@ def format_utc(stamp: Any) -> str:
     if stamp is None:
         return "no timestamp"
     try:
-        rounded = pd.Timestamp(stamp).round("ms")
+        rounded = to_millisecond(stamp)
     except (TypeError, ValueError):
         return f"{stamp} UTC"
     return f"{rounded:%Y-%m-%d %H:%M:%S}.{rounded.microsecond // 1000:03d} UTC"

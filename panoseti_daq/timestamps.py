@@ -20,6 +20,7 @@ __all__ = [
     "FrameTime",
     "frame_time",
     "timing_fields",
+    "to_millisecond",
     "wr_to_unix_ns",
 ]
 
@@ -104,3 +105,10 @@ def frame_time(header: Mapping[str, Any]) -> FrameTime:
     if tv_sec is not None:
         host_ns = tv_sec * _NS + (tv_usec or 0) * 1000
     return FrameTime(wr_unix_ns=wr_ns, host_unix_ns=host_ns)
+
+
+def to_millisecond(stamp: Any) -> pd.Timestamp:
+    """`stamp` (a pandas Timestamp, datetime or ns count) rounded to the millisecond, for
+    display: a host-clock time held as a float (`...52.7999999`) shows as `.800`, not `.799`.
+    TypeError or ValueError when it is not a time."""
+    return pd.Timestamp(stamp).round("ms")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 
+import pandas as pd
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
@@ -62,7 +63,8 @@ def test_newest_timestamp_clock_and_peak():
     assert row.peak == int(newest.pixels.max())
     text = text_of(table, 2.0)
     stamp = newest.time.pandas_timestamp
-    assert f"{stamp:%H:%M:%S}.{stamp.microsecond // 1000:03d}" in text
+    shown = stamp.round("ms")  # to the millisecond, rounded
+    assert f"{shown:%H:%M:%S}.{shown.microsecond // 1000:03d}" in text
     assert f"UTC {stamp:%Y-%m-%d}" in text  # the date, once, in the title
     assert ("WR" if newest.time.wr_valid else "host") in text
 
@@ -196,3 +198,16 @@ def test_plain_lines_for_a_pipe():
     assert lines[0].startswith("panoseti-daq stream (from sim-node, 2 s, 2 frames")
     assert len(lines) == 3 and all("sim-node module" in line for line in lines[1:])
     assert "frames=1" in lines[1] and "skip=0 lost=0" in lines[1]
+
+
+def test_times_show_rounded_to_the_millisecond_as_in_the_plots():
+    """The table's time column and the plots' titles round alike: a host-clock time held as a
+    float (...52.7999999) shows as .800 in both."""
+    from panoseti_daq.live_table import short_time
+    from panoseti_daq.plots import format_utc
+
+    host_float = pd.Timestamp(1721882092.8, unit="s")
+    assert short_time(host_float) == "04:34:52.800"
+    assert format_utc(host_float) == "2024-07-25 04:34:52.800 UTC"
+    assert short_time(pd.Timestamp("2024-07-25 04:34:52.123456789")) == "04:34:52.123"
+    assert short_time(None) == "-"
