@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .config import ServerConfig, load_server_config
 from .errors import ConfigError
 from .logs import LOG_LEVELS, configure_logging
+from .server.sockets import socket_path_problem
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,10 +42,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# sun_path holds 108 bytes on Linux, with the terminating NUL.
-_MAX_SOCKET_PATH = 107
-
-
 class ListenError(ValueError):
     """A listen option or setting the server cannot honour."""
 
@@ -64,7 +60,7 @@ def check_listeners(args: argparse.Namespace, config: ServerConfig) -> None:
     else:
         uds, what = config.uds_path, ""
     if uds is not None:
-        problem = _socket_path_problem(uds)
+        problem = socket_path_problem(uds)
         if problem is not None:
             if what:
                 raise ListenError(f"{what}: {problem}")
@@ -75,15 +71,6 @@ def check_listeners(args: argparse.Namespace, config: ServerConfig) -> None:
             f"nothing to listen on: no TCP port (--port -1) and no Unix socket{where}; "
             "give --port N or --uds PATH"
         )
-
-
-def _socket_path_problem(path: str) -> str | None:
-    if len(path.encode()) > _MAX_SOCKET_PATH:
-        return f"socket path is too long ({len(path.encode())} bytes, at most {_MAX_SOCKET_PATH})"
-    directory = Path(path).expanduser().parent
-    if not directory.is_dir():
-        return f"directory {directory} of the socket {path} does not exist"
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

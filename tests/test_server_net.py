@@ -96,6 +96,20 @@ async def test_non_socket_file_is_an_error(base_config, short_tmp):
     assert path.read_text() == "keep me"
 
 
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("x" * 120 + ".sock", "socket path is too long"), ("missing/s.sock", "does not exist")],
+)
+async def test_socket_path_no_socket_fits_is_an_error_naming_it(
+    base_config, short_tmp, name, problem
+):
+    """R-NET-2: a socket path too long for sun_path, or in a missing directory, is a
+    ConfigError naming the key and the problem, not an OSError from bind."""
+    with pytest.raises(ConfigError, match=f"unix_domain_socket.*{problem}"):
+        async with DaqDataServer(base_config, host="127.0.0.1", port=0, uds=str(short_tmp / name)):
+            pass
+
+
 async def test_health_serving(make_server):
     """R-NET-4: the standard health service reports SERVING while running (NOT_SERVING during
     shutdown, through the real SIGTERM path: test_shutdown.py)."""

@@ -8,16 +8,36 @@ import logging
 import os
 import socket
 import stat
+from pathlib import Path
 
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prepare_socket_path"]
+__all__ = ["MAX_SOCKET_PATH", "prepare_socket_path", "socket_path_problem"]
+
+# sun_path holds 108 bytes on Linux, with the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+def socket_path_problem(path: str) -> str | None:
+    """Why no Unix socket can be bound at `path` (too long for sun_path, or its directory is
+    missing); None if one can."""
+    size = len(path.encode())
+    if size > MAX_SOCKET_PATH:
+        return f"socket path is too long ({size} bytes, at most {MAX_SOCKET_PATH})"
+    directory = Path(path).expanduser().parent
+    if not directory.is_dir():
+        return f"directory {directory} of the socket {path} does not exist"
+    return None
 
 
 def prepare_socket_path(path: str, key: str) -> None:
-    """R-NET-2: remove a stale socket file; refuse a live one or a file that is no socket."""
+    """R-NET-2: ConfigError (naming `key`) for a path no socket can be bound at, a live socket
+    or a file that is no socket; a stale socket file is removed."""
+    problem = socket_path_problem(path)
+    if problem is not None:
+        raise ConfigError(key, problem)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
