@@ -125,10 +125,12 @@ class DaqDataServer:
         self._loop: GrpclibLoop | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         # Cancelled by a second signal (serve_until_signalled): the stop waits no grace period.
-        self._grace = anyio.CancelScope()
+        # Made on entering: an anyio scope needs the event loop.
+        self._grace: anyio.CancelScope | None = None
 
     # -- start -----------------------------------------------------------------------------
     async def __aenter__(self) -> DaqDataServer:
+        self._grace = anyio.CancelScope()
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -234,6 +236,7 @@ class DaqDataServer:
     async def _stop(self) -> None:
         """R-STOP-1: refuse new calls, end streams with a status, stop sources, close."""
         assert self._loop is not None and self._task_group is not None
+        assert self._grace is not None
         with anyio.CancelScope(shield=True):
             self.core.begin_shutdown()
             self._health.set(False)
@@ -282,6 +285,7 @@ class DaqDataServer:
                     first.set()
                 else:
                     log.warning("%s received again: ending the streams now", name)
+                    assert self._grace is not None
                     self._grace.cancel()
 
 
