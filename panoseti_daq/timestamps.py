@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-from pandas.api.typing import NaTType
+if TYPE_CHECKING:  # pandas (~35 MB) is imported where a Timestamp is made: not by the server
+    import pandas as pd
+    from pandas.api.typing import NaTType
 
 __all__ = [
     "TAI_UTC_OFFSET_S",
@@ -66,6 +67,8 @@ class FrameTime:
     def pandas_timestamp(self) -> pd.Timestamp | NaTType:
         """WR time to the nanosecond, else the host clock, else NaT."""
         ns = self.unix_ns
+        import pandas as pd
+
         return pd.NaT if ns is None else pd.Timestamp(ns, unit="ns")
 
 
@@ -111,4 +114,6 @@ def to_millisecond(stamp: Any) -> pd.Timestamp:
     """`stamp` (a pandas Timestamp, datetime or ns count) rounded to the millisecond, for
     display: a host-clock time held as a float (`...52.7999999`) shows as `.800`, not `.799`.
     TypeError or ValueError when it is not a time."""
+    import pandas as pd
+
     return pd.Timestamp(stamp).round("ms")
