@@ -50,7 +50,8 @@ soak: $(STAMP)
 # Not in CI: mutation testing of the server's rule modules and the codec ([tool.mutmut] in
 # pyproject.toml); prints the score and every surviving mutant.
 mutate: $(STAMP)
-	$(PY) tools/mutate.py
+	$(PY) tools/mutate.py 'panoseti_daq.server*'
+	$(PY) tools/mutate.py --codec
 
 clean:
 	rm -rf mutants $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build *.egg-info
