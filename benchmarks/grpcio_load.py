@@ -273,7 +273,7 @@ def requests(payloads, offset, first, count, rate_hz):
         yield data
 
 
-def run(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace) -> dict:
     channel = grpc.insecure_channel(f"127.0.0.1:{args.port}")
     viewer_channel = None
     try:
@@ -383,7 +383,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(json.dumps(run(parse_args(argv))), flush=True)
+    print(json.dumps(measure(parse_args(argv))), flush=True)
     return 0
 
 
