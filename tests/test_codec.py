@@ -780,3 +780,23 @@ def test_mutated_stream_replies_fail_cleanly_or_decode_as_protobuf_does(
         assert not reference.HasField("pano_image")
     else:
         _assert_same_as_reference(ours.frame, reference.pano_image)
+
+
+@pytest.mark.parametrize(
+    ("decode", "data", "error"),
+    [
+        (decode_stream_reply, b"\x0a\x01a\x08\x01", "StreamImagesResponse: field 1 at offset 3 "),
+        (decode_stream_reply, b"\x0a\x01\xff", "StreamImagesResponse.name is not valid UTF-8"),
+        (decode_stream_reply, b"\x1a\x01\xff", "StreamImagesResponse.message is not valid UTF-8"),
+        (decode_stream_reply, b"\x12\x09\x09" + bytes(8), "Timestamp: field 1 at offset 2 "),
+        (decode_stream_reply, b"\x12\x04\x08\x01\x15\x00", "Timestamp: field 2 at offset 5 "),
+        (decode_upload_item, b"\x08\x01", "UploadImageRequest: field 1 at offset 0 "),
+        (decode_upload_item, b"\x0a\x03\x32\x01\xff", "PanoImage.file is not valid UTF-8"),
+    ],
+)
+def test_malformed_bytes_name_the_message_the_field_and_the_offset(decode, data, error):
+    """R-WIRE-5: what cannot be decoded is a CodecError naming the message (and field) and
+    where in the bytes, which an upload's INVALID_ARGUMENT passes on to the client."""
+    with pytest.raises(CodecError) as info:
+        decode(data)
+    assert str(info.value).startswith(error), str(info.value)
