@@ -1,5 +1,5 @@
-"""The details a client sees of the stream and upload rules, each pinned exactly (written to
-kill mutants `make mutate` found surviving: see README, Testing). Both backends."""
+"""The details a client sees of the stream, upload and listener rules, each pinned exactly
+(written to kill mutants `make mutate` found surviving: see README, Testing). Both backends."""
 
 from __future__ import annotations
 
@@ -139,3 +139,53 @@ async def test_shutdown_ends_active_streams_with_unavailable(make_server, run_di
             with pytest.raises(GRPCError) as info:
                 await next_reply(stream)
     assert (info.value.status, info.value.message) == (Status.UNAVAILABLE, "server shutting down")
+
+
+async def test_deadline_guard_sleeps_while_frames_flow(make_server, run_dir, monkeypatch):
+    """R-STREAM-11, R-STREAM-12: a stream's deadline guard (`service._enforce_deadlines`)
+    wakes when the stream ends or its deadline comes, not for the frames that ring the
+    handler's bell: with a 30 s reader timeout it never applies the deadlines
+    (`Subscriber.expire`) while three frames go by."""
+    import sys
+
+    from panoseti_daq.server.hub import Subscriber
+
+    expire = Subscriber.expire
+    guard_calls = 0
+
+    def counted(self, now):
+        nonlocal guard_calls
+        if "enforce_deadlines" in sys._getframe(1).f_code.co_name:
+            guard_calls += 1
+        return expire(self, now)
+
+    monkeypatch.setattr(Subscriber, "expire", counted)
+    async with make_server(reader_timeout=30.0) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, ph=False) as stream:
+            for number in range(3):
+                await upload(server, [movie_frame(1, number)])
+                assert (await next_reply(stream)).frame.frame_number == number
+            assert guard_calls == 0
+
+
+async def _accepts(host: str, port: int) -> bool:
+    try:
+        stream = await anyio.connect_tcp(host, port)
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
+
+
+async def test_listens_on_the_host_and_port_asked_for(base_config):
+    """R-NET-1: the TCP listener binds the `host` and `port` it is given, not every interface
+    or a port of its own: another loopback address (127.0.0.2) is refused."""
+    from panoseti_daq._localhost import free_port
+    from panoseti_daq.server import DaqDataServer
+
+    port = free_port()
+    async with DaqDataServer(base_config, host="127.0.0.1", port=port, uds="") as server:
+        assert server.port == port
+        assert await _accepts("127.0.0.1", port)
+        assert not await _accepts("127.0.0.2", port)

@@ -162,3 +162,24 @@ async def test_scanner_module_whitelist(make_server, run_dir, scanner_watch):
             (run / name).write_bytes(pff.encode_frame(frame.header, frame.pixels, frame.product))
         await wait_until(lambda: (2, "img16") in server.hub.latest)
         assert (1, "img16") not in server.hub.latest
+
+
+@pytest.mark.parametrize("form", ["home", "relative"])
+async def test_data_dir_is_used_as_resolved(make_server, run_dir, short_tmp, monkeypatch, form):
+    """R-INIT-2, R-INIT-9: a data_dir given as `~/...` (the server's home) or relative to the
+    server's working directory is checked and scanned as the directory it names, and the stats
+    report that directory's absolute path."""
+    from panoseti_daq import pff
+
+    monkeypatch.setenv("HOME", str(short_tmp))
+    monkeypatch.chdir(short_tmp)
+    given = "~/data" if form == "home" else "data"
+    async with make_server() as server:
+        assert (await init_hp_io(server, given)).success
+        assert server.stats()["hp_io"] == str(run_dir.resolve())
+        run = run_dir / "module_1" / "obs_T"
+        run.mkdir()
+        frame = movie_frame(1, 0)
+        name = pff.DataFileName("img16", 1, 0, 2, "2024-07-25T04_34_46Z").format()
+        (run / name).write_bytes(pff.encode_frame(frame.header, frame.pixels, frame.product))
+        await wait_until(lambda: (1, "img16") in server.hub.latest, timeout_s=5)
