@@ -177,10 +177,15 @@ class ServerCore:
         burst = max(1, min(UPLOAD_BURST, self.config.max_read_queue_size // 2))
         return Uploader(self._upload_send, burst, source)
 
-    async def reconfigure(self, config: HpIoConfig) -> Reconfigure:
-        """Hand a configuration to the controller and wait for its answer."""
+    async def submit(self, config: HpIoConfig) -> Reconfigure:
+        """Hand a configuration to the controller; its `done` is set once it is answered."""
         request = Reconfigure(config, anyio.Event())
         await self._command_send.send(request)
+        return request
+
+    async def reconfigure(self, config: HpIoConfig) -> Reconfigure:
+        """Hand a configuration to the controller and wait for its answer."""
+        request = await self.submit(config)
         await request.done.wait()
         return request
 
@@ -218,10 +223,20 @@ class ServerCore:
     async def _controller(self, tg: TaskGroup, *, task_status: TaskStatus[None]) -> None:
         task_status.started()
         async with self._command_receive:
-            async for request in self._command_receive:
-                try:
-                    await self._apply(tg, request)
-                finally:
+            try:
+                async for request in self._command_receive:
+                    try:
+                        await self._apply(tg, request)
+                    finally:
+                        request.done.set()
+            finally:
+                # Stopping: a request still queued is answered too (its writer waits for it).
+                while True:
+                    try:
+                        request = self._command_receive.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    request.error_message = "server shutting down"
                     request.done.set()
 
     async def _apply(self, tg: TaskGroup, request: Reconfigure) -> None:
