@@ -189,3 +189,58 @@ async def test_listens_on_the_host_and_port_asked_for(base_config):
         assert server.port == port
         assert await _accepts("127.0.0.1", port)
         assert not await _accepts("127.0.0.2", port)
+
+
+async def test_stop_holds_a_stream_that_never_ends_for_the_grace_period(make_server, run_dir):
+    """R-STOP-1, R-NET-4, R-STREAM-3, R-NET-2 (in-process; through SIGTERM to a server process:
+    test_shutdown.py): leaving the server begins the shutdown; during it the health service
+    answers NOT_SERVING and a new stream UNAVAILABLE; a stream that never ends (its client
+    stopped reading) holds the stop for `shutdown_grace_period` and not much longer; the Unix
+    socket file is removed."""
+    from grpclib.health.v1.health_grpc import HealthStub
+    from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+
+    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq.messages import StreamImagesRequest
+    from tests.helpers import channel, fill_flow_control_window, stalled_stream_client, wait_until
+
+    grace = 0.5
+    leave, stopped = anyio.Event(), anyio.Event()
+
+    async def serve(*, task_status):
+        async with make_server(shutdown_grace_period=grace) as server:
+            task_status.started(server)
+            await leave.wait()
+        stopped.set()
+
+    async def health(server):
+        ch = channel(server)
+        try:
+            return (await HealthStub(ch).Check(HealthCheckRequest(service=""))).status
+        finally:
+            ch.close()
+
+    request = StreamImagesRequest(stream_movie_data=True, stream_pulse_height_data=True)
+    with anyio.fail_after(8):
+        async with anyio.create_task_group() as tg:
+            server = await tg.start(serve)
+            uds = anyio.Path(server.uds_path)
+            assert (await init_hp_io(server, run_dir)).success
+            with stalled_stream_client(server.port, request) as (stalled, _):
+                await wait_until(lambda: server.core.active_streams == 1)
+                await upload(server, [movie_frame(1, i) for i in range(60)])
+                await anyio.to_thread.run_sync(fill_flow_control_window, stalled)
+                started = anyio.current_time()
+                leave.set()
+                await wait_until(lambda: server.core.shutting_down)
+                async with grpclib_loop() as loop:
+                    assert await loop.run(health, server) == HealthCheckResponse.NOT_SERVING
+                async with open_stream(server, subscribed=False) as late:
+                    with pytest.raises(GRPCError) as info:
+                        await next_reply(late)
+                assert anyio.current_time() - started < grace, "checked after the grace period"
+                await stopped.wait()  # the stalled client still holds its stream
+                elapsed = anyio.current_time() - started
+    assert (info.value.status, info.value.message) == (Status.UNAVAILABLE, "server shutting down")
+    assert grace <= elapsed < 2 * grace + 1.0, elapsed
+    assert not await uds.exists()
