@@ -230,14 +230,17 @@ class ServerCore:
                     finally:
                         request.done.set()
             finally:
-                # Stopping: a request still queued is answered too (its writer waits for it).
-                while True:
-                    try:
-                        request = self._command_receive.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                    request.error_message = "server shutting down"
-                    request.done.set()
+                self._answer_queued()
+
+    def _answer_queued(self) -> None:
+        """The controller stops: answer the requests still queued (their writers wait)."""
+        while True:
+            try:
+                request = self._command_receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return
+            request.error_message = "server shutting down"
+            request.done.set()
 
     async def _apply(self, tg: TaskGroup, request: Reconfigure) -> None:
         previous = self._sources.config if self._sources else None
