@@ -244,3 +244,22 @@ async def test_stop_holds_a_stream_that_never_ends_for_the_grace_period(make_ser
     assert (info.value.status, info.value.message) == (Status.UNAVAILABLE, "server shutting down")
     assert grace <= elapsed < 2 * grace + 1.0, elapsed
     assert not await uds.exists()
+
+
+async def test_idle_deadline_counts_from_the_last_frame(make_server, run_dir):
+    """R-STREAM-12: a frame resets the idle count, and the stream ends one whole idle period
+    after that frame, not at the deadline guard's next regular look (every `reader_timeout`,
+    counted from the subscription: here 0.5 s later)."""
+    async with make_server(reader_timeout=1.0, max_reader_dequeue_timeouts=1) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, ph=False) as stream:
+            # Half a period in: the deadline now falls between two of the guard's looks.
+            await anyio.sleep(0.5)
+            await upload(server, [movie_frame(1, 0)])
+            assert (await next_reply(stream)).frame.frame_number == 0
+            received = anyio.current_time()
+            with pytest.raises(GRPCError) as info, anyio.fail_after(5):
+                await next_reply(stream)
+            elapsed = anyio.current_time() - received
+    assert info.value.status == Status.DEADLINE_EXCEEDED
+    assert 0.9 <= elapsed < 1.3, elapsed
