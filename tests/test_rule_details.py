@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import anyio
@@ -263,3 +264,89 @@ async def test_idle_deadline_counts_from_the_last_frame(make_server, run_dir):
             elapsed = anyio.current_time() - received
     assert info.value.status == Status.DEADLINE_EXCEEDED
     assert 0.9 <= elapsed < 1.3, elapsed
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def _stream_over(make_channel):
+    """A StreamImages call on the grpclib channel `make_channel()` makes, subscribed (its
+    response headers arrived) until leaving."""
+    from grpclib.const import Cardinality
+
+    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq.codec import StreamReply
+    from panoseti_daq.messages import StreamImagesRequest
+
+    request = StreamImagesRequest(stream_movie_data=True, stream_pulse_height_data=True)
+    async with grpclib_loop() as loop:
+
+        async def start():
+            ch = make_channel()
+            stream = ch.request(
+                "/daqdata.DaqData/StreamImages",
+                Cardinality.UNARY_STREAM,
+                StreamImagesRequest,
+                StreamReply,
+            )
+            await stream.__aenter__()
+            await stream.send_message(request, end=True)
+            await stream.recv_initial_metadata()
+            return ch, stream
+
+        async def stop(ch, stream):
+            try:
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+                with contextlib.suppress(Exception):
+                    await stream.__aexit__(None, None, None)
+            finally:
+                ch.close()
+
+        ch, stream = await loop.run(start)
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await loop.run(stop, ch, stream)
+
+
+async def test_stream_clients_are_named_by_their_address(base_config, short_tmp, run_dir):
+    """Stats (`clients[].peer`, also in the metrics): a StreamImages client is named
+    "ip:port", an IPv6 address in brackets, or "unix:" and the server's socket path."""
+    import re
+
+    from grpclib.client import Channel
+
+    from panoseti_daq.codec import DaqCodec
+    from panoseti_daq.config import HpIoConfig
+    from panoseti_daq.server import DaqDataServer
+
+    def tcp(address, port):
+        return lambda: Channel(address, port, codec=DaqCodec())
+
+    uds = str(short_tmp / "peer.sock")
+    async with DaqDataServer(base_config, host="127.0.0.1", port=0, uds=uds) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with _stream_over(tcp("127.0.0.1", server.port)):
+            (client,) = server.hub.subscriber_stats()
+            assert re.fullmatch(r"127\.0\.0\.1:\d+", client.peer), client.peer
+        async with _stream_over(lambda: Channel(path=uds, codec=DaqCodec())):
+            (client,) = server.hub.subscriber_stats()
+            assert client.peer == f"unix:{uds}"
+    if not _ipv6_loopback():
+        return
+    async with DaqDataServer(base_config, host="::1", port=0, uds="") as server:
+        await server.init_hp_io(HpIoConfig(data_dir=str(run_dir)))
+        async with _stream_over(tcp("::1", server.port)):
+            (client,) = server.hub.subscriber_stats()
+            assert re.fullmatch(r"\[::1\]:\d+", client.peer), client.peer
