@@ -183,3 +183,18 @@ async def test_data_dir_is_used_as_resolved(make_server, run_dir, short_tmp, mon
         name = pff.DataFileName("img16", 1, 0, 2, "2024-07-25T04_34_46Z").format()
         (run / name).write_bytes(pff.encode_frame(frame.header, frame.pixels, frame.product))
         await wait_until(lambda: (1, "img16") in server.hub.latest, timeout_s=5)
+
+
+async def test_uds_simulation_without_the_ingest_fails_naming_it(make_server, base_config):
+    """R-INIT-7, R-INIT-8, R-SIM-6: simulating in mode "uds" while the server's Unix-socket
+    ingest is off answers success=false, saying what to enable."""
+    from dataclasses import replace
+
+    sim = replace(base_config.simulate_daq_cfg, simulation_mode="uds")
+    async with make_server(simulate_daq_cfg=sim) as server:
+        reply = await init_hp_io(server, "", simulate_daq=True)
+    assert not reply.success
+    assert reply.error_message == (
+        "hp_io failed to start: simulation mode 'uds' needs acquisition_methods.uds enabled "
+        "(R-SIM-6)"
+    )
