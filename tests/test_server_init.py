@@ -162,6 +162,7 @@ async def test_scanner_module_whitelist(make_server, run_dir, scanner_watch):
             (run / name).write_bytes(pff.encode_frame(frame.header, frame.pixels, frame.product))
         await wait_until(lambda: (2, "img16") in server.hub.latest)
         assert (1, "img16") not in server.hub.latest
+        assert server.hub.frames_in == {(2, "img16", "scanner"): 1}  # counted by source
 
 
 @pytest.mark.parametrize("form", ["home", "relative"])

@@ -288,7 +288,7 @@ class ServerCore:
             with sources.scope:
                 async with anyio.create_task_group() as tg:
                     if config.simulate_daq:
-                        data_dir = await self._start_simulation(tg, config)
+                        data_dir = await self._start_simulation(tg)
                     else:
                         data_dir = Path(config.data_dir)
                     if data_dir is not None:
@@ -321,7 +321,7 @@ class ServerCore:
         finally:
             sources.stopped.set()
 
-    async def _start_simulation(self, tg: TaskGroup, config: HpIoConfig) -> Path | None:
+    async def _start_simulation(self, tg: TaskGroup) -> Path | None:
         """Start the simulation (R-INIT-8); the directory to scan, or None in rpc mode."""
         from .simulation import run_filesystem_simulation, run_uds_simulation
 
