@@ -38,11 +38,17 @@ async def test_missing_data_dir(make_server, short_tmp):
         )
 
 
-async def test_data_dir_outside_allowed_roots(make_server, tmp_path):
-    """R-INIT-3: PERMISSION_DENIED for any path outside allowed_data_roots."""
-    async with make_server() as server:
+async def test_data_dir_outside_allowed_roots(make_server, tmp_path, short_tmp, run_dir):
+    """R-INIT-3, R-WIRE-5: PERMISSION_DENIED for any path outside allowed_data_roots; the
+    details list the allowed roots."""
+    async with make_server(allowed_data_roots=(short_tmp, run_dir)) as server:
         await expect_init_error(server, tmp_path, Status.PERMISSION_DENIED, "outside the allowed")
-        await expect_init_error(server, "/etc", Status.PERMISSION_DENIED, "allowed data roots")
+        await expect_init_error(
+            server,
+            "/etc",
+            Status.PERMISSION_DENIED,
+            f"data_dir '/etc' is outside the allowed data roots ({short_tmp}, {run_dir})",
+        )
 
 
 async def test_inactive_daq(make_server, run_dir):
