@@ -52,11 +52,17 @@ async def test_data_dir_outside_allowed_roots(make_server, tmp_path, short_tmp, 
 
 
 async def test_inactive_daq(make_server, run_dir):
-    """R-INIT-4: no marker, no recent write, no Hashpipe: FAILED_PRECONDITION."""
+    """R-INIT-4, R-WIRE-5: no marker, no recent write, no Hashpipe: FAILED_PRECONDITION, the
+    details naming the checks made."""
     for marker in run_dir.rglob("*.daq-active"):
         marker.unlink()
-    async with make_server() as server:
-        await expect_init_error(server, run_dir, Status.FAILED_PRECONDITION, "no active DAQ")
+    async with make_server(daq_active_check=("marker", "recent_write")) as server:
+        await expect_init_error(
+            server,
+            run_dir,
+            Status.FAILED_PRECONDITION,
+            f"no active DAQ under '{run_dir}' (checked: marker, recent_write)",
+        )
 
 
 async def test_recent_write_counts_as_active(make_server, run_dir):
