@@ -350,3 +350,16 @@ async def test_stream_clients_are_named_by_their_address(base_config, short_tmp,
         async with _stream_over(tcp("::1", server.port)):
             (client,) = server.hub.subscriber_stats()
             assert re.fullmatch(r"\[::1\]:\d+", client.peer), client.peer
+
+
+async def test_unary_call_without_a_request_message(make_server):
+    """R-WIRE-5: a StreamImages, InitHpIo or Ping call whose client sends no request message
+    gets INVALID_ARGUMENT "no request message"."""
+    from tests.helpers import h2_unary_call
+
+    async with make_server() as server:
+        for method in ("StreamImages", "InitHpIo", "Ping"):
+            status = await anyio.to_thread.run_sync(
+                h2_unary_call, server.port, f"/daqdata.DaqData/{method}", None
+            )
+            assert status == (Status.INVALID_ARGUMENT.value, "no request message"), method

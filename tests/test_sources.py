@@ -129,7 +129,22 @@ async def test_deadline_runs_out_waiting_for_a_writer(make_server, run_dir, sour
         assert second == (UNAVAILABLE, "another InitHpIo is in progress")
         assert not replies  # the writer was still at work: the others did wait for it
         sources.valid.set()
-    assert replies[0].success and server.core.hp_io.data_dir == str(gated.resolve())
+        await wait_until(lambda: replies)
+        # The next writer keeps the next reader waiting the same way.
+        tg.start_soon(writer_to, server, data_dir(run_dir, "second"), replies)
+        with anyio.fail_after(10):
+            await sources.second.wait()
+            again = await call_with_deadline(
+                server, "StreamImages", StreamImagesRequest(stream_movie_data=True)
+            )
+        sources.second_valid.set()
+    assert again == reader
+    assert replies[0].success and replies[1].success
+    assert server.core.hp_io.data_dir == str((run_dir.parent / "second").resolve())
+
+
+async def writer_to(server, path, replies):
+    replies.append(await init_hp_io(server, path))
 
 
 async def test_reader_waits_for_a_writer_then_proceeds(make_server, run_dir, sources):
@@ -225,9 +240,9 @@ async def test_source_that_ignores_cancellation(make_server, run_dir, sources):
 
 async def test_readers_wait_for_a_second_writer_too(make_server, run_dir, sources, monkeypatch):
     """R-STATE-2, R-STATE-3: a writer that arrives while another reconfigures waits, and counts
-    as a writer from its request on: once the first is done and the second reconfigures, a
-    reader still waits (UNAVAILABLE when its deadline runs out, not FAILED_PRECONDITION), and
-    once both are done a reader streams at once."""
+    as a writer from its request on: a reader waits during the first, and once the first is
+    done and the second reconfigures, a reader still waits (UNAVAILABLE when its deadline runs
+    out, not FAILED_PRECONDITION); once both are done a reader streams at once."""
     first, second = data_dir(run_dir, "gated"), data_dir(run_dir, "second")
     checked = []  # data_dirs whose InitHpIo checks ran: each writer counted itself before
     daq_is_active = server_service.daq_is_active
@@ -247,6 +262,9 @@ async def test_readers_wait_for_a_second_writer_too(make_server, run_dir, source
             with anyio.fail_after(10):
                 tg.start_soon(writer, first)
                 await sources.gated.wait()  # the first writer holds the lock
+                early = await call_with_deadline(
+                    server, "StreamImages", StreamImagesRequest(stream_movie_data=True)
+                )
                 tg.start_soon(writer, second)
                 await wait_until(lambda: "second" in checked)  # it waits for the lock
                 sources.valid.set()
@@ -255,9 +273,13 @@ async def test_readers_wait_for_a_second_writer_too(make_server, run_dir, source
                     server, "StreamImages", StreamImagesRequest(stream_movie_data=True)
                 )
                 sources.second_valid.set()
-        assert reader == (
-            UNAVAILABLE,
-            "hp_io is being reconfigured and the deadline expired waiting",
+        assert (
+            early
+            == reader
+            == (
+                UNAVAILABLE,
+                "hp_io is being reconfigured and the deadline expired waiting",
+            )
         )
         assert replies["gated"].success and replies["second"].success
         with anyio.fail_after(5):
