@@ -327,14 +327,15 @@ def fill_flow_control_window(sock, timeout_s: float = 10.0) -> int:
 
 
 def h2_unary_call(
-    target, path: str, request: bytes, grpc_timeout: str | None = None
+    target, path: str, request: bytes | None, grpc_timeout: str | None = None
 ) -> tuple[int, str]:
     """One gRPC call by a bare HTTP/2 client: (grpc-status, grpc-message) of the reply.
 
     `target` is a TCP port on 127.0.0.1 or a Unix socket path. Unlike grpclib or grpcio, this
     client does not enforce the deadline it sends (`grpc_timeout`, e.g. "300m"): it waits for
     the server's own answer, so a test can read the status a server gives when the deadline
-    runs out while it waits, without racing the client's timer. Blocking: run it in a thread.
+    runs out while it waits, without racing the client's timer. `request` None sends no
+    message at all. Blocking: run it in a thread.
     """
     import socket
     import urllib.parse
@@ -362,8 +363,12 @@ def h2_unary_call(
     ]
     if grpc_timeout is not None:
         headers.append(("grpc-timeout", grpc_timeout))
-    conn.send_headers(stream_id, headers)
-    conn.send_data(stream_id, b"\x00" + len(request).to_bytes(4, "big") + request, end_stream=True)
+    if request is None:  # a call without a request message
+        conn.send_headers(stream_id, headers, end_stream=True)
+    else:
+        conn.send_headers(stream_id, headers)
+        message = b"\x00" + len(request).to_bytes(4, "big") + request
+        conn.send_data(stream_id, message, end_stream=True)
     status: dict[str, str] = {}
     try:
         sock.sendall(conn.data_to_send())

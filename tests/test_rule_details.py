@@ -1,8 +1,9 @@
-"""The details a client sees of the stream and upload rules, each pinned exactly (written to
-kill mutants `make mutate` found surviving: see README, Testing). Both backends."""
+"""The details a client sees of the stream, upload and listener rules, each pinned exactly
+(written to kill mutants `make mutate` found surviving: see README, Testing). Both backends."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import anyio
@@ -139,3 +140,226 @@ async def test_shutdown_ends_active_streams_with_unavailable(make_server, run_di
             with pytest.raises(GRPCError) as info:
                 await next_reply(stream)
     assert (info.value.status, info.value.message) == (Status.UNAVAILABLE, "server shutting down")
+
+
+async def test_deadline_guard_sleeps_while_frames_flow(make_server, run_dir, monkeypatch):
+    """R-STREAM-11, R-STREAM-12: a stream's deadline guard (`service._enforce_deadlines`)
+    wakes when the stream ends or its deadline comes, not for the frames that ring the
+    handler's bell: with a 30 s reader timeout it never applies the deadlines
+    (`Subscriber.expire`) while three frames go by."""
+    import sys
+
+    from panoseti_daq.server.hub import Subscriber
+
+    expire = Subscriber.expire
+    guard_calls = 0
+
+    def counted(self, now):
+        nonlocal guard_calls
+        if "enforce_deadlines" in sys._getframe(1).f_code.co_name:
+            guard_calls += 1
+        return expire(self, now)
+
+    monkeypatch.setattr(Subscriber, "expire", counted)
+    async with make_server(reader_timeout=30.0) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, ph=False) as stream:
+            for number in range(3):
+                await upload(server, [movie_frame(1, number)])
+                assert (await next_reply(stream)).frame.frame_number == number
+            assert guard_calls == 0
+
+
+async def _accepts(host: str, port: int) -> bool:
+    try:
+        stream = await anyio.connect_tcp(host, port)
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
+
+
+async def test_listens_on_the_host_and_port_asked_for(base_config):
+    """R-NET-1: the TCP listener binds the `host` and `port` it is given, not every interface
+    or a port of its own: another loopback address (127.0.0.2) is refused."""
+    from panoseti_daq._localhost import free_port
+    from panoseti_daq.server import DaqDataServer
+
+    port = free_port()
+    async with DaqDataServer(base_config, host="127.0.0.1", port=port, uds="") as server:
+        assert server.port == port
+        assert await _accepts("127.0.0.1", port)
+        assert not await _accepts("127.0.0.2", port)
+
+
+async def test_stop_holds_a_stream_that_never_ends_for_the_grace_period(make_server, run_dir):
+    """R-STOP-1, R-NET-4, R-STREAM-3, R-NET-2 (in-process; through SIGTERM to a server process:
+    test_shutdown.py): leaving the server begins the shutdown; during it the health service
+    answers NOT_SERVING and a new stream UNAVAILABLE; a stream that never ends (its client
+    stopped reading) holds the stop for `shutdown_grace_period` and not much longer; the Unix
+    socket file is removed."""
+    from grpclib.health.v1.health_grpc import HealthStub
+    from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+
+    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq.messages import StreamImagesRequest
+    from tests.helpers import channel, fill_flow_control_window, stalled_stream_client, wait_until
+
+    grace = 0.5
+    leave, stopped = anyio.Event(), anyio.Event()
+
+    async def serve(*, task_status):
+        async with make_server(shutdown_grace_period=grace) as server:
+            task_status.started(server)
+            await leave.wait()
+        stopped.set()
+
+    async def health(server):
+        ch = channel(server)
+        try:
+            return (await HealthStub(ch).Check(HealthCheckRequest(service=""))).status
+        finally:
+            ch.close()
+
+    request = StreamImagesRequest(stream_movie_data=True, stream_pulse_height_data=True)
+    with anyio.fail_after(8):
+        async with anyio.create_task_group() as tg:
+            server = await tg.start(serve)
+            uds = anyio.Path(server.uds_path)
+            assert (await init_hp_io(server, run_dir)).success
+            with stalled_stream_client(server.port, request) as (stalled, _):
+                await wait_until(lambda: server.core.active_streams == 1)
+                await upload(server, [movie_frame(1, i) for i in range(60)])
+                await anyio.to_thread.run_sync(fill_flow_control_window, stalled)
+                started = anyio.current_time()
+                leave.set()
+                await wait_until(lambda: server.core.shutting_down)
+                async with grpclib_loop() as loop:
+                    assert await loop.run(health, server) == HealthCheckResponse.NOT_SERVING
+                async with open_stream(server, subscribed=False) as late:
+                    with pytest.raises(GRPCError) as info:
+                        await next_reply(late)
+                assert anyio.current_time() - started < grace, "checked after the grace period"
+                await stopped.wait()  # the stalled client still holds its stream
+                elapsed = anyio.current_time() - started
+    assert (info.value.status, info.value.message) == (Status.UNAVAILABLE, "server shutting down")
+    assert grace <= elapsed < 2 * grace + 1.0, elapsed
+    assert not await uds.exists()
+
+
+async def test_idle_deadline_counts_from_the_last_frame(make_server, run_dir):
+    """R-STREAM-12: a frame resets the idle count, and the stream ends one whole idle period
+    after that frame, not at the deadline guard's next regular look (every `reader_timeout`,
+    counted from the subscription: here 0.5 s later)."""
+    async with make_server(reader_timeout=1.0, max_reader_dequeue_timeouts=1) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, ph=False) as stream:
+            # Half a period in: the deadline now falls between two of the guard's looks.
+            await anyio.sleep(0.5)
+            await upload(server, [movie_frame(1, 0)])
+            assert (await next_reply(stream)).frame.frame_number == 0
+            received = anyio.current_time()
+            with pytest.raises(GRPCError) as info, anyio.fail_after(5):
+                await next_reply(stream)
+            elapsed = anyio.current_time() - received
+    assert info.value.status == Status.DEADLINE_EXCEEDED
+    assert 0.9 <= elapsed < 1.3, elapsed
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def _stream_over(make_channel):
+    """A StreamImages call on the grpclib channel `make_channel()` makes, subscribed (its
+    response headers arrived) until leaving."""
+    from grpclib.const import Cardinality
+
+    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq.codec import StreamReply
+    from panoseti_daq.messages import StreamImagesRequest
+
+    request = StreamImagesRequest(stream_movie_data=True, stream_pulse_height_data=True)
+    async with grpclib_loop() as loop:
+
+        async def start():
+            ch = make_channel()
+            stream = ch.request(
+                "/daqdata.DaqData/StreamImages",
+                Cardinality.UNARY_STREAM,
+                StreamImagesRequest,
+                StreamReply,
+            )
+            await stream.__aenter__()
+            await stream.send_message(request, end=True)
+            await stream.recv_initial_metadata()
+            return ch, stream
+
+        async def stop(ch, stream):
+            try:
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+                with contextlib.suppress(Exception):
+                    await stream.__aexit__(None, None, None)
+            finally:
+                ch.close()
+
+        ch, stream = await loop.run(start)
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await loop.run(stop, ch, stream)
+
+
+async def test_stream_clients_are_named_by_their_address(base_config, short_tmp, run_dir):
+    """Stats (`clients[].peer`, also in the metrics): a StreamImages client is named
+    "ip:port", an IPv6 address in brackets, or "unix:" and the server's socket path."""
+    import re
+
+    from grpclib.client import Channel
+
+    from panoseti_daq.codec import DaqCodec
+    from panoseti_daq.config import HpIoConfig
+    from panoseti_daq.server import DaqDataServer
+
+    def tcp(address, port):
+        return lambda: Channel(address, port, codec=DaqCodec())
+
+    uds = str(short_tmp / "peer.sock")
+    async with DaqDataServer(base_config, host="127.0.0.1", port=0, uds=uds) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with _stream_over(tcp("127.0.0.1", server.port)):
+            (client,) = server.hub.subscriber_stats()
+            assert re.fullmatch(r"127\.0\.0\.1:\d+", client.peer), client.peer
+        async with _stream_over(lambda: Channel(path=uds, codec=DaqCodec())):
+            (client,) = server.hub.subscriber_stats()
+            assert client.peer == f"unix:{uds}"
+    if not _ipv6_loopback():
+        return
+    async with DaqDataServer(base_config, host="::1", port=0, uds="") as server:
+        await server.init_hp_io(HpIoConfig(data_dir=str(run_dir)))
+        async with _stream_over(tcp("::1", server.port)):
+            (client,) = server.hub.subscriber_stats()
+            assert re.fullmatch(r"\[::1\]:\d+", client.peer), client.peer
+
+
+async def test_unary_call_without_a_request_message(make_server):
+    """R-WIRE-5: a StreamImages, InitHpIo or Ping call whose client sends no request message
+    gets INVALID_ARGUMENT "no request message"."""
+    from tests.helpers import h2_unary_call
+
+    async with make_server() as server:
+        for method in ("StreamImages", "InitHpIo", "Ping"):
+            status = await anyio.to_thread.run_sync(
+                h2_unary_call, server.port, f"/daqdata.DaqData/{method}", None
+            )
+            assert status == (Status.INVALID_ARGUMENT.value, "no request message"), method

@@ -38,19 +38,31 @@ async def test_missing_data_dir(make_server, short_tmp):
         )
 
 
-async def test_data_dir_outside_allowed_roots(make_server, tmp_path):
-    """R-INIT-3: PERMISSION_DENIED for any path outside allowed_data_roots."""
-    async with make_server() as server:
+async def test_data_dir_outside_allowed_roots(make_server, tmp_path, short_tmp, run_dir):
+    """R-INIT-3, R-WIRE-5: PERMISSION_DENIED for any path outside allowed_data_roots; the
+    details list the allowed roots."""
+    async with make_server(allowed_data_roots=(short_tmp, run_dir)) as server:
         await expect_init_error(server, tmp_path, Status.PERMISSION_DENIED, "outside the allowed")
-        await expect_init_error(server, "/etc", Status.PERMISSION_DENIED, "allowed data roots")
+        await expect_init_error(
+            server,
+            "/etc",
+            Status.PERMISSION_DENIED,
+            f"data_dir '/etc' is outside the allowed data roots ({short_tmp}, {run_dir})",
+        )
 
 
 async def test_inactive_daq(make_server, run_dir):
-    """R-INIT-4: no marker, no recent write, no Hashpipe: FAILED_PRECONDITION."""
+    """R-INIT-4, R-WIRE-5: no marker, no recent write, no Hashpipe: FAILED_PRECONDITION, the
+    details naming the checks made."""
     for marker in run_dir.rglob("*.daq-active"):
         marker.unlink()
-    async with make_server() as server:
-        await expect_init_error(server, run_dir, Status.FAILED_PRECONDITION, "no active DAQ")
+    async with make_server(daq_active_check=("marker", "recent_write")) as server:
+        await expect_init_error(
+            server,
+            run_dir,
+            Status.FAILED_PRECONDITION,
+            f"no active DAQ under '{run_dir}' (checked: marker, recent_write)",
+        )
 
 
 async def test_recent_write_counts_as_active(make_server, run_dir):
@@ -162,3 +174,40 @@ async def test_scanner_module_whitelist(make_server, run_dir, scanner_watch):
             (run / name).write_bytes(pff.encode_frame(frame.header, frame.pixels, frame.product))
         await wait_until(lambda: (2, "img16") in server.hub.latest)
         assert (1, "img16") not in server.hub.latest
+        assert server.hub.frames_in == {(2, "img16", "scanner"): 1}  # counted by source
+
+
+@pytest.mark.parametrize("form", ["home", "relative"])
+async def test_data_dir_is_used_as_resolved(make_server, run_dir, short_tmp, monkeypatch, form):
+    """R-INIT-2, R-INIT-9: a data_dir given as `~/...` (the server's home) or relative to the
+    server's working directory is checked and scanned as the directory it names, and the stats
+    report that directory's absolute path."""
+    from panoseti_daq import pff
+
+    monkeypatch.setenv("HOME", str(short_tmp))
+    monkeypatch.chdir(short_tmp)
+    given = "~/data" if form == "home" else "data"
+    async with make_server() as server:
+        assert (await init_hp_io(server, given)).success
+        assert server.stats()["hp_io"] == str(run_dir.resolve())
+        run = run_dir / "module_1" / "obs_T"
+        run.mkdir()
+        frame = movie_frame(1, 0)
+        name = pff.DataFileName("img16", 1, 0, 2, "2024-07-25T04_34_46Z").format()
+        (run / name).write_bytes(pff.encode_frame(frame.header, frame.pixels, frame.product))
+        await wait_until(lambda: (1, "img16") in server.hub.latest, timeout_s=5)
+
+
+async def test_uds_simulation_without_the_ingest_fails_naming_it(make_server, base_config):
+    """R-INIT-7, R-INIT-8, R-SIM-6: simulating in mode "uds" while the server's Unix-socket
+    ingest is off answers success=false, saying what to enable."""
+    from dataclasses import replace
+
+    sim = replace(base_config.simulate_daq_cfg, simulation_mode="uds")
+    async with make_server(simulate_daq_cfg=sim) as server:
+        reply = await init_hp_io(server, "", simulate_daq=True)
+    assert not reply.success
+    assert reply.error_message == (
+        "hp_io failed to start: simulation mode 'uds' needs acquisition_methods.uds enabled "
+        "(R-SIM-6)"
+    )

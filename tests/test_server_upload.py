@@ -10,7 +10,15 @@ from grpclib.exceptions import GRPCError
 
 from panoseti_daq.messages import Empty, PanoImage, PanoImageType, UploadImageRequest
 from panoseti_daq.server.service import SOURCE_METADATA_KEY
-from tests.helpers import call, init_hp_io, movie_frame, open_stream, upload, wait_until
+from tests.helpers import (
+    call,
+    init_hp_io,
+    movie_frame,
+    next_reply,
+    open_stream,
+    upload,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -191,3 +199,17 @@ async def test_uploads_are_counted_by_source(make_server):
         await upload(server, [movie_frame(1, 2)], metadata={SOURCE_METADATA_KEY: "simulation"})
         await upload(server, [movie_frame(1, 3)], metadata={SOURCE_METADATA_KEY: "camera"})
         assert server.hub.frames_in == {(1, "img16", "upload"): 3, (1, "img16", "simulation"): 1}
+
+
+async def test_reader_that_keeps_up_with_a_one_frame_queue_loses_nothing(make_server, run_dir):
+    """R-STREAM-10, R-UP-4: an upload hands the hub at most half a reader queue (at least one
+    frame) before it waits for the readers: with `max_read_queue_size` 1, a reader that keeps up
+    gets every frame of one upload, none dropped."""
+    async with make_server(max_read_queue_size=1) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, ph=False) as stream:
+            await upload(server, [movie_frame(1, i) for i in range(20)])
+            with anyio.fail_after(5):
+                replies = [await next_reply(stream) for _ in range(20)]
+            assert server.hub.frames_dropped == 0
+    assert [(r.frame.frame_number, r.message) for r in replies] == [(i, "") for i in range(20)]

@@ -1,20 +1,28 @@
-"""Data sources that misbehave, and callers whose deadline runs out waiting for a writer
-(R-STATE-1, R-STATE-2, R-STATE-3, R-INIT-7, `hp_io_stop_timeout`), on both backends.
+"""Data sources that misbehave, callers whose deadline runs out waiting for a writer, writers
+that go away mid-reconfiguration (R-STATE-1, R-STATE-2, R-STATE-3, R-INIT-7,
+`hp_io_stop_timeout`), on both backends.
 
 The scanner a configuration starts is replaced by a stand-in that runs the real scanner for
 the usual data_dir and, for a few named directories, behaves as the case needs: it becomes
-valid only when the test lets it, never, fails after it started, or ignores cancellation. The
-test controls each through anyio events, never by sleeping.
+valid only when the test lets it (two such directories), never, fails after it started, or
+ignores cancellation. The test controls each through anyio events, never by sleeping.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import anyio
 import pytest
+from grpclib.const import Cardinality
 
-from panoseti_daq.messages import InitHpIoRequest, StreamImagesRequest
+from panoseti_daq.bridge import grpclib_loop
+from panoseti_daq.messages import InitHpIoRequest, InitHpIoResponse, StreamImagesRequest
 from panoseti_daq.server import core as server_core
+from panoseti_daq.server import service as server_service
 from tests.helpers import (
+    channel,
     h2_unary_call,
     init_hp_io,
     movie_frame,
@@ -35,6 +43,8 @@ class Sources:
     def __init__(self) -> None:
         self.gated = anyio.Event()  # "gated" is starting
         self.valid = anyio.Event()  # "gated" becomes valid
+        self.second = anyio.Event()  # "second" is starting
+        self.second_valid = anyio.Event()  # "second" becomes valid
         self.fail = anyio.Event()  # "failing" raises
         self.release = anyio.Event()  # "stubborn" stops
         self.stubborn_stopped = False
@@ -45,6 +55,9 @@ class Sources:
         if name == "gated":
             self.gated.set()
             await self.valid.wait()
+        elif name == "second":
+            self.second.set()
+            await self.second_valid.wait()
         elif name == "never":
             await anyio.sleep_forever()
         elif name == "failing":
@@ -116,7 +129,22 @@ async def test_deadline_runs_out_waiting_for_a_writer(make_server, run_dir, sour
         assert second == (UNAVAILABLE, "another InitHpIo is in progress")
         assert not replies  # the writer was still at work: the others did wait for it
         sources.valid.set()
-    assert replies[0].success and server.core.hp_io.data_dir == str(gated.resolve())
+        await wait_until(lambda: replies)
+        # The next writer keeps the next reader waiting the same way.
+        tg.start_soon(writer_to, server, data_dir(run_dir, "second"), replies)
+        with anyio.fail_after(10):
+            await sources.second.wait()
+            again = await call_with_deadline(
+                server, "StreamImages", StreamImagesRequest(stream_movie_data=True)
+            )
+        sources.second_valid.set()
+    assert again == reader
+    assert replies[0].success and replies[1].success
+    assert server.core.hp_io.data_dir == str((run_dir.parent / "second").resolve())
+
+
+async def writer_to(server, path, replies):
+    replies.append(await init_hp_io(server, path))
 
 
 async def test_reader_waits_for_a_writer_then_proceeds(make_server, run_dir, sources):
@@ -208,6 +236,143 @@ async def test_source_that_ignores_cancellation(make_server, run_dir, sources):
         finally:
             sources.release.set()  # also when the test fails: the server can then stop
         await wait_until(lambda: sources.stubborn_stopped, timeout_s=5)
+
+
+async def test_readers_wait_for_a_second_writer_too(make_server, run_dir, sources, monkeypatch):
+    """R-STATE-2, R-STATE-3: a writer that arrives while another reconfigures waits, and counts
+    as a writer from its request on: a reader waits during the first, and once the first is
+    done and the second reconfigures, a reader still waits (UNAVAILABLE when its deadline runs
+    out, not FAILED_PRECONDITION); once both are done a reader streams at once."""
+    first, second = data_dir(run_dir, "gated"), data_dir(run_dir, "second")
+    checked = []  # data_dirs whose InitHpIo checks ran: each writer counted itself before
+    daq_is_active = server_service.daq_is_active
+
+    def recording(path, checks):
+        checked.append(path.name)
+        return daq_is_active(path, checks)
+
+    monkeypatch.setattr(server_service, "daq_is_active", recording)
+    async with make_server() as server:
+        replies = {}
+
+        async def writer(path):
+            replies[path.name] = await init_hp_io(server, path)
+
+        async with anyio.create_task_group() as tg:
+            with anyio.fail_after(10):
+                tg.start_soon(writer, first)
+                await sources.gated.wait()  # the first writer holds the lock
+                early = await call_with_deadline(
+                    server, "StreamImages", StreamImagesRequest(stream_movie_data=True)
+                )
+                tg.start_soon(writer, second)
+                await wait_until(lambda: "second" in checked)  # it waits for the lock
+                sources.valid.set()
+                await sources.second.wait()  # the first is done, the second reconfigures
+                reader = await call_with_deadline(
+                    server, "StreamImages", StreamImagesRequest(stream_movie_data=True)
+                )
+                sources.second_valid.set()
+        assert (
+            early
+            == reader
+            == (
+                UNAVAILABLE,
+                "hp_io is being reconfigured and the deadline expired waiting",
+            )
+        )
+        assert replies["gated"].success and replies["second"].success
+        with anyio.fail_after(5):
+            async with open_stream(server, ph=False) as stream:
+                await upload(server, [movie_frame(1, 4)])
+                assert (await next_reply(stream)).frame.frame_number == 4
+
+
+@contextlib.asynccontextmanager
+async def init_hp_io_call(server, data_dir):
+    """An InitHpIo call on its way (no answer read); leaving resets it, as a caller that goes
+    away does."""
+    request = InitHpIoRequest(data_dir=str(data_dir), update_interval_seconds=0.05, force=True)
+    async with grpclib_loop() as loop:
+
+        async def start():
+            ch = channel(server)
+            stream = ch.request(
+                "/daqdata.DaqData/InitHpIo",
+                Cardinality.UNARY_UNARY,
+                InitHpIoRequest,
+                InitHpIoResponse,
+            )
+            await stream.__aenter__()
+            await stream.send_message(request, end=True)
+            return ch, stream
+
+        async def reset(ch, stream):
+            try:
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+                with contextlib.suppress(Exception):
+                    await stream.__aexit__(None, None, None)
+            finally:
+                ch.close()
+
+        ch, stream = await loop.run(start)
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await loop.run(reset, ch, stream)
+
+
+async def test_writer_gone_mid_reconfiguration(make_server, run_dir, sources, caplog):
+    """R-STATE-2, R-STATE-3, R-INIT-6: a caller that goes away (resets its InitHpIo call, as
+    its deadline running out does too) while the server reconfigures does not cut the
+    reconfiguration short: readers wait until it has finished (UNAVAILABLE at their deadline,
+    not FAILED_PRECONDITION), and it ends valid with the new configuration. The handler then
+    ends as cancelled, with no error in the server's log."""
+    gated = data_dir(run_dir, "gated")
+    caplog.set_level(logging.INFO)
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        with anyio.fail_after(10):
+            async with init_hp_io_call(server, gated):
+                await sources.gated.wait()  # it reconfigures: the old sources are stopped
+            reader = await call_with_deadline(
+                server, "StreamImages", StreamImagesRequest(stream_movie_data=True)
+            )
+            assert reader == (
+                UNAVAILABLE,
+                "hp_io is being reconfigured and the deadline expired waiting",
+            )
+            sources.valid.set()
+            await wait_until(lambda: server.core.hp_io_valid)
+        assert server.core.hp_io.data_dir == str(gated.resolve())
+        with anyio.fail_after(5):
+            async with open_stream(server, ph=False) as stream:
+                await upload(server, [movie_frame(1, 6)])
+                assert (await next_reply(stream)).frame.frame_number == 6
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_configuration_queued_at_stop_is_answered(make_server, run_dir, sources):
+    """R-STOP-1: a configuration still queued for the controller when the server stops is
+    answered (success false, "server shutting down"): its writer does not wait forever."""
+    from panoseti_daq.config import HpIoConfig
+
+    answers = {}
+
+    async def reconfigure(server, name, path):
+        answers[name] = await server.core.reconfigure(HpIoConfig(data_dir=str(path)))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            async with make_server() as server:
+                tg.start_soon(reconfigure, server, "first", data_dir(run_dir, "gated"))
+                await sources.gated.wait()  # the controller applies the first
+                tg.start_soon(reconfigure, server, "queued", run_dir)
+                await wait_until(lambda: server.core._command_send.statistics().current_buffer_used)
+    assert not answers["queued"].success
+    assert answers["queued"].error_message == "server shutting down"
 
 
 def test_start_limit_is_ten_seconds():

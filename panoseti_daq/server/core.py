@@ -177,10 +177,15 @@ class ServerCore:
         burst = max(1, min(UPLOAD_BURST, self.config.max_read_queue_size // 2))
         return Uploader(self._upload_send, burst, source)
 
-    async def reconfigure(self, config: HpIoConfig) -> Reconfigure:
-        """Hand a configuration to the controller and wait for its answer."""
+    async def submit(self, config: HpIoConfig) -> Reconfigure:
+        """Hand a configuration to the controller; its `done` is set once it is answered."""
         request = Reconfigure(config, anyio.Event())
         await self._command_send.send(request)
+        return request
+
+    async def reconfigure(self, config: HpIoConfig) -> Reconfigure:
+        """Hand a configuration to the controller and wait for its answer."""
+        request = await self.submit(config)
         await request.done.wait()
         return request
 
@@ -218,11 +223,24 @@ class ServerCore:
     async def _controller(self, tg: TaskGroup, *, task_status: TaskStatus[None]) -> None:
         task_status.started()
         async with self._command_receive:
-            async for request in self._command_receive:
-                try:
-                    await self._apply(tg, request)
-                finally:
-                    request.done.set()
+            try:
+                async for request in self._command_receive:
+                    try:
+                        await self._apply(tg, request)
+                    finally:
+                        request.done.set()
+            finally:
+                self._answer_queued()
+
+    def _answer_queued(self) -> None:
+        """The controller stops: answer the requests still queued (their writers wait)."""
+        while True:
+            try:
+                request = self._command_receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return
+            request.error_message = "server shutting down"
+            request.done.set()
 
     async def _apply(self, tg: TaskGroup, request: Reconfigure) -> None:
         previous = self._sources.config if self._sources else None
@@ -270,7 +288,7 @@ class ServerCore:
             with sources.scope:
                 async with anyio.create_task_group() as tg:
                     if config.simulate_daq:
-                        data_dir = await self._start_simulation(tg, config)
+                        data_dir = await self._start_simulation(tg)
                     else:
                         data_dir = Path(config.data_dir)
                     if data_dir is not None:
@@ -303,7 +321,7 @@ class ServerCore:
         finally:
             sources.stopped.set()
 
-    async def _start_simulation(self, tg: TaskGroup, config: HpIoConfig) -> Path | None:
+    async def _start_simulation(self, tg: TaskGroup) -> Path | None:
         """Start the simulation (R-INIT-8); the directory to scan, or None in rpc mode."""
         from .simulation import run_filesystem_simulation, run_uds_simulation
 

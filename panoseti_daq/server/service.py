@@ -153,6 +153,25 @@ async def _enforce_deadlines(subscriber: Subscriber, bell: _Bell, scope: anyio.C
             return
 
 
+async def _outlast_cancellation(done: anyio.Event) -> None:
+    """Wait until `done` is set, also when this task is cancelled meanwhile; then go on with
+    the cancellation.
+
+    grpclib cancels a handler with asyncio's `Task.cancel()` (the caller's deadline, a reset
+    call, the server closing), which an anyio shielded scope does not hold back. An InitHpIo
+    handler that stopped waiting would let readers and the next writer in while the controller
+    still reconfigures.
+    """
+    cancelled: BaseException | None = None
+    while not done.is_set():
+        try:
+            await done.wait()
+        except anyio.get_cancelled_exc_class() as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+
+
 def _peer(stream: Stream, uds_path: str | None) -> str:
     """The client's address: "ip:port", or "unix:" and the path of the server's Unix socket."""
     address: Any = stream.peer.addr()
@@ -378,8 +397,10 @@ class DaqDataService:
                     f"{core.active_streams} StreamImages client(s) active; "
                     "use force=true to reconfigure anyway",
                 )
-            with anyio.CancelScope(shield=True):
-                result = await core.reconfigure(hp_io)
+            result = await core.submit(hp_io)
+            # R-STATE-2, R-STATE-3: this call stays the writer until the controller is done,
+            # also when its caller goes away meanwhile.
+            await _outlast_cancellation(result.done)
         finally:
             self.writer_lock.release()
         await stream.send_message(
