@@ -504,12 +504,18 @@ def test_send_delays_are_counted_per_client_and_kept_when_it_goes():
     fast_sum = 2**-10 + 2**-11 + 2**-11
     assert buckets(fast.send_delay)[0.001] == 1 and buckets(fast.send_delay)[0.002] == 2
     assert fast.send_delay.count == 2 and fast.send_delay.sum_s == fast_sum
+    hub.publish(movie_frame(1, 1), "upload", 1.0)  # a second batch adds to the first
+    again = fast.poll(1.0)
+    assert isinstance(again, Send)
+    fast.record_sent(again.frames, 1.0 + 2**-12)
+    fast_sum += 2**-12
+    assert fast.send_delay.count == 3 and fast.send_delay.sum_s == fast_sum
     assert buckets(paced.send_delay)[0.2] == 0 and buckets(paced.send_delay)[0.5] == 2
     assert buckets(paced.send_delay)[math.inf] == 2
     hub.unsubscribe(fast)
     total = hub.send_delay()
-    assert total.count == 4 and total.sum_s == fast_sum + 0.5 + 0.5 - 2**-10
-    assert buckets(total)[0.002] == 2 and buckets(total)[0.5] == 4
+    assert total.count == 5 and total.sum_s == fast_sum + 0.5 + 0.5 - 2**-10
+    assert buckets(total)[0.002] == 3 and buckets(total)[0.5] == 5
     (stats,) = hub.subscriber_stats()
     assert stats.send_delay is paced.send_delay
 
