@@ -44,7 +44,10 @@ def ph_frame(module: int, number: int) -> PanoFrame:
 
 
 def channel(server, codec=None) -> Channel:
-    """A grpclib channel to `server` by TCP; create it on grpclib's loop (see `on_grpclib_loop`)."""
+    """A grpclib channel to `server` by TCP (by its Unix socket when it has no TCP listener);
+    create it on grpclib's loop (see `on_grpclib_loop`)."""
+    if server.port is None:
+        return Channel(path=server.uds_path, codec=codec or DaqCodec())
     return Channel("127.0.0.1", server.port, codec=codec or DaqCodec())
 
 

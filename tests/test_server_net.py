@@ -16,7 +16,7 @@ import pytest
 from panoseti_daq import AsyncDaqClient, ConfigError, RpcError
 from panoseti_daq.server import DaqDataServer
 from tests.conftest import daq_config
-from tests.helpers import server_process
+from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, server_process, upload
 
 pytestmark = pytest.mark.anyio
 
@@ -98,14 +98,17 @@ async def test_non_socket_file_is_an_error(base_config, short_tmp):
 
 @pytest.mark.parametrize(
     ("name", "problem"),
-    [("x" * 120 + ".sock", "socket path is too long"), ("missing/s.sock", "does not exist")],
+    [
+        ("x" * 120 + ".sock", "socket path is too long"),
+        ("missing/s.sock", "directory .* does not exist"),
+    ],
 )
 async def test_socket_path_no_socket_fits_is_an_error_naming_it(
     base_config, short_tmp, name, problem
 ):
     """R-NET-2: a socket path too long for sun_path, or in a missing directory, is a
     ConfigError naming the key and the problem, not an OSError from bind."""
-    with pytest.raises(ConfigError, match=f"unix_domain_socket.*{problem}"):
+    with pytest.raises(ConfigError, match=f"^'unix_domain_socket': {problem}"):
         async with DaqDataServer(base_config, host="127.0.0.1", port=0, uds=str(short_tmp / name)):
             pass
 
@@ -248,3 +251,21 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, settings, key):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"'{key}'" in lines[0] and str(path) in lines[0]
+
+
+async def test_unix_socket_only_server_streams_and_survives_its_file_removed(
+    base_config, short_tmp, run_dir
+):
+    """R-NET-1, R-NET-2: with no TCP port (-1) the server listens on its Unix socket only and
+    streams there through our codec; an operator who removed the socket file meanwhile does not
+    make the stop fail (the file is gone already)."""
+    path = short_tmp / "only.sock"
+    async with DaqDataServer(base_config, host="127.0.0.1", port=-1, uds=str(path)) as server:
+        assert server.port is None and path.is_socket()
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, ph=False) as stream:
+            await upload(server, [movie_frame(1, 7)])
+            reply = await next_reply(stream)
+        assert reply.frame is not None and reply.frame.frame_number == 7
+        path.unlink()
+    assert not path.exists()
