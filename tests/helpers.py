@@ -126,6 +126,40 @@ class RawStream:
 
 
 @contextlib.asynccontextmanager
+async def raw_call(
+    make_channel, method, cardinality, request_type, reply_type, request
+) -> AsyncIterator[RawStream]:
+    """A DaqData call of `method` with `request` sent, on the grpclib channel `make_channel()`
+    makes (on grpclib's loop), usable from a test on either backend. Leaving resets the
+    stream, as a client that goes away does (grpclib would otherwise wait for the server to
+    finish), and closes the channel."""
+    async with grpclib_loop() as loop:
+
+        async def start():
+            ch = make_channel()
+            stream = ch.request(f"/daqdata.DaqData/{method}", cardinality, request_type, reply_type)
+            await stream.__aenter__()
+            await stream.send_message(request, end=True)
+            return ch, stream
+
+        async def stop(ch, stream):
+            try:
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+                with contextlib.suppress(Exception):
+                    await stream.__aexit__(None, None, None)
+            finally:
+                ch.close()
+
+        ch, stream = await loop.run(start)
+        try:
+            yield RawStream(loop, stream)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await loop.run(stop, ch, stream)
+
+
+@contextlib.asynccontextmanager
 async def open_stream(
     server, movie=True, ph=True, interval=0.0, module_ids=(), subscribed=True
 ) -> AsyncIterator[RawStream]:
@@ -141,40 +175,17 @@ async def open_stream(
         update_interval_seconds=interval,
         module_ids=list(module_ids),
     )
-    async with grpclib_loop() as loop:
-
-        async def start():
-            ch = channel(server)
-            stream = ch.request(
-                "/daqdata.DaqData/StreamImages",
-                Cardinality.UNARY_STREAM,
-                StreamImagesRequest,
-                StreamReply,
-            )
-            await stream.__aenter__()
-            await stream.send_message(request, end=True)
-            return ch, stream
-
-        async def stop(ch, stream):
-            try:
-                # Leaving without reading to the end: reset the stream, as a client that
-                # goes away does; grpclib would otherwise wait for the server to finish.
-                with contextlib.suppress(Exception):
-                    await stream.cancel()
-                with contextlib.suppress(Exception):
-                    await stream.__aexit__(None, None, None)
-            finally:
-                ch.close()
-
-        ch, stream = await loop.run(start)
-        try:
-            raw = RawStream(loop, stream)
-            if subscribed:
-                await raw.recv_initial_metadata()
-            yield raw
-        finally:
-            with anyio.CancelScope(shield=True):
-                await loop.run(stop, ch, stream)
+    async with raw_call(
+        lambda: channel(server),
+        "StreamImages",
+        Cardinality.UNARY_STREAM,
+        StreamImagesRequest,
+        StreamReply,
+        request,
+    ) as raw:
+        if subscribed:
+            await raw.recv_initial_metadata()
+        yield raw
 
 
 def stats_lines(path) -> list[dict]:

@@ -12,7 +12,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from panoseti_daq.messages import UploadImageRequest
-from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, upload
+from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, raw_call, upload
 
 pytestmark = pytest.mark.anyio
 
@@ -283,41 +283,20 @@ async def _stream_over(make_channel):
     response headers arrived) until leaving."""
     from grpclib.const import Cardinality
 
-    from panoseti_daq.bridge import grpclib_loop
     from panoseti_daq.codec import StreamReply
     from panoseti_daq.messages import StreamImagesRequest
 
     request = StreamImagesRequest(stream_movie_data=True, stream_pulse_height_data=True)
-    async with grpclib_loop() as loop:
-
-        async def start():
-            ch = make_channel()
-            stream = ch.request(
-                "/daqdata.DaqData/StreamImages",
-                Cardinality.UNARY_STREAM,
-                StreamImagesRequest,
-                StreamReply,
-            )
-            await stream.__aenter__()
-            await stream.send_message(request, end=True)
-            await stream.recv_initial_metadata()
-            return ch, stream
-
-        async def stop(ch, stream):
-            try:
-                with contextlib.suppress(Exception):
-                    await stream.cancel()
-                with contextlib.suppress(Exception):
-                    await stream.__aexit__(None, None, None)
-            finally:
-                ch.close()
-
-        ch, stream = await loop.run(start)
-        try:
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                await loop.run(stop, ch, stream)
+    async with raw_call(
+        make_channel,
+        "StreamImages",
+        Cardinality.UNARY_STREAM,
+        StreamImagesRequest,
+        StreamReply,
+        request,
+    ) as raw:
+        await raw.recv_initial_metadata()
+        yield
 
 
 async def test_stream_clients_are_named_by_their_address(base_config, short_tmp, run_dir):

@@ -17,7 +17,6 @@ import anyio
 import pytest
 from grpclib.const import Cardinality
 
-from panoseti_daq.bridge import grpclib_loop
 from panoseti_daq.messages import InitHpIoRequest, InitHpIoResponse, StreamImagesRequest
 from panoseti_daq.server import core as server_core
 from panoseti_daq.server import service as server_service
@@ -28,6 +27,7 @@ from tests.helpers import (
     movie_frame,
     next_reply,
     open_stream,
+    raw_call,
     upload,
     wait_until,
 )
@@ -293,35 +293,15 @@ async def init_hp_io_call(server, data_dir):
     """An InitHpIo call on its way (no answer read); leaving resets it, as a caller that goes
     away does."""
     request = InitHpIoRequest(data_dir=str(data_dir), update_interval_seconds=0.05, force=True)
-    async with grpclib_loop() as loop:
-
-        async def start():
-            ch = channel(server)
-            stream = ch.request(
-                "/daqdata.DaqData/InitHpIo",
-                Cardinality.UNARY_UNARY,
-                InitHpIoRequest,
-                InitHpIoResponse,
-            )
-            await stream.__aenter__()
-            await stream.send_message(request, end=True)
-            return ch, stream
-
-        async def reset(ch, stream):
-            try:
-                with contextlib.suppress(Exception):
-                    await stream.cancel()
-                with contextlib.suppress(Exception):
-                    await stream.__aexit__(None, None, None)
-            finally:
-                ch.close()
-
-        ch, stream = await loop.run(start)
-        try:
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                await loop.run(reset, ch, stream)
+    async with raw_call(
+        lambda: channel(server),
+        "InitHpIo",
+        Cardinality.UNARY_UNARY,
+        InitHpIoRequest,
+        InitHpIoResponse,
+        request,
+    ):
+        yield
 
 
 async def test_writer_gone_mid_reconfiguration(make_server, run_dir, sources, caplog):
