@@ -406,3 +406,15 @@ def h2_unary_call(
             sock.sendall(conn.data_to_send())
     finally:
         sock.close()
+
+
+def ipv6_loopback() -> bool:
+    """Whether this host can bind ::1 (some containers have no IPv6)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

@@ -12,7 +12,15 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from panoseti_daq.messages import UploadImageRequest
-from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, raw_call, upload
+from tests.helpers import (
+    init_hp_io,
+    ipv6_loopback,
+    movie_frame,
+    next_reply,
+    open_stream,
+    raw_call,
+    upload,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -266,17 +274,6 @@ async def test_idle_deadline_counts_from_the_last_frame(make_server, run_dir):
     assert 0.9 <= elapsed < 1.3, elapsed
 
 
-def _ipv6_loopback() -> bool:
-    import socket
-
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 @contextlib.asynccontextmanager
 async def _stream_over(make_channel):
     """A StreamImages call on the grpclib channel `make_channel()` makes, subscribed (its
@@ -322,7 +319,7 @@ async def test_stream_clients_are_named_by_their_address(base_config, short_tmp,
         async with _stream_over(lambda: Channel(path=uds, codec=DaqCodec())):
             (client,) = server.hub.subscriber_stats()
             assert client.peer == f"unix:{uds}"
-    if not _ipv6_loopback():
+    if not ipv6_loopback():
         return
     async with DaqDataServer(base_config, host="::1", port=0, uds="") as server:
         await server.init_hp_io(HpIoConfig(data_dir=str(run_dir)))

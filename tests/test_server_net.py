@@ -16,7 +16,15 @@ import pytest
 from panoseti_daq import AsyncDaqClient, ConfigError, RpcError
 from panoseti_daq.server import DaqDataServer
 from tests.conftest import daq_config
-from tests.helpers import init_hp_io, movie_frame, next_reply, open_stream, server_process, upload
+from tests.helpers import (
+    init_hp_io,
+    ipv6_loopback,
+    movie_frame,
+    next_reply,
+    open_stream,
+    server_process,
+    upload,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -33,15 +41,6 @@ async def test_tcp_and_unix_socket_at_once(make_server):
         async with AsyncDaqClient(config) as client:
             status = await client.get_daq_host_status()
     assert status == {f"127.0.0.1:{server.port}": True, f"unix://{server.uds_path}": True}
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 async def _pings(host: str, port: int) -> bool:
@@ -64,7 +63,7 @@ async def _pings(host: str, port: int) -> bool:
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this host")
 async def test_wildcard_port_0_listens_on_ipv4_and_ipv6_at_one_port(base_config):
     """R-NET-1: host "[::]" with port 0 binds one free port that answers over IPv4 and IPv6
     (the kernel picks the port in the bind: no window between choosing and binding it)."""
