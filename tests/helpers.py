@@ -161,13 +161,20 @@ async def raw_call(
 
 @contextlib.asynccontextmanager
 async def open_stream(
-    server, movie=True, ph=True, interval=0.0, module_ids=(), subscribed=True
+    server,
+    movie=True,
+    ph=True,
+    interval=0.0,
+    module_ids=(),
+    subscribed=True,
+    make_channel=None,
 ) -> AsyncIterator[RawStream]:
     """A raw StreamImages call on either backend (yields a `RawStream`; the request is sent).
 
     With `subscribed` (the default), it first waits for the response headers, which the server
     sends once it has subscribed the stream to the hub: an event, no polling. Calls the server
     refuses before subscribing (R-STREAM-1 .. R-STREAM-5) need `subscribed=False`.
+    `make_channel`, if given, makes the channel (on grpclib's loop) instead of `channel(server)`.
     """
     request = StreamImagesRequest(
         stream_movie_data=movie,
@@ -176,7 +183,7 @@ async def open_stream(
         module_ids=list(module_ids),
     )
     async with raw_call(
-        lambda: channel(server),
+        make_channel or (lambda: channel(server)),
         "StreamImages",
         Cardinality.UNARY_STREAM,
         StreamImagesRequest,

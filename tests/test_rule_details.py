@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import anyio
@@ -18,7 +17,6 @@ from tests.helpers import (
     movie_frame,
     next_reply,
     open_stream,
-    raw_call,
     upload,
 )
 
@@ -274,28 +272,6 @@ async def test_idle_deadline_counts_from_the_last_frame(make_server, run_dir):
     assert 0.9 <= elapsed < 1.3, elapsed
 
 
-@contextlib.asynccontextmanager
-async def _stream_over(make_channel):
-    """A StreamImages call on the grpclib channel `make_channel()` makes, subscribed (its
-    response headers arrived) until leaving."""
-    from grpclib.const import Cardinality
-
-    from panoseti_daq.codec import StreamReply
-    from panoseti_daq.messages import StreamImagesRequest
-
-    request = StreamImagesRequest(stream_movie_data=True, stream_pulse_height_data=True)
-    async with raw_call(
-        make_channel,
-        "StreamImages",
-        Cardinality.UNARY_STREAM,
-        StreamImagesRequest,
-        StreamReply,
-        request,
-    ) as raw:
-        await raw.recv_initial_metadata()
-        yield
-
-
 async def test_stream_clients_are_named_by_their_address(base_config, short_tmp, run_dir):
     """Stats (`clients[].peer`, also in the metrics): a StreamImages client is named
     "ip:port", an IPv6 address in brackets, or "unix:" and the server's socket path."""
@@ -313,17 +289,17 @@ async def test_stream_clients_are_named_by_their_address(base_config, short_tmp,
     uds = str(short_tmp / "peer.sock")
     async with DaqDataServer(base_config, host="127.0.0.1", port=0, uds=uds) as server:
         assert (await init_hp_io(server, run_dir)).success
-        async with _stream_over(tcp("127.0.0.1", server.port)):
+        async with open_stream(None, make_channel=tcp("127.0.0.1", server.port)):
             (client,) = server.hub.subscriber_stats()
             assert re.fullmatch(r"127\.0\.0\.1:\d+", client.peer), client.peer
-        async with _stream_over(lambda: Channel(path=uds, codec=DaqCodec())):
+        async with open_stream(None, make_channel=lambda: Channel(path=uds, codec=DaqCodec())):
             (client,) = server.hub.subscriber_stats()
             assert client.peer == f"unix:{uds}"
     if not ipv6_loopback():
         return
     async with DaqDataServer(base_config, host="::1", port=0, uds="") as server:
         await server.init_hp_io(HpIoConfig(data_dir=str(run_dir)))
-        async with _stream_over(tcp("::1", server.port)):
+        async with open_stream(None, make_channel=tcp("::1", server.port)):
             (client,) = server.hub.subscriber_stats()
             assert re.fullmatch(r"\[::1\]:\d+", client.peer), client.peer
 
