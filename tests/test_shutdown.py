@@ -14,6 +14,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -157,11 +158,15 @@ def test_a_second_signal_cuts_the_grace_period_short_and_still_exits_cleanly(sho
         with stalled_stream_client(port, request) as (stalled, _):
             fill_flow_control_window(stalled)  # this stream would hold the stop for `grace`
             started = time.monotonic()
+            log = LogLines(process.stderr)
+            log.start()
             process.send_signal(signal.SIGTERM)
-            assert "SIGTERM received: shutting down" in read_stderr_line(process, "SIGTERM", 10)
+            assert "SIGTERM received: shutting down" in log.wait_for("SIGTERM", 10)
             process.send_signal(signal.SIGINT)
-            _, stderr = process.communicate(timeout=15)
+            process.wait(timeout=15)
             elapsed = time.monotonic() - started
+            log.join(5)
+            stderr = "".join(log.lines)
     assert process.returncode == 0, stderr
     assert elapsed < 10, elapsed
     assert "SIGINT received again: ending the streams now" in stderr
@@ -170,13 +175,36 @@ def test_a_second_signal_cuts_the_grace_period_short_and_still_exits_cleanly(sho
     assert not Path(uds).exists()
 
 
-def read_stderr_line(process: subprocess.Popen, containing: str, timeout_s: float) -> str:
-    """The first line of the server's log (stderr) that contains `containing`."""
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stderr, selectors.EVENT_READ)
-        while selector.select(max(0.0, deadline - time.monotonic())):
-            line = process.stderr.readline()
-            if containing in line or not line:
-                return line
-    raise TimeoutError(f"no log line with {containing!r} within {timeout_s} s")
+class LogLines(threading.Thread):
+    """A process's log (a text stream) read line by line as it comes, in a thread: a selector
+    on the pipe misses lines that Python has already buffered."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(daemon=True)
+        self._stream = stream
+        self._changed = threading.Condition()
+        self.lines: list[str] = []
+        self.ended = False
+
+    def run(self) -> None:
+        for line in self._stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+
+    def wait_for(self, containing: str, timeout_s: float) -> str:
+        """The first line that contains `containing`, once it has come."""
+
+        def found() -> str | None:
+            return next((line for line in self.lines if containing in line), None)
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: found() is not None or self.ended, timeout_s):
+                raise TimeoutError(f"no log line with {containing!r} within {timeout_s} s")
+            line = found()
+        if line is None:
+            raise AssertionError(f"the log ended without {containing!r}: {''.join(self.lines)}")
+        return line
