@@ -10,7 +10,6 @@ client that never acknowledges data once the server has filled its flow-control 
 
 from __future__ import annotations
 
-import selectors
 import signal
 import subprocess
 import sys
@@ -31,13 +30,52 @@ pb2, pb2_grpc = modules()
 PROBE = str(Path(__file__).with_name("grpcio_probe.py"))
 
 
-def read_line(process: subprocess.Popen, timeout_s: float) -> str:
-    """The next line a probe prints, within `timeout_s`."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout_s):
-            raise TimeoutError(f"no line from {process.args} within {timeout_s} s")
-    return process.stdout.readline().strip()
+class LogLines(threading.Thread):
+    """A process's log (a text stream) read line by line as it comes, in a thread: a selector
+    on the pipe misses lines that Python has already buffered."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(daemon=True)
+        self._stream = stream
+        self._changed = threading.Condition()
+        self.lines: list[str] = []
+        self.ended = False
+        self._read = 0
+
+    def run(self) -> None:
+        for line in self._stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+
+    def next_line(self, timeout_s: float) -> str:
+        """The next line not yet returned by next_line, stripped, once it has come."""
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: len(self.lines) > self._read or self.ended, timeout_s
+            ):
+                raise TimeoutError(f"no line within {timeout_s} s")
+            if len(self.lines) <= self._read:
+                raise AssertionError(f"the stream ended: {''.join(self.lines)}")
+            self._read += 1
+            return self.lines[self._read - 1].strip()
+
+    def wait_for(self, containing: str, timeout_s: float) -> str:
+        """The first line that contains `containing`, once it has come."""
+
+        def found() -> str | None:
+            return next((line for line in self.lines if containing in line), None)
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: found() is not None or self.ended, timeout_s):
+                raise TimeoutError(f"no log line with {containing!r} within {timeout_s} s")
+            line = found()
+        if line is None:
+            raise AssertionError(f"the log ended without {containing!r}: {''.join(self.lines)}")
+        return line
 
 
 def first_frame(stub, timeout_s: float = 20.0) -> None:
@@ -84,11 +122,13 @@ def test_shutdown_with_a_stream_that_does_not_end(short_tmp, backend):
                     stdout=subprocess.PIPE,
                     text=True,
                 )
+                watched = LogLines(watch.stdout)
+                watched.start()
                 try:
-                    assert read_line(watch, 20) == "SERVING"
+                    assert watched.next_line(20) == "SERVING"
                     started = time.monotonic()
                     process.send_signal(signal.SIGTERM)
-                    assert read_line(watch, 10) == "NOT_SERVING"
+                    assert watched.next_line(10) == "NOT_SERVING"
                     # Still within the grace period: the stalled stream holds the listeners.
                     check = subprocess.run(
                         [sys.executable, PROBE, "check", target, ""],
@@ -173,38 +213,3 @@ def test_a_second_signal_cuts_the_grace_period_short_and_still_exits_cleanly(sho
     assert "Traceback" not in stderr
     assert not (short_tmp / "sim").exists()
     assert not Path(uds).exists()
-
-
-class LogLines(threading.Thread):
-    """A process's log (a text stream) read line by line as it comes, in a thread: a selector
-    on the pipe misses lines that Python has already buffered."""
-
-    def __init__(self, stream) -> None:
-        super().__init__(daemon=True)
-        self._stream = stream
-        self._changed = threading.Condition()
-        self.lines: list[str] = []
-        self.ended = False
-
-    def run(self) -> None:
-        for line in self._stream:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self.ended = True
-            self._changed.notify_all()
-
-    def wait_for(self, containing: str, timeout_s: float) -> str:
-        """The first line that contains `containing`, once it has come."""
-
-        def found() -> str | None:
-            return next((line for line in self.lines if containing in line), None)
-
-        with self._changed:
-            if not self._changed.wait_for(lambda: found() is not None or self.ended, timeout_s):
-                raise TimeoutError(f"no log line with {containing!r} within {timeout_s} s")
-            line = found()
-        if line is None:
-            raise AssertionError(f"the log ended without {containing!r}: {''.join(self.lines)}")
-        return line
