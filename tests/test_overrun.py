@@ -3,7 +3,6 @@ R-CLI-10)."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import time
 import urllib.parse
@@ -15,11 +14,10 @@ import h2.events
 import pytest
 from grpclib.client import Channel
 from grpclib.config import Configuration
-from grpclib.const import Cardinality
 
 from panoseti_daq import AsyncDaqClient
 from panoseti_daq.client.stream import dropped_before
-from panoseti_daq.codec import DaqCodec, StreamReply
+from panoseti_daq.codec import DaqCodec
 from panoseti_daq.messages import StreamImagesRequest
 from panoseti_daq.server.hub import EndReason
 from tests.conftest import daq_config
@@ -42,30 +40,13 @@ def anyio_backend():
     return "asyncio"  # raw grpclib calls from the test
 
 
-@contextlib.asynccontextmanager
-async def _slow_stream(server):
-    """A StreamImages call over a connection with 64 KiB windows, so that reading slowly holds
-    the server's handler back (a grpclib client acknowledges data only as it is read)."""
+def _small_window_channel(server):
+    """A maker of channels with 64 KiB windows, so that reading slowly holds the server's
+    handler back (a grpclib client acknowledges data only as it is read)."""
     config = Configuration(
         http2_connection_window_size=SMALL_WINDOW, http2_stream_window_size=SMALL_WINDOW
     )
-    channel = Channel("127.0.0.1", server.port, codec=DaqCodec(), config=config)
-    try:
-        async with channel.request(
-            "/daqdata.DaqData/StreamImages",
-            Cardinality.UNARY_STREAM,
-            StreamImagesRequest,
-            StreamReply,
-        ) as stream:
-            request = StreamImagesRequest(stream_movie_data=True, update_interval_seconds=0.0)
-            await stream.send_message(request, end=True)
-            try:
-                yield stream
-            finally:
-                with contextlib.suppress(Exception):
-                    await stream.cancel()
-    finally:
-        channel.close()
+    return lambda: Channel("127.0.0.1", server.port, codec=DaqCodec(), config=config)
 
 
 async def _watch_queue_depths(server, limit: int, seen: list[int]) -> None:
@@ -89,7 +70,10 @@ async def test_slow_reader_keeps_streaming_with_exact_drop_notices(make_server, 
         max_reader_dequeue_timeouts=100,
     ) as server:
         assert (await init_hp_io(server, run_dir)).success
-        async with open_stream(server, ph=False) as fast, _slow_stream(server) as slow:
+        async with (
+            open_stream(server, ph=False) as fast,
+            open_stream(server, ph=False, make_channel=_small_window_channel(server)) as slow,
+        ):
             await wait_until(lambda: server.hub.subscriber_count == 2)
             fast_got: list[tuple[int, str]] = []
             slow_got: list[tuple[int, str]] = []
