@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 GEN_DIR := panoseti_daq/_generated
-PROTO := schema/daq_data.proto
+PROTO := schema/daq_data.proto schema/ublox_control.proto
 
 .PHONY: all setup demo test lint schema schema-check bench soak mutate clean
 
