@@ -1,0 +1,320 @@
+"""The loop-free UBX protocol layer: frames, decoding, Struct values, patterns (R-UBX-*)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from importlib import resources
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from panoseti_daq.ublox.protocol import (
+    MAX_PATTERN_LENGTH,
+    MAX_PATTERNS,
+    PatternError,
+    UbxDecodeError,
+    UbxFrameSplitter,
+    build_frame,
+    compile_patterns,
+    decode,
+    message_name,
+    parsed_data,
+)
+
+
+def recorded_lines() -> list[dict[str, str]]:
+    text = resources.files("panoseti_daq.ublox").joinpath("data/ubx_packets.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+RECORDED = recorded_lines()
+RECORDED_FRAMES = [base64.b64decode(line["payload_b64"]) for line in RECORDED]
+
+# Frames of any class, id and payload (checksums right by construction).
+frames = st.builds(
+    build_frame,
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.binary(max_size=80),
+)
+# Line noise and NMEA: anything but the first sync byte, so it can start no frame.
+noise = st.binary(max_size=40).map(lambda data: data.replace(b"\xb5", b"\x00"))
+
+
+def feed_in_chunks(splitter: UbxFrameSplitter, data: bytes, cuts: list[int]) -> list[bytes]:
+    out: list[bytes] = []
+    start = 0
+    for cut in sorted({min(cut, len(data)) for cut in cuts}):
+        out += splitter.feed(data[start:cut])
+        start = cut
+    out += splitter.feed(data[start:])
+    return out
+
+
+def test_recorded_file_is_the_one_the_spec_describes():
+    """R-UBX-SIM-8: 81 frames, one ACK-ACK, 40 NAV-TIMEUTC, 40 TIM-TP, in the packaged data."""
+    names = [line["identity"] for line in RECORDED]
+    assert len(names) == 81
+    assert names[0] == "ACK-ACK"
+    assert names.count("NAV-TIMEUTC") == 40
+    assert names.count("TIM-TP") == 40
+
+
+def test_every_recorded_frame_decodes_and_reencodes_byte_for_byte():
+    """R-UBX-SIM-8: pyubx2 decodes every recorded frame to its identity and re-encodes it."""
+    for line, frame in zip(RECORDED, RECORDED_FRAMES, strict=True):
+        msg = decode(frame)
+        assert message_name(msg) == line["identity"]
+        assert msg.serialize() == frame
+        assert build_frame(frame[2], frame[3], frame[6:-2]) == frame
+
+
+def test_recorded_stream_splits_into_its_frames():
+    """R-UBX-STATE-2: the recording, fed in 7-byte chunks, gives its 81 frames, nothing else."""
+    splitter = UbxFrameSplitter()
+    data = b"".join(RECORDED_FRAMES)
+    out = feed_in_chunks(splitter, data, list(range(7, len(data), 7)))
+    assert out == RECORDED_FRAMES
+    assert (splitter.skipped_bytes, splitter.bad_checksums, splitter.pending) == (0, 0, 0)
+    assert splitter.frames == 81
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(noise, frames), max_size=8),
+    noise,
+    st.lists(st.integers(0, 2000), max_size=20),
+)
+def test_splitter_finds_every_frame_between_noise_under_any_chunking(parts, tail, cuts):
+    """R-UBX-STATE-2: NMEA/garbage between frames is skipped and counted; frames come out whole."""
+    data = b"".join(junk + frame for junk, frame in parts) + tail
+    splitter = UbxFrameSplitter()
+    assert feed_in_chunks(splitter, data, cuts) == [frame for _, frame in parts]
+    assert splitter.skipped_bytes == sum(len(junk) for junk, _ in parts) + len(tail)
+    assert splitter.bad_checksums == 0
+    assert splitter.pending == 0
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=30))
+def test_splitter_result_does_not_depend_on_chunking(data, cuts):
+    """R-UBX-STATE-2: any bytes, any chunking: the same frames and counts as in one piece, and
+    every byte is in a frame, skipped, or pending."""
+    data = data.replace(b"\xb5\xb5", b"\xb5\x62")  # make sync bytes common in the noise
+    whole = UbxFrameSplitter(max_payload=300)
+    expected = whole.feed(data)
+    chunked = UbxFrameSplitter(max_payload=300)
+    assert feed_in_chunks(chunked, data, cuts) == expected
+    assert (chunked.skipped_bytes, chunked.bad_checksums, chunked.pending) == (
+        whole.skipped_bytes,
+        whole.bad_checksums,
+        whole.pending,
+    )
+    assert sum(map(len, expected)) + whole.skipped_bytes + whole.pending == len(data)
+
+
+@settings(max_examples=200)
+@given(st.lists(frames, min_size=1, max_size=6), st.data())
+def test_bad_checksums_are_dropped_and_counted_and_the_rest_survive(good, data):
+    """R-UBX-STATE-2: a frame with a wrong checksum is dropped and counted; its neighbours are
+    delivered (the search resumes after the false frame's sync bytes)."""
+    bad_index = data.draw(st.integers(0, len(good) - 1))
+    bad = bytearray(good[bad_index])
+    bad[-1] ^= data.draw(st.integers(1, 255))
+    stream = b"".join(good[:bad_index]) + bytes(bad) + b"".join(good[bad_index + 1 :])
+    splitter = UbxFrameSplitter()
+    out = splitter.feed(stream + b"\x00" * 8)
+    assert splitter.bad_checksums >= 1
+    for frame in good[:bad_index] + good[bad_index + 1 :]:
+        assert frame in out
+    assert bytes(bad) not in out
+
+
+@settings(max_examples=200)
+@given(st.lists(frames, min_size=1, max_size=5), st.integers(1, 40))
+def test_a_truncated_frame_does_not_swallow_the_frames_after_it(good, cut):
+    """R-UBX-STATE-2: a frame cut short (a cable glitch) claims bytes of the next frames; its
+    checksum fails and the splitter finds the next frames in the bytes it had claimed."""
+    truncated = RECORDED_FRAMES[1][: max(6, len(RECORDED_FRAMES[1]) - cut)]
+    splitter = UbxFrameSplitter()
+    out = splitter.feed(truncated + b"".join(good) + b"\x00" * 200)
+    assert out[-len(good) :] == good
+    assert splitter.bad_checksums + splitter.frames >= len(good)
+
+
+def test_oversized_length_is_not_waited_for():
+    """R-UBX-STATE-2: a false sync announcing more than max_payload bytes is dropped at once, so a
+    real frame right behind it is not held back."""
+    splitter = UbxFrameSplitter(max_payload=1000)
+    out = splitter.feed(b"\xb5\x62\x01\x02\xff\xff" + RECORDED_FRAMES[2])
+    assert out == [RECORDED_FRAMES[2]]
+    assert splitter.skipped_bytes == 6
+
+
+def test_sync_split_across_chunks_is_kept():
+    """R-UBX-STATE-2: a chunk ending in B5 keeps it as the possible start of a frame."""
+    splitter = UbxFrameSplitter()
+    frame = RECORDED_FRAMES[2]
+    assert splitter.feed(b"$GPGGA,,*00\r\n" + frame[:1]) == []
+    assert splitter.pending == 1
+    assert splitter.feed(frame[1:]) == [frame]
+    assert splitter.skipped_bytes == 13
+
+
+def test_build_frame_rejects_what_cannot_be_a_frame():
+    """R-UBX-STATE-2: class and id are bytes; a payload fits a 16-bit length."""
+    with pytest.raises(ValueError, match="single bytes"):
+        build_frame(256, 1, b"")
+    with pytest.raises(ValueError, match="longer than 65535"):
+        build_frame(1, 1, bytes(65536))
+
+
+@settings(max_examples=400)
+@given(frames)
+def test_decode_gives_a_message_or_a_decode_error(frame):
+    """R-UBX-STATE-2: any checksum-valid frame decodes with pyubx2 or raises UbxDecodeError, and
+    whatever decodes gives Struct-able parsed data (R-UBX-CAP-5)."""
+    try:
+        msg = decode(frame)
+    except UbxDecodeError as err:
+        assert "undecodable UBX frame" in str(err)
+        return
+    assert_struct_able(parsed_data(msg))
+
+
+def test_decode_refuses_a_bad_checksum():
+    """R-UBX-STATE-2: decode checks the checksum."""
+    frame = bytearray(RECORDED_FRAMES[2])
+    frame[-1] ^= 1
+    with pytest.raises(UbxDecodeError, match="checksum"):
+        decode(bytes(frame))
+
+
+def assert_struct_able(value: object) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert isinstance(key, str)
+            assert_struct_able(item)
+    elif isinstance(value, list):
+        for item in value:
+            assert_struct_able(item)
+    else:
+        assert isinstance(value, (str, int, float, bool)), value
+    json.dumps(value, allow_nan=False)
+
+
+def test_parsed_data_of_recorded_tim_tp_has_the_spec_fields_and_types():
+    """R-UBX-CAP-5: TIM-TP's fields under pyubx2's names with their types, plus metadata; bytes
+    as lowercase hex (TIM's class is "0d", not a carriage return)."""
+    frame = RECORDED_FRAMES[2]
+    data = parsed_data(decode(frame))
+    assert data == {
+        "towMS": 273244000,
+        "towSubMS": 0.0,
+        "qErr": 2558,
+        "week": 2379,
+        "timeBase": 1,
+        "utc": 1,
+        "raim": 2,
+        "qErrInvalid": 0,
+        "TpNotLocked": 0,
+        "timeRefGnss": 15,
+        "utcStandard": 3,
+        "identity": "TIM-TP",
+        "length": 16,
+        "msgmode": 0,
+        "msg_cls": "0d",
+        "msg_id": "01",
+        "payload": frame[6:-2].hex(),
+    }
+    assert type(data["towSubMS"]) is float
+    assert all(type(data[k]) is int for k in ("towMS", "qErr", "week", "utc", "qErrInvalid"))
+    assert_struct_able(data)
+
+
+def test_parsed_data_of_recorded_nav_timeutc_has_the_spec_fields_and_types():
+    """R-UBX-CAP-5: NAV-TIMEUTC's fields, all integers, plus metadata."""
+    frame = RECORDED_FRAMES[1]
+    data = parsed_data(decode(frame))
+    fields = "iTOW tAcc nano year month day hour min sec validTOW validWKN validUTC authStatus"
+    for name in [*fields.split(), "utcStandard"]:
+        assert type(data[name]) is int, name
+    assert (data["year"], data["month"], data["day"], data["hour"], data["min"]) == (
+        2025,
+        8,
+        13,
+        3,
+        54,
+    )
+    assert (data["tAcc"], data["validUTC"]) == (62, 1)
+    assert (data["identity"], data["length"], data["msg_cls"], data["msg_id"]) == (
+        "NAV-TIMEUTC",
+        20,
+        "01",
+        "21",
+    )
+    for frame in RECORDED_FRAMES:
+        assert_struct_able(parsed_data(decode(frame)))
+
+
+def test_parsed_data_turns_character_fields_into_text_and_other_bytes_into_hex():
+    """R-UBX-CAP-5: MON-VER's swVersion, hwVersion and extensions are text without NULs; other
+    bytes fields are lowercase hex."""
+    payload = (
+        b"EXT CORE 1.00 (61ce84)".ljust(30, b"\x00")
+        + b"00190000".ljust(10, b"\x00")
+        + b"FWVER=TIM 2.20".ljust(30, b"\x00")
+        + b"MOD=ZED-F9T".ljust(30, b"\x00")
+    )
+    data = parsed_data(decode(build_frame(0x0A, 0x04, payload)))
+    assert data["swVersion"] == "EXT CORE 1.00 (61ce84)"
+    assert data["hwVersion"] == "00190000"
+    assert data["extension_01"] == "FWVER=TIM 2.20"
+    assert data["extension_02"] == "MOD=ZED-F9T"
+    assert data["identity"] == "MON-VER"
+    assert data["msg_cls"] == "0a"
+    assert data["payload"] == payload.hex()
+    # MON-HW's pinSel is an X004 field: hex of its four bytes.
+    hardware = parsed_data(decode(build_frame(0x0A, 0x09, bytes(range(60)))))
+    assert hardware["pinSel"] == "00010203"
+
+
+def test_unknown_messages_get_pyubx2_names():
+    """R-UBX-CAP-2: unknown types decode under pyubx2's names such as UNKNOWN-7701-NOMINAL."""
+    msg = decode(build_frame(0x77, 0x01, b"\x01\x02"))
+    assert message_name(msg) == "UNKNOWN-7701-NOMINAL"
+    assert parsed_data(msg)["payload"] == "0102"
+
+
+@pytest.mark.parametrize(
+    ("patterns", "name", "expected"),
+    [
+        (["TIM"], "TIM-TP", True),
+        (["TIM"], "TIM-SVIN", True),
+        (["TP"], "TIM-TP", False),
+        (["TIM-TP$"], "TIM-TP", True),
+        (["TIM-TP$"], "TIM-TPX", False),
+        (["NAV-TIMEUTC", "TIM"], "NAV-TIMEUTC", True),
+        ([], "ACK-ACK", True),
+        ([".*UTC"], "NAV-TIMEUTC", True),
+    ],
+)
+def test_patterns_match_at_the_start_of_the_name(patterns, name, expected):
+    """R-UBX-CAP-2: re.match semantics; no patterns selects everything."""
+    pattern_set = compile_patterns(patterns)
+    assert pattern_set.matches(name) is expected
+    assert pattern_set.matches(name) is expected  # remembered answer, same result
+
+
+def test_pattern_errors_name_the_pattern_and_the_problem():
+    """R-UBX-CAP-1: invalid regex, too many patterns, a pattern too long."""
+    with pytest.raises(PatternError, match=r"pattern 'TIM\(' is not a valid regular expression"):
+        compile_patterns(["NAV", "TIM("])
+    with pytest.raises(PatternError, match=f"65 patterns given; at most {MAX_PATTERNS}"):
+        compile_patterns(["TIM"] * 65)
+    compile_patterns(["TIM"] * MAX_PATTERNS)
+    with pytest.raises(PatternError, match=f"257 characters long; at most {MAX_PATTERN_LENGTH}"):
+        compile_patterns(["A" * 257])
+    compile_patterns(["A" * MAX_PATTERN_LENGTH])
