@@ -1,0 +1,175 @@
+"""The live table of a UbloxControl capture: one row per DAQ node (loop-free).
+
+`TimingTable.update(message, now)` takes one UbloxMessage with the time it arrived (seconds on
+any monotonic clock); `render(now)` gives a rich renderable that fits 80 columns, `lines(now)` the
+same as plain text lines (for a pipe or a file). Each row shows the newest TIM-TP qErr and the
+newest NAV-TIMEUTC accuracy and validity of one node, how many messages came and how many the
+server dropped, the age of the newest message, and the latest notice (a silent chip, a stream
+that failed or is being retried).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from .records import UbloxMessage
+
+__all__ = ["NodeRow", "TimingTable"]
+
+NODE_WIDTH = 21  # host:port of an IPv4 address
+
+
+@dataclass
+class NodeRow:
+    """What has arrived from one node."""
+
+    messages: int = 0
+    dropped: int = 0
+    last_arrival: float | None = None
+    qerr_ps: int | None = None
+    qerr_invalid: bool = False
+    pulse_utc: datetime | None = None
+    t_acc_ns: int | None = None
+    utc_valid: bool | None = None
+    epoch_utc: datetime | None = None
+    note: str = ""
+
+
+class TimingTable:
+    """Newest qErr, tAcc and UTC validity per node; `labels` maps node names to what the
+    table shows for them (e.g. the chip's UID)."""
+
+    def __init__(self, title: str = "F9T timing", labels: dict[str, str] | None = None) -> None:
+        self.title = title
+        self.labels = dict(labels or {})
+        self.rows: dict[str, NodeRow] = {}
+        self.started: float | None = None
+
+    def row(self, host: str) -> NodeRow:
+        """The row of `host`, made empty on first use (a node with nothing yet still shows)."""
+        return self.rows.setdefault(host, NodeRow())
+
+    @property
+    def total(self) -> int:
+        return sum(row.messages for row in self.rows.values())
+
+    def update(self, message: UbloxMessage, now: float) -> None:
+        """Take one message (of any kind) that arrived at `now`."""
+        if self.started is None:
+            self.started = now
+        row = self.row(message.host)
+        if not message.is_data:
+            row.note = message.notice
+            return
+        row.messages += 1
+        row.dropped += message.dropped_before
+        row.last_arrival = now
+        row.note = ""
+        if message.name == "TIM-TP":
+            row.qerr_ps = message.qerr_ps
+            row.qerr_invalid = message.qerr_ps is None
+            row.pulse_utc = message.utc
+        elif message.name == "NAV-TIMEUTC":
+            row.t_acc_ns = message.t_acc_ns
+            row.utc_valid = message.utc_valid
+            row.epoch_utc = message.utc
+
+    # -- presentation ----------------------------------------------------------------------
+    def heading(self, now: float) -> str:
+        elapsed = now - (self.started if self.started is not None else now)
+        dates = {row.epoch_utc.date() for row in self.rows.values() if row.epoch_utc}
+        dates |= {row.pulse_utc.date() for row in self.rows.values() if row.pulse_utc}
+        parts = [f"{elapsed:.0f} s", f"{self.total} messages"]
+        if len(dates) == 1:
+            parts.append(f"UTC {dates.pop()}")
+        return f"{self.title} ({', '.join(parts)})"
+
+    @staticmethod
+    def explanation() -> str:
+        return (
+            "times UTC; qErr: next pulse's quantisation error; tAcc: time accuracy; "
+            "UTC: valid; lost: dropped by the server; age: since the newest message"
+        )
+
+    def _cells(self, now: float) -> list[list[str]]:
+        cells = []
+        for host, row in sorted(self.rows.items()):
+            if row.qerr_ps is not None:
+                qerr = str(row.qerr_ps)
+            else:
+                qerr = "invalid" if row.qerr_invalid else "-"
+            valid = {None: "-", True: "yes", False: "no"}[row.utc_valid]
+            age = "-" if row.last_arrival is None else f"{now - row.last_arrival:.1f}"
+            cells.append(
+                [
+                    self.labels.get(host, host),
+                    qerr,
+                    _clock(row.pulse_utc),
+                    "-" if row.t_acc_ns is None else str(row.t_acc_ns),
+                    valid,
+                    str(row.messages),
+                    str(row.dropped),
+                    age,
+                    row.note,
+                ]
+            )
+        return cells
+
+    _COLUMNS = (
+        ("node", "left"),
+        ("qErr ps", "right"),
+        ("pulse", "left"),
+        ("tAcc ns", "right"),
+        ("UTC", "left"),
+        ("msgs", "right"),
+        ("lost", "right"),
+        ("age s", "right"),
+    )
+
+    def render(self, now: float) -> Group:
+        """The table at `now` in 80 columns (a node's address beyond NODE_WIDTH characters is
+        cut with an ellipsis), then each node's note on lines of its own, wrapped."""
+        table = Table(
+            title=self.heading(now),
+            caption=self.explanation(),
+            box=None,
+            pad_edge=False,
+            padding=(0, 1),
+            collapse_padding=True,
+        )
+        for name, justify in self._COLUMNS:
+            width = NODE_WIDTH if name == "node" else None
+            table.add_column(
+                name,
+                justify=justify,  # type: ignore[arg-type]
+                no_wrap=True,
+                overflow="ellipsis",
+                max_width=width,
+            )
+        notes = []
+        for values in self._cells(now):
+            table.add_row(*values[:-1])
+            if values[-1]:
+                notes.append(Text(f"{values[0]}: {values[-1]}", style="yellow"))
+        return Group(table, *notes)
+
+    def lines(self, now: float) -> list[str]:
+        """The table as plain lines: the heading, then one `key=value` line per node."""
+        out = [self.heading(now)]
+        for values in self._cells(now):
+            node, qerr, pulse, t_acc, valid, count, lost, age, note = values
+            line = (
+                f"  {node}: qErr_ps={qerr} pulse={pulse} tAcc_ns={t_acc} utc_ok={valid} "
+                f"msgs={count} lost={lost} age_s={age}"
+            )
+            out.append(f"{line} note={note}" if note else line)
+        return out
+
+
+def _clock(stamp: datetime | None) -> str:
+    return "-" if stamp is None else f"{stamp:%H:%M:%S}"
