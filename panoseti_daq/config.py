@@ -37,6 +37,7 @@ __all__ = [
     "HpIoConfig",
     "ServerConfig",
     "SimulateConfig",
+    "UbloxServerConfig",
     "UdsIngestConfig",
     "client_hp_io_config",
     "default_sim_data_dir",
@@ -44,6 +45,7 @@ __all__ = [
     "load_hp_io_config",
     "load_server_config",
     "server_config_from_dict",
+    "ublox_server_config_from_dict",
 ]
 
 BUNDLED_CONFIG_DIR = Path(__file__).parent / "config"
@@ -96,6 +98,32 @@ class UdsIngestConfig:
     read_timeout_s: float = 60.0
 
 
+@dataclass(frozen=True)
+class UbloxServerConfig:
+    """The `ublox_control` section: the UbloxControl service's settings (R-UBX-CFG-6)."""
+
+    # Shell patterns a client's device must match (after following symlinks, R-UBX-INIT-4).
+    allowed_devices: tuple[str, ...] = (
+        "/dev/ttyACM*",
+        "/dev/ttyUSB*",
+        "/dev/serial/by-id/*",
+        "/dev/serial/by-path/*",
+    )
+    max_read_queue_size: int = 200
+    shutdown_grace_period: float = 0.5
+    max_workers: int = 5  # accepted, unused: the original's grpcio thread-pool size
+    # Its own listener when UbloxControl runs alone; beside DaqData it shares DaqData's.
+    host: str = "[::]"
+    port: int = 50051
+    command_timeout_s: float = 2.5
+    signal_settle_s: float = 0.3
+    dataflow_timeout_s: float = 3.0
+    silence_warning_s: float = 5.0
+    max_capture_clients: int = 32
+    poll_timeout_s: float = 2.0
+    max_poll_messages: int = 32
+
+
 # HTTP/2 allows flow-control windows from 65,535 bytes (its initial window) to 2**31 - 1.
 HTTP2_WINDOW_MIN = 65_535
 HTTP2_WINDOW_MAX = 2**31 - 1
@@ -132,6 +160,7 @@ class ServerConfig:
     # Inbound HTTP/2 flow-control window, per connection and per stream (bounds the bytes an
     # uploader has in flight ahead of the hub; see server/flow.py).
     http2_window_bytes: int = HTTP2_WINDOW_DEFAULT
+    ublox_control: UbloxServerConfig = field(default_factory=UbloxServerConfig)
     config_file: Path | None = None
 
     @classmethod
@@ -590,12 +619,57 @@ def server_config_from_dict(
         http2_window_bytes=r.integer(
             "http2_window_bytes", d.http2_window_bytes, HTTP2_WINDOW_MIN, HTTP2_WINDOW_MAX
         ),
+        ublox_control=_ublox_config(r.child("ublox_control")),
         config_file=path,
     )
     if not config.valid_data_products:
         raise r.error("valid_data_products", "must name at least one data product")
     r.reject_unknown(tolerated=_LATER_TOP_LEVEL)
     return config
+
+
+def _ublox_config(reader: _Reader | None) -> UbloxServerConfig:
+    """The `ublox_control` section, or the original's ublox_control_server_config.json."""
+    d = UbloxServerConfig()
+    if reader is None:
+        return d
+    allowed = d.allowed_devices
+    if reader.has("allowed_devices"):
+        value = reader.raw("allowed_devices")
+        if not isinstance(value, list) or not all(
+            isinstance(v, str) and v.startswith("/") for v in value
+        ):
+            raise reader.error(
+                "allowed_devices", f"must be a list of absolute path patterns, not {value!r}"
+            )
+        allowed = tuple(value)
+    for early in ("InitF9t", "CaptureUblox"):
+        reader.ignore(early, "a section of the original's early layout")
+    config = UbloxServerConfig(
+        allowed_devices=allowed,
+        max_read_queue_size=reader.integer("max_read_queue_size", d.max_read_queue_size, 1),
+        shutdown_grace_period=reader.number("shutdown_grace_period", d.shutdown_grace_period, 0.0),
+        max_workers=reader.integer("max_workers", d.max_workers, 1),
+        host=reader.string("host", d.host, nonempty=True),
+        port=reader.integer("port", d.port, 0, 65535),
+        command_timeout_s=reader.number("command_timeout_s", d.command_timeout_s, 0.0, True),
+        signal_settle_s=reader.number("signal_settle_s", d.signal_settle_s, 0.0),
+        dataflow_timeout_s=reader.number("dataflow_timeout_s", d.dataflow_timeout_s, 0.0),
+        silence_warning_s=reader.number("silence_warning_s", d.silence_warning_s, 0.0, True),
+        max_capture_clients=reader.integer("max_capture_clients", d.max_capture_clients, 1),
+        poll_timeout_s=reader.number("poll_timeout_s", d.poll_timeout_s, 0.0, True),
+        max_poll_messages=reader.integer("max_poll_messages", d.max_poll_messages, 1),
+    )
+    reader.reject_unknown()
+    return config
+
+
+def ublox_server_config_from_dict(
+    data: Mapping[str, Any], file: str | os.PathLike[str] | None = None
+) -> UbloxServerConfig:
+    """A validated UbloxServerConfig from the original's ublox_control_server_config.json, or
+    from the `ublox_control` section's object (R-UBX-CFG-6)."""
+    return _ublox_config(_Reader(data, _as_path(file)))
 
 
 def load_server_config(path: str | os.PathLike[str] | None = None) -> ServerConfig:
