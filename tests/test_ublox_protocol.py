@@ -9,18 +9,37 @@ from importlib import resources
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyubx2 import POLL, SET, val2bytes
 
 from panoseti_daq.ublox.protocol import (
+    CONFIG_DATABASE,
+    MAX_CONFIG_ITEMS,
     MAX_PATTERN_LENGTH,
     MAX_PATTERNS,
+    POLLABLE_NAMES,
+    SET_LAYER_BITS,
+    ChipVersion,
     PatternError,
     UbxDecodeError,
     UbxFrameSplitter,
+    ack_of,
     build_frame,
+    byte_reversed_uid,
+    chip_uid,
+    chip_version,
+    class_and_id,
     compile_patterns,
     decode,
     message_name,
     parsed_data,
+    poll_candidates,
+    poll_frame,
+    valget_batches,
+    valget_frames,
+    valget_values,
+    valset_batches,
+    valset_frames,
+    value_matches,
 )
 
 
@@ -318,3 +337,165 @@ def test_pattern_errors_name_the_pattern_and_the_problem():
     with pytest.raises(PatternError, match=f"257 characters long; at most {MAX_PATTERN_LENGTH}"):
         compile_patterns(["A" * 257])
     compile_patterns(["A" * MAX_PATTERN_LENGTH])
+
+
+def test_poll_candidates_are_the_empty_payload_poll_names_sorted():
+    """R-UBX-POLL-3: pyubx2's empty-payload poll names less NAV-RESETODO, matched as captures."""
+    assert poll_candidates(compile_patterns(["TIM-TP$", "NAV-TIMEUTC"])) == [
+        "NAV-TIMEUTC",
+        "TIM-TP",
+    ]
+    assert poll_candidates(compile_patterns(["MON-V", "SEC-U"])) == ["MON-VER", "SEC-UNIQID"]
+    assert poll_candidates(compile_patterns(["NAV-RESET"])) == []
+    assert poll_candidates(compile_patterns(["CFG-VALGET"])) == []  # needs a payload
+    everything = poll_candidates(compile_patterns([]))
+    assert everything == sorted(everything) == list(POLLABLE_NAMES)
+    assert "NAV-RESETODO" not in everything
+    assert "CFG-INF" not in everything
+
+
+def test_poll_frames_are_class_and_id_without_payload():
+    """R-UBX-POLL-3, R-UBX-INIT-5/6: MON-VER and SEC-UNIQID polls as the chip expects them."""
+    assert poll_frame("MON-VER") == bytes.fromhex("b5620a0400000e34")
+    assert poll_frame("SEC-UNIQID") == build_frame(0x27, 0x03)
+    assert poll_frame("TIM-TP") == build_frame(0x0D, 0x01)
+    for name in POLLABLE_NAMES:
+        frame = poll_frame(name)
+        assert (frame[2], frame[3]) == class_and_id(name)
+        assert len(frame) == 8
+    with pytest.raises(ValueError, match="not a message that can be polled"):
+        poll_frame("NAV-RESETODO")
+    assert class_and_id("CFG-VALSET") == (0x06, 0x8A)
+    with pytest.raises(ValueError, match="pyubx2 knows"):
+        class_and_id("NOT-AMESSAGE")
+
+
+def mon_ver_frame(*extensions: bytes, sw: bytes = b"EXT CORE 1.00 (61ce84)") -> bytes:
+    payload = sw.ljust(30, b"\x00") + b"00190000".ljust(10, b"\x00")
+    payload += b"".join(extension.ljust(30, b"\x00") for extension in extensions)
+    return build_frame(0x0A, 0x04, payload)
+
+
+def test_chip_version_reads_model_firmware_and_protocol():
+    """R-UBX-INIT-5: the model after MOD= (NULs stripped), FWVER=, PROTVER=, versions."""
+    msg = decode(
+        mon_ver_frame(b"ROM BASE 0x118B2060", b"FWVER=TIM 2.20", b"PROTVER=29.20", b"MOD=ZED-F9T")
+    )
+    assert chip_version(msg) == ChipVersion(
+        model="ZED-F9T",
+        sw_version="EXT CORE 1.00 (61ce84)",
+        hw_version="00190000",
+        fwver="TIM 2.20",
+        protver="29.20",
+    )
+    # The first extension starting with MOD= counts; one containing it elsewhere does not.
+    other = decode(mon_ver_frame(b"XMOD=ZED-F9P", b"MOD=NEO-M8T", b"MOD=ZED-F9T"))
+    assert chip_version(other).model == "NEO-M8T"
+    assert chip_version(decode(mon_ver_frame(b"FWVER=SPG 1.00"))).model == "UNKNOWN"
+    assert chip_version(decode(mon_ver_frame())).fwver == ""
+    with pytest.raises(ValueError, match="needs a MON-VER"):
+        chip_version(decode(RECORDED_FRAMES[2]))
+
+
+def test_chip_uid_is_the_five_bytes_little_endian_in_uppercase_hex():
+    """R-UBX-INIT-6: uniqueId bytes BC 41 A2 03 DF on the wire print as DF03A241BC."""
+    msg = decode(build_frame(0x27, 0x03, bytes([1, 0, 0, 0, 0xBC, 0x41, 0xA2, 0x03, 0xDF])))
+    assert chip_uid(msg) == "DF03A241BC"
+    assert byte_reversed_uid("DF03A241BC") == "BC41A203DF"
+    small = decode(build_frame(0x27, 0x03, bytes([1, 0, 0, 0, 0x0A, 0, 0, 0, 0])))
+    assert chip_uid(small) == "000000000A"
+    with pytest.raises(ValueError, match="needs a SEC-UNIQID"):
+        chip_uid(decode(RECORDED_FRAMES[2]))
+
+
+def test_ack_of_names_the_acknowledged_message():
+    """R-UBX-INIT-7: the recording's first ACK-ACK acknowledges CFG-VALGET (06 8B), not VALSET."""
+    assert ack_of(decode(RECORDED_FRAMES[0])) == (True, 0x06, 0x8B)
+    assert ack_of(decode(build_frame(0x05, 0x00, b"\x06\x8a"))) == (False, 0x06, 0x8A)
+    assert ack_of(decode(RECORDED_FRAMES[2])) is None
+
+
+MIXED_ITEMS = [
+    ("CFG_TP_DUTY_TP1", 0.01),  # R8
+    ("CFG_NAVSPG_USRDAT_DX", 1.1),  # R4
+    ("CFG_INFMSG_UBX_USB", b"\x07"),  # X1
+    ("CFG_TMODE_LAT", -1220840575),  # I4
+    ("CFG_SIGNAL_GPS_ENA", 1),  # L
+    ("CFG_TP_FREQ_TP2", 10_000_000),  # U4
+]
+
+
+def test_valset_carries_every_item_to_the_layers():
+    """R-UBX-INIT-7: one CFG-VALSET (no transaction) for up to 64 items, RAM+BBR bits set."""
+    (batch,) = valset_batches(MIXED_ITEMS, SET_LAYER_BITS["RAM"] | SET_LAYER_BITS["BBR"])
+    assert batch.keys == tuple(key for key, _ in MIXED_ITEMS)
+    msg = decode(batch.frame, msgmode=SET)
+    assert (msg.version, msg.ram, msg.bbr, msg.flash, msg.action) == (0, 1, 1, 0, 0)
+    assert msg.CFG_INFMSG_UBX_USB == b"\x07"
+    assert msg.CFG_TMODE_LAT == -1220840575
+    assert valset_frames(MIXED_ITEMS, 3) == [batch.frame]
+    with pytest.raises(ValueError, match="names no RAM"):
+        valset_batches(MIXED_ITEMS, 0)
+
+
+@pytest.mark.parametrize(("count", "actions"), [(64, [0]), (65, [1, 3]), (130, [1, 2, 3])])
+def test_more_than_64_items_are_one_transaction(count, actions):
+    """R-UBX-INIT-7: at most 64 pairs a message; a larger group is start, ongoing..., apply."""
+    keys = [name for name, (_, kind) in CONFIG_DATABASE.items() if kind == "U001"][:count]
+    batches = valset_batches([(key, 0) for key in keys], 1)
+    assert [decode(b.frame, msgmode=SET).action for b in batches] == actions
+    assert [key for b in batches for key in b.keys] == keys
+    assert all(len(b.keys) <= MAX_CONFIG_ITEMS for b in batches)
+
+
+def valget_answer(items: list[tuple[str, object]], layer: int = 0) -> bytes:
+    payload = bytes([1, layer, 0, 0])
+    for key, value in items:
+        key_id, kind = CONFIG_DATABASE[key]
+        payload += key_id.to_bytes(4, "little") + val2bytes(value, kind)
+    return build_frame(0x06, 0x8B, payload)
+
+
+def test_valget_polls_and_answers():
+    """R-UBX-INIT-8: polls of at most 64 keys from the named layer; an answer's values by key."""
+    keys = [key for key, _ in MIXED_ITEMS]
+    (poll,) = valget_batches(keys, "bbr")
+    msg = decode(poll.frame, msgmode=POLL)
+    assert (msg.layer, poll.keys) == (1, tuple(keys))
+    assert len(valget_frames([f"{key}" for key, _ in MIXED_ITEMS] * 11, "RAM")) == 2
+    answer = decode(valget_answer(MIXED_ITEMS))
+    values = valget_values(answer)
+    assert list(values) == keys
+    assert all(value_matches(key, wanted, values[key]) for key, wanted in MIXED_ITEMS)
+    unknown = decode(build_frame(0x06, 0x8B, bytes([1, 0, 0, 0]) + bytes.fromhex("ffffff40") * 2))
+    assert valget_values(unknown) == {"CFG_0x40ffffff": b"\xff\xff\xff\x40"}
+    assert parsed_data(unknown)["CFG_0x40ffffff"] == "ffffff40"
+
+
+@pytest.mark.parametrize(
+    ("key", "wanted", "got", "expected"),
+    [
+        ("CFG_NAVSPG_USRDAT_DX", 1.1, 1.100000023841858, True),  # R4: wanted rounded to float32
+        ("CFG_NAVSPG_USRDAT_DX", 1.1, 1.1, False),
+        ("CFG_NAVSPG_USRDAT_DX", 1e39, float("inf"), False),  # beyond float32
+        ("CFG_TP_DUTY_TP1", 0.01, 0.01, True),  # R8: exactly
+        ("CFG_TP_DUTY_TP1", 0.01, 0.010000000000000002, False),
+        ("CFG_TP_DUTY_TP1", 50, 50.0, True),
+        ("CFG_INFMSG_UBX_USB", b"\x07", b"\x07", True),  # X: as bytes
+        ("CFG_INFMSG_UBX_USB", 7, b"\x07", True),
+        ("CFG_INFMSG_UBX_USB", 7, 7, False),
+        ("CFG_INFMSG_UBX_USB", b"\x07", b"\x06", False),
+        ("CFG_INFMSG_UBX_USB", 300, b"\x2c", False),
+        ("CFG_SIGNAL_GPS_ENA", True, 1, True),  # L: as 0/1
+        ("CFG_SIGNAL_GPS_ENA", 0, 0, True),
+        ("CFG_SIGNAL_GPS_ENA", 1, 0, False),
+        ("CFG_TP_FREQ_TP2", 10_000_000.0, 10_000_000, True),  # U: as integers
+        ("CFG_TP_FREQ_TP2", 10_000_000, 9_999_999, False),
+        ("CFG_TMODE_LAT", -5, -5, True),
+        ("CFG_TP_FREQ_TP2", 1, None, False),  # missing
+        ("CFG_TP_FREQ_TP2", 1, b"\x01", False),
+    ],
+)
+def test_value_matches_by_type(key, wanted, got, expected):
+    """R-UBX-INIT-8: L as 0/1, U/I/E integers, R8 exactly, R4 after float32 rounding, X bytes."""
+    assert value_matches(key, wanted, got) is expected

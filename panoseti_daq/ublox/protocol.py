@@ -13,32 +13,57 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyubx2
 from pyubx2 import (
     GET,
+    POLL,
+    UBX_CONFIG_DATABASE,
     UBX_MSGIDS,
     UBX_PAYLOADS_GET,
+    UBX_PAYLOADS_POLL,
     UBXMessage,
     UBXReader,
     calc_checksum,
 )
 
 __all__ = [
+    "CONFIG_DATABASE",
+    "MAX_CONFIG_ITEMS",
     "MAX_PATTERNS",
     "MAX_PATTERN_LENGTH",
+    "POLLABLE_NAMES",
+    "POLL_LAYER_NUMBERS",
+    "SET_LAYER_BITS",
     "SYNC",
+    "ChipVersion",
+    "ConfigBatch",
     "PatternError",
     "PatternSet",
     "UbxDecodeError",
     "UbxFrameSplitter",
+    "ack_of",
     "build_frame",
+    "byte_reversed_uid",
+    "chip_uid",
+    "chip_version",
+    "class_and_id",
     "compile_patterns",
+    "config_key_type",
     "decode",
     "message_name",
     "parsed_data",
+    "poll_candidates",
+    "poll_frame",
+    "valget_batches",
+    "valget_frames",
+    "valget_values",
+    "valset_batches",
+    "valset_frames",
+    "value_matches",
 ]
 
 SYNC = b"\xb5\x62"
@@ -283,3 +308,221 @@ def compile_patterns(patterns: Iterable[str]) -> PatternSet:
                 f"pattern {pattern!r} is not a valid regular expression: {err}"
             ) from err
     return PatternSet(tuple(given), tuple(compiled))
+
+
+# R-UBX-POLL-3: the names pyubx2 can poll without a payload, less NAV-RESETODO (a command).
+_NOT_POLLED = frozenset({"NAV-RESETODO"})
+POLLABLE_NAMES: tuple[str, ...] = tuple(
+    sorted(
+        name
+        for name, definition in UBX_PAYLOADS_POLL.items()
+        if not definition and name not in _NOT_POLLED and name in set(UBX_MSGIDS.values())
+    )
+)
+
+
+def poll_candidates(patterns: PatternSet) -> list[str]:
+    """The pollable names `patterns` select, sorted (R-UBX-POLL-3)."""
+    return [name for name in POLLABLE_NAMES if patterns.matches(name)]
+
+
+def poll_frame(name: str) -> bytes:
+    """The frame polling message `name` ("MON-VER"): its class and id, no payload."""
+    if name not in POLLABLE_NAMES:
+        raise ValueError(f"{name} is not a message that can be polled without a payload")
+    return bytes(UBXMessage(name.split("-", 1)[0], name, POLL).serialize())
+
+
+def class_and_id(name: str) -> tuple[int, int]:
+    """The UBX class and id of a pyubx2 message name ("CFG-VALSET" -> (0x06, 0x8A))."""
+    for key, known in UBX_MSGIDS.items():
+        if known == name and len(key) == 2:
+            return key[0], key[1]
+    raise ValueError(f"{name} is not a UBX message name pyubx2 knows")
+
+
+@dataclass(frozen=True)
+class ChipVersion:
+    """What MON-VER says about the receiver (R-UBX-INIT-5); empty strings for absent fields."""
+
+    model: str
+    sw_version: str
+    hw_version: str
+    fwver: str
+    protver: str
+
+
+def _text(value: object) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).replace(b"\x00", b"").decode("utf-8", "backslashreplace").strip()
+    return str(value).replace("\x00", "").strip()
+
+
+def _extensions(msg: UBXMessage) -> list[str]:
+    found = [
+        (int(name.rsplit("_", 1)[1]), _text(value))
+        for name, value in vars(msg).items()
+        if re.fullmatch(r"extension_\d+", name)
+    ]
+    return [text for _, text in sorted(found)]
+
+
+def chip_version(msg: UBXMessage) -> ChipVersion:
+    """Model, software, hardware, FWVER and PROTVER of a MON-VER answer (R-UBX-INIT-5).
+
+    The model is the text after MOD= in the first extension starting with it, "UNKNOWN" if none.
+    """
+    if message_name(msg) != "MON-VER":
+        raise ValueError(f"chip_version needs a MON-VER message, not {message_name(msg)}")
+    extensions = _extensions(msg)
+
+    def after(prefix: str, missing: str) -> str:
+        return next((e[len(prefix) :] for e in extensions if e.startswith(prefix)), missing)
+
+    return ChipVersion(
+        model=after("MOD=", "UNKNOWN"),
+        sw_version=_text(getattr(msg, "swVersion", b"")),
+        hw_version=_text(getattr(msg, "hwVersion", b"")),
+        fwver=after("FWVER=", ""),
+        protver=after("PROTVER=", ""),
+    )
+
+
+def chip_uid(msg: UBXMessage) -> str:
+    """The chip id of a SEC-UNIQID answer: its 5 `uniqueId` bytes read as one little-endian
+    integer, as 10 uppercase hex digits (R-UBX-INIT-6; what pyubx2's U5 and PANOSETI's tools
+    print: the wire order reversed)."""
+    if message_name(msg) != "SEC-UNIQID":
+        raise ValueError(f"chip_uid needs a SEC-UNIQID message, not {message_name(msg)}")
+    return f"{int(msg.uniqueId):010X}"
+
+
+def byte_reversed_uid(uid: str) -> str:
+    """`uid` ("DF03A241BC") with its bytes in the other order ("BC41A203DF")."""
+    return bytes.fromhex(uid)[::-1].hex().upper()
+
+
+# pyubx2's configuration database: key name -> (key id, type such as "U004").
+CONFIG_DATABASE: Mapping[str, tuple[int, str]] = UBX_CONFIG_DATABASE
+
+# R-UBX-INIT-7: CFG-VALSET layer bits; R-UBX-INIT-8: CFG-VALGET layer numbers.
+SET_LAYER_BITS: Mapping[str, int] = {"RAM": 1, "BBR": 2, "FLASH": 4}
+POLL_LAYER_NUMBERS: Mapping[str, int] = {"RAM": 0, "BBR": 1, "FLASH": 2, "DEFAULT": 7}
+MAX_CONFIG_ITEMS = 64  # key-value pairs in one CFG-VALSET, keys in one CFG-VALGET
+_TXN_NONE, _TXN_START, _TXN_ONGOING, _TXN_APPLY = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ConfigBatch:
+    """One CFG-VALSET or CFG-VALGET frame and the key names it carries."""
+
+    frame: bytes
+    keys: tuple[str, ...]
+
+
+def config_key_type(name: str) -> str:
+    """pyubx2's type of a configuration key ("U004", "L001", "R008", "X008")."""
+    return CONFIG_DATABASE[name][1]
+
+
+def valset_batches(items: Sequence[tuple[str, object]], layer_mask: int) -> list[ConfigBatch]:
+    """CFG-VALSET messages writing `items` ((pyubx2 key name, value) pairs, values as pyubx2 takes
+    them: int, float, bytes for X) to the layers of `layer_mask` (R-UBX-INIT-7).
+
+    At most 64 pairs a message; more than 64 items go out as one transaction (start, ongoing...,
+    apply) so the receiver takes all of them or none.
+    """
+    if not 0 < layer_mask <= 7:
+        raise ValueError(f"layer mask {layer_mask} names no RAM, BBR or FLASH layer")
+    chunks = [items[i : i + MAX_CONFIG_ITEMS] for i in range(0, len(items), MAX_CONFIG_ITEMS)]
+    batches = []
+    for index, chunk in enumerate(chunks):
+        if len(chunks) == 1:
+            transaction = _TXN_NONE
+        elif index == 0:
+            transaction = _TXN_START
+        elif index == len(chunks) - 1:
+            transaction = _TXN_APPLY
+        else:
+            transaction = _TXN_ONGOING
+        msg = UBXMessage.config_set(layer_mask, transaction, list(chunk))
+        batches.append(ConfigBatch(bytes(msg.serialize()), tuple(key for key, _ in chunk)))
+    return batches
+
+
+def valset_frames(items: Sequence[tuple[str, object]], layer_mask: int) -> list[bytes]:
+    """The frames of `valset_batches`."""
+    return [batch.frame for batch in valset_batches(items, layer_mask)]
+
+
+def valget_batches(keys: Sequence[str], layer: str) -> list[ConfigBatch]:
+    """CFG-VALGET polls reading `keys` from `layer` (RAM, BBR, FLASH, DEFAULT), 64 keys a poll."""
+    layer_number = POLL_LAYER_NUMBERS[layer.upper()]
+    return [
+        ConfigBatch(
+            bytes(UBXMessage.config_poll(layer_number, 0, list(chunk)).serialize()),
+            tuple(chunk),
+        )
+        for chunk in (keys[i : i + MAX_CONFIG_ITEMS] for i in range(0, len(keys), MAX_CONFIG_ITEMS))
+    ]
+
+
+def valget_frames(keys: Sequence[str], layer: str) -> list[bytes]:
+    """The frames of `valget_batches`."""
+    return [batch.frame for batch in valget_batches(keys, layer)]
+
+
+def valget_values(msg: UBXMessage) -> dict[str, object]:
+    """The key values of a CFG-VALGET answer, by pyubx2 key name (unknown keys as CFG_0x...)."""
+    if message_name(msg) != "CFG-VALGET":
+        raise ValueError(f"valget_values needs a CFG-VALGET answer, not {message_name(msg)}")
+    return {name: value for name, value in vars(msg).items() if name.startswith("CFG_")}
+
+
+def _float32(value: float) -> float:
+    return float(struct.unpack("<f", struct.pack("<f", value))[0])
+
+
+def _number(value: object) -> int | float | None:
+    if isinstance(value, (int, float)):
+        return int(value) if isinstance(value, bool) else value
+    return None
+
+
+def value_matches(key: str, wanted: object, got: object) -> bool:
+    """Whether the value read back equals the value written, by the key's type (R-UBX-INIT-8):
+    L as 0/1, U/I/E as integers, R8 exactly, R4 after rounding the wanted value to float32, X as
+    bytes (an int wanted value as the key's little-endian bytes)."""
+    key_type = config_key_type(key)
+    kind, size = key_type[0], int(key_type[1:])
+    if kind == "X":
+        if isinstance(wanted, int) and not isinstance(wanted, bool):
+            try:
+                wanted = wanted.to_bytes(size, "little")
+            except OverflowError:
+                return False
+        return (
+            isinstance(got, (bytes, bytearray))
+            and isinstance(wanted, (bytes, bytearray))
+            and bytes(got) == bytes(wanted)
+        )
+    wanted_number, got_number = _number(wanted), _number(got)
+    if wanted_number is None or got_number is None:
+        return False
+    if kind == "R":
+        wanted_float = float(wanted_number)
+        if size == 4:
+            try:
+                wanted_float = _float32(wanted_float)
+            except (OverflowError, struct.error):
+                return False
+        return wanted_float == float(got_number)
+    return isinstance(got_number, int) and wanted_number == got_number
+
+
+def ack_of(msg: UBXMessage) -> tuple[bool, int, int] | None:
+    """(acknowledged?, class, id) of an ACK-ACK or ACK-NAK; None for any other message."""
+    name = message_name(msg)
+    if name not in ("ACK-ACK", "ACK-NAK"):
+        return None
+    return name == "ACK-ACK", int(msg.clsID), int(msg.msgID)
