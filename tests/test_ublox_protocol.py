@@ -434,8 +434,13 @@ def test_valset_carries_every_item_to_the_layers():
     assert msg.CFG_INFMSG_UBX_USB == b"\x07"
     assert msg.CFG_TMODE_LAT == -1220840575
     assert valset_frames(MIXED_ITEMS, 3) == [batch.frame]
+    assert valset_frames(MIXED_ITEMS, ["ram", "BBR"]) == [batch.frame]
+    flash = decode(valset_frames(MIXED_ITEMS, ("FLASH",))[0], msgmode=SET)
+    assert (flash.ram, flash.bbr, flash.flash) == (0, 0, 1)
     with pytest.raises(ValueError, match="names no RAM"):
         valset_batches(MIXED_ITEMS, 0)
+    with pytest.raises(ValueError, match="'DEFAULT' is not a layer CFG-VALSET writes"):
+        valset_batches(MIXED_ITEMS, ["DEFAULT"])
 
 
 @pytest.mark.parametrize(("count", "actions"), [(64, [0]), (65, [1, 3]), (130, [1, 2, 3])])

@@ -54,6 +54,7 @@ __all__ = [
     "compile_patterns",
     "config_key_type",
     "decode",
+    "layer_mask",
     "message_name",
     "parsed_data",
     "poll_candidates",
@@ -425,15 +426,30 @@ def config_key_type(name: str) -> str:
     return CONFIG_DATABASE[name][1]
 
 
-def valset_batches(items: Sequence[tuple[str, object]], layer_mask: int) -> list[ConfigBatch]:
+def layer_mask(layers: int | Iterable[str]) -> int:
+    """The CFG-VALSET layer bits of layer names (RAM, BBR, FLASH, any case), or a mask as given."""
+    if isinstance(layers, int):
+        return layers
+    mask = 0
+    for layer in layers:
+        if layer.upper() not in SET_LAYER_BITS:
+            raise ValueError(f"{layer!r} is not a layer CFG-VALSET writes (RAM, BBR, FLASH)")
+        mask |= SET_LAYER_BITS[layer.upper()]
+    return mask
+
+
+def valset_batches(
+    items: Sequence[tuple[str, object]], layers: int | Iterable[str]
+) -> list[ConfigBatch]:
     """CFG-VALSET messages writing `items` ((pyubx2 key name, value) pairs, values as pyubx2 takes
-    them: int, float, bytes for X) to the layers of `layer_mask` (R-UBX-INIT-7).
+    them: int, float, bytes for X) to `layers` (names or a mask of SET_LAYER_BITS, R-UBX-INIT-7).
 
     At most 64 pairs a message; more than 64 items go out as one transaction (start, ongoing...,
     apply) so the receiver takes all of them or none.
     """
-    if not 0 < layer_mask <= 7:
-        raise ValueError(f"layer mask {layer_mask} names no RAM, BBR or FLASH layer")
+    mask = layer_mask(layers)
+    if not 0 < mask <= 7:
+        raise ValueError(f"layer mask {mask} names no RAM, BBR or FLASH layer")
     chunks = [items[i : i + MAX_CONFIG_ITEMS] for i in range(0, len(items), MAX_CONFIG_ITEMS)]
     batches = []
     for index, chunk in enumerate(chunks):
@@ -445,14 +461,14 @@ def valset_batches(items: Sequence[tuple[str, object]], layer_mask: int) -> list
             transaction = _TXN_APPLY
         else:
             transaction = _TXN_ONGOING
-        msg = UBXMessage.config_set(layer_mask, transaction, list(chunk))
+        msg = UBXMessage.config_set(mask, transaction, list(chunk))
         batches.append(ConfigBatch(bytes(msg.serialize()), tuple(key for key, _ in chunk)))
     return batches
 
 
-def valset_frames(items: Sequence[tuple[str, object]], layer_mask: int) -> list[bytes]:
+def valset_frames(items: Sequence[tuple[str, object]], layers: int | Iterable[str]) -> list[bytes]:
     """The frames of `valset_batches`."""
-    return [batch.frame for batch in valset_batches(items, layer_mask)]
+    return [batch.frame for batch in valset_batches(items, layers)]
 
 
 def valget_batches(keys: Sequence[str], layer: str) -> list[ConfigBatch]:
