@@ -35,6 +35,7 @@ __all__ = [
     "MAX_CONFIG_ITEMS",
     "MAX_PATTERNS",
     "MAX_PATTERN_LENGTH",
+    "MESSAGE_NAMES",
     "POLLABLE_NAMES",
     "POLL_LAYER_NUMBERS",
     "SET_LAYER_BITS",
@@ -405,6 +406,8 @@ def byte_reversed_uid(uid: str) -> str:
 
 # pyubx2's configuration database: key name -> (key id, type such as "U004").
 CONFIG_DATABASE: Mapping[str, tuple[int, str]] = UBX_CONFIG_DATABASE
+# Every message name pyubx2 knows ("TIM-TP").
+MESSAGE_NAMES: frozenset[str] = frozenset(UBX_MSGIDS.values())
 
 # R-UBX-INIT-7: CFG-VALSET layer bits; R-UBX-INIT-8: CFG-VALGET layer numbers.
 SET_LAYER_BITS: Mapping[str, int] = {"RAM": 1, "BBR": 2, "FLASH": 4}
