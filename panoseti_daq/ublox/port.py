@@ -35,7 +35,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .errors import UbloxError
-from .protocol import UbxFrameSplitter, decode, message_name
+from .protocol import UbxDecodeError, UbxFrameSplitter, decode, message_name
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +296,9 @@ class PortOwner:
         try:
             message = decode(frame)
             name = message_name(message)
-        except Exception as exc:  # pyubx2 raises assorted errors on payloads it cannot read
+        except UbxDecodeError as exc:
             self.undecodable += 1
-            log.debug("undecodable UBX frame %s: %s", frame[:6].hex(), exc)
+            log.debug("%s: %s", self.port.device, exc)
             return
         self.frames_read += 1
         self.last_frame_monotonic = time.monotonic()
