@@ -1,0 +1,165 @@
+"""UbloxClient and BlockingUbloxClient: nodes from an f9t_config, checks before sending, and the
+statuses of nodes that are down (R-UBX-CFG-5, R-UBX-INIT-1, R-UBX-WIRE-3, R-UBX-WIRE-4)."""
+
+from __future__ import annotations
+
+import copy
+
+import anyio
+import json5
+import pytest
+from grpclib.const import Status
+from hypothesis import given
+from hypothesis import strategies as st
+
+from panoseti_daq import BlockingUbloxClient, RpcError, UbloxClient
+from panoseti_daq._generated.google.protobuf import Struct
+from panoseti_daq._localhost import free_port
+from panoseti_daq.ublox.client import load_ublox_nodes, parse_target, wire_config
+from panoseti_daq.ublox.settings import F9tSettingsError, example_config_path
+
+pytestmark = pytest.mark.timeout(30)
+
+EXAMPLE = json5.loads(example_config_path().read_text())
+
+
+def two_chips(port_a: int, port_b: int) -> dict:
+    config = copy.deepcopy(EXAMPLE)
+    first = config["f9t_chips"][0]
+    first.update(host="127.0.0.1", port=port_a)
+    second = dict(first, f9t_uid="0123456789", port=port_b, device="/dev/ttyACM2")
+    config["f9t_chips"].append(second)
+    return config
+
+
+def test_nodes_of_the_shipped_example():
+    """R-UBX-CFG-5: one request per chip: the shared keys overlaid by the chip's, sent to its
+    host:port; the UID names the chip."""
+    (node,) = load_ublox_nodes(example_config_path()).values()
+    assert (node.name, node.host, node.port, node.uid) == (
+        "localhost:50051",
+        "localhost",
+        50051,
+        "DF03A241BC",
+    )
+    assert node.request["device"] == "/dev/ttyACM1"
+    assert node.request["apply_to_layers"] == ["RAM", "BBR"]
+    assert len(node.request["cfg_key_settings"]) == 40
+    assert "f9t_chips" not in node.request
+
+
+def test_targets_and_their_errors():
+    """host:port targets (capture and poll need nothing more); errors name the input."""
+    nodes = load_ublox_nodes(["127.0.0.1:50051", "[::1]:50052"])
+    assert [(n.host, n.port) for n in nodes.values()] == [("127.0.0.1", 50051), ("::1", 50052)]
+    assert list(nodes) == ["127.0.0.1:50051", "[::1]:50052"]
+    assert parse_target("node7:0") is None and parse_target("/dev/ttyACM0") is None
+    with pytest.raises(ValueError, match="'daq-7' is not a server address: give host:port"):
+        load_ublox_nodes(["daq-7"])
+    with pytest.raises(F9tSettingsError, match="one server serves one device"):
+        load_ublox_nodes(two_chips(50051, 50051))
+
+
+def test_hosts_by_name_or_uid_in_any_case():
+    client = UbloxClient(two_chips(50061, 50062))
+    assert client.resolve(None) == ["127.0.0.1:50061", "127.0.0.1:50062"]
+    assert client.resolve("df03a241bc") == ["127.0.0.1:50061"]
+    assert client.resolve(["127.0.0.1:50062", "0123456789"]) == ["127.0.0.1:50062"]
+    wanted = r"no chip or node 'ABCDEF0123'; known: 127\.0\.0\.1:50061"
+    with pytest.raises(ValueError, match=wanted):
+        client.resolve("ABCDEF0123")
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+        max_leaves=8,
+    )
+)
+def test_struct_carries_every_integer_exactly(value):
+    """R-UBX-WIRE-3: Struct numbers are doubles; integers beyond 2^53 go as "0x..." strings
+    (negative ones cannot and are refused), every other value arrives unchanged."""
+
+    def has_big_negative(v):
+        if isinstance(v, dict):
+            return any(has_big_negative(x) for x in v.values())
+        if isinstance(v, list):
+            return any(has_big_negative(x) for x in v)
+        return isinstance(v, int) and not isinstance(v, bool) and v < -(2**53)
+
+    if has_big_negative(value):
+        with pytest.raises(ValueError, match="beyond 2"):
+            wire_config(value)
+        return
+
+    def restore(sent, got):
+        if isinstance(sent, dict):
+            return {k: restore(sent[k], got[k]) for k in sent}
+        if isinstance(sent, list):
+            return [restore(s, g) for s, g in zip(sent, got, strict=True)]
+        if isinstance(sent, int) and not isinstance(sent, bool):
+            return int(got, 16) if isinstance(got, str) else int(got)
+        return got
+
+    wrapped = {"v": value}
+    received = Struct.parse(bytes(Struct.from_dict(wire_config(wrapped)))).to_dict()
+    assert restore(wrapped, received) == wrapped
+
+
+@pytest.mark.anyio
+async def test_init_checks_every_chip_before_sending_anything(anyio_backend):
+    """R-UBX-INIT-1 on the client's side: every problem of every chip is listed at once, naming
+    the chip and the key, and no node is called (their ports have no server)."""
+    config = two_chips(free_port(), free_port())
+    config["f9t_chips"][1]["device"] = ""
+    config["cfg_key_settings"].append({"key": "CFG_TP_NO_SUCH_KEY", "value": 1})
+    async with UbloxClient(config) as client:
+        with pytest.raises(F9tSettingsError) as info:
+            await client.init_f9t()
+    problems = info.value.problems
+    assert any(p.startswith("chip 0123456789 (127.0.0.1:") and "Device path" in p for p in problems)
+    assert sum("CFG_TP_NO_SUCH_KEY" in p for p in problems) == 2
+
+
+@pytest.mark.anyio
+async def test_a_node_that_is_down(anyio_backend):
+    """InitF9t reports UNAVAILABLE per node; poll raises RpcError; a capture of one node ends
+    with its RpcError; with wait_for_ready it says, as a "status" message, that it retries."""
+    port = free_port()
+    config = two_chips(port, free_port())
+    async with UbloxClient(config, retry_delay_s=0.05) as client:
+        results = await client.init_f9t("DF03A241BC", timeout_s=5)
+        (result,) = results.values()
+        assert (result.ok, result.status, result.uid) == (False, "UNAVAILABLE", "DF03A241BC")
+        assert "connection refused" in result.message
+        with pytest.raises(RpcError) as info:
+            await client.poll(["MON-VER"], "DF03A241BC")
+        assert info.value.status is Status.UNAVAILABLE
+        with pytest.raises(RpcError):
+            async with client.capture("DF03A241BC") as stream:
+                async for _ in stream:
+                    pass
+        statuses = []
+        with anyio.fail_after(10):
+            async with client.capture(wait_for_ready=True) as stream:
+                async for message in stream:
+                    statuses.append(message)
+                    if len({m.host for m in statuses}) == 2:
+                        break
+    assert {m.kind for m in statuses} == {"status"}
+    assert all("UNAVAILABLE" in m.notice and "retrying" in m.notice for m in statuses)
+
+
+def test_blocking_client_reports_the_same():
+    """BlockingUbloxClient: the same answers without async (a portal thread)."""
+    config = two_chips(free_port(), free_port())
+    with BlockingUbloxClient(config, retry_delay_s=0.05) as client:
+        results = client.init_f9t(timeout_s=5)
+        assert [r.status for r in results.values()] == ["UNAVAILABLE", "UNAVAILABLE"]
+        stream = client.capture(wait_for_ready=True)
+        first = next(iter(stream))
+        stream.close()
+        assert first.kind == "status" and stream.closed
+        with pytest.raises(RpcError):
+            client.poll(["MON-VER"], "0123456789")
