@@ -24,7 +24,18 @@ from hypothesis import strategies as st
 from pyubx2 import GET, POLL, SET, UBX_CONFIG_DATABASE, UBXMessage, UBXReader
 
 from panoseti_daq.ublox.chip_model import ChipModel, Identity, tim_tp_frame
-from panoseti_daq.ublox.protocol import UbxFrameSplitter, build_frame
+from panoseti_daq.ublox.protocol import (
+    UbxFrameSplitter,
+    build_frame,
+    chip_uid,
+    chip_version,
+    poll_frame,
+    valget_frames,
+    valget_values,
+    valset_frames,
+    value_matches,
+)
+from panoseti_daq.ublox.settings import example_config_path, load_chip_requests, plan_init
 from panoseti_daq.ublox.simulator import SimulatedF9t
 
 FAST = 0.05  # output period of the tests' simulators, s
@@ -363,6 +374,42 @@ def test_any_host_frame_gets_a_valid_answer_or_none(class_id, payload):
     if class_id[0] == 0x06:
         assert names[-1] in ("ACK-ACK", "ACK-NAK")
         assert UBXReader.parse(frames[-1]).msgID == class_id[1]
+
+
+def test_shipped_config_applies_and_verifies_through_the_protocol_module(sim, port):
+    """R-UBX-SIM-2, R-UBX-SIM-3 with the server's own builders (R-UBX-INIT-5..8): the shipped
+    example config, planned by settings.plan_init, is ACKed message by message; every item reads
+    back equal by protocol.value_matches (R8 duty cycles, I4 positions); identity parses to the
+    expected model and UID; 70 items go out as one transaction and apply together."""
+    (chip,) = load_chip_requests(example_config_path())
+    plan = plan_init({**chip.request, "device": sim.device})
+    port.send(poll_frame("MON-VER"))
+    assert chip_version(port.expect("MON-VER")).model == "ZED-F9T"
+    port.send(poll_frame("SEC-UNIQID"))
+    assert chip_uid(port.expect("SEC-UNIQID")) == plan.uid == "DF03A241BC"
+    items = [*plan.signal_items, *plan.other_items]
+    for group in (plan.signal_items, plan.other_items):
+        for frame in valset_frames(list(group), plan.layers):
+            port.send(frame)
+            assert port.ack_of(0x8A) == "ACK-ACK"
+    got = {}
+    for frame in valget_frames([key for key, _ in items], plan.verify_layer):
+        port.send(frame)
+        got.update(valget_values(port.expect("CFG-VALGET")))
+        assert port.ack_of(0x8B) == "ACK-ACK"
+    assert all(value_matches(key, wanted, got[key]) for key, wanted in items)
+    assert sim.value("CFG_TMODE_LAT", "BBR") == 374219999
+    assert sim.value("CFG_TMODE_LAT", "FLASH") == 0
+    others = [k for k in UBX_CONFIG_DATABASE if k.startswith("CFG_MSGOUT_UBX_MON")]
+    many = [(k, 0) for k in [*others[:69], "CFG_MSGOUT_UBX_NAV_TIMEUTC_USB"]]
+    frames = valset_frames(many, ["RAM"])
+    assert len(frames) == 2
+    port.send(frames[0])
+    assert port.ack_of(0x8A) == "ACK-ACK"
+    assert sim.value("CFG_MSGOUT_UBX_NAV_TIMEUTC_USB") == 1
+    port.send(frames[1])
+    assert port.ack_of(0x8A) == "ACK-ACK"
+    assert sim.value("CFG_MSGOUT_UBX_NAV_TIMEUTC_USB") == 0
 
 
 # --- output -------------------------------------------------------------------------------

@@ -297,6 +297,8 @@ class ChipModel:
         self.received[msg.identity] += 1
         if self.mute or not self._ubx_in():
             return []
+        if msg_class == _CLS_CFG and msg_id != _ID_VALSET:
+            self._transaction = None  # any other CFG message cancels an open transaction
         if msg_class == _CLS_CFG and msg_id == _ID_VALSET and msg.msgmode == SET:
             return self._valset(msg)
         if (
@@ -308,7 +310,6 @@ class ChipModel:
         ):
             return self._valget(msg)
         if msg_class == _CLS_CFG:
-            # Any other CFG message cancels an open transaction; none is implemented here.
             return self._refuse(msg_class, msg_id)
         if msg.msgmode == POLL and len(frame) == 8:
             return self._poll(msg.identity, now)
