@@ -556,3 +556,20 @@ def test_a_missing_f9t_config_file_is_named(tmp_path):
     """R-UBX-CFG-5: a file that cannot be read is an F9tSettingsError naming it."""
     with pytest.raises(F9tSettingsError, match=r"nope\.json5: cannot read: No such file"):
         load_chip_requests(tmp_path / "nope.json5")
+
+
+def test_a_hostile_request_gets_a_short_error():
+    """R-UBX-INIT-1: values are shown clipped and at most 20 problems are listed, so the status
+    details of a huge bad request stay small."""
+    entries = [{"key": "X" * 10_000, "value": 1}] * 500 + [
+        {"key": "CFG_TP_TP1_ENA", "value": "Y" * 10_000}
+    ]
+    problems = problems_of({**BASE, "baud": "Z" * 10_000, "cfg_key_settings": entries})
+    assert len(problems) == 21
+    assert problems[-1] == "... and 482 more problems"
+    assert problems[0] == f"baud: must be a positive integer, got '{'Z' * 76}..."
+    assert (
+        problems[1]
+        == f"cfg_key_settings[0] ({'X' * 77}...): not a configuration key of the ZED-F9T"
+    )
+    assert len("; ".join(problems)) < 4000

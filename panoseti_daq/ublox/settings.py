@@ -98,6 +98,21 @@ def normalise_key(name: str) -> str:
     return name.strip().upper().replace("-", "_")
 
 
+# A hostile or broken request must not make its error (a gRPC trailer) huge: values shown are
+# clipped, and at most _MAX_PROBLEMS problems are listed.
+_MAX_SHOWN = 80
+_MAX_PROBLEMS = 20
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _show(value: object) -> str:
+    """A value as a problem line shows it: its repr, clipped."""
+    return _clip(repr(value))
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -179,7 +194,7 @@ def _check_uid(cfg: Mapping[str, Any], problems: list[str]) -> str:
         problems.append("f9t_uid: required (the chip's id, 10 hex digits)")
         return ""
     if not isinstance(uid, str) or not re.fullmatch(r"[0-9a-fA-F]{10}", uid.strip()):
-        problems.append(f"f9t_uid: must be 10 hex digits, got {uid!r}")
+        problems.append(f"f9t_uid: must be 10 hex digits, got {_show(uid)}")
         return ""
     return uid.strip().upper()
 
@@ -188,7 +203,7 @@ def _check_baud(cfg: Mapping[str, Any], problems: list[str]) -> int:
     baud = cfg.get("baud", DEFAULT_BAUD)
     number = _whole_number(baud)
     if number is None or number <= 0:
-        problems.append(f"baud: must be a positive integer, got {baud!r}")
+        problems.append(f"baud: must be a positive integer, got {_show(baud)}")
         return DEFAULT_BAUD
     return number
 
@@ -198,20 +213,23 @@ def _check_layers(cfg: Mapping[str, Any], problems: list[str]) -> tuple[tuple[st
     layers: list[str] = []
     if not isinstance(given, list) or not given:
         problems.append(
-            f"apply_to_layers: must be a non-empty list of RAM, BBR, FLASH, got {given!r}"
+            f"apply_to_layers: must be a non-empty list of RAM, BBR, FLASH, got {_show(given)}"
         )
     else:
         for index, layer in enumerate(given):
             name = layer.strip().upper() if isinstance(layer, str) else ""
             if name not in SET_LAYER_BITS:
-                problems.append(f"apply_to_layers[{index}]: {layer!r} is not RAM, BBR or FLASH")
+                problems.append(
+                    f"apply_to_layers[{index}]: {_show(layer)} is not RAM, BBR or FLASH"
+                )
             elif name not in layers:
                 layers.append(name)
     verify = cfg.get("verify_layer", DEFAULT_VERIFY_LAYER)
     verify_name = verify.strip().upper() if isinstance(verify, str) else ""
     if not isinstance(verify, str) or verify_name not in SET_LAYER_BITS:
         problems.append(
-            f"verify_layer: must be one of the layers written (RAM, BBR, FLASH), got {verify!r}"
+            "verify_layer: must be one of the layers written (RAM, BBR, FLASH), "
+            f"got {_show(verify)}"
         )
     elif layers and verify_name not in layers:
         default = "" if "verify_layer" in cfg else " (the default)"
@@ -228,7 +246,7 @@ def _check_settings(
     given = cfg.get("cfg_key_settings", [])
     if not isinstance(given, list):
         problems.append(
-            f"cfg_key_settings: must be a list of {{key, value}} objects, got {given!r}"
+            f"cfg_key_settings: must be a list of {{key, value}} objects, got {_show(given)}"
         )
         return []
     items: list[tuple[str, object]] = []
@@ -236,7 +254,7 @@ def _check_settings(
     for index, entry in enumerate(given):
         where = f"cfg_key_settings[{index}]"
         if not isinstance(entry, Mapping):
-            problems.append(f"{where}: must be an object with key and value, got {entry!r}")
+            problems.append(f"{where}: must be an object with key and value, got {_show(entry)}")
             continue
         missing = [name for name in ("key", "value") if name not in entry]
         if missing:
@@ -244,11 +262,11 @@ def _check_settings(
             continue
         raw_key = entry["key"]
         if not isinstance(raw_key, str):
-            problems.append(f"{where}.key: must be a string, got {raw_key!r}")
+            problems.append(f"{where}.key: must be a string, got {_show(raw_key)}")
             continue
         key = normalise_key(raw_key)
         if key not in CONFIG_DATABASE:
-            problems.append(f"{where} ({raw_key}): not a configuration key of the ZED-F9T")
+            problems.append(f"{where} ({_clip(raw_key)}): not a configuration key of the ZED-F9T")
             continue
         if key in first_index:
             problems.append(f"{where} ({key}): given twice (first at index {first_index[key]})")
@@ -263,7 +281,7 @@ def _check_settings(
         value, why = _coerce_value(pyubx2_type, entry["value"])
         if why:
             problems.append(
-                f"{where} ({key}): value {entry['value']!r} is not valid for type "
+                f"{where} ({key}): value {_show(entry['value'])} is not valid for type "
                 f"{_type_label(pyubx2_type)}: {why}"
             )
             continue
@@ -302,15 +320,15 @@ def _check_position(
         return []
     position = cfg["position"]
     if not isinstance(position, Mapping):
-        problems.append(f"position: must be an object, got {position!r}")
+        problems.append(f"position: must be an object, got {_show(position)}")
         return []
-    ignored += [f"position.{key}" for key in position if key not in _POSITION_KEYS]
+    ignored += [f"position.{_clip(str(key))}" for key in position if key not in _POSITION_KEYS]
     position_format = position.get("format", "LLH")
     if isinstance(position_format, str) and position_format.strip().upper() == "ECEF":
         problems.append("position.format: ECEF position not supported (give LLH)")
         return []
     if not isinstance(position_format, str) or position_format.strip().upper() != "LLH":
-        problems.append(f"position.format: must be LLH, got {position_format!r}")
+        problems.append(f"position.format: must be LLH, got {_show(position_format)}")
         return []
     limits = {
         "lat_deg": (-90.0, 90.0),
@@ -323,14 +341,14 @@ def _check_position(
         if value is None:
             problems.append(f"position.{name}: required")
         elif not _is_number(value) or not math.isfinite(value):
-            problems.append(f"position.{name}: must be a number, got {value!r}")
+            problems.append(f"position.{name}: must be a number, got {_show(value)}")
         elif not low <= value <= high:
-            problems.append(f"position.{name}: {value!r} is outside [{low:g}, {high:g}]")
+            problems.append(f"position.{name}: {_show(value)} is outside [{low:g}, {high:g}]")
         else:
             values[name] = float(value)
     acc_m = position.get("acc_m", DEFAULT_ACC_M)
     if not _is_number(acc_m) or not math.isfinite(acc_m) or not 0 < acc_m <= 4e5:
-        problems.append(f"position.acc_m: must be a number of metres > 0, got {acc_m!r}")
+        problems.append(f"position.acc_m: must be a number of metres > 0, got {_show(acc_m)}")
         return []
     if len(values) < len(limits):
         return []
@@ -396,7 +414,7 @@ def plan_init(cfg: Mapping[str, Any]) -> F9tPlan:
     Raises `F9tSettingsError` listing every problem found.
     """
     if not isinstance(cfg, Mapping):
-        raise F9tSettingsError([f"f9t_config: must be an object, got {cfg!r}"])
+        raise F9tSettingsError([f"f9t_config: must be an object, got {_show(cfg)}"])
     problems: list[str] = []
     ignored = [
         str(key) for key in cfg if key not in _READ_KEYS and key not in _QUIETLY_IGNORED_KEYS
@@ -407,6 +425,9 @@ def plan_init(cfg: Mapping[str, Any]) -> F9tPlan:
     layers, verify_layer = _check_layers(cfg, problems)
     tmode = _check_position(cfg, problems, ignored)
     settings = _check_settings(cfg, "position" in cfg, problems)
+    if len(problems) > _MAX_PROBLEMS:
+        more = len(problems) - _MAX_PROBLEMS
+        problems = [*problems[:_MAX_PROBLEMS], f"... and {more} more problems"]
     if problems:
         raise F9tSettingsError(problems)
     signal_items = [(key, value) for key, value in settings if key.startswith("CFG_SIGNAL_")]
@@ -484,17 +505,17 @@ def load_chip_requests(source: str | os.PathLike[str] | Mapping[str, Any]) -> li
     for index, chip in enumerate(chips):
         at = f"{where}: f9t_chips[{index}]"
         if not isinstance(chip, Mapping):
-            problems.append(f"{at}: must be an object, got {chip!r}")
+            problems.append(f"{at}: must be an object, got {_show(chip)}")
             continue
         request = {**shared, **chip}
         host = request.get("host", DEFAULT_HOST)
         port = request.get("port", DEFAULT_PORT)
         port_number = _whole_number(port)
         if not isinstance(host, str) or not host.strip():
-            problems.append(f"{at}.host: must be a host name, got {host!r}")
+            problems.append(f"{at}.host: must be a host name, got {_show(host)}")
             continue
         if port_number is None or not 0 < port_number < 65536:
-            problems.append(f"{at}.port: must be a port number 1..65535, got {port!r}")
+            problems.append(f"{at}.port: must be a port number 1..65535, got {_show(port)}")
             continue
         target = (host.strip(), port_number)
         if target in served_by:
