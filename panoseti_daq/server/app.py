@@ -36,6 +36,8 @@ from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec
 from ..config import HpIoConfig, ServerConfig, SimulateConfig, load_hp_io_config
 from ..messages import DESCRIPTOR_POOL
+from ..ublox.controller import UbloxController
+from ..ublox.service import UbloxControlService
 from .core import ServerCore
 from .flow import grpclib_configuration
 from .metrics import ServerCollector, metrics_registry, serve_metrics
@@ -116,6 +118,8 @@ class DaqDataServer:
         self.requested_port = config.port if port is None else port
         self.uds_path = config.uds_path if uds is None else (uds or None)
         self.core = ServerCore(config, rpc_simulation=self._run_rpc_simulation)
+        # The UbloxControl service, beside DaqData on the same listeners (R-UBX-SRV-1).
+        self.ublox = UbloxController(config.ublox_control)
         self.hub = self.core.hub
         self.port: int | None = None
         self._servers: list[Server] = []
@@ -138,6 +142,7 @@ class DaqDataServer:
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._stop)
             await self._task_group.start(self.core.run)
+            await self._start_ublox()
             await self._loop.run(self._start_listeners)
             if self.requested_metrics_port is not None:
                 self.metrics_port = await self._task_group.start(
@@ -163,16 +168,24 @@ class DaqDataServer:
         assert stack is not None
         return await stack.__aexit__(*exc_info)
 
+    async def _start_ublox(self) -> None:
+        """Run the UbloxControl controller on grpclib's loop, where its handlers run."""
+        assert self._loop is not None and self._task_group is not None
+        ready = anyio.Event()
+        self._task_group.start_soon(self._loop.run, self.ublox.run, ready.set)
+        await ready.wait()
+
     def _handlers(self) -> list[Any]:
         service = DaqDataService(self.core, self.uds_path)
-        health = Health({service: [self._health]})
-        # Reflection lists every service, itself included (R-NET-3), and answers from
-        # betterproto2's descriptor pool, where our schema lives. `extend` names the services it
-        # is given: hand it a first pair of reflection servables for their names, keep the
-        # second pair it adds.
-        named: list[Any] = [service, health, *ServerReflection.extend([])]
+        ublox = UbloxControlService(self.ublox)
+        health = Health({service: [self._health], ublox: [self._health]})
+        # Reflection lists every service, itself included (R-NET-3, R-UBX-SRV-2), and answers
+        # from betterproto2's descriptor pool, where our schemas live. `extend` names the
+        # services it is given: hand it a first pair of reflection servables for their names,
+        # keep the second pair it adds.
+        named: list[Any] = [service, ublox, health, *ServerReflection.extend([])]
         reflection = ServerReflection.extend(named, pool=DESCRIPTOR_POOL)[len(named) :]
-        return [service, health, *reflection]
+        return [service, ublox, health, *reflection]
 
     async def _start_listeners(self) -> None:
         handlers = self._handlers()
@@ -239,12 +252,17 @@ class DaqDataServer:
         assert self._grace is not None
         with anyio.CancelScope(shield=True):
             self.core.begin_shutdown()
+            self.ublox.begin_shutdown()  # R-UBX-SRV-3: its streams end UNAVAILABLE at once
             self._health.set(False)
             streams_ended = anyio.Event()
             self.hub.call_when_empty(streams_ended.set)
+            ublox_streams_ended = anyio.Event()
+            self.ublox.call_when_no_streams(ublox_streams_ended.set)
             grace = self.config.shutdown_grace_period
             with self._grace, anyio.move_on_after(grace):
                 await streams_ended.wait()
+            with anyio.move_on_after(self.config.ublox_control.shutdown_grace_period):
+                await ublox_streams_ended.wait()
             for server in self._servers:
                 server.close()
             if self._grace.cancel_called:
@@ -253,6 +271,8 @@ class DaqDataServer:
                 for server in self._servers:
                     await self._loop.run(server.wait_closed)
             self._servers.clear()
+            with anyio.move_on_after(self.config.ublox_control.shutdown_grace_period):
+                await self._loop.run(self.ublox.stop)
             await self.core.stop_sources()
             if self._uds_bound and self.uds_path:
                 with contextlib.suppress(FileNotFoundError):

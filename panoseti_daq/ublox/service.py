@@ -1,0 +1,184 @@
+"""The UbloxControl RPC handlers: thin grpclib handlers over the controller (spec sections 4-6).
+
+Handlers run on grpclib's loop, as does the controller; a `UbloxError` from it becomes the
+call's status with its details (R-UBX-WIRE-4). Responses are built here from what the port
+owner read: the whole frame, pyubx2's fields and the host time of the read (R-UBX-CAP-4/5).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio
+from grpclib import GRPCError
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.server import Stream
+
+from .._generated.google.protobuf import Struct
+from .._generated.ubloxcontrol import (
+    CaptureUbloxRequest,
+    CaptureUbloxResponse,
+    CaptureUbloxResponseType,
+    InitF9TRequest,
+    InitF9TResponse,
+    InitF9TResponseInitStatus,
+    PollRequest,
+    PollResponse,
+)
+from ..errors import CodecError
+from .controller import PollEntry, UbloxController
+from .errors import UbloxError
+from .fanout import Delivery, Notice
+from .port import Received
+from .protocol import parsed_data
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SERVICE_NAME", "UbloxControlService"]
+
+SERVICE_NAME = "ubloxcontrol.UbloxControl"
+# A handler that waits (for an InitF9t, a lock) gives up this much before the caller's deadline,
+# so that the caller learns why instead of racing grpclib's own timer.
+DEADLINE_MARGIN_S = 0.05
+
+
+def _remaining_s(stream: Stream) -> float:
+    if stream.deadline is None:
+        return math.inf
+    return max(0.0, stream.deadline.time_remaining() - DEADLINE_MARGIN_S)
+
+
+def _peer(stream: Stream) -> str:
+    address: Any = stream.peer.addr()
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
+        return f"{host}:{address[1]}"
+    return f"unix:{address or ''}"
+
+
+def _status(error: UbloxError) -> GRPCError:
+    return GRPCError(Status[error.status], error.details)
+
+
+async def _request(stream: Stream) -> Any:
+    try:
+        request = await stream.recv_message()
+    except CodecError as exc:
+        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from None
+    if request is None:
+        raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
+    return request
+
+
+def data_response(received: Received, message: str = "") -> CaptureUbloxResponse:
+    """R-UBX-CAP-4/5: a DATA response for one frame, stamped with the time it was read."""
+    seconds, ns = divmod(received.t_ns, 1_000_000_000)
+    return CaptureUbloxResponse(
+        type=CaptureUbloxResponseType.DATA,
+        name=received.name,
+        parsed_data=Struct.from_dict(parsed_data(received.message)),
+        pkt_unix_timestamp=datetime.fromtimestamp(seconds, timezone.utc).replace(
+            microsecond=ns // 1000
+        ),
+        message=message,
+        payload=received.frame,
+    )
+
+
+def error_response(name: str, message: str) -> CaptureUbloxResponse:
+    return CaptureUbloxResponse(type=CaptureUbloxResponseType.ERROR, name=name, message=message)
+
+
+def _poll_response(entry: PollEntry) -> CaptureUbloxResponse:
+    if entry.answer is None:
+        return error_response(entry.name, entry.problem)
+    return data_response(entry.answer)
+
+
+class UbloxControlService:
+    """grpclib servable implementing ubloxcontrol.UbloxControl."""
+
+    def __init__(self, controller: UbloxController) -> None:
+        self.controller = controller
+
+    def __mapping__(self) -> dict[str, Handler]:
+        prefix = f"/{SERVICE_NAME}"
+        return {
+            f"{prefix}/InitF9t": Handler(
+                self.init_f9t, Cardinality.UNARY_UNARY, InitF9TRequest, InitF9TResponse
+            ),
+            f"{prefix}/PollMessage": Handler(
+                self.poll_message, Cardinality.UNARY_UNARY, PollRequest, PollResponse
+            ),
+            f"{prefix}/CaptureUblox": Handler(
+                self.capture_ublox,
+                Cardinality.UNARY_STREAM,
+                CaptureUbloxRequest,
+                CaptureUbloxResponse,
+            ),
+        }
+
+    async def init_f9t(self, stream: Stream[InitF9TRequest, InitF9TResponse]) -> None:
+        request = await _request(stream)
+        f9t_config = request.f9t_config.to_dict() if request.f9t_config is not None else {}
+        peer = _peer(stream)
+        try:
+            result = await self.controller.init_f9t(
+                f9t_config, request.force_init, peer, _remaining_s(stream)
+            )
+        except UbloxError as exc:
+            log.info("InitF9t from %s: %s", peer, exc)
+            raise _status(exc) from None
+        await stream.send_message(
+            InitF9TResponse(
+                init_status=InitF9TResponseInitStatus.SUCCESS,
+                message=result.message,
+                f9t_config=Struct.from_dict(result.accepted_config),
+            )
+        )
+
+    async def poll_message(self, stream: Stream[PollRequest, PollResponse]) -> None:
+        request = await _request(stream)
+        try:
+            entries = await self.controller.poll(list(request.patterns), _remaining_s(stream))
+        except UbloxError as exc:
+            raise _status(exc) from None
+        await stream.send_message(PollResponse(gnss_packet=[_poll_response(e) for e in entries]))
+
+    async def capture_ublox(
+        self, stream: Stream[CaptureUbloxRequest, CaptureUbloxResponse]
+    ) -> None:
+        request = await _request(stream)
+        news = anyio.Event()
+
+        def wake() -> None:
+            news.set()
+
+        try:
+            subscriber = await self.controller.subscribe(
+                list(request.patterns), wake, _peer(stream), _remaining_s(stream)
+            )
+        except UbloxError as exc:
+            raise _status(exc) from None
+        try:
+            # Headers now: the client knows it is subscribed before the first message.
+            await stream.send_initial_metadata()
+            while True:
+                if news.is_set():
+                    news = anyio.Event()
+                items = subscriber.take()
+                for item in items:
+                    if isinstance(item, Delivery):
+                        notice = f"dropped {item.dropped} messages" if item.dropped else ""
+                        await stream.send_message(data_response(item.received, notice))
+                    elif isinstance(item, Notice):
+                        await stream.send_message(error_response("", item.message))
+                if subscriber.ended is not None:
+                    raise GRPCError(Status[subscriber.ended.status], subscriber.ended.details)
+                if not items:
+                    await news.wait()
+        finally:
+            self.controller.unsubscribe(subscriber)

@@ -1,0 +1,373 @@
+"""UbloxControl on a real server (beside DaqData, loopback TCP) and a simulated ZED-F9T on a real
+pseudo-terminal: InitF9t, CaptureUblox, PollMessage, device loss (spec sections 3 to 6)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import anyio
+import pytest
+from grpclib import GRPCError
+from grpclib.const import Status
+
+from panoseti_daq._generated.ubloxcontrol import (
+    CaptureUbloxResponseType,
+    InitF9TResponseInitStatus,
+)
+from panoseti_daq.ublox.controller import State
+from panoseti_daq.ublox.protocol import byte_reversed_uid, decode, message_name
+from panoseti_daq.ublox.simulator import SimulatedF9t
+from tests.helpers import wait_until
+from tests.ublox_helpers import (
+    TEST_SETTINGS,
+    UID,
+    capture,
+    f9t_config,
+    init_f9t,
+    next_message,
+    poll,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def chip():
+    with SimulatedF9t(period_s=0.1) as simulated:
+        yield simulated
+
+
+@pytest.fixture
+def ublox_server(make_server):
+    def start(**changes):
+        return make_server(ublox_control=replace(TEST_SETTINGS, **changes))
+
+    return start
+
+
+async def expect_status(call, status: Status, *fragments: str) -> str:
+    with pytest.raises(GRPCError) as info:
+        await call
+    assert info.value.status is status, info.value.message
+    for fragment in fragments:
+        assert fragment in (info.value.message or ""), info.value.message
+    return info.value.message or ""
+
+
+async def test_happy_path_init_then_capture(ublox_server, chip):
+    """R-UBX-INIT-10, R-UBX-CAP-4, R-UBX-CAP-5: InitF9t succeeds; the stream carries whole frames
+    with pyubx2's fields and the host time of the read."""
+    async with ublox_server() as server:
+        assert server.ublox.state is State.IDLE
+        config = f9t_config(chip.device, comments="ignored", telescope="dome 1")
+        reply = await init_f9t(server, config)
+        assert reply.init_status is InitF9TResponseInitStatus.SUCCESS
+        assert reply.message.startswith("F9T initialized, configured, and verified successfully.")
+        for fragment in ("ZED-F9T", "TIM 2.20", UID, "5 key(s)", "RAM", "telescope"):
+            assert fragment in reply.message
+        assert reply.f9t_config.to_dict()["device"] == chip.device
+        assert server.ublox.state is State.STREAMING
+        assert chip.value("CFG_TP_ANT_CABLEDELAY") == 10
+        async with capture(server, ["TIM-TP$"]) as stream:
+            for _ in range(3):
+                message = await next_message(stream)
+                assert message.type is CaptureUbloxResponseType.DATA
+                assert message.name == "TIM-TP"
+                assert message_name(decode(message.payload)) == "TIM-TP"
+                data = message.parsed_data.to_dict()
+                assert data["identity"] == "TIM-TP" and data["msg_cls"] == "0d"
+                assert {"towMS", "qErr", "week", "qErrInvalid"} <= data.keys()
+                assert message.pkt_unix_timestamp.year >= 2025
+
+
+async def test_invalid_config_lists_problems_and_leaves_capture_running(ublox_server, chip):
+    """R-UBX-INIT-1: validation before any I/O; a bad request while streaming leaves the
+    stream running. R-UBX-INIT-4: a refused path never disturbs a running capture."""
+    async with ublox_server() as server:
+        await init_f9t(server, f9t_config(chip.device))
+        async with capture(server, ["NAV-TIMEUTC"]) as stream:
+            await next_message(stream)
+            await expect_status(
+                init_f9t(server, {"f9t_uid": UID}, force=True),
+                Status.INVALID_ARGUMENT,
+                "Device path not specified",
+            )
+            bad = f9t_config(chip.device, cfg_key_settings=[{"key": "CFG_NO_SUCH", "value": 1}])
+            await expect_status(
+                init_f9t(server, bad, force=True), Status.INVALID_ARGUMENT, "CFG_NO_SUCH"
+            )
+            await expect_status(
+                init_f9t(server, f9t_config("/dev/null"), force=True),
+                Status.PERMISSION_DENIED,
+                "/dev/null",
+                "/dev/pts/*",
+            )
+            assert server.ublox.state is State.STREAMING
+            for _ in range(2):
+                assert (await next_message(stream)).name == "NAV-TIMEUTC"
+
+
+async def test_missing_and_non_character_devices(ublox_server, short_tmp):
+    """R-UBX-INIT-4: missing path, a regular file."""
+    async with ublox_server(allowed_devices=("/dev/pts/*", f"{short_tmp}/*")) as server:
+        missing = str(short_tmp / "ttyACM7")
+        await expect_status(
+            init_f9t(server, f9t_config(missing)),
+            Status.INVALID_ARGUMENT,
+            f"Device path {missing} does not exist",
+        )
+        regular = short_tmp / "ttyUSB0"
+        regular.write_text("not a device")
+        await expect_status(
+            init_f9t(server, f9t_config(str(regular))),
+            Status.INVALID_ARGUMENT,
+            "is not a character device",
+        )
+        assert server.ublox.state is State.IDLE
+
+
+async def test_wrong_model(ublox_server, chip):
+    """R-UBX-INIT-5: a model not starting with ZED-F9T; the port is closed again."""
+    chip.set_identity(model="NEO-M8T")
+    async with ublox_server() as server:
+        await expect_status(
+            init_f9t(server, f9t_config(chip.device)),
+            Status.INVALID_ARGUMENT,
+            "Model NEO-M8T does not match expected prefix ZED-F9T",
+        )
+        assert server.ublox.state is State.IDLE
+        chip.set_identity(model="ZED-F9T")
+        assert (await init_f9t(server, f9t_config(chip.device))).message
+
+
+async def test_wrong_uid_names_byte_reversal(ublox_server, chip):
+    """R-UBX-INIT-6: mismatch, case-insensitive compare, the byte-reversed hint."""
+    async with ublox_server() as server:
+        await expect_status(
+            init_f9t(server, f9t_config(chip.device, uid="0123456789")),
+            Status.INVALID_ARGUMENT,
+            f"Detected F9T UID {UID} does not match client UID 0123456789",
+        )
+        reversed_uid = byte_reversed_uid(UID)
+        message = await expect_status(
+            init_f9t(server, f9t_config(chip.device, uid=reversed_uid)),
+            Status.INVALID_ARGUMENT,
+            f"{reversed_uid} is {UID} byte-reversed",
+        )
+        assert chip.device in message
+        assert (await init_f9t(server, f9t_config(chip.device, uid=UID.lower()))).message
+
+
+async def test_no_answer_is_unavailable_with_the_baud_rate(ublox_server, chip):
+    """R-UBX-INIT-5: a host at the wrong speed (the chip hears noise), then a mute chip:
+    UNAVAILABLE naming device and speed, the port closed again each time."""
+    async with ublox_server(command_timeout_s=0.6) as server:
+        await expect_status(
+            init_f9t(server, f9t_config(chip.device, baud=38400)),
+            Status.UNAVAILABLE,
+            f"no MON-VER answer from {chip.device} at 38400 baud (wrong baud rate",
+        )
+        assert server.ublox.state is State.IDLE
+        chip.mute()
+        await expect_status(
+            init_f9t(server, f9t_config(chip.device)),
+            Status.UNAVAILABLE,
+            f"no MON-VER answer from {chip.device} at 115200 baud",
+        )
+        chip.mute(False)
+        assert (await init_f9t(server, f9t_config(chip.device))).message
+
+
+async def test_nak_names_keys_and_partial_settings(ublox_server, chip):
+    """R-UBX-INIT-7: a NAK of CFG-VALSET is FAILED_PRECONDITION naming the keys and firmware;
+    R-UBX-INIT-11: the details say the chip may hold part of the new settings."""
+    chip.set_unsupported_keys(["CFG_TP_PERIOD_TP2"])
+    async with ublox_server() as server:
+        message = await expect_status(
+            init_f9t(server, f9t_config(chip.device)),
+            Status.FAILED_PRECONDITION,
+            "device rejected CFG-VALSET",
+            "CFG_TP_PERIOD_TP2",
+            "TIM 2.20",
+            "may hold part of the new settings",
+        )
+        # The signal group went first and was applied.
+        assert "applied before it: CFG_SIGNAL_GPS_L2C_ENA" in message
+        assert server.ublox.state is State.IDLE
+
+
+async def test_readback_mismatch_is_internal(ublox_server, chip):
+    """R-UBX-INIT-8: read-back compared by type; the original's line format."""
+    chip.wrong_readback(["CFG_TP_ANT_CABLEDELAY"])
+    async with ublox_server() as server:
+        message = await expect_status(
+            init_f9t(server, f9t_config(chip.device)),
+            Status.INTERNAL,
+            "Configuration verification failed for 1 items on layer RAM:",
+            "Key: CFG_TP_ANT_CABLEDELAY, Wanted: 10, Got: ",
+        )
+        assert "CFG_TP_PERIOD_TP2" not in message
+
+
+async def test_no_data_flow_is_failed_precondition(ublox_server):
+    """R-UBX-INIT-9: output enabled on USB while the host is on UART1: no TIM-TP arrives."""
+    with SimulatedF9t(period_s=0.1, port="UART1", usb=True) as chip:
+        async with ublox_server(dataflow_timeout_s=0.5) as server:
+            await expect_status(
+                init_f9t(server, f9t_config(chip.device)),
+                Status.FAILED_PRECONDITION,
+                f"from {chip.device} within 0.5 s (output enabled on this port?)",
+                "NAV-TIMEUTC, TIM-TP",
+            )
+            assert server.ublox.state is State.IDLE
+            assert not server.ublox.fanout.cache
+
+
+async def test_force_init_ends_streams_cancelled(ublox_server, chip):
+    """R-UBX-INIT-2: without force_init, FAILED_PRECONDITION naming the count; with it, every
+    stream ends CANCELLED naming the caller, then the chip is initialised again."""
+    async with ublox_server() as server:
+        await init_f9t(server, f9t_config(chip.device))
+        async with capture(server) as one, capture(server, ["TIM"]) as two:
+            await next_message(one)
+            await expect_status(
+                init_f9t(server, f9t_config(chip.device)),
+                Status.FAILED_PRECONDITION,
+                "2 CaptureUblox stream(s) active",
+                "force_init",
+            )
+            reply = await init_f9t(server, f9t_config(chip.device), force=True)
+            assert reply.init_status is InitF9TResponseInitStatus.SUCCESS
+            for stream in (one, two):
+                with anyio.fail_after(5):
+                    while True:
+                        try:
+                            await next_message(stream)
+                        except GRPCError as exc:
+                            assert exc.status is Status.CANCELLED
+                            assert "re-initialised by InitF9t(force_init) from 127.0.0.1:" in (
+                                exc.message or ""
+                            )
+                            break
+        async with capture(server, ["TIM-TP"]) as again:
+            assert (await next_message(again)).name == "TIM-TP"
+
+
+async def test_snapshot_then_live_without_loss_or_duplicates(ublox_server, chip):
+    """R-UBX-CAP-3: the newest cached message of each matching name in first-seen order, then
+    every later one: the second stream's live part continues the first stream exactly."""
+    async with ublox_server() as server:
+        await init_f9t(server, f9t_config(chip.device))
+        await wait_until(lambda: len(server.ublox.fanout.cache) >= 2, what="cache")
+        timing = ["TIM-TP", "NAV-TIMEUTC"]
+        async with capture(server, timing) as first:
+            seen_first = [await next_message(first) for _ in range(6)]
+            async with capture(server, timing) as second:
+                seen_second = [await next_message(second) for _ in range(8)]
+                seen_first += [await next_message(first) for _ in range(10)]
+    snapshot_names = [m.name for m in seen_second[:2]]
+    assert sorted(snapshot_names) == ["NAV-TIMEUTC", "TIM-TP"]
+    keys_first = [(m.payload, m.pkt_unix_timestamp) for m in seen_first]
+    keys_second = [(m.payload, m.pkt_unix_timestamp) for m in seen_second]
+    assert len(set(keys_second)) == len(keys_second)  # no duplicates
+    # The snapshot holds messages the first stream already had...
+    positions = [keys_first.index(k) for k in keys_second[:2]]
+    # ...and the live part follows the newest of them without a gap.
+    start = max(positions) + 1
+    assert keys_second[2:] == keys_first[start : start + len(keys_second) - 2]
+
+
+async def test_capture_checks(ublox_server, chip):
+    """R-UBX-CAP-1: not initialised; bad patterns; the client limit."""
+    async with ublox_server(max_capture_clients=1) as server:
+        with pytest.raises(GRPCError) as info:
+            async with capture(server):
+                pass
+        assert info.value.status is Status.FAILED_PRECONDITION
+        assert info.value.message == "F9T is not initialized or I/O is not running."
+        await init_f9t(server, f9t_config(chip.device))
+        for patterns, fragment in ((["TIM(["], "TIM(["), (["x"] * 65, "65 patterns")):
+            with pytest.raises(GRPCError) as info:
+                async with capture(server, patterns):
+                    pass
+            assert info.value.status is Status.INVALID_ARGUMENT
+            assert fragment in (info.value.message or "")
+        async with capture(server) as one:
+            await next_message(one)
+            with pytest.raises(GRPCError) as info:
+                async with capture(server):
+                    pass
+            assert info.value.status is Status.RESOURCE_EXHAUSTED
+            assert "the limit is 1" in (info.value.message or "")
+
+
+async def test_silence_notice_then_stream_goes_on(ublox_server, chip):
+    """R-UBX-CAP-7: silence gives one ERROR response per period; the stream keeps going."""
+    async with ublox_server(silence_warning_s=0.4) as server:
+        await init_f9t(server, f9t_config(chip.device))
+        async with capture(server, ["TIM-TP"]) as stream:
+            await next_message(stream)
+            chip.silence()
+            with anyio.fail_after(5):
+                while (message := await next_message(stream)).type is not (
+                    CaptureUbloxResponseType.ERROR
+                ):
+                    pass
+            assert message.name == ""
+            assert message.message.startswith(f"no UBX message from {chip.device} for ")
+            chip.silence(False)
+            with anyio.fail_after(5):
+                while (await next_message(stream)).type is not CaptureUbloxResponseType.DATA:
+                    pass
+
+
+async def test_unplug_mid_stream_is_unavailable_within_2s(ublox_server, chip):
+    """R-UBX-INIT-12, R-UBX-CAP-8: the stream ends UNAVAILABLE naming the device within 2 s;
+    state IDLE, cache empty, no automatic re-init."""
+    async with ublox_server() as server:
+        await init_f9t(server, f9t_config(chip.device))
+        async with capture(server) as stream:
+            await next_message(stream)
+            chip.unplug()
+            with anyio.fail_after(2):
+                while True:
+                    try:
+                        await next_message(stream)
+                    except GRPCError as exc:
+                        assert exc.status is Status.UNAVAILABLE
+                        assert f"F9T on {chip.device} disconnected: " in (exc.message or "")
+                        break
+        assert server.ublox.state is State.IDLE
+        assert not server.ublox.fanout.cache
+        await expect_status(poll(server, ["TIM-TP"]), Status.FAILED_PRECONDITION)
+
+
+async def test_two_servers_on_one_device(ublox_server, chip):
+    """Spec section 10: the second server's open fails on the lock."""
+    async with ublox_server() as first, ublox_server() as second:
+        await init_f9t(first, f9t_config(chip.device))
+        await expect_status(
+            init_f9t(second, f9t_config(chip.device)),
+            Status.UNAVAILABLE,
+            f"could not open {chip.device}: in use by another process",
+        )
+        async with capture(first, ["TIM-TP"]) as stream:
+            assert (await next_message(stream)).name == "TIM-TP"
+
+
+async def test_poll_message(ublox_server, chip):
+    """R-UBX-POLL-1..5: answered polls are DATA, unanswered ones ERROR; the checks."""
+    async with ublox_server(poll_timeout_s=0.5) as server:
+        await expect_status(poll(server, ["TIM-TP"]), Status.FAILED_PRECONDITION)
+        await init_f9t(server, f9t_config(chip.device))
+        reply = await poll(server, ["TIM-TP$", "NAV-CLOCK"])
+        assert [p.name for p in reply.gnss_packet] == ["NAV-CLOCK", "TIM-TP"]
+        clock, tim_tp = reply.gnss_packet
+        assert clock.type is CaptureUbloxResponseType.ERROR
+        assert clock.message == "no answer within 0.5 s"
+        assert tim_tp.type is CaptureUbloxResponseType.DATA
+        assert tim_tp.parsed_data.to_dict()["identity"] == "TIM-TP"
+        await expect_status(poll(server, []), Status.INVALID_ARGUMENT)
+        await expect_status(poll(server, ["ZZZ"]), Status.INVALID_ARGUMENT, "no pollable")
+        await expect_status(poll(server, ["("]), Status.INVALID_ARGUMENT, "'('")
+        await expect_status(poll(server, [""]), Status.INVALID_ARGUMENT, "the limit is 32")
