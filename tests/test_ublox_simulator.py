@@ -221,7 +221,8 @@ def test_valset_then_valget_each_layer(sim, port):
 
 def test_transactions_buffer_until_apply(sim, port):
     """R-UBX-SIM-3: a transaction's items apply at its apply step; a new start discards what
-    was buffered; another CFG message cancels it; ongoing/apply without a start is NAKed."""
+    was buffered; another CFG message (answered or refused) cancels it; ongoing/apply without a
+    start is NAKed."""
     port.send(valset([("CFG_TP_FREQ_TP1", 5)], transaction=1))
     assert port.ack_of(0x8A) == "ACK-ACK"
     port.send(valset([("CFG_TP_FREQ_TP2", 6)], transaction=2))
@@ -253,6 +254,13 @@ def test_transactions_buffer_until_apply(sim, port):
     port.send(valset([("CFG_TP_LEN_TP1", 900)], transaction=3))
     assert port.ack_of(0x8A) == "ACK-NAK"
     port.send(valset([("CFG_TP_LEN_TP1", 900)], transaction=2))
+    assert port.ack_of(0x8A) == "ACK-NAK"
+    # A refused VALGET is a CFG message too.
+    port.send(valset([("CFG_TP_FREQ_TP1", 500)], transaction=1))
+    assert port.ack_of(0x8A) == "ACK-ACK"
+    port.send(valget([0x10AA0001]))
+    assert port.ack_of(0x8B) == "ACK-NAK"
+    port.send(valset([("CFG_TP_LEN_TP1", 900)], transaction=3))
     assert port.ack_of(0x8A) == "ACK-NAK"
     assert sim.value("CFG_TP_FREQ_TP1") == 5 and sim.value("CFG_TP_LEN_TP1") == 90
 
