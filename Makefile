@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_DIR := panoseti_daq/_generated
 PROTO := schema/daq_data.proto schema/ublox_control.proto
 
-.PHONY: all setup demo test lint schema schema-check bench soak mutate clean
+.PHONY: all setup demo demo-ublox test lint schema schema-check bench soak mutate clean
 
 all: test
 
@@ -22,6 +22,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m panoseti_daq.demo
+
+# A simulated ZED-F9T, a server that owns it, InitF9t and a live capture (docs/ublox.md).
+demo-ublox: $(STAMP)
+	$(PY) -m panoseti_daq.ublox.demo
 
 test: $(STAMP) lint schema-check
 	$(PY) -m pytest

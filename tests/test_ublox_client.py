@@ -4,6 +4,7 @@ statuses of nodes that are down (R-UBX-CFG-5, R-UBX-INIT-1, R-UBX-WIRE-3, R-UBX-
 from __future__ import annotations
 
 import copy
+from datetime import datetime, timedelta, timezone
 
 import anyio
 import json5
@@ -12,11 +13,13 @@ from grpclib.const import Status
 from hypothesis import given
 from hypothesis import strategies as st
 
-from panoseti_daq import BlockingUbloxClient, RpcError, UbloxClient
+from panoseti_daq import BlockingUbloxClient, RpcError, UbloxClient, UbloxMessage
 from panoseti_daq._generated.google.protobuf import Struct
 from panoseti_daq._localhost import free_port
 from panoseti_daq.ublox.client import load_ublox_nodes, parse_target, wire_config
 from panoseti_daq.ublox.settings import F9tSettingsError, example_config_path
+from panoseti_daq.ublox.simulator import SimulatedF9t
+from tests.ublox_helpers import TEST_SETTINGS, UID, f9t_config
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -163,3 +166,100 @@ def test_blocking_client_reports_the_same():
         assert first.kind == "status" and stream.closed
         with pytest.raises(RpcError):
             client.poll(["MON-VER"], "0123456789")
+
+
+# -- against a server with a simulated chip (both backends) -------------------------------------
+
+
+@pytest.fixture
+def chip():
+    with SimulatedF9t(period_s=0.2) as simulated:
+        yield simulated
+
+
+def chip_config(server, device: str, **changes) -> dict:
+    """An f9t_config of one chip, served by `server`."""
+    chip_request = f9t_config(device, **changes)
+    return {"f9t_chips": [{**chip_request, "host": "127.0.0.1", "port": server.port}]}
+
+
+@pytest.mark.anyio
+async def test_init_capture_poll_end_to_end(anyio_backend, make_server, chip):
+    """R-UBX-INIT-10, R-UBX-CAP-3/4/5, R-UBX-POLL-5 through UbloxClient: init answers OK with
+    the model and UID; the capture brings TIM-TP and NAV-TIMEUTC whose UTC (built by the
+    simulator from this host's clock) is now, qErr in ps as an int; a poll answers."""
+    async with make_server(ublox_control=TEST_SETTINGS) as server:
+        async with UbloxClient(chip_config(server, chip.device)) as client:
+            (result,) = (await client.init_f9t()).values()
+            assert result.ok and result.status == "OK", result.message
+            assert UID in result.message and "ZED-F9T" in result.message
+            assert result.accepted_config["device"] == chip.device
+            seen: dict[str, UbloxMessage] = {}
+            with anyio.fail_after(10):
+                async with client.capture(patterns=["TIM-TP$", "NAV-TIMEUTC$"]) as stream:
+                    async for message in stream:
+                        seen.setdefault(message.name, message)
+                        if len(seen) == 2:
+                            break
+            now = datetime.now(timezone.utc)
+            tim_tp, nav = seen["TIM-TP"], seen["NAV-TIMEUTC"]
+            assert type(tim_tp.qerr_ps) is int and -10_000 < tim_tp.qerr_ps < 10_000
+            assert timedelta(seconds=-1) < tim_tp.utc - now < timedelta(seconds=3)
+            assert abs(nav.utc - now) < timedelta(seconds=3) and nav.utc_valid
+            assert nav.t_acc_ns > 0 and abs(tim_tp.host_time - now) < timedelta(seconds=3)
+            (answer,) = await client.poll(["NAV-TIMEUTC$"])
+            assert (answer.name, answer.kind) == ("NAV-TIMEUTC", "data")
+
+
+@pytest.mark.anyio
+async def test_force_init_and_unplug_as_a_capture_sees_them(anyio_backend, make_server, chip):
+    """R-UBX-INIT-2: a second client's init is refused while a capture runs (the result names
+    force_init); with force the capture that waits for readiness says CANCELLED and resumes;
+    R-UBX-INIT-12: after an unplug a capture ends with UNAVAILABLE naming the device."""
+    async with make_server(ublox_control=TEST_SETTINGS) as server:
+        config = chip_config(server, chip.device)
+        async with UbloxClient(config, retry_delay_s=0.05) as client:
+            assert (await client.init_f9t())[f"127.0.0.1:{server.port}"].ok
+            with anyio.fail_after(20):
+                async with client.capture(wait_for_ready=True) as stream:
+                    first = await stream.__anext__()
+                    assert first.kind == "data"
+                    (refused,) = (await client.init_f9t()).values()
+                    assert refused.status == "FAILED_PRECONDITION"
+                    assert "force_init" in refused.message
+                    (forced,) = (await client.init_f9t(force=True)).values()
+                    assert forced.ok
+                    kinds = []
+                    async for message in stream:
+                        kinds.append((message.kind, message.notice))
+                        if message.kind == "data" and any(k == "status" for k, _ in kinds):
+                            break
+                    status = next(notice for kind, notice in kinds if kind == "status")
+                    assert status.startswith("CANCELLED") and "retrying" in status
+                async with client.capture() as stream:
+                    assert (await stream.__anext__()).kind == "data"
+                    chip.unplug()
+                    with pytest.raises(RpcError) as info, anyio.fail_after(2):
+                        async for _ in stream:
+                            pass
+            assert info.value.status is Status.UNAVAILABLE
+            assert chip.device in info.value.details and "disconnected" in info.value.details
+
+
+@pytest.mark.timeout(60)
+def test_blocking_client_inside_a_running_event_loop():
+    """BlockingUbloxClient works where an event loop already runs in the caller's thread (as in
+    a Jupyter cell): its own loop runs in a portal thread."""
+    import asyncio
+
+    from panoseti_daq.ublox.demo import simulated_node
+
+    async def cell():
+        with simulated_node() as node, BlockingUbloxClient(str(node.f9t_config)) as client:
+            (result,) = client.init_f9t().values()
+            assert result.ok, result.message
+            with client.capture(patterns=["TIM-TP$"]) as stream:
+                message = next(iter(stream))
+            assert message.name == "TIM-TP" and message.qerr_ps is not None
+
+    asyncio.run(cell())
