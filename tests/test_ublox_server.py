@@ -3,6 +3,9 @@ pseudo-terminal: InitF9t, CaptureUblox, PollMessage, device loss (spec sections 
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
 from dataclasses import replace
 
 import anyio
@@ -19,6 +22,7 @@ from panoseti_daq.ublox.protocol import byte_reversed_uid, decode, message_name
 from panoseti_daq.ublox.simulator import SimulatedF9t
 from tests.helpers import wait_until
 from tests.ublox_helpers import (
+    KEYS,
     TEST_SETTINGS,
     UID,
     capture,
@@ -371,3 +375,99 @@ async def test_poll_message(ublox_server, chip):
         await expect_status(poll(server, ["ZZZ"]), Status.INVALID_ARGUMENT, "no pollable")
         await expect_status(poll(server, ["("]), Status.INVALID_ARGUMENT, "'('")
         await expect_status(poll(server, [""]), Status.INVALID_ARGUMENT, "the limit is 32")
+
+
+async def test_x_r4_and_r8_keys_verify(ublox_server, chip):
+    """R-UBX-CFG-3, R-UBX-INIT-8: an X key (integer and "0x" string), an R4 key whose value
+    float32 cannot hold exactly, an R8 key: applied and verified by type."""
+    keys = [
+        {"key": "CFG_INFMSG_UBX_USB", "value": "0x07"},
+        {"key": "CFG_INFMSG_UBX_UART1", "value": 3},
+        {"key": "CFG_NAVSPG_USRDAT_SCALE", "value": 1.1},
+        {"key": "CFG_TP_DUTY_LOCK_TP1", "value": 33.3},
+    ]
+    async with ublox_server() as server:
+        config = f9t_config(chip.device, cfg_key_settings=[*KEYS, *keys])
+        reply = await init_f9t(server, config)
+        assert "9 key(s)" in reply.message
+        assert chip.value("CFG_INFMSG_UBX_USB") in (7, b"\x07")
+
+
+async def test_init_calls_are_serialised_and_others_wait(ublox_server, chip):
+    """R-UBX-STATE-3: a second InitF9t, a PollMessage and a CaptureUblox wait for the first
+    InitF9t, bounded by their deadlines."""
+    chip.mute()
+    async with ublox_server(command_timeout_s=1.5) as server, anyio.create_task_group() as tg:
+        first_done = anyio.Event()
+
+        async def first():
+            await expect_status(init_f9t(server, f9t_config(chip.device)), Status.UNAVAILABLE)
+            first_done.set()
+
+        tg.start_soon(first)
+        await wait_until(lambda: server.ublox.state is State.INITIALISING, what="init")
+        await expect_status(
+            init_f9t(server, f9t_config(chip.device), deadline_s=0.3), Status.DEADLINE_EXCEEDED
+        )
+        await expect_status(poll(server, ["TIM-TP"], deadline_s=0.3), Status.DEADLINE_EXCEEDED)
+        assert not first_done.is_set()
+        # A capture arriving meanwhile waits, then learns the outcome.
+        with pytest.raises(GRPCError) as info:
+            async with capture(server):
+                pass
+        assert info.value.status is Status.FAILED_PRECONDITION
+        assert first_done.is_set()
+
+
+async def test_caller_deadline_mid_init_closes_the_port_within_1s(ublox_server, chip):
+    """R-UBX-INIT-11: a caller whose deadline passes mid-init gets the cleanup within 1 s: the
+    port is closed (its lock is free) and the state IDLE."""
+    chip.mute()
+    async with ublox_server(command_timeout_s=3.0) as server:
+        await expect_status(
+            init_f9t(server, f9t_config(chip.device), deadline_s=0.5), Status.DEADLINE_EXCEEDED
+        )
+        await wait_until(
+            lambda: server.ublox.state is State.IDLE and _lock_is_free(chip.device),
+            timeout_s=1.0,
+            what="port closed",
+        )
+        chip.mute(False)
+        assert (await init_f9t(server, f9t_config(chip.device))).message
+
+
+def _lock_is_free(device: str) -> bool:
+    fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+async def test_overrun_drops_for_the_slow_stream_only_and_says_so(ublox_server, chip):
+    """R-UBX-CAP-6: a stream that does not read loses messages from its full queue; the next
+    message it gets says how many; a stream that reads loses none."""
+    async with ublox_server(max_read_queue_size=50) as server:
+        await init_f9t(server, f9t_config(chip.device))
+        async with (
+            capture(server, ["TIM-TP"], window=65_535) as slow,
+            capture(server, ["TIM-TP"]) as fast,
+        ):
+            await next_message(slow)
+            chip.burst(400)
+            fast_seen = []
+            with anyio.fail_after(20):
+                while not any(s.dropped_total for s in server.ublox.fanout.subscribers):
+                    fast_seen.append(await next_message(fast))
+            chip.burst(0)
+            with anyio.fail_after(20):
+                while not (message := await next_message(slow)).message:
+                    pass
+            assert re.fullmatch(r"dropped \d+ messages", message.message)
+            assert message.type is CaptureUbloxResponseType.DATA
+            assert fast_seen and all(m.message == "" for m in fast_seen)
+            fast_subscriber = min(server.ublox.fanout.subscribers, key=lambda s: s.dropped_total)
+            assert fast_subscriber.dropped_total == 0

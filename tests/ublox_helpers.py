@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 from grpclib.client import Channel
+from grpclib.config import Configuration
 from grpclib.const import Cardinality
 
 from panoseti_daq._generated.google.protobuf import Struct
@@ -59,8 +60,12 @@ def f9t_config(device: str, uid: str = UID, **changes: Any) -> dict[str, Any]:
     return config
 
 
-def _channel(server) -> Channel:
-    return Channel("127.0.0.1", server.port, codec=DaqCodec())
+def _channel(server, window: int | None = None) -> Channel:
+    """A channel to `server`; `window` bytes of HTTP/2 flow-control window (a slow reader)."""
+    if window is None:
+        return Channel("127.0.0.1", server.port, codec=DaqCodec())
+    config = Configuration(http2_connection_window_size=window, http2_stream_window_size=window)
+    return Channel("127.0.0.1", server.port, codec=DaqCodec(), config=config)
 
 
 async def unary(server, method: str, request, reply_type, deadline_s: float | None = None):
@@ -99,13 +104,15 @@ async def poll(server, patterns: list[str], deadline_s=None) -> PollResponse:
 
 
 @contextlib.asynccontextmanager
-async def capture(server, patterns=(), subscribed: bool = True) -> AsyncIterator[RawStream]:
+async def capture(
+    server, patterns=(), subscribed: bool = True, window: int | None = None
+) -> AsyncIterator[RawStream]:
     """A CaptureUblox call; with `subscribed`, once the server has sent its headers (it has
     subscribed the stream). Leaving resets the stream, as a client that goes away does."""
     async with grpclib_loop() as loop:
 
         async def start():
-            ch = _channel(server)
+            ch = _channel(server, window)
             stream = ch.request(
                 f"{SERVICE}/CaptureUblox",
                 Cardinality.UNARY_STREAM,

@@ -203,7 +203,14 @@ class UbloxController:
             try:
                 await self._teardown()  # R-UBX-INIT-3
                 self.state = State.INITIALISING
-                return await self._initialise(plan, resolved)
+                # R-UBX-INIT-11: the caller's deadline bounds the device I/O.
+                with anyio.move_on_after(timeout_s - (time.monotonic() - started)):
+                    return await self._initialise(plan, resolved)
+                raise UbloxError(
+                    "DEADLINE_EXCEEDED",
+                    f"the deadline passed during InitF9t on {plan.device}; the port is closed"
+                    + self._partial_note(plan),
+                )
             finally:
                 self._poll_lock.release()
         finally:
