@@ -471,3 +471,22 @@ async def test_overrun_drops_for_the_slow_stream_only_and_says_so(ublox_server, 
             assert fast_seen and all(m.message == "" for m in fast_seen)
             fast_subscriber = min(server.ublox.fanout.subscribers, key=lambda s: s.dropped_total)
             assert fast_subscriber.dropped_total == 0
+
+
+async def test_force_init_cancels_a_poll_in_flight(ublox_server, chip):
+    """R-UBX-INIT-2: a PollMessage in flight ends CANCELLED when InitF9t(force_init) comes."""
+    async with ublox_server(poll_timeout_s=5.0) as server, anyio.create_task_group() as tg:
+        await init_f9t(server, f9t_config(chip.device))
+        outcome = []
+
+        async def polling():
+            with pytest.raises(GRPCError) as info:
+                await poll(server, ["NAV-CLOCK"])
+            outcome.append(info.value)
+
+        tg.start_soon(polling)
+        await wait_until(lambda: chip.received("NAV-CLOCK") == 1, what="the poll")
+        await init_f9t(server, f9t_config(chip.device), force=True)
+        await wait_until(lambda: bool(outcome), what="the poll's end")
+        assert outcome[0].status is Status.CANCELLED
+        assert "re-initialised by InitF9t(force_init)" in (outcome[0].message or "")
