@@ -24,8 +24,9 @@ ENV = {**os.environ, "MPLBACKEND": "Agg", "COLUMNS": "80"}
 
 @pytest.fixture(scope="module")
 def node():
-    """One simulated chip and its server for the module (started as the demo starts them)."""
-    with simulated_node() as running:
+    """One simulated chip (output every 0.2 s) and its server for the module, started as the
+    demo starts them."""
+    with simulated_node(period_s=0.2) as running:
         yield running
 
 

@@ -45,10 +45,10 @@ def demo_config(device: str, port: int) -> str:
     return re.sub(r'"port":\s*\d+', f'"port": {port}', text)
 
 
-def _start_simulator() -> tuple[subprocess.Popen[str], str]:
+def _start_simulator(period_s: float) -> tuple[subprocess.Popen[str], str]:
     """The simulator process and its device path (the first line it prints)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "panoseti_daq.ublox.simulator"],
+        [sys.executable, "-m", "panoseti_daq.ublox.simulator", "--period", str(period_s)],
         stdout=subprocess.PIPE,
         text=True,
         # Its own session: the terminal's Ctrl+C reaches the demo only, which stops it.
@@ -84,15 +84,15 @@ class SimulatedNode:
 
 
 @contextlib.contextmanager
-def simulated_node() -> Iterator[SimulatedNode]:
-    """Start a simulated ZED-F9T and a server allowed to open it; stop both on leaving (the
-    server with SIGINT, the simulator with SIGTERM) and remove the temporary files.
-    RuntimeError if either does not start."""
+def simulated_node(period_s: float = 1.0) -> Iterator[SimulatedNode]:
+    """Start a simulated ZED-F9T (output every `period_s`, 1 s as the chip) and a server allowed
+    to open it; stop both on leaving (the server with SIGINT, the simulator with SIGTERM) and
+    remove the temporary files. RuntimeError if either does not start."""
     tmp = Path(tempfile.mkdtemp(prefix="panoseti_ublox_demo_"))
     simulator: subprocess.Popen[str] | None = None
     server: subprocess.Popen[str] | None = None
     try:
-        simulator, device = _start_simulator()
+        simulator, device = _start_simulator(period_s)
         port = free_port()
         server_config = tmp / "server_config.json"
         server_config.write_text(

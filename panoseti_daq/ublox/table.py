@@ -92,8 +92,8 @@ class TimingTable:
     @staticmethod
     def explanation() -> str:
         return (
-            "times UTC; qErr: next pulse's quantisation error; tAcc: time accuracy; "
-            "UTC: valid; lost: dropped by the server; age: since the newest message"
+            "times UTC; qErr: the next pulse's; UTC: validUTC; "
+            "lost: dropped by the server; age: of the newest message"
         )
 
     def _cells(self, now: float) -> list[list[str]]:
