@@ -263,3 +263,60 @@ def test_blocking_client_inside_a_running_event_loop():
             assert message.name == "TIM-TP" and message.qerr_ps is not None
 
     asyncio.run(cell())
+
+
+class _Garbage:
+    """A "message" whose bytes are not a valid protobuf message (a field cut short)."""
+
+    def SerializeToString(self) -> bytes:
+        return b"\x0a\x80"
+
+
+@pytest.mark.anyio
+async def test_a_server_sending_garbage_is_an_rpc_error(anyio_backend):
+    """A hostile or broken server: replies that do not parse end the call with RpcError
+    INTERNAL "invalid reply" (InitF9t: a failed InitResult), never another exception."""
+    from grpclib.const import Cardinality, Handler
+    from grpclib.server import Server
+
+    from panoseti_daq._generated.ubloxcontrol import CaptureUbloxRequest, InitF9TRequest
+    from panoseti_daq.bridge import grpclib_loop
+
+    async def garbage_stream(stream):
+        await stream.recv_message()
+        await stream.send_message(_Garbage())
+
+    class Hostile:
+        def __mapping__(self):
+            path = "/ubloxcontrol.UbloxControl/"
+            return {
+                path + "CaptureUblox": Handler(
+                    garbage_stream, Cardinality.UNARY_STREAM, CaptureUbloxRequest, _Garbage
+                ),
+                path + "InitF9t": Handler(
+                    garbage_stream, Cardinality.UNARY_UNARY, InitF9TRequest, _Garbage
+                ),
+            }
+
+    async with grpclib_loop() as loop:
+        server = Server([Hostile()])
+        port = free_port()
+        await loop.run(server.start, "127.0.0.1", port)
+        try:
+            config = two_chips(port, free_port())
+            async with UbloxClient(config) as client:
+                (result,) = (await client.init_f9t("DF03A241BC", timeout_s=5)).values()
+                assert (result.ok, result.status) == (False, "INTERNAL")
+                assert result.message.startswith("invalid reply")
+                with pytest.raises(RpcError) as info:
+                    async with client.capture("DF03A241BC") as stream:
+                        async for _ in stream:
+                            pass
+                assert info.value.status is Status.INTERNAL
+        finally:
+
+            async def close():
+                server.close()
+                await server.wait_closed()
+
+            await loop.run(close)

@@ -86,7 +86,8 @@ _EXACT_DOUBLE = 2**53
 _RETRYABLE = frozenset(
     {Status.UNAVAILABLE, Status.CANCELLED, Status.DEADLINE_EXCEEDED, Status.FAILED_PRECONDITION}
 )
-_RPC_FAILURES = (GRPCError, StreamTerminatedError, ProtocolError, OSError)
+# betterproto2 raises EOFError or ValueError for bytes that are not the reply message.
+_RPC_FAILURES = (GRPCError, StreamTerminatedError, ProtocolError, OSError, EOFError, ValueError)
 _TARGET = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\s/]+):(?P<port>\d{1,5})$")
 
 Hosts = str | Iterable[str] | None
@@ -312,7 +313,7 @@ class UbloxClient:
         try:
             return await loop.run(call)
         except _RPC_FAILURES as exc:
-            raise rpc_error(exc, host) from None
+            raise _failure(exc, host) from None
 
     # -- InitF9t -------------------------------------------------------------------------------
     async def init_f9t(
@@ -440,7 +441,7 @@ class UbloxClient:
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         return  # the consumer went away
                     except _RPC_FAILURES as exc:
-                        error = rpc_error(exc, host)
+                        error = _failure(exc, host)
                         if not (wait_for_ready and error.status in _RETRYABLE):
                             if state.hosts_streaming > 1:
                                 log.warning(
@@ -458,6 +459,13 @@ class UbloxClient:
             return
         finally:
             state.hosts_streaming -= 1
+
+
+def _failure(exc: BaseException, host: str) -> RpcError:
+    """The RpcError of a failed call; a reply that is not the message expected is INTERNAL."""
+    if isinstance(exc, (EOFError, ValueError)):
+        return RpcError(Status.INTERNAL, f"invalid reply: {exc}", host)
+    return rpc_error(exc, host)
 
 
 def _status(host: str, text: str) -> UbloxMessage:
