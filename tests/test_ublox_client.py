@@ -320,3 +320,36 @@ async def test_a_server_sending_garbage_is_an_rpc_error(anyio_backend):
                 await server.wait_closed()
 
             await loop.run(close)
+
+
+@pytest.mark.anyio
+async def test_many_nodes_from_one_config(anyio_backend, make_server):
+    """R-UBX-CFG-5: one f9t_config, two chips on two servers: init answers per chip (the UID
+    each server found), one capture merges both nodes' messages."""
+    with SimulatedF9t(period_s=0.2) as first, SimulatedF9t(period_s=0.2, uid="0A1B2C3D4E") as other:
+        async with (
+            make_server(ublox_control=TEST_SETTINGS) as server_a,
+            make_server(ublox_control=TEST_SETTINGS) as server_b,
+        ):
+            config = {
+                "apply_to_layers": ["RAM"],
+                "cfg_key_settings": f9t_config("")["cfg_key_settings"],
+                "f9t_chips": [
+                    {"f9t_uid": UID, "device": first.device, "port": server_a.port},
+                    {"f9t_uid": "0a1b2c3d4e", "device": other.device, "port": server_b.port},
+                ],
+            }
+            for chip_entry in config["f9t_chips"]:
+                chip_entry["host"] = "127.0.0.1"
+            async with UbloxClient(config) as client:
+                results = await client.init_f9t()
+                assert [r.ok for r in results.values()] == [True, True]
+                assert "0A1B2C3D4E" in results[f"127.0.0.1:{server_b.port}"].message
+                hosts = set()
+                with anyio.fail_after(10):
+                    async with client.capture(patterns=["TIM-TP$"]) as stream:
+                        async for message in stream:
+                            hosts.add(message.host)
+                            if len(hosts) == 2:
+                                break
+            assert hosts == {f"127.0.0.1:{server_a.port}", f"127.0.0.1:{server_b.port}"}
