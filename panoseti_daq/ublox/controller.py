@@ -250,7 +250,7 @@ class UbloxController:
         if plan.ignored_keys:
             lines.append(f"Ignored request keys: {', '.join(plan.ignored_keys)}")
         message = "\n".join(lines)
-        log.info("InitF9t on %s: %s", plan.device, message.replace("\n", "; "))
+        log.info("InitF9t on %s: %s", plan.device, " | ".join(lines))
         return InitResult(message, dict(plan.accepted_config))
 
     def _partial_note(self, plan: F9tPlan) -> str:

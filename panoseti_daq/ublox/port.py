@@ -82,9 +82,8 @@ def check_device(device: str, allowed_devices: Sequence[str]) -> str:
     except OSError as exc:
         raise UbloxError("INVALID_ARGUMENT", f"Device path {device}: {exc.strerror}") from None
     if not stat.S_ISCHR(mode):
-        raise UbloxError(
-            "INVALID_ARGUMENT", f"Device path {device} ({resolved}) is not a character device"
-        )
+        shown = device if resolved == device else f"{device} ({resolved})"
+        raise UbloxError("INVALID_ARGUMENT", f"Device path {shown} is not a character device")
     if not _allowed(resolved, allowed_devices):
         raise UbloxError(
             "PERMISSION_DENIED",
