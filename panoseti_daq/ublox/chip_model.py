@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 import math
-from collections import Counter
+from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -180,9 +180,12 @@ def _char_field(text: str, size: int) -> bytes:
 
 @dataclass(frozen=True)
 class Recording:
-    """The recorded ZED-F9T frames shipped with the package (R-UBX-SIM-8), by message name."""
+    """The recorded ZED-F9T frames shipped with the package (R-UBX-SIM-8), by message name,
+    and the figures the synthetic source cycles through."""
 
     frames: tuple[tuple[str, bytes], ...]
+    q_errs_ps: tuple[int, ...]
+    time_utc: tuple[tuple[int, int], ...]  # (tAcc ns, nano ns) of each NAV-TIMEUTC
 
     @classmethod
     @functools.cache
@@ -193,7 +196,13 @@ class Recording:
             if line.strip():
                 entry = json.loads(line)
                 frames.append((str(entry["identity"]), base64.b64decode(entry["payload_b64"])))
-        return cls(tuple(frames))
+        tim_tp = [UBXReader.parse(f) for name, f in frames if name == "TIM-TP"]
+        time_utc = [UBXReader.parse(f) for name, f in frames if name == "NAV-TIMEUTC"]
+        return cls(
+            tuple(frames),
+            tuple(int(msg.qErr) for msg in tim_tp),
+            tuple((int(msg.tAcc), int(msg.nano)) for msg in time_utc),
+        )
 
     def of(self, name: str) -> list[bytes]:
         return [frame for identity, frame in self.frames if identity == name]
@@ -244,7 +253,8 @@ class ChipModel:
         self.wrong_readback_keys: set[str] = set()
         self.stray_acks = False
         self.mute = False
-        self.received: Counter[str] = Counter()
+        # When (host time.time()) each host frame arrived, by message name; the newest ones.
+        self.arrivals: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=10_000))
         self._defaults: dict[str, ConfigValue] = dict(_FACTORY_VALUES)
         # The chip's UART1 was set to the simulator's speed before it was plugged in.
         self._defaults["CFG_UART1_BAUDRATE"] = speed
@@ -253,10 +263,8 @@ class ChipModel:
         recording = Recording.load()
         self._stray_ack = recording.of("ACK-ACK")[0]
         self._recorded = {name: _Cycle(recording.of(name)) for name in ("TIM-TP", "NAV-TIMEUTC")}
-        self._q_errs = [UBXReader.parse(f).qErr for f in recording.of("TIM-TP")]
-        self._time_utc = [
-            (UBXReader.parse(f).tAcc, UBXReader.parse(f).nano) for f in recording.of("NAV-TIMEUTC")
-        ]
+        self._q_errs = recording.q_errs_ps
+        self._time_utc = recording.time_utc
         self._synthetic_count = {"TIM-TP": 0, "NAV-TIMEUTC": 0}
 
     # --- configuration ---------------------------------------------------------------------
@@ -289,14 +297,16 @@ class ChipModel:
         try:
             msg = UBXReader.parse(frame, msgmode=SETPOLL)
         except Exception as exc:  # pyubx2 raises several types for frames it cannot decode
-            self.received[f"{msg_class:02X}-{msg_id:02X}"] += 1
+            self.arrivals[f"{msg_class:02X}-{msg_id:02X}"].append(now)
             _log.debug("undecodable host frame %s: %s", frame.hex(), exc)
             if self.mute or not self._ubx_in():
                 return []
             return self._refuse(msg_class, msg_id) if msg_class == _CLS_CFG else []
-        self.received[msg.identity] += 1
+        self.arrivals[msg.identity].append(now)
         if self.mute or not self._ubx_in():
             return []
+        if msg.msgmode == POLL and len(frame) == 8 and msg.identity in self.answers:
+            return [self.answers[msg.identity]]
         if msg_class == _CLS_CFG and msg_id != _ID_VALSET:
             self._transaction = None  # any other CFG message cancels an open transaction
         if msg_class == _CLS_CFG and msg_id == _ID_VALSET and msg.msgmode == SET:
@@ -404,15 +414,14 @@ class ChipModel:
         return [answer, _ack(True, _CLS_CFG, _ID_VALGET)]
 
     def _poll(self, name: str, now: float) -> list[bytes]:
-        """R-UBX-SIM-5: identity, fresh timing messages, the `answers` map; else silence."""
+        """R-UBX-SIM-5: identity and fresh timing messages; else silence (the `answers` map,
+        which also answers CFG-class polls, is looked up first, in `handle`)."""
         if name == "MON-VER":
             return [self.identity.mon_ver_frame()]
         if name == "SEC-UNIQID":
             return [self.identity.sec_uniqid_frame()]
         if name in ("TIM-TP", "NAV-TIMEUTC"):
             return [self._timing_frame(name, now)]
-        if name in self.answers:
-            return [self.answers[name]]
         return []
 
     # --- output ----------------------------------------------------------------------------

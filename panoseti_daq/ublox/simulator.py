@@ -26,6 +26,7 @@ import argparse
 import collections
 import contextlib
 import logging
+import math
 import os
 import random
 import re
@@ -65,6 +66,9 @@ _SPEEDS = {
 _MAX_QUEUED_BYTES = 64 * 1024
 _READ_SIZE = 4096
 _NOISE_BYTES = bytes(b for b in range(256) if b not in (0xB5, 0x24))
+# Epochs fall this long after whole multiples of the period in host (UTC) time, as a chip's
+# messages follow the second they describe.
+_EPOCH_OFFSET_S = 0.02
 
 
 class SimulatedF9t:
@@ -82,7 +86,8 @@ class SimulatedF9t:
         *,
         uid: str = "DF03A241BC",
         model: str = "ZED-F9T",
-        identity: Identity | None = None,
+        fwver: str = "TIM 2.20",
+        protver: str = "29.20",
         period_s: float = 1.0,
         source: Source = "synthetic",
         port: Port = "USB",
@@ -96,7 +101,7 @@ class SimulatedF9t:
             raise ValueError(f"period_s must be > 0, not {period_s}")
         if speed not in _SPEEDS.values():
             raise ValueError(f"speed {speed} is not a termios speed")
-        identity = identity or Identity(model=model, uid=_checked_uid(uid))
+        identity = Identity(model=model, uid=_checked_uid(uid), fwver=fwver, protver=protver)
         self._chip = ChipModel(
             identity=identity,
             port=port,
@@ -218,13 +223,17 @@ class SimulatedF9t:
         with self._lock:
             self._chip.wrong_readback_keys = {_checked_key(key) for key in keys}
 
-    def set_identity(self, *, model: str | None = None, uid: str | None = None) -> None:
-        """Report another model (MON-VER MOD=) or UID (SEC-UNIQID) from now on."""
+    def set_identity(
+        self, *, model: str | None = None, uid: str | None = None, fwver: str | None = None
+    ) -> None:
+        """Report another model (MON-VER MOD=), UID (SEC-UNIQID) or firmware (FWVER=)."""
         with self._lock:
             if model is not None:
                 self._chip.identity.model = model
             if uid is not None:
                 self._chip.identity.uid = _checked_uid(uid)
+            if fwver is not None:
+                self._chip.identity.fwver = fwver
 
     def set_unsupported_keys(self, keys: Iterable[str]) -> None:
         """Keys the firmware does not know: VALSET and VALGET naming them get ACK-NAK."""
@@ -293,12 +302,19 @@ class SimulatedF9t:
     def received(self, name: str) -> int:
         """How many frames of this name (e.g. "CFG-VALSET", "MON-VER") the host sent."""
         with self._lock:
-            return self._chip.received[name]
+            return len(self._chip.arrivals[name])
+
+    def received_at(self, name: str) -> list[float]:
+        """When (time.time()) the host's frames of this name arrived, oldest first."""
+        with self._lock:
+            return list(self._chip.arrivals[name])
 
     def wait_received(self, name: str, count: int = 1, timeout_s: float = 5.0) -> bool:
         """Wait until the host has sent `count` frames of this name; False on timeout."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._chip.received[name] >= count, timeout_s)
+            return self._changed.wait_for(
+                lambda: len(self._chip.arrivals[name]) >= count, timeout_s
+            )
 
     def host_speed(self) -> int:
         """The speed the host set on the port (tcgetattr on the master shows the slave's)."""
@@ -322,8 +338,15 @@ class SimulatedF9t:
         """R-UBX-SIM-7: a UART whose two ends disagree on the speed."""
         return not self._usb and self._host_speed() != self._chip.link_speed()
 
+    def _next_epoch(self, after_wall: float) -> float:
+        """The monotonic time of the first epoch after a wall-clock time (lock held)."""
+        period = self._period_s
+        wall_epoch = (math.floor((after_wall - _EPOCH_OFFSET_S) / period) + 1) * period
+        return time.monotonic() + wall_epoch + _EPOCH_OFFSET_S - time.time()
+
     def _run(self) -> None:
-        next_epoch = time.monotonic() + self._period_s
+        with self._lock:
+            next_epoch = self._next_epoch(time.time())
         try:
             while True:
                 with self._lock:
@@ -331,9 +354,11 @@ class SimulatedF9t:
                         return
                     now = time.monotonic()
                     if now >= next_epoch:
+                        wall = time.time()
                         if not self._silent:
-                            self._send(self._chip.tick(time.time()))
-                        next_epoch = max(next_epoch + self._period_s, now)
+                            self._send(self._chip.tick(wall))
+                        next_epoch = self._next_epoch(wall + self._period_s / 2)
+                    # A burst switched on meanwhile starts now, not after the old period.
                     next_epoch = min(next_epoch, now + self._period_s)
                     timeout = next_epoch - now
                     if self._out:
@@ -465,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--uid", default="DF03A241BC", help="chip UID, 10 hex digits")
     parser.add_argument("--model", default="ZED-F9T", help="model reported by MON-VER")
+    parser.add_argument("--fwver", default="TIM 2.20", help="firmware reported by MON-VER")
     parser.add_argument("--period", type=float, default=1.0, help="output period in seconds")
     parser.add_argument(
         "--recorded", action="store_true", help="replay the recorded frames, not clock-built ones"
@@ -483,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         simulator = SimulatedF9t(
             uid=args.uid,
             model=args.model,
+            fwver=args.fwver,
             period_s=args.period,
             source="recorded" if args.recorded else "synthetic",
             port=args.port,
