@@ -208,3 +208,18 @@ def test_qerr_plot_one_series_per_node(tmp_path):
     path = plot.save(tmp_path / "qerr.png")
     assert path.stat().st_size > 10_000
     plot.close()
+
+
+def test_a_rows_note_keeps_the_cause_and_the_latest():
+    """A node unplugged, then retried: its note keeps the unplug and shows the latest retry;
+    a message clears it."""
+    table = TimingTable()
+    data = messages("n")
+    table.update(data[1], 0.0)
+    unplugged = "UNAVAILABLE: F9T on /dev/ttyACM0 disconnected: read failed"
+    retry = "FAILED_PRECONDITION: F9T is not initialized or I/O is not running; retrying"
+    for text in (unplugged, retry, retry, "UNAVAILABLE: connection refused; retrying"):
+        table.update(UbloxMessage("n", "", notice=text, kind="status"), 1.0)
+    assert table.rows["n"].note == f"{unplugged}; then UNAVAILABLE: connection refused; retrying"
+    table.update(data[2], 2.0)
+    assert table.rows["n"].note == ""

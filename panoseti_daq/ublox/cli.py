@@ -63,10 +63,13 @@ def _parser() -> argparse.ArgumentParser:
         "their timing messages through their UbloxControl servers.",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="warning")
+    # Also after the command (`capture CONFIG --log-level info`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str, *, target_ok: bool) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
         what = "f9t_config.json5 (or a server's host:port)" if target_ok else "f9t_config.json5"
         sub.add_argument("config", metavar="CONFIG", help=what)
         sub.add_argument(
@@ -87,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="end the captures running on a node and re-init"
     )
     init.add_argument(
-        "--timeout", type=_positive, default=60.0, help="seconds per node (default 60)"
+        "--timeout", type=_positive, default=60.0, metavar="S", help="seconds per node (default 60)"
     )
 
     capture = add(
@@ -100,13 +103,14 @@ def _parser() -> argparse.ArgumentParser:
         help="messages whose name starts with this regular expression (repeatable; "
         f"default: {' '.join(DEFAULT_PATTERNS)}; '.' for every message)",
     )
-    capture.add_argument("--duration", type=_positive, help="stop after S seconds")
+    capture.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
     capture.add_argument(
-        "--max-messages", type=int, default=0, help="stop after N messages (0: never)"
+        "--max-messages", type=int, default=0, metavar="N", help="stop after N messages (0: never)"
     )
     capture.add_argument(
         "--refresh-period",
         type=_positive,
+        metavar="S",
         default=1.0,
         help="seconds between table refreshes (default 1)",
     )
@@ -127,7 +131,9 @@ def _parser() -> argparse.ArgumentParser:
         help="regular expression matched at the start "
         "of pollable message names, e.g. MON-VER or 'NAV-(CLOCK|TIMEUTC)$'",
     )
-    poll.add_argument("--timeout", type=_positive, default=30.0, help="seconds (default 30)")
+    poll.add_argument(
+        "--timeout", type=_positive, default=30.0, metavar="S", help="seconds (default 30)"
+    )
     return parser
 
 
@@ -193,7 +199,7 @@ async def _poll(args: argparse.Namespace) -> int:
             try:
                 messages = await client.poll(args.patterns, name, timeout_s=args.timeout)
             except RpcError as exc:
-                print(f"{name}: {exc}", file=sys.stderr)
+                print(f"{PROG}: {exc}", file=sys.stderr)
                 code = 1
                 continue
             for message in messages:
@@ -347,6 +353,8 @@ def _exit_code(exc: BaseException, args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{PROG}: {problem}", file=sys.stderr)
         return 2
+    if isinstance(exc, RpcError) and "not initialized" in exc.details:
+        return _fail(f"{exc} (initialise it first: {PROG} init F9T_CONFIG)", 1)
     if isinstance(exc, (RpcError, ConnectionError)):
         return _fail(str(exc), 1)
     if isinstance(exc, (ValueError, OSError, PanosetiDaqError)):

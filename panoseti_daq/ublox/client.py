@@ -349,7 +349,7 @@ class UbloxClient:
             except RpcError as exc:
                 status = getattr(exc.status, "name", str(exc.status))
                 results[name] = InitResult(name, node.uid, False, status, exc.details)
-                log.error("InitF9t of chip %s on %s failed: %s", node.uid or "?", name, exc)
+                log.info("InitF9t of chip %s on %s failed: %s", node.uid or "?", name, exc)
                 return
             accepted = reply.f9t_config.to_dict() if reply.f9t_config is not None else {}
             results[name] = InitResult(name, node.uid, True, "OK", reply.message, accepted)
@@ -452,7 +452,7 @@ class UbloxClient:
                                 state.errors.append(error)
                             return
                         log.info("capture from %s: %s; retrying in %g s", host, error, delay_s)
-                        await out.send(_status(host, f"{_short(error)}; retrying"))
+                        await out.send(_status(host, f"{_short(error).rstrip('.')}; retrying"))
                         await anyio.sleep(delay_s)
                         delay_s = min(delay_s * 2, MAX_RETRY_DELAY_S)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):

@@ -10,7 +10,7 @@ that failed or is being retried).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from rich.console import Group
@@ -37,7 +37,14 @@ class NodeRow:
     t_acc_ns: int | None = None
     utc_valid: bool | None = None
     epoch_utc: datetime | None = None
-    note: str = ""
+    notes: list[str] = field(default_factory=list)  # since the newest message, distinct
+
+    @property
+    def note(self) -> str:
+        """The first notice since the newest message (its cause) and the latest one."""
+        if len(self.notes) > 1:
+            return f"{self.notes[0]}; then {self.notes[-1]}"
+        return self.notes[0] if self.notes else ""
 
 
 class TimingTable:
@@ -64,12 +71,14 @@ class TimingTable:
             self.started = now
         row = self.row(message.host)
         if not message.is_data:
-            row.note = message.notice
+            if message.notice not in row.notes:
+                # The first stays (an unplug), the latest replaces the one before (retries).
+                row.notes[1:] = [message.notice]
             return
         row.messages += 1
         row.dropped += message.dropped_before
         row.last_arrival = now
-        row.note = ""
+        row.notes.clear()
         if message.name == "TIM-TP":
             row.qerr_ps = message.qerr_ps
             row.qerr_invalid = message.qerr_ps is None
