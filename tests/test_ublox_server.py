@@ -58,6 +58,15 @@ async def expect_status(call, status: Status, *fragments: str) -> str:
     return info.value.message or ""
 
 
+async def expect_deadline(call) -> None:
+    """The call fails by its deadline: the server's DEADLINE_EXCEEDED (it stops waiting just
+    before the deadline) or, on a loaded machine, the client's own timer first."""
+    with pytest.raises((GRPCError, TimeoutError)) as info:
+        await call
+    if isinstance(info.value, GRPCError):
+        assert info.value.status is Status.DEADLINE_EXCEEDED, info.value.message
+
+
 async def test_happy_path_init_then_capture(ublox_server, chip):
     """R-UBX-INIT-10, R-UBX-CAP-4, R-UBX-CAP-5: InitF9t succeeds; the stream carries whole frames
     with pyubx2's fields and the host time of the read."""
@@ -406,10 +415,8 @@ async def test_init_calls_are_serialised_and_others_wait(ublox_server, chip):
 
         tg.start_soon(first)
         await wait_until(lambda: server.ublox.state is State.INITIALISING, what="init")
-        await expect_status(
-            init_f9t(server, f9t_config(chip.device), deadline_s=0.3), Status.DEADLINE_EXCEEDED
-        )
-        await expect_status(poll(server, ["TIM-TP"], deadline_s=0.3), Status.DEADLINE_EXCEEDED)
+        await expect_deadline(init_f9t(server, f9t_config(chip.device), deadline_s=0.3))
+        await expect_deadline(poll(server, ["TIM-TP"], deadline_s=0.3))
         assert not first_done.is_set()
         # A capture arriving meanwhile waits, then learns the outcome.
         with pytest.raises(GRPCError) as info:
@@ -424,9 +431,7 @@ async def test_caller_deadline_mid_init_closes_the_port_within_1s(ublox_server, 
     port is closed (its lock is free) and the state IDLE."""
     chip.mute()
     async with ublox_server(command_timeout_s=3.0) as server:
-        await expect_status(
-            init_f9t(server, f9t_config(chip.device), deadline_s=0.5), Status.DEADLINE_EXCEEDED
-        )
+        await expect_deadline(init_f9t(server, f9t_config(chip.device), deadline_s=0.5))
         await wait_until(
             lambda: server.ublox.state is State.IDLE and _lock_is_free(chip.device),
             timeout_s=1.0,
