@@ -495,3 +495,34 @@ async def test_force_init_cancels_a_poll_in_flight(ublox_server, chip):
         await wait_until(lambda: bool(outcome), what="the poll's end")
         assert outcome[0].status is Status.CANCELLED
         assert "re-initialised by InitF9t(force_init)" in (outcome[0].message or "")
+
+
+async def test_only_acks_of_cfg_valset_count(ublox_server, chip):
+    """R-UBX-INIT-7: an ACK-ACK for another command (the recording's, for CFG-VALGET) arriving
+    before the NAK of a CFG-VALSET is not taken for its answer."""
+    chip.stray_acks()
+    chip.nak_next_valset()
+    async with ublox_server() as server:
+        await expect_status(
+            init_f9t(server, f9t_config(chip.device)),
+            Status.FAILED_PRECONDITION,
+            "device rejected CFG-VALSET: CFG_SIGNAL_GPS_L2C_ENA",
+        )
+        assert (await init_f9t(server, f9t_config(chip.device))).message
+
+
+async def test_noise_on_the_wire_is_dropped_and_counted(ublox_server, chip):
+    """R-UBX-STATE-2: garbage between frames, bad checksums and frames split across writes:
+    streams get only whole valid frames; the owner counts what it dropped."""
+    async with ublox_server() as server:
+        await init_f9t(server, f9t_config(chip.device))
+        chip.garbage_between_frames(7)
+        chip.bad_checksum_every(3)
+        chip.split_frames(0.01)
+        async with capture(server, ["TIM-TP", "NAV-TIMEUTC"]) as stream:
+            for _ in range(10):
+                message = await next_message(stream)
+                assert message_name(decode(message.payload)) == message.name
+        owner = server.ublox._owner
+        assert owner is not None
+        assert owner.splitter.bad_checksums > 0 and owner.splitter.skipped_bytes > 0
