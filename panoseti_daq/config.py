@@ -619,7 +619,7 @@ def server_config_from_dict(
         http2_window_bytes=r.integer(
             "http2_window_bytes", d.http2_window_bytes, HTTP2_WINDOW_MIN, HTTP2_WINDOW_MAX
         ),
-        ublox_control=_ublox_config(r.child("ublox_control")),
+        ublox_control=_ublox_config(r.child("ublox_control"), beside_daqdata=True),
         config_file=path,
     )
     if not config.valid_data_products:
@@ -628,11 +628,20 @@ def server_config_from_dict(
     return config
 
 
-def _ublox_config(reader: _Reader | None) -> UbloxServerConfig:
+def _ublox_config(reader: _Reader | None, beside_daqdata: bool = False) -> UbloxServerConfig:
     """The `ublox_control` section, or the original's ublox_control_server_config.json."""
     d = UbloxServerConfig()
     if reader is None:
         return d
+    if beside_daqdata:
+        for name in ("host", "port"):
+            if reader.has(name):
+                log.warning(
+                    "%s: %r is not used: UbloxControl is served on the DaqData listeners "
+                    "(the top-level host and port)",
+                    reader._where(),
+                    reader.key(name),
+                )
     allowed = d.allowed_devices
     if reader.has("allowed_devices"):
         value = reader.raw("allowed_devices")

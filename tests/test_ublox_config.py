@@ -105,3 +105,12 @@ def test_serve_exits_2_naming_key_and_file(tmp_path):
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1, result.stderr
     assert "ublox_control.max_capture_client" in lines[0] and str(path) in lines[0]
+
+
+def test_section_host_and_port_are_named_as_unused(caplog):
+    """R-UBX-SRV-1: beside DaqData the service shares its listeners; a port of its own in the
+    section is accepted with a warning naming it, not silently."""
+    with caplog.at_level(logging.WARNING, logger="panoseti_daq.config"):
+        config = server_config_from_dict({"ublox_control": {"port": 50052}})
+    assert config.ublox_control.port == 50052
+    assert "ublox_control.port" in caplog.text and "DaqData listeners" in caplog.text
