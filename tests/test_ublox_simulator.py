@@ -684,6 +684,36 @@ def test_silence_and_burst(sim, port):
     sim.burst(0)
 
 
+def test_a_host_that_stops_reading_costs_bounded_memory():
+    """R-UBX-SIM-6 burst (R-UBX-CAP-6): while the host reads nothing, the chip's output fills
+    the pty and then at most 64 KiB of queue, the rest is dropped and counted; the chip stays
+    responsive, and once the host reads again it gets whole frames and answers."""
+    with SimulatedF9t(source="recorded") as sim:
+        port = HostPort(sim.device)
+        try:
+            flood_and_drain(sim, port)
+        finally:
+            port.close()
+
+
+def flood_and_drain(sim: SimulatedF9t, port: HostPort) -> None:
+    port.send(valset([("CFG_MSGOUT_UBX_TIM_TP_USB", 1), ("CFG_USBOUTPROT_NMEA", 0)]))
+    assert port.ack_of(0x8A) == "ACK-ACK"
+    sim.burst(1_000_000)  # faster than the chip can build epochs: always behind schedule
+    wait_until(lambda: sim.dropped_bytes > 1000, timeout_s=8.0)
+    sim.silence()
+    port.send(poll("MON-VER"))
+    assert sim.wait_received("MON-VER")
+    backlog = 0
+    while chunk := port.read_some(0.2):
+        backlog += len(chunk)
+    assert 64 * 1024 <= backlog <= 64 * 1024 + 256 * 1024
+    sim.silence(False)
+    sim.burst(0)
+    port.sync()
+    port.expect("TIM-TP")
+
+
 def test_stray_acks_and_raw_bytes(sim, port):
     """R-UBX-SIM-6 (R-UBX-INIT-7: only ACKs for 06 8A count): with stray ACKs on, each VALSET
     answer is preceded by the recording's ACK-ACK for CFG-VALGET; send_raw puts bytes on the

@@ -360,7 +360,8 @@ class SimulatedF9t:
                         next_epoch = self._next_epoch(wall + self._period_s / 2)
                     # A burst switched on meanwhile starts now, not after the old period.
                     next_epoch = min(next_epoch, now + self._period_s)
-                    timeout = next_epoch - now
+                    # Behind schedule (an epoch took longer than a burst's period): no wait.
+                    timeout = max(0.0, next_epoch - now)
                     if self._out:
                         timeout = min(timeout, max(0.0, self._out[0][0] - now))
                     want_write = bool(self._out) and self._out[0][0] <= now
