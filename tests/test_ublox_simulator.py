@@ -333,7 +333,8 @@ def test_valget_nak_cases(sim, port):
 
 def test_wrong_readback_fault(sim, port):
     """R-UBX-SIM-6, R-UBX-INIT-8: chosen keys read back different from what was stored, for
-    every type (the stored value itself is unchanged)."""
+    every type (the stored value itself is unchanged); a misspelt key or layer is a clear
+    error."""
     port.send(valset(TYPED_ITEMS))
     assert port.ack_of(0x8A) == "ACK-ACK"
     sim.wrong_readback([k for k, _ in TYPED_ITEMS])
@@ -345,8 +346,14 @@ def test_wrong_readback_fault(sim, port):
     sim.wrong_readback([])
     port.send(valget(["CFG_TP_FREQ_TP1"]))
     assert port.expect("CFG-VALGET").CFG_TP_FREQ_TP1 == 7
-    with pytest.raises(ValueError, match="unknown configuration key"):
+    with pytest.raises(ValueError, match="unknown configuration key 'CFG_NO_SUCH_KEY'"):
         sim.wrong_readback(["CFG_NO_SUCH_KEY"])
+    with pytest.raises(ValueError, match="unknown configuration key 'CFG-TP-NOPE'"):
+        sim.value("CFG-TP-NOPE")
+    with pytest.raises(ValueError, match="layer must be RAM, BBR, FLASH or DEFAULT, not 'ROM'"):
+        sim.value("CFG_TP_FREQ_TP1", "ROM")
+    with pytest.raises(ValueError, match="unknown configuration key 'CFG_TP_TYPO'"):
+        SimulatedF9t(unsupported_keys=["CFG_TP_TYPO"])
 
 
 @settings(max_examples=60, deadline=None)
@@ -567,6 +574,8 @@ def test_unplug_is_a_read_error_on_the_slave(sim, port):
     device = sim.device
     sim.unplug()
     assert not sim.running
+    with pytest.raises(RuntimeError, match="not plugged in"):
+        sim.host_speed()
     with pytest.raises((EOFError, OSError)):
         for _ in range(3):
             port.read_some(2.0)

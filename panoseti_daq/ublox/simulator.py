@@ -107,7 +107,7 @@ class SimulatedF9t:
             port=port,
             source=source,
             speed=speed,
-            unsupported_keys=unsupported_keys,
+            unsupported_keys=[_checked_key(key) for key in unsupported_keys],
             answers=answers,
         )
         self._usb = usb
@@ -296,8 +296,11 @@ class SimulatedF9t:
 
     def value(self, key: str, layer: str = "RAM") -> ConfigValue:
         """A configuration key's value on RAM, BBR, FLASH or DEFAULT."""
+        name = _checked_key(key)
+        if layer.upper() not in ("RAM", "BBR", "FLASH", "DEFAULT"):
+            raise ValueError(f"layer must be RAM, BBR, FLASH or DEFAULT, not {layer!r}")
         with self._lock:
-            return self._chip.value(key, layer)
+            return self._chip.value(name, layer)
 
     def received(self, name: str) -> int:
         """How many frames of this name (e.g. "CFG-VALSET", "MON-VER") the host sent."""
@@ -319,6 +322,8 @@ class SimulatedF9t:
     def host_speed(self) -> int:
         """The speed the host set on the port (tcgetattr on the master shows the slave's)."""
         with self._lock:
+            if self._master < 0:
+                raise RuntimeError("the simulator is not plugged in")
             return self._host_speed()
 
     # --- the thread ------------------------------------------------------------------------
