@@ -44,6 +44,7 @@ __all__ = [
     "hp_io_config_from_dict",
     "load_hp_io_config",
     "load_server_config",
+    "load_ublox_server_config",
     "server_config_from_dict",
     "ublox_server_config_from_dict",
 ]
@@ -679,6 +680,13 @@ def ublox_server_config_from_dict(
     """A validated UbloxServerConfig from the original's ublox_control_server_config.json, or
     from the `ublox_control` section's object (R-UBX-CFG-6)."""
     return _ublox_config(_Reader(data, _as_path(file)))
+
+
+def load_ublox_server_config(path: str | os.PathLike[str]) -> UbloxServerConfig:
+    """Load the original's ublox_control_server_config.json (R-UBX-CFG-6); its host and port
+    are named as unused: the service is on the DaqData listeners."""
+    data, file = read_json(path)
+    return _ublox_config(_Reader(data, file), beside_daqdata=True)
 
 
 def load_server_config(path: str | os.PathLike[str] | None = None) -> ServerConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ServerConfig, load_server_config
+from .config import ServerConfig, load_server_config, load_ublox_server_config
 from .errors import ConfigError
 from .logs import LOG_LEVELS, configure_logging
 from .server.sockets import socket_path_problem
@@ -17,6 +17,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Serve live PANOSETI images over gRPC (service daqdata.DaqData).",
     )
     parser.add_argument("--config", help="daq_data_server_config.json (default: the bundled one)")
+    parser.add_argument(
+        "--ublox-config",
+        help="UbloxControl settings from the original's ublox_control_server_config.json "
+        "(instead of the config's ublox_control section)",
+    )
     parser.add_argument("--host", help="TCP bind address (default from config: [::])")
     parser.add_argument("--port", type=int, help="TCP port (default from config: 50051); -1: none")
     parser.add_argument("--uds", help="Unix socket path ('' for none; default from config)")
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         config = load_server_config(args.config)
+        if args.ublox_config:
+            config = config.replace(ublox_control=load_ublox_server_config(args.ublox_config))
         check_listeners(args, config)
     except ConfigError as exc:
         print(f"panoseti_daq.serve: invalid configuration: {exc}", file=sys.stderr)

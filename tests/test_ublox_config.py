@@ -114,3 +114,19 @@ def test_section_host_and_port_are_named_as_unused(caplog):
         config = server_config_from_dict({"ublox_control": {"port": 50052}})
     assert config.ublox_control.port == 50052
     assert "ublox_control.port" in caplog.text and "DaqData listeners" in caplog.text
+
+
+def test_serve_takes_the_original_file_and_refuses_a_bad_one(tmp_path):
+    """R-UBX-CFG-6: `serve --ublox-config` reads the original's separate file, validated the
+    same way: a wrong type is one line naming key and file, exit code 2."""
+    path = tmp_path / "ublox_control_server_config.json"
+    path.write_text(json.dumps({"max_read_queue_size": "many", "max_workers": 10}))
+    result = subprocess.run(
+        [sys.executable, "-m", "panoseti_daq.serve", "--ublox-config", str(path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "'max_read_queue_size'" in lines[0] and str(path) in lines[0]
