@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from importlib import resources
 
 import pytest
@@ -504,3 +505,76 @@ def test_valget_polls_and_answers():
 def test_value_matches_by_type(key, wanted, got, expected):
     """R-UBX-INIT-8: L as 0/1, U/I/E integers, R8 exactly, R4 after float32 rounding, X bytes."""
     assert value_matches(key, wanted, got) is expected
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "((N|NA|[A-Z]|-|\\d)*)*!",  # 15 s on UNKNOWN-7701-NOMINAL without the check
+        "(.*)*X",
+        "([A-Z0-9-]|[A-Z0-9-])*X",
+        "(a+){2}",
+        ".*.*.*.*.*.*.*.*.*.*.*!",
+        "(A)?" * 18,
+        "(A|B)" * 18,
+    ],
+)
+def test_patterns_that_could_stall_the_server_are_refused(pattern):
+    """R-UBX-CAP-1 (and the rule that bad input never disturbs other clients): a pattern whose
+    backtracking could explode is refused with a reason, before it runs on any name."""
+    with pytest.raises(PatternError, match="could take too long to match: it "):
+        compile_patterns(["TIM", pattern])
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "TIM",
+        "TIM-TP$",
+        "NAV-(TIMEUTC|CLOCK)$",
+        ".*UTC",
+        "(?:TIM|NAV)-.*",
+        "NAV2?-TIME(UTC|GPS)",
+        "\\w+-\\w+$",
+        "[A-Z]{3}-TP",
+        "[*+?(]*X",
+        "\\(*",
+        "(ab){3}",
+        "a{,3}",
+        "a{",
+        ".*.*.*.*!",
+    ],
+)
+def test_ordinary_patterns_are_accepted(pattern):
+    """R-UBX-CAP-1/2: what a client writes for message names passes the backtracking check."""
+    compile_patterns([pattern])
+
+
+NAMES = [*POLLABLE_NAMES, "UNKNOWN-7701-NOMINAL", "A" * 32, "NAV-" + "N" * 28]
+regex_atoms = st.sampled_from([".", "A", "N", "-", "\\w", "[A-Z]", "\\d", "NA"])
+regexes = st.recursive(
+    regex_atoms,
+    lambda inner: st.one_of(
+        st.builds(lambda a, b: a + b, inner, inner),
+        st.builds(lambda a, b: f"({a}|{b})", inner, inner),
+        st.builds(
+            lambda a, q: f"(?:{a}){q}", inner, st.sampled_from(["*", "+", "?", "{2,}", "*?"])
+        ),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(regexes)
+def test_accepted_patterns_match_every_name_quickly(pattern):
+    """R-UBX-CAP-1: any pattern the check accepts decides every name of up to 32 characters in
+    well under a second in all (it runs on the server's event loop)."""
+    try:
+        compiled = compile_patterns([pattern + "!"])
+    except PatternError:
+        return
+    started = time.perf_counter()
+    for name in NAMES:
+        compiled.matches(name)
+    assert time.perf_counter() - started < 0.5, pattern
