@@ -349,7 +349,10 @@ def _backtracking_risk(pattern: str) -> str | None:
             length, repeating = quantifier
             if repeating:
                 if just_closed is not None and (just_closed[0] or just_closed[1]):
-                    return "it repeats a group that itself repeats or has alternatives or optional parts"
+                    return (
+                        "it repeats a group that itself repeats or has alternatives or "
+                        "optional parts"
+                    )
                 repeats += 1
                 frames[-1][0] = True
             else:
