@@ -281,8 +281,8 @@ def test_transactions_buffer_until_apply(sim, port):
 
 def test_valset_nak_cases():
     """R-UBX-SIM-3, R-UBX-SIM-6: NAK for an unknown key, a key in `unsupported_keys` (set at
-    start or while running), no layer bit, the nak_next_valset fault, a locked configuration; a
-    refused message changes nothing."""
+    start or while running), no layer bit, an unknown message version, the nak_next_valset
+    fault, a locked configuration; a refused message changes nothing."""
     with SimulatedF9t(unsupported_keys=["CFG-SIGNAL-GPS-L5-ENA"]) as sim:
         port = HostPort(sim.device)
         unknown = UBXMessage.config_set(1, 0, [(0x10AA0001, b"\x01"), ("CFG_TP_FREQ_TP1", 3)])
@@ -290,6 +290,7 @@ def test_valset_nak_cases():
             unknown,
             valset([("CFG_SIGNAL_GPS_L5_ENA", 1), ("CFG_TP_FREQ_TP1", 3)]),
             valset([("CFG_TP_FREQ_TP1", 3)], layers=0),
+            UBXMessage("CFG", "CFG-VALSET", SET, payload=b"\x02\x01\x00\x00"),
         ):
             port.send(msg)
             assert port.ack_of(0x8A) == "ACK-NAK"
@@ -312,7 +313,8 @@ def test_valset_nak_cases():
 
 def test_valget_nak_cases(sim, port):
     """R-UBX-SIM-3, R-UBX-SIM-6, R-UBX-INIT-8: VALGET is NAKed for more than 64 keys, an
-    unknown key, an unsupported key and by the nak_next_valget fault (no answer message)."""
+    unknown key, an unsupported key, a version other than 0 and by the nak_next_valget fault
+    (no answer message); `position` skips keys."""
     many = list(UBX_CONFIG_DATABASE)[:65]
     # pyubx2 builds at most 64 keys a poll: the 65-key one is built from its payload.
     keys = b"".join(UBX_CONFIG_DATABASE[k][0].to_bytes(4, "little") for k in many)
@@ -329,6 +331,13 @@ def test_valget_nak_cases(sim, port):
     assert [m.identity for m in seen if m.identity.startswith(("CFG", "ACK"))] == ["ACK-NAK"]
     port.send(valget(many[:64]))
     assert port.expect("CFG-VALGET") and port.ack_of(0x8B) == "ACK-ACK"
+    # Version 1 is an answer's, not a poll's.
+    port.send(UBXMessage("CFG", "CFG-VALGET", POLL, payload=b"\x01\x00\x00\x00" + keys[:4]))
+    assert port.ack_of(0x8B) == "ACK-NAK"
+    # `position` skips that many keys of the answer.
+    port.send(UBXMessage.config_poll(0, 1, ["CFG_TP_FREQ_TP1", "CFG_UART1_BAUDRATE"]))
+    answer = port.expect("CFG-VALGET")
+    assert answer.position == 1 and valget_values(answer) == {"CFG_UART1_BAUDRATE": 115200}
 
 
 def test_wrong_readback_fault(sim, port):

@@ -343,6 +343,8 @@ class ChipModel:
         action = msg.action if msg.version == 1 else _TXN_NONE
         layer_bits = msg.ram | msg.bbr << 1 | msg.flash << 2
         problem = self._valset_problem(items, action, layer_bits)
+        if problem is None and msg.version not in (0, 1):
+            problem = f"message version {msg.version}"
         if problem is not None:
             self._transaction = None
             return problem
@@ -387,22 +389,24 @@ class ChipModel:
                 self._layers[layer].update(items)
 
     def _valget(self, msg: UBXMessage) -> list[bytes]:
+        """Answer a CFG-VALGET poll (R-UBX-SIM-3): the values from the layer, then ACK; the first
+        `position` keys are skipped, as the chip does."""
         keys = [value for name, value in vars(msg).items() if name.startswith("keys_")]
         layer = _GET_LAYER_NUMBERS.get(msg.layer)
         known = [_NAME_BY_ID.get(key_id) for key_id in keys]
-        refused = (
-            self.nak_valgets > 0
+        faulted = self.nak_valgets > 0
+        if faulted:
+            self.nak_valgets -= 1
+        if (
+            faulted
             or layer is None
+            or msg.version != 0
             or len(keys) > _MAX_VALGET_KEYS
             or any(entry is None or entry[0] in self.unsupported_keys for entry in known)
-        )
-        if self.nak_valgets > 0:
-            self.nak_valgets -= 1
-        if refused or layer is None:
+        ):
             return [_ack(False, _CLS_CFG, _ID_VALGET)]
-        self._transaction = None
         data = b""
-        for key_id, entry in zip(keys, known, strict=True):
+        for key_id, entry in list(zip(keys, known, strict=True))[msg.position :]:
             assert entry is not None
             name, typ = entry
             value = self.value(name, layer)
