@@ -526,3 +526,19 @@ async def test_noise_on_the_wire_is_dropped_and_counted(ublox_server, chip):
         owner = server.ublox._owner
         assert owner is not None
         assert owner.splitter.bad_checksums > 0 and owner.splitter.skipped_bytes > 0
+
+
+async def test_oversized_request_is_refused_before_decoding(ublox_server, chip):
+    """R-UBX-INIT-1: a request far larger than any configuration is INVALID_ARGUMENT, refused
+    before betterproto2 spends seconds of the event loop on it; the capture goes on."""
+    async with ublox_server() as server:
+        await init_f9t(server, f9t_config(chip.device))
+        async with capture(server, ["TIM-TP"]) as stream:
+            await next_message(stream)
+            junk = [{"key": f"CFG_JUNK_{i}", "value": i} for i in range(6000)]
+            await expect_status(
+                init_f9t(server, f9t_config(chip.device, cfg_key_settings=junk), force=True),
+                Status.INVALID_ARGUMENT,
+                "at most 131072 are accepted",
+            )
+            assert (await next_message(stream)).name == "TIM-TP"

@@ -51,6 +51,28 @@ def _remaining_s(stream: Stream) -> float:
     return max(0.0, stream.deadline.time_remaining() - DEADLINE_MARGIN_S)
 
 
+# Request sizes: the shipped 40-key config is ~4 KB and every key of the database ~70 KB; 64
+# patterns of 256 characters ~17 KB. betterproto2 decodes ~3 µs a byte on the event loop, so a
+# 4 MB request (grpclib's limit) would stall every stream of the server for seconds.
+MAX_INIT_REQUEST_BYTES = 128 * 1024
+MAX_PATTERN_REQUEST_BYTES = 32 * 1024
+
+
+class _Bounded:
+    """A request type whose decoding refuses more than `limit` bytes before parsing them (the
+    codec calls `FromString`; an error becomes INVALID_ARGUMENT in `_request`)."""
+
+    def __init__(self, message_type: Any, limit: int) -> None:
+        self.message_type = message_type
+        self.limit = limit
+        self.__name__ = message_type.__name__
+
+    def FromString(self, data: bytes) -> Any:  # the name the codec calls
+        if len(data) > self.limit:
+            raise CodecError(f"request of {len(data)} bytes; at most {self.limit} are accepted")
+        return self.message_type.FromString(data)
+
+
 def _peer(stream: Stream) -> str:
     address: Any = stream.peer.addr()
     if isinstance(address, tuple) and len(address) >= 2:
@@ -108,15 +130,21 @@ class UbloxControlService:
         prefix = f"/{SERVICE_NAME}"
         return {
             f"{prefix}/InitF9t": Handler(
-                self.init_f9t, Cardinality.UNARY_UNARY, InitF9TRequest, InitF9TResponse
+                self.init_f9t,
+                Cardinality.UNARY_UNARY,
+                _Bounded(InitF9TRequest, MAX_INIT_REQUEST_BYTES),
+                InitF9TResponse,
             ),
             f"{prefix}/PollMessage": Handler(
-                self.poll_message, Cardinality.UNARY_UNARY, PollRequest, PollResponse
+                self.poll_message,
+                Cardinality.UNARY_UNARY,
+                _Bounded(PollRequest, MAX_PATTERN_REQUEST_BYTES),
+                PollResponse,
             ),
             f"{prefix}/CaptureUblox": Handler(
                 self.capture_ublox,
                 Cardinality.UNARY_STREAM,
-                CaptureUbloxRequest,
+                _Bounded(CaptureUbloxRequest, MAX_PATTERN_REQUEST_BYTES),
                 CaptureUbloxResponse,
             ),
         }
