@@ -542,3 +542,35 @@ async def test_oversized_request_is_refused_before_decoding(ublox_server, chip):
                 "at most 131072 are accepted",
             )
             assert (await next_message(stream)).name == "TIM-TP"
+
+
+async def test_a_client_that_goes_away_is_unsubscribed_within_1s(ublox_server, chip):
+    """R-UBX-CAP-8: a cancelled stream leaves the subscribers (and the client limit) at once."""
+    async with ublox_server(max_capture_clients=1) as server:
+        await init_f9t(server, f9t_config(chip.device))
+        async with capture(server) as stream:
+            await next_message(stream)
+            assert server.ublox.active_streams == 1
+        await wait_until(lambda: not server.ublox.fanout.subscribers, timeout_s=1.0, what="gone")
+        async with capture(server) as again:
+            await next_message(again)
+
+
+async def test_unplug_during_the_data_flow_check_fails_at_once(ublox_server):
+    """R-UBX-INIT-9, R-UBX-INIT-11: a chip lost while InitF9t waits for its messages ends the
+    call with UNAVAILABLE naming the device, without waiting out dataflow_timeout_s."""
+    with SimulatedF9t(period_s=0.1, port="UART1", usb=True) as chip:
+        async with ublox_server(dataflow_timeout_s=20.0) as server, anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, _unplug_once_verified, chip)
+            with anyio.fail_after(10):
+                await expect_status(
+                    init_f9t(server, f9t_config(chip.device)),
+                    Status.UNAVAILABLE,
+                    f"F9T on {chip.device} disconnected",
+                )
+            assert server.ublox.state is State.IDLE
+
+
+def _unplug_once_verified(chip: SimulatedF9t) -> None:
+    assert chip.wait_received("CFG-VALGET", timeout_s=10)
+    chip.unplug()

@@ -281,6 +281,8 @@ class UbloxController:
                     tg.start_soon(self._watch_silence, owner)
                     await owner.run(task_status=task_status)
                     tg.cancel_scope.cancel()
+            if self._news is not None:
+                self._news.set()  # a data-flow check in progress learns of a loss at once
             if owner.lost is not None and self._owner is owner and self.state is State.STREAMING:
                 # R-UBX-INIT-12: once, no automatic re-init.
                 self.fanout.end_all(Ending("UNAVAILABLE", owner.lost))
