@@ -70,6 +70,7 @@ for _name, (_key_id, _typ) in UBX_CONFIG_DATABASE.items():
 # per port, the UART speed, the configuration lock) and a few of the time-pulse keys the shipped
 # config sets; every other key reads as 0 of its type. A ZED-F9T out of the box talks NMEA and UBX
 # in, and NMEA (GGA, GLL, GSA, GSV, RMC, VTG) out, on USB and UART1; no UBX message flows.
+_NMEA_SENTENCES = ("GGA", "GLL", "GSA", "GSV", "RMC", "VTG")
 _FACTORY_VALUES: dict[str, ConfigValue] = {
     "CFG_UART1_BAUDRATE": 38400,
     "CFG_RATE_MEAS": 1000,
@@ -95,10 +96,9 @@ _FACTORY_VALUES: dict[str, ConfigValue] = {
     **{
         f"CFG_MSGOUT_NMEA_ID_{sentence}_{port}": 1
         for port in ("USB", "UART1")
-        for sentence in ("GGA", "GLL", "GSA", "GSV", "RMC", "VTG")
+        for sentence in _NMEA_SENTENCES
     },
 }
-_NMEA_SENTENCES = ("GGA", "GLL", "GSA", "GSV", "RMC", "VTG")
 
 
 def normalise_key(name: str) -> str:
