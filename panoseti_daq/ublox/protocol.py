@@ -4,8 +4,10 @@ Bytes and values in, values out: no event loop, no port, no clock. pyubx2 1.4 de
 every message; what it lacks is here: splitting a non-blocking byte stream into frames
 (`UbxFrameSplitter`, R-UBX-STATE-2; pyubx2's `UBXReader` reads only blocking streams), values
 that travel in a google.protobuf.Struct (`parsed_data`, R-UBX-CAP-5), the capture patterns
-(R-UBX-CAP-1/2), the pollable names (R-UBX-POLL-3), the chip's identity (R-UBX-INIT-5/6) and the
-configuration messages with their answers and read-back comparison (R-UBX-INIT-7/8).
+(R-UBX-CAP-1/2; beyond the spec, a pattern whose backtracking could stall the event loop is
+refused, since the loop is shared with every client), the pollable names (R-UBX-POLL-3), the
+chip's identity (R-UBX-INIT-5/6) and the configuration messages with their answers and read-back
+comparison (R-UBX-INIT-7/8).
 """
 
 from __future__ import annotations
