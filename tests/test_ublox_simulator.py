@@ -801,9 +801,19 @@ def test_cli_prints_the_device_first_and_exits_0_on_signal(signum):
 
 
 @pytest.mark.timeout(30)
-def test_cli_refuses_a_bad_uid():
-    """R-UBX-SIM-2 (CLI): a UID that is not 10 hex digits is one clear error line, exit 2."""
-    proc = run_cli("--uid", "12345")
-    out, err = proc.communicate(timeout=10)
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--uid", "12345"], "UID must be 10 hex digits, not '12345'"),
+        (["--period", "0"], "argument --period: must be > 0, not 0"),
+        (["--period", "nan"], "argument --period: must be > 0, not nan"),
+        (["--speed", "12345"], "speed 12345 is not a serial speed this system supports"),
+    ],
+)
+def test_cli_refuses_bad_arguments(args, error):
+    """R-UBX-SIM-2 (CLI): a bad UID, period or speed is one clear error line naming it, exit 2,
+    nothing on stdout (no device was opened)."""
+    proc = run_cli(*args)
+    out, err = proc.communicate(timeout=20)
     assert proc.returncode == 2 and out == ""
-    assert "UID must be 10 hex digits, not '12345'" in err
+    assert err.strip().splitlines()[-1].endswith(error)

@@ -100,7 +100,7 @@ class SimulatedF9t:
         if period_s <= 0:
             raise ValueError(f"period_s must be > 0, not {period_s}")
         if speed not in _SPEEDS.values():
-            raise ValueError(f"speed {speed} is not a termios speed")
+            raise ValueError(f"speed {speed} is not a serial speed this system supports")
         identity = Identity(model=model, uid=_checked_uid(uid), fwver=fwver, protver=protver)
         self._chip = ChipModel(
             identity=identity,
@@ -487,6 +487,16 @@ def _checked_key(key: str) -> str:
     return name
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a simulated ZED-F9T until SIGINT or SIGTERM; print its device path first."""
     parser = argparse.ArgumentParser(
@@ -497,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uid", default="DF03A241BC", help="chip UID, 10 hex digits")
     parser.add_argument("--model", default="ZED-F9T", help="model reported by MON-VER")
     parser.add_argument("--fwver", default="TIM 2.20", help="firmware reported by MON-VER")
-    parser.add_argument("--period", type=float, default=1.0, help="output period in seconds")
+    parser.add_argument(
+        "--period", type=_positive_seconds, default=1.0, help="output period in seconds"
+    )
     parser.add_argument(
         "--recorded", action="store_true", help="replay the recorded frames, not clock-built ones"
     )
