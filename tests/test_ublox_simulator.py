@@ -457,7 +457,8 @@ def test_shipped_config_applies_and_verifies_through_the_protocol_module(sim, po
 def test_no_ubx_output_until_msgout_set_then_tim_tp_and_timeutc(sim, port):
     """R-UBX-SIM-4, R-UBX-INIT-9: a factory-default chip sends NMEA, no UBX; once the RAM MSGOUT
     keys for its port (USB) are 1, each epoch brings a TIM-TP then a NAV-TIMEUTC; UART1's keys
-    alone do nothing on USB; switching NMEA output off stops the sentences."""
+    alone do nothing on USB; switching NMEA output off stops the sentences; a rate N sends
+    every N-th epoch."""
     while b"$GNGGA" not in port.raw:
         assert port.read_some(2.0)
     assert b"\xb5\x62" not in port.raw
@@ -477,6 +478,12 @@ def test_no_ubx_output_until_msgout_set_then_tim_tp_and_timeutc(sim, port):
     port.raw.clear()
     port.collect("NAV-TIMEUTC", 3)
     assert b"$GN" not in port.raw
+    # Rate 3: a TIM-TP every third epoch.
+    port.send(valset([("CFG_MSGOUT_UBX_TIM_TP_USB", 3)]))
+    assert port.ack_of(0x8A) == "ACK-ACK"
+    port.sync()
+    names = port.collect("NAV-TIMEUTC", 9)
+    assert names.count("TIM-TP") in (2, 3, 4)
 
 
 def test_synthetic_timing_follows_the_host_clock(sim, port):

@@ -266,6 +266,7 @@ class ChipModel:
         self._q_errs = recording.q_errs_ps
         self._time_utc = recording.time_utc
         self._synthetic_count = {"TIM-TP": 0, "NAV-TIMEUTC": 0}
+        self._epochs = 0
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -431,17 +432,23 @@ class ChipModel:
     # --- output ----------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[bytes]:
-        """One output epoch (R-UBX-SIM-4): TIM-TP, NAV-TIMEUTC as enabled, then NMEA."""
+        """One output epoch (R-UBX-SIM-4): TIM-TP, NAV-TIMEUTC as enabled, then NMEA. A MSGOUT
+        rate N sends the message every N-th epoch, as the chip does (1: every epoch)."""
+        self._epochs += 1
         out = []
         if self.ubx_out():
             for name, key in (("TIM-TP", "TIM_TP"), ("NAV-TIMEUTC", "NAV_TIMEUTC")):
-                if self.value(f"CFG_MSGOUT_UBX_{key}_{self.port}") != 0:
+                if self._due(f"CFG_MSGOUT_UBX_{key}_{self.port}"):
                     out.append(self._timing_frame(name, now))
         if self.value(f"CFG_{self.port}OUTPROT_NMEA") != 0:
             for sentence in _NMEA_SENTENCES:
-                if self.value(f"CFG_MSGOUT_NMEA_ID_{sentence}_{self.port}") != 0:
+                if self._due(f"CFG_MSGOUT_NMEA_ID_{sentence}_{self.port}"):
                     out.append(_nmea(sentence, now))
         return out
+
+    def _due(self, rate_key: str) -> bool:
+        rate = int(self.value(rate_key))
+        return rate != 0 and self._epochs % rate == 0
 
     def _timing_frame(self, name: str, now: float) -> bytes:
         if self.source == "recorded":
