@@ -57,7 +57,8 @@ class UbloxMessage:
     `name` is pyubx2's identity ("TIM-TP", "NAV-TIMEUTC"; empty for a notice about the whole
     stream); `parsed` every field pyubx2 decodes plus the original's metadata keys; `frame` the
     whole UBX frame (sync bytes to checksum); `host_time_ns` the server's UTC clock when it read
-    the frame, in ns since the Unix epoch (0 when there is none); `notice` the server's text
+    the frame, in ns since the Unix epoch (to the µs, as betterproto2 hands over the Timestamp;
+    0 when there is none); `notice` the server's text
     (an overrun, a silence, an unanswered poll) or this client's (`kind` "status").
     """
 
