@@ -48,9 +48,10 @@ def test_init_then_capture_into_a_pipe(node, tmp_path):
     assert init.returncode == 0, init.stderr
     assert f"DF03A241BC at 127.0.0.1:{node.port}: initialised" in init.stdout
     assert "F9T initialized, configured, and verified successfully." in init.stdout
-    plot = tmp_path / "qerr.png"
+    plot, recording = tmp_path / "qerr.png", tmp_path / "night.jsonl"
     capture = ublox(
-        "capture", node.f9t_config, "--duration", 3, "--refresh-period", 0.5, "--plot", plot
+        *("capture", node.f9t_config, "--duration", 3, "--refresh-period", 0.5),
+        *("--plot", plot, "--record", recording),
     )
     assert capture.returncode == 0, capture.stderr
     rows = [line for line in capture.stdout.splitlines() if line.startswith("  DF03A241BC: ")]
@@ -58,6 +59,27 @@ def test_init_then_capture_into_a_pipe(node, tmp_path):
     assert re.search(r"qErr_ps=-?\d+ pulse=\d\d:\d\d:\d\d tAcc_ns=\d+ utc_ok=yes", rows[-1])
     assert f"qErr plot: {plot} (" in capture.stdout and plot.stat().st_size > 10_000
     assert "Traceback" not in capture.stderr
+    recorded = len(recording.read_text().splitlines())
+    assert f"recorded {recorded} messages to {recording}" in capture.stdout and recorded > 5
+    replot = ublox("plot", recording, "--output", tmp_path / "again.png")
+    assert replot.returncode == 0, replot.stderr
+    assert re.search(r"qErr plot: .*again\.png \(\d+ pulses\)", replot.stdout)
+
+
+def test_plot_of_the_originals_recording(tmp_path):
+    """plot reads the original's ubx_packets.jsonl: its 40 TIM-TP; a file that is not a
+    recording is named with its line (exit code 2)."""
+    from panoseti_daq.ublox import protocol
+
+    recording = Path(protocol.__file__).with_name("data") / "ubx_packets.jsonl"
+    result = ublox("plot", recording, "-o", tmp_path / "q.png")
+    assert result.returncode == 0, result.stderr
+    assert f"qErr plot: {tmp_path / 'q.png'} (40 pulses)" in result.stdout
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    result = ublox("plot", bad)
+    assert result.returncode == 2
+    assert "bad.jsonl line 1: not a recorded UBX frame" in result.stderr
 
 
 def test_poll_and_capture_by_address(node):

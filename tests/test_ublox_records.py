@@ -25,7 +25,12 @@ from panoseti_daq._generated.google.protobuf import Struct
 from panoseti_daq._generated.ubloxcontrol import CaptureUbloxResponse, CaptureUbloxResponseType
 from panoseti_daq.ublox import protocol
 from panoseti_daq.ublox.plot import QErrPlot
-from panoseti_daq.ublox.records import UbloxMessage, dropped_before
+from panoseti_daq.ublox.records import (
+    UbloxMessage,
+    dropped_before,
+    read_recording,
+    recording_line,
+)
 from panoseti_daq.ublox.table import TimingTable
 
 RECORDING = Path(protocol.__file__).with_name("data") / "ubx_packets.jsonl"
@@ -223,3 +228,35 @@ def test_a_rows_note_keeps_the_cause_and_the_latest():
     assert table.rows["n"].note == f"{unplugged}; then UNAVAILABLE: connection refused; retrying"
     table.update(data[2], 2.0)
     assert table.rows["n"].note == ""
+
+
+def test_recordings_round_trip_and_read_the_originals(tmp_path):
+    """capture --record's JSON Lines: the original's identity and payload_b64 (its
+    ubx_packets.jsonl reads as such), plus host and read time; a bad line names file and line."""
+    original = list(read_recording(RECORDING))
+    assert [m.frame for m in original] == FRAMES
+    assert original[1].name == "NAV-TIMEUTC" and original[1].host == ""
+    path = tmp_path / "night.jsonl"
+    sent = messages("daq-1:50051")
+    path.write_text("".join(recording_line(m) + "\n" for m in sent))
+    back = list(read_recording(path))
+    assert [(m.frame, m.host, m.host_time_ns, m.name) for m in back] == [
+        (m.frame, m.host, m.host_time_ns, m.name) for m in sent
+    ]
+    assert back[2].qerr_ps == sent[2].qerr_ps
+    path.write_text(recording_line(sent[0]) + "\n" + '{"identity": "TIM-TP"}\n')
+    with pytest.raises(ValueError, match=r"night\.jsonl line 2: not a recorded UBX frame"):
+        list(read_recording(path))
+
+
+def test_the_qerr_line_breaks_where_pulses_are_missing():
+    """The recording's ~30 s hole is a break in the plotted line, not a bridge."""
+    plot = QErrPlot(plot_update_interval=None)
+    for message in messages("a:1"):
+        plot.update(message)
+    plot.refresh()
+    (line,) = plot.axes.get_lines()[:1]
+    ys = list(line.get_ydata())
+    assert sum(1 for y in ys if y != y) == 1  # one NaN: one gap
+    assert len(ys) == len(plot.series["a:1"][1]) + 1
+    plot.close()

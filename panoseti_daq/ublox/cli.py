@@ -3,12 +3,15 @@
     panoseti-ublox init f9t_config.json5 [--uid UID ...] [--force]
     panoseti-ublox capture f9t_config.json5 [--uid UID ...] [--pattern RE ...] [--plot qerr.png]
     panoseti-ublox poll f9t_config.json5 PATTERN [PATTERN ...] [--uid UID]
+    panoseti-ublox plot recording.jsonl [...] [--output qerr.png]
 
 `capture` and `poll` also take a server address (host:port) instead of the file. `capture`
 shows a live table per node (newest TIM-TP qErr, NAV-TIMEUTC accuracy and validity, counts,
 age, notes) until Ctrl+C, SIGTERM or `--duration`; into a pipe it prints plain lines at every
-refresh. Exit codes: 0 done (a capture ended by Ctrl+C too), 1 a node failed or refused,
-2 bad arguments or configuration, 130 init or poll interrupted.
+refresh. `capture --record` appends the messages to a JSON Lines file (the original's
+`identity` and `payload_b64`, plus host and read time) that `plot` turns into a PNG.
+Exit codes: 0 done (a capture ended by Ctrl+C too), 1 a node failed or refused, 2 bad
+arguments or configuration, 130 init or poll interrupted.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio
 
@@ -30,7 +34,7 @@ from ..errors import PanosetiDaqError, RpcError, first_leaf_exception
 from ..logs import LOG_LEVELS, configure_logging
 from .client import ConfigSource, UbloxClient, UbloxStream, parse_target
 from .protocol import PatternError, compile_patterns
-from .records import UbloxMessage
+from .records import UbloxMessage, read_recording, recording_line
 from .settings import F9tSettingsError
 from .table import TimingTable
 
@@ -116,12 +120,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     capture.add_argument("--plot", metavar="PNG", help="write a plot of qErr over time there")
     capture.add_argument(
+        "--record",
+        metavar="JSONL",
+        help="append every message there (JSON Lines: identity, payload_b64, host, host_time_ns)",
+    )
+    capture.add_argument(
         "--wait",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="retry a node that is down, not initialised or unplugged (default) instead of "
         "ending with its error",
     )
+
+    plot = commands.add_parser(
+        "plot",
+        help="plot qErr over time from recordings (capture --record, or the original's "
+        "ubx_packets.jsonl)",
+        description="Plot the qErr of every TIM-TP of the recordings as a PNG.",
+        parents=[common],
+    )
+    plot.add_argument("recordings", nargs="+", metavar="JSONL", help="recording file")
+    plot.add_argument("--output", "-o", metavar="PNG", default="qerr.png", help="default qerr.png")
 
     poll = add("poll", "ask a chip for the messages named and print its answers", target_ok=True)
     poll.add_argument(
@@ -215,8 +234,7 @@ async def _capture(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-messages {args.max_messages}: give 0 (no limit) or more")
     plot = None
     if args.plot:
-        if not args.plot.lower().endswith(".png"):
-            raise UsageError(f"--plot {args.plot}: give a file name ending in .png")
+        _check_png("--plot", args.plot)
         from .plot import QErrPlot
 
     async with UbloxClient(_source(args.config, target_ok=True)) as client:
@@ -228,7 +246,7 @@ async def _capture(args: argparse.Namespace) -> int:
         table.started = time.monotonic()
         for name in names:
             table.row(name)
-        view = _View(table, args.refresh_period)
+        view = _View(table, args.refresh_period, _recorder(args.record))
         failure: RpcError | None = None
         with view:
             async with anyio.create_task_group() as tg:
@@ -238,7 +256,7 @@ async def _capture(args: argparse.Namespace) -> int:
                     tg.start_soon(_cancel_after, args.duration, tg.cancel_scope.cancel)
                 stream = client.capture(names, patterns, wait_for_ready=args.wait)
                 try:
-                    await _consume(stream, table, plot, args.max_messages)
+                    await _consume(stream, table, plot, view.record, args.max_messages)
                 except RpcError as exc:
                     failure = exc
                 tg.cancel_scope.cancel()
@@ -247,6 +265,8 @@ async def _capture(args: argparse.Namespace) -> int:
             plot.refresh()
             plot.save(args.plot)
             print(f"qErr plot: {args.plot} ({plot.points} pulses)")
+        if view.recorded:
+            print(f"recorded {view.recorded} messages to {args.record}")
     if failure is not None:
         raise failure
     return 0
@@ -260,10 +280,32 @@ def _labels(client: UbloxClient, names: list[str]) -> dict[str, str]:
     }
 
 
-async def _consume(stream: UbloxStream, table: TimingTable, plot: Any, max_messages: int) -> None:
+def _check_png(option: str, path: str) -> None:
+    if not path.lower().endswith(".png"):
+        raise UsageError(f"{option} {path}: give a file name ending in .png")
+
+
+def _recorder(path: str | None) -> IO[str] | None:
+    """The recording file, opened for appending (a night's captures may share one)."""
+    if path is None:
+        return None
+    try:
+        return open(path, "a", encoding="utf-8")  # closed by _View
+    except OSError as exc:
+        raise UsageError(f"--record {path}: {exc.strerror or exc}") from None
+
+
+async def _consume(
+    stream: UbloxStream,
+    table: TimingTable,
+    plot: Any,
+    record: Callable[[UbloxMessage], None],
+    max_messages: int,
+) -> None:
     async with stream:
         async for message in stream:
             table.update(message, time.monotonic())
+            record(message)
             if plot is not None:
                 plot.update(message)
             if max_messages and table.total >= max_messages:
@@ -286,12 +328,14 @@ async def _cancel_after(delay_s: float, stop: Callable[[], Any]) -> None:
 class _View:
     """The table on a terminal (redrawn in place) or into a pipe (plain lines per refresh)."""
 
-    def __init__(self, table: TimingTable, period_s: float) -> None:
+    def __init__(self, table: TimingTable, period_s: float, recording: IO[str] | None) -> None:
         from rich.console import Console
         from rich.live import Live
 
         self.table = table
         self.period_s = period_s
+        self.recording = recording
+        self.recorded = 0
         self.console = Console()
         self.live_on = self.console.is_terminal
         self.live = Live(console=self.console, auto_refresh=False) if self.live_on else None
@@ -306,6 +350,14 @@ class _View:
     def __exit__(self, *exc_info: Any) -> None:
         if self.live is not None:
             self.live.stop()
+        if self.recording is not None:
+            self.recording.close()
+
+    def record(self, message: UbloxMessage) -> None:
+        """Append a chip's message to the recording, if there is one (not notices)."""
+        if self.recording is not None and message.is_data and message.frame:
+            self.recording.write(recording_line(message) + "\n")
+            self.recorded += 1
 
     def show(self) -> None:
         now = time.monotonic()
@@ -318,9 +370,30 @@ class _View:
         while True:
             await anyio.sleep(self.period_s)
             self.show()
+            if self.recording is not None:
+                self.recording.flush()
             if plot is not None and plot_path:
                 plot.refresh()
                 plot.save(plot_path)
+
+
+# -- plot --------------------------------------------------------------------------------------
+async def _plot(args: argparse.Namespace) -> int:
+    _check_png("--output", args.output)
+    from .plot import QErrPlot
+
+    plot = QErrPlot(plot_update_interval=None)
+    for path in args.recordings:
+        name = Path(path).name
+        for message in read_recording(path):
+            # The original's recordings name no host: the file names the series.
+            plot.update(replace(message, host=message.host or name))
+    if not plot.points:
+        raise UsageError(f"no TIM-TP with a valid qErr in {', '.join(args.recordings)}")
+    plot.refresh()
+    plot.save(args.output)
+    print(f"qErr plot: {args.output} ({plot.points} pulses)")
+    return 0
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -328,6 +401,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "init": _init,
     "capture": _capture,
     "poll": _poll,
+    "plot": _plot,
 }
 
 

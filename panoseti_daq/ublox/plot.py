@@ -4,10 +4,13 @@
 ignored); `refresh()` redraws, `save(path)` writes a PNG (without a display: matplotlib's Agg
 backend). The x axis is the UTC time of each pulse, or the server's read time when the chip's
 time base is not UTC; qErr in ns, the unit of the chip's clock grid (±4 ns in the recording).
+Where pulses are missing (a gap of more than three typical intervals) the line breaks.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from datetime import datetime
 
 import matplotlib.dates as mdates
@@ -51,7 +54,8 @@ class QErrPlot(_LivePlot):
         ax.clear()
         for host, (times, values) in sorted(self.series.items()):
             label = self.labels.get(host, host)
-            ax.plot(times, values, marker=".", linewidth=0.8, markersize=4, label=label)  # type: ignore[arg-type]
+            xs, ys = _with_gaps(times, values)
+            ax.plot(xs, ys, marker=".", linewidth=0.8, markersize=4, label=label)  # type: ignore[arg-type]
         ax.axhline(0.0, color="grey", linewidth=0.5)
         ax.set_ylabel("qErr (ns)")
         ax.set_xlabel("UTC")
@@ -64,3 +68,20 @@ class QErrPlot(_LivePlot):
         else:
             ax.set_title("TIM-TP quantisation error: no pulses yet", fontsize=9)
         super().refresh()
+
+
+def _with_gaps(times: list[datetime], values: list[float]) -> tuple[list[datetime], list[float]]:
+    """The points with a NaN where pulses are missing (more than 3 typical intervals apart),
+    so that the line breaks there instead of bridging the gap."""
+    if len(times) < 3:
+        return times, values
+    steps = sorted((b - a).total_seconds() for a, b in itertools.pairwise(times))
+    limit = 3 * max(steps[len(steps) // 2], 1e-3)
+    xs, ys = [times[0]], [values[0]]
+    for (before, when), value in zip(itertools.pairwise(times), values[1:], strict=True):
+        if (when - before).total_seconds() > limit:
+            xs.append(before + (when - before) / 2)
+            ys.append(math.nan)
+        xs.append(when)
+        ys.append(value)
+    return xs, ys

@@ -12,10 +12,14 @@ time for TIM-TP, the navigation epoch for NAV-TIMEUTC), `utc_ns`, `t_acc_ns` and
 
 from __future__ import annotations
 
+import base64
+import binascii
 import calendar
+import json
 import logging
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -24,7 +28,14 @@ from . import protocol
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GPS_EPOCH_UNIX_S", "MessageKind", "UbloxMessage", "dropped_before"]
+__all__ = [
+    "GPS_EPOCH_UNIX_S",
+    "MessageKind",
+    "UbloxMessage",
+    "dropped_before",
+    "read_recording",
+    "recording_line",
+]
 
 # 1980-01-06T00:00:00Z: week 0 of GPS time, also the origin of TIM-TP's week on the UTC time base.
 GPS_EPOCH_UNIX_S = 315_964_800
@@ -69,6 +80,12 @@ class UbloxMessage:
     host_time_ns: int = 0
     notice: str = ""
     kind: MessageKind = "data"
+
+    @classmethod
+    def from_frame(cls, frame: bytes, host: str = "", host_time_ns: int = 0) -> UbloxMessage:
+        """The message of a whole UBX frame (UbxDecodeError if pyubx2 cannot decode it)."""
+        parsed = protocol.parsed_data(protocol.decode(frame))
+        return cls(host, str(parsed["identity"]), parsed, frame, host_time_ns)
 
     @classmethod
     def from_response(cls, response: Any, host: str) -> UbloxMessage:
@@ -163,6 +180,38 @@ class UbloxMessage:
             "parsed_data": dict(self.parsed),
             "frame": self.frame,
         }
+
+
+def recording_line(message: UbloxMessage) -> str:
+    """One JSON line of a recording: the original's `identity` and `payload_b64` (the whole
+    frame, as its save_raw_ubx.py wrote them), plus `host` and `host_time_ns`."""
+    return json.dumps(
+        {
+            "identity": message.name,
+            "payload_b64": base64.b64encode(message.frame).decode("ascii"),
+            "host": message.host,
+            "host_time_ns": message.host_time_ns,
+        }
+    )
+
+
+def read_recording(path: str | os.PathLike[str]) -> Iterator[UbloxMessage]:
+    """The messages of a JSON Lines recording (ours, or the original's ubx_packets.jsonl);
+    ValueError naming the file and line for one that is not a recorded UBX frame."""
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                frame = base64.b64decode(entry["payload_b64"], validate=True)
+                host, stamp = str(entry.get("host", "")), int(entry.get("host_time_ns", 0))
+                yield UbloxMessage.from_frame(frame, host, stamp)
+            except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+                raise ValueError(
+                    f"{os.fspath(path)} line {number}: not a recorded UBX frame "
+                    f'({{"identity": ..., "payload_b64": ...}}): {exc}'
+                ) from None
 
 
 def _parsed(frame: bytes) -> dict[str, Any] | None:
