@@ -353,3 +353,32 @@ async def test_many_nodes_from_one_config(anyio_backend, make_server):
                             if len(hosts) == 2:
                                 break
             assert hosts == {f"127.0.0.1:{server_a.port}", f"127.0.0.1:{server_b.port}"}
+
+
+@pytest.mark.anyio
+async def test_a_node_down_does_not_mislabel_the_others(anyio_backend, make_server, chip):
+    """R-UBX-CFG-5 (the original's async capture mislabels hosts once one is invalid): with the
+    first node down, every message names the node it came from, and the one that is down
+    gets status messages of its own."""
+    async with make_server(ublox_control=TEST_SETTINGS) as server:
+        down = free_port()
+        config = {
+            "f9t_chips": [
+                {**f9t_config("/dev/ttyACM0", uid="0123456789"), "port": down},
+                {**f9t_config(chip.device), "port": server.port},
+            ]
+        }
+        for entry in config["f9t_chips"]:
+            entry["host"] = "127.0.0.1"
+        async with UbloxClient(config, retry_delay_s=0.05) as client:
+            results = await client.init_f9t()
+            assert [r.ok for r in results.values()] == [False, True]
+            seen: dict[str, set[str]] = {}
+            with anyio.fail_after(10):
+                async with client.capture(wait_for_ready=True) as stream:
+                    async for message in stream:
+                        seen.setdefault(message.host, set()).add(message.kind)
+                        if len(seen.get(f"127.0.0.1:{server.port}", ())) and len(seen) == 2:
+                            break
+    assert seen[f"127.0.0.1:{down}"] == {"status"}
+    assert seen[f"127.0.0.1:{server.port}"] == {"data"}
