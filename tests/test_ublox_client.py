@@ -57,6 +57,9 @@ def test_targets_and_their_errors():
     assert [(n.host, n.port) for n in nodes.values()] == [("127.0.0.1", 50051), ("::1", 50052)]
     assert list(nodes) == ["127.0.0.1:50051", "[::1]:50052"]
     assert parse_target("node7:0") is None and parse_target("/dev/ttyACM0") is None
+    assert list(load_ublox_nodes(["h:1", "h:1"])) == ["h:1"]  # one server named twice
+    with pytest.raises(ValueError, match="no server address given"):
+        load_ublox_nodes([])
     with pytest.raises(ValueError, match="'daq-7' is not a server address: give host:port"):
         load_ublox_nodes(["daq-7"])
     with pytest.raises(F9tSettingsError, match="one server serves one device"):

@@ -69,8 +69,6 @@ __all__ = [
     "load_ublox_nodes",
 ]
 
-DEFAULT_HOST = "localhost"
-DEFAULT_PORT = 50051
 INIT_TIMEOUT_S = 60.0
 POLL_TIMEOUT_S = 30.0
 RETRY_DELAY_S = 0.5
@@ -131,33 +129,23 @@ def load_ublox_nodes(config: ConfigSource | Iterable[str]) -> dict[str, UbloxNod
     """The nodes of an f9t_config (a .json5 path or the loaded dict, R-UBX-CFG-5), or of a list
     of "host:port" targets (enough to capture and poll, not to initialise).
 
-    ValueError names the problem: a file that does not parse, a bad target, two chips on one
-    node (a server owns at most one device, R-UBX-STATE-1).
+    ValueError (F9tSettingsError for a file) names the problem: a file that does not parse, two
+    chips on one node (a server owns at most one device, R-UBX-STATE-1), a bad target.
     """
     if isinstance(config, (str, os.PathLike, Mapping)):
-        nodes = [
-            _node(chip.host or DEFAULT_HOST, chip.port or DEFAULT_PORT, chip.uid, chip.request)
-            for chip in load_chip_requests(config)
-        ]
-        where = str(config) if not isinstance(config, Mapping) else "the f9t_config"
-    else:
-        nodes = []
-        for target in config:
-            parsed = parse_target(target)
-            if parsed is None:
-                raise ValueError(f"{target!r} is not a server address: give host:port")
-            nodes.append(_node(*parsed, "", {}))
-        where = "the targets"
+        # load_chip_requests refuses two chips on one server (R-UBX-STATE-1) and no chip.
+        chips = load_chip_requests(config)
+        nodes = [_node(chip.host, chip.port, chip.uid, chip.request) for chip in chips]
+        return {node.name: node for node in nodes}
     by_name: dict[str, UbloxNode] = {}
-    for node in nodes:
-        if node.name in by_name:
-            raise ValueError(
-                f"{where}: chips {by_name[node.name].uid or '?'} and {node.uid or '?'} both "
-                f"name {node.name}; one server owns one device: give each its own port"
-            )
-        by_name[node.name] = node
+    for target in config:
+        parsed = parse_target(target)
+        if parsed is None:
+            raise ValueError(f"{target!r} is not a server address: give host:port")
+        node = _node(*parsed, "", {})
+        by_name.setdefault(node.name, node)
     if not by_name:
-        raise ValueError(f"{where} names no chip (f9t_chips is empty)")
+        raise ValueError("no server address given: give host:port")
     return by_name
 
 
