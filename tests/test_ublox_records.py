@@ -260,3 +260,28 @@ def test_the_qerr_line_breaks_where_pulses_are_missing():
     assert sum(1 for y in ys if y != y) == 1  # one NaN: one gap
     assert len(ys) == len(plot.series["a:1"][1]) + 1
     plot.close()
+
+
+def test_the_message_table_and_plot_modules_are_loop_free():
+    """UbloxMessage, the timing table and the qErr plot import no event loop, gRPC or client
+    code (read from their import statements): a viewer or a notebook can use them on
+    recordings alone, and the imports point down."""
+    import ast
+
+    forbidden = ("anyio", "trio", "trio_asyncio", "grpclib", "sniffio")
+    package = Path(protocol.__file__).parent
+    for module in ("records.py", "table.py", "plot.py"):
+        tree = ast.parse((package / module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in forbidden, (module, name)
+                assert not name.startswith(("..client", "..bridge", "..server", ".client")), (
+                    module,
+                    name,
+                )
