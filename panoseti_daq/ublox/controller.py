@@ -4,7 +4,8 @@ One controller serves at most one device (R-UBX-STATE-1). It lives on grpclib's 
 handlers that call it (the app crosses into that loop once to run it, once to stop it), so its
 state is plain attributes and its waits are anyio primitives of that loop. Its task group holds
 the port owner (port.py) and the silence watcher while a port is open; an InitF9t runs in its
-handler's task and talks to the chip through the owner, which it starts right after opening.
+handler's task and talks to the chip through the owner, which it starts right after opening
+(the device steps, in order: init_steps.py).
 
 Failures are `UbloxError`s (a status name and details); the service turns them into statuses.
 """
@@ -26,22 +27,14 @@ from anyio.abc import TaskGroup, TaskStatus
 from ..config import UbloxServerConfig
 from .errors import UbloxError
 from .fanout import Ending, Fanout, Notice, Subscriber
+from .init_steps import ack_for, apply_settings, identify_model, identify_uid, verify_settings
 from .port import Expectation, PortOwner, Received, baud_constant, check_device, open_port
 from .protocol import (
-    ChipVersion,
     PatternError,
-    ack_of,
-    byte_reversed_uid,
-    chip_uid,
-    chip_version,
     class_and_id,
     compile_patterns,
     poll_candidates,
     poll_frame,
-    valget_batches,
-    valget_values,
-    valset_batches,
-    value_matches,
 )
 from .settings import F9tPlan, F9tSettingsError, plan_init
 
@@ -50,11 +43,7 @@ log = logging.getLogger(__name__)
 __all__ = ["InitResult", "PollEntry", "State", "UbloxController"]
 
 NOT_STREAMING = "F9T is not initialized or I/O is not running."  # the original's words
-MODEL_PREFIX = "ZED-F9T"
-ID_TRIES = 3  # R-UBX-INIT-5, R-UBX-INIT-6
 POLL_SPACING_S = 0.01  # R-UBX-POLL-4
-VALSET = (0x06, 0x8A)
-VALGET = (0x06, 0x8B)
 
 
 class State(enum.Enum):
@@ -78,14 +67,6 @@ class PollEntry:
     name: str
     answer: Received | None
     problem: str = ""
-
-
-def _ack_for(received: Received, command: tuple[int, int]) -> bool | None:
-    """True for an ACK-ACK of `command`, False for its ACK-NAK, None for anything else."""
-    ack = ack_of(received.message)
-    if ack is None or (ack[1], ack[2]) != command:
-        return None
-    return bool(ack[0])
 
 
 class UbloxController:
@@ -221,16 +202,19 @@ class UbloxController:
 
     async def _initialise(self, plan: F9tPlan, resolved: str) -> InitResult:
         applying = False
+        timeout_s = self.config.command_timeout_s
         try:
             port = open_port(plan.device, resolved, plan.baud, self.config.allowed_devices)
             owner = PortOwner(port, self._on_frame)
             self.device = plan.device
             await self._start_owner(owner)
-            version = await self._identify_model(owner, plan)
-            uid = await self._identify_uid(owner, plan)
+            version = await identify_model(owner, plan, timeout_s)
+            uid = await identify_uid(owner, plan, timeout_s)
             applying = True
-            applied = await self._apply(owner, plan, version)
-            await self._verify(owner, plan)
+            applied = await apply_settings(
+                owner, plan, version, timeout_s, self.config.signal_settle_s
+            )
+            await verify_settings(owner, plan, timeout_s)
             self._caching = True
             await self._check_dataflow(owner, plan)
         except BaseException as exc:
@@ -323,127 +307,6 @@ class UbloxController:
             self.fanout.publish(received)
         if self._news is not None:
             self._news.set()
-
-    async def _poll_answer(
-        self, owner: PortOwner, name: str, timeout_s: float, tries: int = ID_TRIES
-    ) -> Received | None:
-        frame = poll_frame(name)
-        for _ in range(tries):
-            with owner.expect(lambda r: r.name == name) as answer:
-                await owner.write(frame)
-                received = await answer.wait(timeout_s / tries)
-            if received is not None:
-                return received
-        return None
-
-    async def _identify_model(self, owner: PortOwner, plan: F9tPlan) -> ChipVersion:
-        """R-UBX-INIT-5"""
-        received = await self._poll_answer(owner, "MON-VER", self.config.command_timeout_s)
-        if received is None:
-            raise UbloxError(
-                "UNAVAILABLE",
-                f"no MON-VER answer from {plan.device} at {plan.baud} baud "
-                "(wrong baud rate or not a u-blox receiver?)",
-            )
-        version = chip_version(received.message)
-        log.info(
-            "%s: model %s, firmware %s, protocol %s, hardware %s, software %s",
-            plan.device,
-            version.model,
-            version.fwver,
-            version.protver,
-            version.hw_version,
-            version.sw_version,
-        )
-        if not version.model.startswith(MODEL_PREFIX):
-            raise UbloxError(
-                "INVALID_ARGUMENT",
-                f"Model {version.model} does not match expected prefix {MODEL_PREFIX} "
-                f"(device {plan.device})",
-            )
-        return version
-
-    async def _identify_uid(self, owner: PortOwner, plan: F9tPlan) -> str:
-        """R-UBX-INIT-6"""
-        received = await self._poll_answer(owner, "SEC-UNIQID", self.config.command_timeout_s)
-        if received is None:
-            raise UbloxError("UNAVAILABLE", f"no SEC-UNIQID answer from {plan.device}")
-        detected = chip_uid(received.message)
-        if detected != plan.uid.upper():
-            details = f"Detected F9T UID {detected} does not match client UID {plan.uid}"
-            if byte_reversed_uid(detected) == plan.uid.upper():
-                details += f" ({plan.uid} is {detected} byte-reversed)"
-            raise UbloxError("INVALID_ARGUMENT", f"{details} (device {plan.device})")
-        return detected
-
-    async def _apply(self, owner: PortOwner, plan: F9tPlan, version: ChipVersion) -> int:
-        """R-UBX-INIT-7: the signal group, settle, then the rest; ACKs of CFG-VALSET only."""
-        applied: list[str] = []
-        groups = [list(plan.signal_items), list(plan.other_items)]
-        for index, items in enumerate(groups):
-            if not items:
-                continue
-            for batch in valset_batches(items, plan.layers):
-                chunk = batch.keys
-                with owner.expect(lambda r: _ack_for(r, VALSET) is not None) as ack:
-                    await owner.write(batch.frame)
-                    received = await ack.wait(self.config.command_timeout_s)
-                done = f"applied before it: {', '.join(applied) if applied else 'nothing'}"
-                if received is None:
-                    raise UbloxError(
-                        "UNAVAILABLE",
-                        f"no ACK for CFG-VALSET of {', '.join(chunk)} from {plan.device} within "
-                        f"{self.config.command_timeout_s:g} s; {done}",
-                    )
-                if not _ack_for(received, VALSET):
-                    raise UbloxError(
-                        "FAILED_PRECONDITION",
-                        f"device rejected CFG-VALSET: {', '.join(chunk)} (firmware "
-                        f"{version.fwver or version.sw_version}, device {plan.device}); {done}",
-                    )
-                applied += chunk
-            if index == 0:
-                await anyio.sleep(self.config.signal_settle_s)  # the GNSS engine restarts
-        return len(applied)
-
-    async def _verify(self, owner: PortOwner, plan: F9tPlan) -> None:
-        """R-UBX-INIT-8: read every applied key back from verify_layer and compare by type."""
-        wanted = dict([*plan.signal_items, *plan.other_items])
-        if not wanted:
-            return
-        got: dict[str, object] = {}
-        for batch in valget_batches(list(wanted), plan.verify_layer):
-            chunk = batch.keys
-
-            def answers(r: Received) -> bool:
-                return r.name == "CFG-VALGET" or _ack_for(r, VALGET) is False
-
-            with owner.expect(answers) as answer:
-                await owner.write(batch.frame)
-                received = await answer.wait(self.config.command_timeout_s)
-            if received is None:
-                raise UbloxError(
-                    "UNAVAILABLE",
-                    f"no CFG-VALGET answer from {plan.device} for {', '.join(chunk)} within "
-                    f"{self.config.command_timeout_s:g} s",
-                )
-            if received.name == "CFG-VALGET":
-                got.update(valget_values(received.message))
-        wrong = [
-            (key, value, got.get(key))
-            for key, value in wanted.items()
-            if key not in got or not value_matches(key, value, got[key])
-        ]
-        if wrong:
-            lines = [
-                f"Configuration verification failed for {len(wrong)} items on layer "
-                f"{plan.verify_layer}:"
-            ]
-            lines += [
-                f"Key: {key}, Wanted: {value}, Got: {'unreadable' if g is None else g}"
-                for key, value, g in wrong
-            ]
-            raise UbloxError("INTERNAL", "\n".join(lines))
 
     async def _check_dataflow(self, owner: PortOwner, plan: F9tPlan) -> None:
         """R-UBX-INIT-9: every enabled message arrives within dataflow_timeout_s."""
@@ -570,7 +433,7 @@ class UbloxController:
 
                 def answers(r: Received, name: str = name, command: Any = command) -> bool:
                     return r.name == name or (
-                        name.startswith("CFG-") and _ack_for(r, command) is False
+                        name.startswith("CFG-") and ack_for(r, command) is False
                     )
 
                 waits.append((name, stack.enter_context(owner.expect(answers))))
