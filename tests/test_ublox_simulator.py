@@ -622,7 +622,7 @@ def test_baud_mismatch_gives_noise_usb_ignores_speed():
 def test_uart1_speed_follows_cfg_uart1_baudrate():
     """R-UBX-SIM-7, R-UBX-SIM-4 (section 10, link-cutting keys): on UART1 the chip's MSGOUT keys
     for UART1 count, and setting CFG_UART1_BAUDRATE moves the chip to that speed: the host
-    hears noise until it follows."""
+    hears noise until it follows; on USB that key leaves the link alone."""
     with SimulatedF9t(port="UART1", speed=38400, period_s=FAST) as sim:
         port = HostPort(sim.device, speed=termios.B38400)
         port.send(valset([("CFG_MSGOUT_UBX_TIM_TP_UART1", 1)]))
@@ -639,6 +639,13 @@ def test_uart1_speed_follows_cfg_uart1_baudrate():
         termios.tcsetattr(port.fd, termios.TCSANOW, attrs)
         port.send(poll("MON-VER"))
         port.expect("MON-VER")
+        port.close()
+    # On USB the UART's speed key does not touch the link.
+    with SimulatedF9t() as sim:
+        port = HostPort(sim.device)
+        port.send(valset([("CFG_UART1_BAUDRATE", 9600)]))
+        assert port.ack_of(0x8A) == "ACK-ACK"
+        port.sync()
         port.close()
 
 

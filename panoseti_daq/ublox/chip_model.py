@@ -258,6 +258,7 @@ class ChipModel:
         self._defaults: dict[str, ConfigValue] = dict(_FACTORY_VALUES)
         # The chip's UART1 was set to the simulator's speed before it was plugged in.
         self._defaults["CFG_UART1_BAUDRATE"] = speed
+        self._speed = speed
         self._layers: dict[str, dict[str, ConfigValue]] = {layer: {} for layer in LAYERS}
         self._transaction: tuple[int, dict[str, ConfigValue]] | None = None
         recording = Recording.load()
@@ -280,8 +281,11 @@ class ChipModel:
         return self._layers[layer.upper()].get(name, default)
 
     def link_speed(self) -> int:
-        """The UART speed the chip talks at (RAM value of CFG_UART1_BAUDRATE)."""
-        return int(self.value("CFG_UART1_BAUDRATE"))
+        """The speed of the link to the host: on UART1 the RAM value of CFG_UART1_BAUDRATE, on
+        USB the speed given (the UART's keys do not touch the USB link)."""
+        if self.port == "UART1":
+            return int(self.value("CFG_UART1_BAUDRATE"))
+        return self._speed
 
     def _ubx_in(self) -> bool:
         return self.value(f"CFG_{self.port}INPROT_UBX") != 0
