@@ -45,7 +45,7 @@ SERVICE_NAME = "ubloxcontrol.UbloxControl"
 DEADLINE_MARGIN_S = 0.05
 
 
-def _remaining_s(stream: Stream) -> float:
+def _remaining_s(stream: Stream[Any, Any]) -> float:
     if stream.deadline is None:
         return math.inf
     return max(0.0, stream.deadline.time_remaining() - DEADLINE_MARGIN_S)
@@ -73,7 +73,7 @@ class _Bounded:
         return self.message_type.FromString(data)
 
 
-def _peer(stream: Stream) -> str:
+def _peer(stream: Stream[Any, Any]) -> str:
     address: Any = stream.peer.addr()
     if isinstance(address, tuple) and len(address) >= 2:
         host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
@@ -85,7 +85,7 @@ def _status(error: UbloxError) -> GRPCError:
     return GRPCError(Status[error.status], error.details)
 
 
-async def _request(stream: Stream) -> Any:
+async def _request(stream: Stream[Any, Any]) -> Any:
     try:
         request = await stream.recv_message()
     except CodecError as exc:
