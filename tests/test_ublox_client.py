@@ -385,3 +385,19 @@ async def test_a_node_down_does_not_mislabel_the_others(anyio_backend, make_serv
                             break
     assert seen[f"127.0.0.1:{down}"] == {"status"}
     assert seen[f"127.0.0.1:{server.port}"] == {"data"}
+
+
+def test_the_docs_f9t_config_is_valid():
+    """The f9t_config.json5 shown in docs/ublox.md parses and its chip's request passes the
+    checks InitF9t makes first (R-UBX-CFG-1 .. R-UBX-CFG-5)."""
+    import re
+    from pathlib import Path
+
+    from panoseti_daq.ublox.settings import plan_init
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ublox.md").read_text()
+    (block,) = re.findall(r"```json5\n(.*?)```", doc, flags=re.DOTALL)
+    (node,) = load_ublox_nodes(json5.loads(block)).values()
+    assert node.name == "daq-node-1:50051" and node.uid == "DF03A241BC"
+    plan = plan_init(node.request)
+    assert plan.device.startswith("/dev/serial/by-id/")
