@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import textwrap
 
 import anyio
 
@@ -26,7 +27,8 @@ async def show(config: str, init: bool, max_messages: int) -> None:
         if init:
             for node, result in (await client.init_f9t()).items():
                 state = "initialised" if result.ok else f"failed: {result.status}"
-                print(f"chip {result.uid} on {node}: {state}\n  {result.message}")
+                print(f"chip {result.uid} on {node}: {state}")
+                print(textwrap.indent(result.message, "  "))
                 if not result.ok:
                     raise SystemExit(1)
         for node in client.nodes:
