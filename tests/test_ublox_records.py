@@ -285,3 +285,58 @@ def test_the_message_table_and_plot_modules_are_loop_free():
                     module,
                     name,
                 )
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.from_regex(r"[a-z0-9.-]{1,15}:[0-9]{1,5}", fullmatch=True),
+            st.integers(-(2**31), 2**31 - 1),
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 10**9),
+            st.integers(0, 10**6),
+        ),
+        min_size=1,
+        max_size=4,
+        unique_by=lambda row: row[0],
+    ),
+    age_s=st.floats(0, 10**6),
+)
+def test_the_table_fits_80_columns_whatever_the_values(rows, age_s):
+    """Any qErr (I4), tAcc (U4, 2^32-1 without a fix), counts and ages: 80 columns, no cell
+    cut (large values are written short, with a unit); the plain lines keep every digit."""
+    table = TimingTable()
+    for host, qerr, t_acc, count, lost in rows:
+        row = table.row(host)
+        row.qerr_ps, row.t_acc_ns, row.messages, row.dropped = qerr, t_acc, count, lost
+        row.last_arrival = 0.0
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(table.render(age_s))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "…" not in text, text
+    lines = "\n".join(table.lines(age_s))
+    for host, qerr, t_acc, count, lost in rows:
+        assert host in text
+        assert f"  {host}: qErr_ps={qerr} " in lines and f" tAcc_ns={t_acc} " in lines
+        assert f" msgs={count} lost={lost} " in lines
+
+
+def test_the_widest_values_written_short():
+    table = TimingTable()
+    row = table.row("192.168.100.123:50051")
+    row.qerr_ps, row.t_acc_ns, row.messages, row.dropped = -(2**31), 2**32 - 1, 10**9, 10**6
+    row.last_arrival = 0.0
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(table.render(3 * 86400))
+    line = console.export_text().splitlines()[2]
+    assert line.split() == [
+        "192.168.100.123:50051",
+        "-2147us",
+        "-",
+        "4.3s",
+        "-",
+        "1000.0M",
+        "1000000",
+        "3d",
+    ]

@@ -10,6 +10,7 @@ that failed or is being retried).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -105,24 +106,35 @@ class TimingTable:
             "lost: dropped by the server; age: of the newest message"
         )
 
-    def _cells(self, now: float) -> list[list[str]]:
+    def _cells(self, now: float, compact: bool) -> list[list[str]]:
+        """Per node: label, qErr, pulse, tAcc, UTC, msgs, lost, age, note; `compact` writes
+        large values short (with a unit) so that the table keeps to 80 columns."""
+        count: Callable[[int], str] = _count if compact else str
         cells = []
         for host, row in sorted(self.rows.items()):
             if row.qerr_ps is not None:
-                qerr = str(row.qerr_ps)
+                qerr = _picoseconds(row.qerr_ps) if compact else str(row.qerr_ps)
             else:
                 qerr = "invalid" if row.qerr_invalid else "-"
             valid = {None: "-", True: "yes", False: "no"}[row.utc_valid]
-            age = "-" if row.last_arrival is None else f"{now - row.last_arrival:.1f}"
+            if row.last_arrival is None:
+                age = "-"
+            else:
+                age_s = now - row.last_arrival
+                age = _age(age_s) if compact else f"{age_s:.1f}"
+            if row.t_acc_ns is None:
+                t_acc = "-"
+            else:
+                t_acc = _nanoseconds(row.t_acc_ns) if compact else str(row.t_acc_ns)
             cells.append(
                 [
                     self.labels.get(host, host),
                     qerr,
                     _clock(row.pulse_utc),
-                    "-" if row.t_acc_ns is None else str(row.t_acc_ns),
+                    t_acc,
                     valid,
-                    str(row.messages),
-                    str(row.dropped),
+                    count(row.messages),
+                    count(row.dropped),
                     age,
                     row.note,
                 ]
@@ -161,7 +173,7 @@ class TimingTable:
                 max_width=width,
             )
         notes = []
-        for values in self._cells(now):
+        for values in self._cells(now, compact=True):
             table.add_row(*values[:-1])
             if values[-1]:
                 notes.append(Text(f"{values[0]}: {values[-1]}", style="yellow"))
@@ -170,7 +182,7 @@ class TimingTable:
     def lines(self, now: float) -> list[str]:
         """The table as plain lines: the heading, then one `key=value` line per node."""
         out = [self.heading(now)]
-        for values in self._cells(now):
+        for values in self._cells(now, compact=False):
             node, qerr, pulse, t_acc, valid, count, lost, age, note = values
             line = (
                 f"  {node}: qErr_ps={qerr} pulse={pulse} tAcc_ns={t_acc} utc_ok={valid} "
@@ -182,3 +194,31 @@ class TimingTable:
 
 def _clock(stamp: datetime | None) -> str:
     return "-" if stamp is None else f"{stamp:%H:%M:%S}"
+
+
+def _count(value: int) -> str:
+    return str(value) if value < 10_000_000 else f"{value / 1e6:.1f}M"
+
+
+def _picoseconds(value: int) -> str:
+    """qErr: ps up to ±999999 (the chip's grid is a few ns), µs beyond."""
+    return str(value) if abs(value) < 1_000_000 else f"{value / 1e6:.0f}us"
+
+
+def _nanoseconds(value: int) -> str:
+    """tAcc: ns up to 999999, then ms or s (a chip without a fix reports up to 2^32-1 ns)."""
+    if value < 1_000_000:
+        return str(value)
+    if value < 1_000_000_000:
+        return f"{value / 1e6:.0f}ms"
+    return f"{value / 1e9:.1f}s"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 100:
+        return f"{seconds:.1f}"
+    if seconds < 6000:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
