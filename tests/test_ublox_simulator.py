@@ -619,6 +619,38 @@ def test_baud_mismatch_gives_noise_usb_ignores_speed():
         port.close()
 
 
+def test_protocol_keys_cut_the_link(sim, port):
+    """R-UBX-SIM-4 (spec section 10, R-UBX-INIT-7/11): UBX output off on the chip's port ends
+    every UBX frame, that VALSET's ACK included (the host sees an ACK timeout); UBX input off
+    makes the chip deaf to UBX; NMEA goes on in both cases."""
+    port.send(valset([("CFG_MSGOUT_UBX_TIM_TP_USB", 1)]))
+    assert port.ack_of(0x8A) == "ACK-ACK"
+    port.expect("TIM-TP")
+    sim.silence()  # nothing in flight from before the cut once the sync's answer is read
+    port.sync()
+    port.send(valset([("CFG_USBOUTPROT_UBX", 0)]))
+    assert sim.wait_received("CFG-VALSET", 2)
+    port.send(poll("MON-VER"))
+    assert sim.wait_received("MON-VER", 2)
+    sim.silence(False)
+    port.raw.clear()
+    while port.raw.count(b"$GNGGA") < 3:
+        assert port.read_some(2.0)
+    assert b"\xb5\x62" not in port.raw
+    assert sim.value("CFG_USBOUTPROT_UBX") == 0
+    with SimulatedF9t(period_s=FAST) as deaf:
+        host = HostPort(deaf.device)
+        host.send(valset([("CFG_USBINPROT_UBX", 0)]))
+        assert host.ack_of(0x8A) == "ACK-ACK"
+        host.send(poll("MON-VER"))
+        assert deaf.wait_received("MON-VER")
+        host.raw.clear()
+        while host.raw.count(b"$GNGGA") < 3:
+            assert host.read_some(2.0)
+        assert b"\xb5\x62" not in host.raw
+        host.close()
+
+
 def test_uart1_speed_follows_cfg_uart1_baudrate():
     """R-UBX-SIM-7, R-UBX-SIM-4 (section 10, link-cutting keys): on UART1 the chip's MSGOUT keys
     for UART1 count, and setting CFG_UART1_BAUDRATE moves the chip to that speed: the host

@@ -297,7 +297,12 @@ class ChipModel:
     # --- host frames -----------------------------------------------------------------------
 
     def handle(self, frame: bytes, now: float) -> list[bytes]:
-        """The chip's answer to one whole, checksum-valid UBX frame from the host."""
+        """The chip's answer to one whole, checksum-valid UBX frame from the host: none while
+        UBX input or output is off on its port (that VALSET's own ACK included)."""
+        answers = self._answer(frame, now)
+        return answers if self.ubx_out() else []
+
+    def _answer(self, frame: bytes, now: float) -> list[bytes]:
         msg_class, msg_id = frame[2], frame[3]
         try:
             msg = UBXReader.parse(frame, msgmode=SETPOLL)
