@@ -597,6 +597,22 @@ def test_unplug_is_a_read_error_on_the_slave(sim, port):
     assert not os.path.exists(device)
 
 
+def test_host_closing_and_reopening_the_port_finds_the_same_chip(sim):
+    """R-UBX-SIM-1 (R-UBX-INIT-3, a re-init): the pty outlives the host closing its port; a host
+    opening it again (and flushing) talks to the same chip, whose RAM kept its settings."""
+    port = HostPort(sim.device)
+    port.send(valset([("CFG_TP_FREQ_TP1", 7)]))
+    assert port.ack_of(0x8A) == "ACK-ACK"
+    for _ in range(3):
+        port.close()
+        port = HostPort(sim.device)
+        port.sync()
+    port.send(valget(["CFG_TP_FREQ_TP1"]))
+    assert port.expect("CFG-VALGET").CFG_TP_FREQ_TP1 == 7
+    port.close()
+    assert sim.running
+
+
 def test_baud_mismatch_gives_noise_usb_ignores_speed():
     """R-UBX-SIM-7, R-UBX-INIT-5: a host at 38400 against a chip at 115200 gets no answer to
     MON-VER, only noise (no frame to find), and the chip ignores its bytes; with usb=True the
