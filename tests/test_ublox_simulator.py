@@ -22,6 +22,7 @@ from importlib import resources
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from pyubx2 import GET, POLL, SET, UBX_CONFIG_DATABASE, UBXMessage, UBXReader
 
 from panoseti_daq.ublox.chip_model import ChipModel, Identity, tim_tp_frame
@@ -449,6 +450,94 @@ def test_shipped_config_applies_and_verifies_through_the_protocol_module(sim, po
     port.send(frames[1])
     assert port.ack_of(0x8A) == "ACK-ACK"
     assert sim.value("CFG_MSGOUT_UBX_NAV_TIMEUTC_USB") == 0
+
+
+POOL = {
+    "CFG_TP_FREQ_TP1": st.integers(0, 2**32 - 1),
+    "CFG_TP_TP1_ENA": st.integers(0, 1),
+    "CFG_TP_ANT_CABLEDELAY": st.integers(-(2**15), 2**15 - 1),
+    "CFG_TP_DUTY_TP1": st.floats(allow_nan=False, allow_infinity=False),
+    "CFG_NAVMASK_EL_MASK_000_020": st.binary(min_size=8, max_size=8),
+    "CFG_TMODE_MODE": st.integers(0, 255),
+}
+LAYER_BITS = {"RAM": 1, "BBR": 2, "FLASH": 4}
+
+
+class LayersMachine(RuleBasedStateMachine):
+    """R-UBX-SIM-3 as rules: a VALSET without a transaction writes its layers at once; a
+    transaction buffers from its start to its apply (a new start discards the buffer, steps
+    must name the start's layers, any other CFG message cancels it); no layer bit or an
+    ongoing/apply step with nothing open is NAKed and changes nothing; VALGET reads back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chip = ChipModel()
+        self.layers = {name: {} for name in LAYER_BITS}
+        self.open: tuple[int, dict] | None = None
+
+    def answer(self, msg: UBXMessage) -> list[str]:
+        return [UBXReader.parse(f).identity for f in self.chip.handle(msg.serialize(), 0.0)]
+
+    @rule(data=st.data(), mask=st.sampled_from([0, 1, 3, 6]), action=st.sampled_from([0, 1]))
+    def valset_now_or_start(self, data, mask, action):
+        self.valset(data, mask, action)
+
+    # Transaction steps mostly name the layers they were started with (layers 3), so that
+    # start, start again, ongoing and apply sequences are common.
+    @rule(data=st.data(), mask=st.sampled_from([0, 3, 3, 3, 6]), action=st.sampled_from([1, 2, 3]))
+    def transaction_step(self, data, mask, action):
+        self.valset(data, mask, action)
+
+    def valset(self, data, mask, action):
+        keys = data.draw(st.lists(st.sampled_from(sorted(POOL)), min_size=1, max_size=4))
+        items = {key: data.draw(POOL[key]) for key in keys}
+        if "CFG_TP_DUTY_TP1" in items:  # R8 read back exactly: no -0.0 / 0.0 ambiguity
+            items["CFG_TP_DUTY_TP1"] += 0.0
+        valid = mask != 0 and (action in (0, 1) or (self.open is not None and self.open[0] == mask))
+        names = self.answer(valset(list(items.items()), mask, action))
+        assert names == ["ACK-ACK" if valid else "ACK-NAK"]
+        if not valid:
+            self.open = None
+        elif action == 0:
+            self.open = None
+            self.store(mask, items)
+        elif action == 1:
+            self.open = (mask, dict(items))
+        else:
+            self.open[1].update(items)
+            if action == 3:
+                self.store(*self.open)
+                self.open = None
+
+    def store(self, mask: int, items: dict) -> None:
+        for layer, bit in LAYER_BITS.items():
+            if mask & bit:
+                self.layers[layer].update(items)
+
+    @rule(layer=st.sampled_from(sorted(LAYER_BITS)), refused=st.booleans())
+    def another_cfg_message_cancels(self, layer, refused):
+        self.open = None
+        if refused:
+            assert self.answer(poll("CFG-RATE")) == ["ACK-NAK"]
+            return
+        keys = sorted(POOL)
+        frames = self.chip.handle(valget(keys, ["RAM", "BBR", "FLASH"].index(layer)).serialize(), 0)
+        got = valget_values(UBXReader.parse(frames[0]))
+        for key in keys:
+            wanted = self.layers[layer].get(key, self.chip.value(key, "DEFAULT"))
+            assert got[key] == wanted
+
+    @invariant()
+    def layers_hold_what_was_applied(self):
+        for layer, stored in self.layers.items():
+            for key in POOL:
+                assert self.chip.value(key, layer) == stored.get(
+                    key, self.chip.value(key, "DEFAULT")
+                )
+
+
+TestLayersMachine = pytest.mark.timeout(30)(LayersMachine.TestCase)
+TestLayersMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 
 
 # --- output -------------------------------------------------------------------------------
