@@ -20,12 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from panoseti_daq._localhost import free_port
 from panoseti_daq.config import server_config_from_dict
 from panoseti_daq.errors import ConfigError
+from panoseti_daq.messages import StreamImagesRequest
 from tests.helpers import (
+    fill_flow_control_window,
     init_hp_io,
     movie_frame,
     next_reply,
     open_stream,
     server_process,
+    stalled_stream_client,
     upload,
     wait_until,
 )
@@ -107,6 +110,72 @@ async def test_scrape_while_streaming_counts_frames_clients_and_process(make_ser
         assert "panoseti_daq_client_frames_sent_total" not in metrics
         assert only(metrics["panoseti_daq_frames_sent_total"]) == 20
         assert only(metrics["panoseti_daq_send_delay_seconds_count"]) == 20
+
+
+async def test_each_client_has_its_own_series_an_overrunning_one_its_own_overruns(
+    make_server, run_dir
+):
+    """R-STREAM-11 per client: a client that keeps up and one that stopped reading (a real
+    HTTP/2 client whose window the server has filled) each have series labelled with their own
+    client number, address and subscription; the stalled one's overruns, queue depth and frames
+    sent are its own, all different, and the fast one has no overrun."""
+    queue = 4
+    async with make_server(
+        metrics_port=0,
+        max_read_queue_size=queue,
+        reader_timeout=60.0,  # the stalled client is not ended during the test
+        max_reader_enqueue_timeouts=2,
+    ) as server:
+        assert (await init_hp_io(server, run_dir)).success
+        async with open_stream(server, ph=False, module_ids=[7]) as fast:
+            await wait_until(lambda: server.hub.subscriber_count == 1)
+            request = StreamImagesRequest(
+                stream_movie_data=True, stream_pulse_height_data=True, module_ids=[8]
+            )
+            with stalled_stream_client(server.port, request) as (sock, _):
+                await wait_until(lambda: server.hub.subscriber_count == 2)
+                # More than a 64 KiB window: its handler blocks in a send, its queue fills.
+                await upload(server, [movie_frame(8, i) for i in range(60)])
+                await anyio.to_thread.run_sync(fill_flow_control_window, sock)
+                publish = server.core.publisher("upload")
+                for number in range(60, 70):  # its queue is full: all 10 overrun
+                    publish(movie_frame(8, number))
+                for number in range(3):
+                    publish(movie_frame(7, number))
+                for _ in range(3):
+                    await next_reply(fast)
+                await wait_until(lambda: server.hub.subscriber_stats()[0].sent == 3)
+                metrics = await anyio.to_thread.run_sync(scrape, server.metrics_port)
+                stalled_peer = f"127.0.0.1:{sock.getsockname()[1]}"
+                _, stalled = server.hub.subscriber_stats()
+
+    sent = metrics["panoseti_daq_client_frames_sent_total"]
+    by_client = {dict(labels)["client"]: dict(labels) for labels in sent}
+    assert sorted(by_client) == ["1", "2"]
+    assert by_client["1"]["peer"].startswith("127.0.0.1:")
+    assert by_client["1"]["peer"] != stalled_peer
+    assert by_client["1"]["subscription"] == "movie every 0 s modules 7"
+    assert by_client["2"]["peer"] == stalled_peer
+    assert by_client["2"]["subscription"] == "movie+ph every 0 s modules 8"
+
+    def series(name: str, client: str) -> float:
+        return metrics[name][tuple(sorted(by_client[client].items()))]
+
+    assert series("panoseti_daq_client_frames_sent_total", "1") == 3
+    assert series("panoseti_daq_client_overruns_total", "1") == 0
+    assert series("panoseti_daq_client_queue_depth", "1") == 0
+    assert series("panoseti_daq_client_send_delay_seconds_count", "1") == 3
+    # The stalled client: every frame it was offered was taken (sent or stuck in its window),
+    # is waiting, or overran; at least the 10 after its queue filled overran.
+    overruns = series("panoseti_daq_client_overruns_total", "2")
+    taken = series("panoseti_daq_client_frames_sent_total", "2")
+    assert series("panoseti_daq_client_queue_depth", "2") == queue
+    assert overruns >= 10 and taken > 0
+    assert taken + queue + overruns == 70
+    assert (taken, overruns) == (stalled.sent, stalled.dropped)
+    assert len({taken, queue, overruns}) == 3  # a field read for another would show
+    assert only(metrics["panoseti_daq_frames_overrun_total"]) == overruns
+    assert only(metrics["panoseti_daq_stream_clients"]) == 2
 
 
 def raw_http(port: int, request: bytes) -> bytes:
