@@ -93,9 +93,13 @@ def daq_config(*servers, unix: bool = False) -> dict:
 
 @pytest.fixture(scope="module")
 def live_server():
-    """One server in simulation mode for all examples, with daq/network configs naming it."""
-    tmp = Path(tempfile.mkdtemp(prefix="pdaqex", dir="/tmp"))
-    with server_process(tmp, "--init-sim") as (_, port, _uds):
+    """One server in simulation mode for all examples, with daq/network configs naming it;
+    its directory is removed once the server has stopped."""
+    with (
+        tempfile.TemporaryDirectory(prefix="pdaqex", dir="/tmp") as name,
+        server_process(Path(name), "--init-sim") as (_, port, _uds),
+    ):
+        tmp = Path(name)
         daq = tmp / "daq_config.json"
         daq.write_text(json.dumps({"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}))
         net = tmp / "network_config.json"

@@ -387,8 +387,10 @@ def test_hostile_headers_are_codec_errors():
 
 @pytest.fixture(scope="module")
 def grpcio_upload():
-    tmp = Path(tempfile.mkdtemp(prefix="pdaqhdr", dir="/tmp"))
-    with server_process(tmp) as (_, port, _uds):
+    with (
+        tempfile.TemporaryDirectory(prefix="pdaqhdr", dir="/tmp") as tmp,
+        server_process(Path(tmp)) as (_, port, _uds),
+    ):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         call = channel.stream_unary(
             "/daqdata.DaqData/UploadImages",
