@@ -203,6 +203,7 @@ def same_size_other_layout(header: dict, draw) -> dict | None:
     return _replaced(header, path, draw(replacement), rename)
 
 
+@pytest.mark.timeout(60)  # 300 examples: ~5 s alone, twice that on a busy host
 @given(headers, st.sampled_from(["ParseDict", "update"]), st.data())
 @settings(max_examples=300, deadline=None)
 def test_headers_protobuf_builds_decode_as_protobuf_reads_them(header, how, data):
@@ -281,6 +282,7 @@ def _struct_bytes(entries, layouts) -> bytes:
     return out
 
 
+@pytest.mark.timeout(60)  # 300 examples: ~5 s alone, twice that on a busy host
 @given(hand_laid_structs(), st.data())
 @settings(max_examples=300, deadline=None)
 def test_any_entry_order_unknown_fields_and_repeats_decode_as_protobuf_does(laid, data):

@@ -295,7 +295,8 @@ class HubMachine(RuleBasedStateMachine):
         assert self.hub.frames_dropped == sum(m.dropped for m in self.queues.values())
 
 
-TestHubMachine = HubMachine.TestCase
+# 200 runs of up to 60 steps: ~5 s alone, twice that on a busy host.
+TestHubMachine = pytest.mark.timeout(60)(HubMachine.TestCase)
 TestHubMachine.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
 
 
