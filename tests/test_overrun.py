@@ -143,7 +143,7 @@ async def test_slow_reader_that_keeps_taking_is_not_ended_past_the_limit(make_se
                 while True:
                     reply = await next_reply(slow)  # GRPCError if the server ends it
                     got.append((reply.frame.frame_number, reply.message))
-                    await anyio.sleep(0.001)
+                    await anyio.sleep(0.002)
 
             async def drained() -> None:
                 await wait_until(lambda: reader.queue_depth == 0 and len(got) == reader.sent)
