@@ -30,8 +30,17 @@ from panoseti_daq.server import DaqDataServer
 from tests.helpers import server_process
 
 # `make mutate` (tools/mutate.py) runs every mutant's tests: fewer examples per property there.
-settings.register_profile("mutate", max_examples=20, deadline=None)
+MUTATE_EXAMPLES = 20
+settings.register_profile("mutate", max_examples=MUTATE_EXAMPLES, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def examples(count: int) -> int:
+    """`count` examples for a property test that sets its own number; under `make mutate`
+    (the "mutate" profile) at most that profile's, which an explicit number would override."""
+    if os.environ.get("HYPOTHESIS_PROFILE") == "mutate":
+        return min(count, MUTATE_EXAMPLES)
+    return count
 
 
 @pytest.fixture(params=["asyncio", "trio"])

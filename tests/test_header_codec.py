@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from panoseti_daq import CodecError, PanoFrame
 from panoseti_daq import _header_codec as header_codec
 from panoseti_daq.codec import decode_pano_image, decode_struct, encode_pano_image
+from tests.conftest import examples
 from tests.helpers import server_process
 from tests.reference import modules
 
@@ -205,7 +206,7 @@ def same_size_other_layout(header: dict, draw) -> dict | None:
 
 @pytest.mark.timeout(60)  # 300 examples: ~5 s alone, twice that on a busy host
 @given(headers, st.sampled_from(["ParseDict", "update"]), st.data())
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_headers_protobuf_builds_decode_as_protobuf_reads_them(header, how, data):
     """Any header protobuf writes: extra keys at any level, nested structs and lists, every
     Value kind; the same output on the general path, the recording pass and the template; a
@@ -284,7 +285,7 @@ def _struct_bytes(entries, layouts) -> bytes:
 
 @pytest.mark.timeout(60)  # 300 examples: ~5 s alone, twice that on a busy host
 @given(hand_laid_structs(), st.data())
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_any_entry_order_unknown_fields_and_repeats_decode_as_protobuf_does(laid, data):
     entries, layouts = laid
     first = _struct_bytes(entries, layouts)
