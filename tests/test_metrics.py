@@ -5,6 +5,7 @@ Scrapes are parsed with prometheus-client's own parser, as Prometheus would read
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -21,9 +22,11 @@ from panoseti_daq._localhost import free_port
 from panoseti_daq.config import server_config_from_dict
 from panoseti_daq.errors import ConfigError
 from panoseti_daq.messages import StreamImagesRequest
+from panoseti_daq.server import metrics as server_metrics
 from tests.helpers import (
     fill_flow_control_window,
     init_hp_io,
+    ipv6_loopback,
     movie_frame,
     next_reply,
     open_stream,
@@ -109,6 +112,7 @@ async def test_scrape_while_streaming_counts_frames_clients_and_process(make_ser
             assert only(metrics["panoseti_daq_hp_io_valid"]) == 1
             assert only(metrics["process_resident_memory_bytes"]) > 1e6
             assert only(metrics["process_open_fds"]) > 0
+            assert "python_info" in metrics  # the platform collector, in our own registry
 
         # The client has gone: its series go, the totals keep what it was sent.
         await wait_until(lambda: server.hub.subscriber_count == 0)
@@ -214,6 +218,45 @@ async def test_bad_requests_get_http_errors_and_the_endpoint_keeps_serving(make_
         assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
         metrics = await anyio.to_thread.run_sync(scrape, port)
         assert only(metrics["panoseti_daq_stream_clients"]) == 0
+
+
+async def test_endpoint_listens_on_the_servers_host_and_port_and_says_where(make_server, caplog):
+    """`metrics_port` N: the endpoint listens on N, on the server's own host only (here
+    127.0.0.1: ::1 is refused), and one log line gives its URL."""
+    caplog.set_level(logging.INFO, logger="panoseti_daq.server.metrics")
+    port = free_port()
+    async with make_server(metrics_port=port) as server:
+        assert server.metrics_port == port
+        metrics = await anyio.to_thread.run_sync(scrape, port)
+        assert only(metrics["panoseti_daq_stream_clients"]) == 0
+        if ipv6_loopback():
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("::1", port), timeout=5).close()
+    assert f"metrics on http://127.0.0.1:{port}/metrics" in caplog.messages
+
+
+def silent_client(port: int) -> bytes:
+    """Connect, send nothing, and read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        return sock.recv(1024)  # TimeoutError if the server keeps it open
+
+
+async def test_a_client_that_sends_nothing_is_closed_and_others_are_served(
+    make_server, monkeypatch
+):
+    """A connection that sends no request within the request timeout (10 s; 0.3 s here) is
+    closed without an answer, and scrapes meanwhile are answered."""
+    monkeypatch.setattr(server_metrics, "_REQUEST_TIMEOUT_S", 0.3)
+    async with make_server(metrics_port=0) as server, anyio.create_task_group() as tg:
+        answers: list[bytes] = []
+
+        async def idle() -> None:
+            answers.append(await anyio.to_thread.run_sync(silent_client, server.metrics_port))
+
+        tg.start_soon(idle)
+        metrics = await anyio.to_thread.run_sync(scrape, server.metrics_port)
+        assert only(metrics["panoseti_daq_stream_clients"]) == 0
+    assert answers == [b""]  # closed by the server, before the client's own 5 s
 
 
 def test_metrics_port_config_key_is_validated(tmp_path):
