@@ -259,6 +259,30 @@ async def test_a_client_that_sends_nothing_is_closed_and_others_are_served(
     assert answers == [b""]  # closed by the server, before the client's own 5 s
 
 
+def request_in_pieces(port: int, pieces: list[bytes]) -> bytes:
+    """Send a request in several writes (each its own TCP segment), then read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.02)  # a slow client's pause: the server reads each piece alone
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_a_request_that_comes_in_pieces_is_answered(make_server):
+    """A request line and headers split over several writes (a slow or hand-typed client),
+    with a query string, are read whole and answered."""
+    async with make_server(metrics_port=0) as server:
+        pieces = [b"GET /metrics?x=1 HT", b"TP/1.1\r\nHost: x\r\n", b"\r", b"\n"]
+        answer = await anyio.to_thread.run_sync(request_in_pieces, server.metrics_port, pieces)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"panoseti_daq_stream_clients 0.0" in body
+
+
 def test_metrics_port_config_key_is_validated(tmp_path):
     """R-CFG-1: metrics_port is an integer 0..65535 or null (off)."""
     file = tmp_path / "daq_data_server_config.json"
