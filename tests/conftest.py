@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from panoseti_daq import _header_codec as header_codec
 from panoseti_daq.config import ServerConfig
 from panoseti_daq.server import DaqDataServer
 from tests.helpers import server_process
@@ -41,6 +42,21 @@ def examples(count: int) -> int:
     if os.environ.get("HYPOTHESIS_PROFILE") == "mutate":
         return min(count, MUTATE_EXAMPLES)
     return count
+
+
+@pytest.fixture(autouse=True)
+def empty_header_caches():
+    """Every test starts with the header codec's plans and templates not yet made: what it
+    asserts does not depend on the tests before it, and under `make mutate` (whose runner
+    forks each mutant from a process that has already run the tests, caches filled) the code
+    that makes them runs with the mutant."""
+    for cache in (
+        header_codec._flat_plans,
+        header_codec._nested_plans,
+        header_codec._templates,
+        header_codec._general_parses,
+    ):
+        cache.clear()
 
 
 @pytest.fixture(params=["asyncio", "trio"])
