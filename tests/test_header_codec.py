@@ -233,6 +233,10 @@ def test_headers_protobuf_builds_decode_as_protobuf_reads_them(header, how, data
     ours, path = decode_noting_path(third)
     assert same(ours, reference_of(third))
     assert path == "general"
+    # Both layouts of that size keep their templates.
+    ours, path = decode_noting_path(second)
+    assert same(ours, reference_of(second))
+    assert path == ("template" if made else "general")
 
 
 def _len(tag: int, payload: bytes) -> bytes:
@@ -329,6 +333,21 @@ def test_templates_take_repeated_layouts_and_check_their_strings():
         **{k: v for k, v in header.items() if k != "send_ns"},
         "recv_ns": 2.0,
     }
+
+
+def test_a_header_inside_other_bytes_takes_the_template_too():
+    """A header read where it lies in a PanoImage's bytes (not at offset 0) becomes a template
+    and is read from it, the bytes around it left alone."""
+    header = {"quabo_0": {"pkt_num": 1.0, "pkt_tai": 2.0}, "tag": "zz"}
+    data = protobuf_bytes(header, "update")
+    before, after = b"\x0a\x03xyz\x12", b"\x18\x07"
+    buf = before + data + after
+    start, end = len(before), len(before) + len(data)
+    assert [decode_struct(buf, start, end) for _ in range(3)] == [header] * 3
+    other = buf.replace(b"zz", b"cd")
+    with general_parser_calls() as calls:
+        assert decode_struct(other, start, end) == {**header, "tag": "cd"}
+    assert not calls, "the general parser read a header of a known layout"
 
 
 def test_an_extra_key_keeps_the_fast_path():
