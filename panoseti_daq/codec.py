@@ -222,8 +222,8 @@ def _pixels(
             f"got {values.size}"
         )
     top = product.max_bit_pattern
-    # uint16 results of the uniform fast paths are at most 0x3FFF: no range check for 16 bits.
-    if values.dtype.itemsize > product.bytes_per_pixel or top < 0x3FFF:
+    # uint16 results of the fast paths fit 16 bits: no range check for 16-bit products.
+    if values.dtype.itemsize > product.bytes_per_pixel or top < 0xFFFF:
         high = int(values.max())
         if high > top:
             raise ImageError(

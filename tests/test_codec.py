@@ -620,6 +620,63 @@ def test_uniform_varint_lengths_and_maximum_values(product, value):
         _assert_same_as_reference(decode_pano_image(reference.SerializeToString()), reference)
 
 
+def _padded_varint(value: int, extra: int) -> bytes:
+    """`value` as a varint `extra` bytes longer than needed (protobuf reads such varints)."""
+    raw = bytearray(_varint(value))
+    extra = min(extra, 5 - len(raw))  # longer than 5 bytes: STRICTER_THAN_PROTOBUF
+    if extra > 0:
+        raw[-1] |= 0x80
+        raw += b"\x80" * (extra - 1) + b"\x00"
+    return bytes(raw)
+
+
+@given(st.data())
+@settings(max_examples=50, deadline=None)
+def test_any_mix_of_varint_lengths_decodes_as_protobuf_does(data):
+    """R-WIRE-3, R-PARSE-4: pixels mixing 1-, 2- and 3-byte varints (the mixed fast path),
+    with some varints written up to 2 bytes longer than needed (the general path) and values
+    beyond the product's range (ImageError), the pixel field placed first or last, read as
+    protobuf reads them."""
+    product = data.draw(st.sampled_from(list(PRODUCTS.values())), label="product")
+    top = data.draw(st.sampled_from([0x7F, 0x3FFF, product.max_bit_pattern, 0x1FFFFF, 2**32 - 1]))
+    count = product.pixel_count
+    values = data.draw(
+        hnp.arrays(np.uint32, count, elements=st.integers(0, top)), label="values"
+    ).tolist()
+    extras = data.draw(
+        hnp.arrays(np.uint8, count, elements=st.integers(0, 2), fill=st.just(0)),
+        label="extra bytes",
+    ).tolist()
+    payload = b"".join(_padded_varint(v, e) for v, e in zip(values, extras, strict=True))
+    rest = pb2.PanoImage(
+        type=int(product.image_type),
+        shape=list(product.shape),
+        bytes_per_pixel=product.bytes_per_pixel,
+        module_id=7,
+    ).SerializeToString()
+    pixels = _field(3, 2, payload)
+    message = rest + pixels if data.draw(st.booleans(), label="pixels last") else pixels + rest
+    reference = pb2.PanoImage.FromString(message)
+    assert list(reference.image_array) == values
+    event("extra bytes" if any(extras) else "canonical varints")
+    if max(values) > product.max_bit_pattern:
+        with pytest.raises(ImageError, match="pixel values must fit"):
+            decode_pano_image(message)
+        return
+    _assert_same_as_reference(decode_pano_image(message), reference)
+
+
+@pytest.mark.parametrize("pixels_last", [False, True])
+def test_packed_pixels_ending_in_a_cut_varint_are_a_codec_error(pixels_last):
+    """R-WIRE-5: a packed image_array whose last varint is cut short (its last byte still
+    says "more follows") is malformed, also when the bytes after it would complete it."""
+    payload = b"".join(_varint(v) for v in [5, 300, 40000] * 341) + b"\x81"  # 1,024 starts
+    rest = pb2.PanoImage(type=2, shape=[32, 32], bytes_per_pixel=2).SerializeToString()
+    pixels = _field(3, 2, payload)
+    with pytest.raises(CodecError, match="truncated varint"):
+        decode_pano_image(rest + pixels if pixels_last else pixels + rest)
+
+
 def test_unpacked_value_beyond_uint32_is_a_codec_error():
     """R-WIRE-5: an unpacked image_array value that does not fit uint32 is rejected."""
     data = (
