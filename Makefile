@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_DIR := panoseti_daq/_generated
 PROTO := schema/daq_data.proto
 
-.PHONY: all setup demo test lint schema schema-check bench soak mutate clean
+.PHONY: all setup demo test lint schema schema-check bench bench-full soak mutate clean
 
 all: test
 
@@ -40,7 +40,13 @@ schema: $(STAMP)
 schema-check: $(STAMP)
 	$(PY) tools/generate.py --check $(PROTO) $(GEN_DIR)
 
+# Within 5 minutes: the codec, and server CPU per frame at 3,000 img16/s (relay and Hashpipe
+# socket) as ratios to the grpcio reference relay, measured side by side (docs/performance.md).
 bench: $(STAMP)
+	$(PY) -m benchmarks codec cpu
+
+# Every benchmark, the long end-to-end scenarios included (about half an hour).
+bench-full: $(STAMP)
 	$(PY) -m benchmarks
 
 # Not in CI: 10 minutes of load, printing the server's memory, descriptors and threads.
