@@ -9,9 +9,11 @@ grpcio load generator, `benchmarks/grpcio_load.py`, in its own process):
           viewer (`ours_trio_socket`); the reference has no such path, so its ratio is taken
           against the reference relay's figure.
 The figure is the server's CPU seconds (user + system, from /proc) per 1,000 frames delivered
-to the viewer over the measured part. The machine is shared: the servers run in turns, three
-rounds, and each line gives the run with the median figure (every run listed), the ratios of
-the medians (ours / reference relay), and the load average before and after.
+to the viewer over the measured part; beside it the system CPU, and (where `perf stat` may
+trace the server) its system calls and context switches per frame. The machine is shared: the
+servers run in turns, three rounds, and the line gives per scenario the run with the median
+figure (every run listed), the ratios of the medians (ours / reference relay), and the load
+average before and after.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def one_run(name: str, images: int = IMAGES, rate_hz: int = RATE_HZ) -> dict[str
         with server(kind, tmp, **config) as (pid, port, data_dir, _):
             cmd = [sys.executable, "-m", "benchmarks.grpcio_load", "--port", str(port)]
             cmd += ["--server-pid", str(pid), "--rate", str(rate_hz)]
-            cmd += ["--images", str(images), "--warmup", str(WARMUP)]
+            cmd += ["--images", str(images), "--warmup", str(WARMUP), "--count-syscalls"]
             if data_dir:
                 cmd += ["--init-data-dir", data_dir]
             if config:

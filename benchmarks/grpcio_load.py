@@ -34,8 +34,10 @@ import itertools
 import json
 import os
 import re
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -100,6 +102,34 @@ def server_user_system_s(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of process `pid` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+
+
+@contextlib.contextmanager
+def counting_syscalls(pid: int, out: dict):
+    """Count the system calls and context switches of process `pid` (all its threads) with
+    `perf stat` while the block runs; into `out` as "syscalls" and "context_switches". Nothing
+    where perf is missing or may not count them (it needs the right to trace `pid`)."""
+    events = {"raw_syscalls:sys_enter": "syscalls", "context-switches": "context_switches"}
+    try:
+        perf = subprocess.Popen(
+            ["perf", "stat", "-x,", "-e", ",".join(events), "-p", str(pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    except OSError:
+        yield
+        return
+    time.sleep(0.2)  # perf attaches
+    try:
+        yield
+    finally:
+        perf.send_signal(signal.SIGINT)
+        report = perf.communicate(timeout=10)[1]
+    for line in report.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] in events and fields[0].isdigit():
+            out[events[fields[2]]] = int(fields[0])
 
 
 def hashpipe_header(product: str, number: int) -> dict:
@@ -365,6 +395,10 @@ def _measure(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
             send(0, args.warmup, 120)
             if subscriber is not None:
                 subscriber.wait_warm()
+        counts: dict[str, int] = {}
+        counting = stack.enter_context(contextlib.ExitStack())
+        if args.count_syscalls and args.server_pid:
+            counting.enter_context(counting_syscalls(args.server_pid, counts))
         cpu0 = server_user_system_s(args.server_pid) if args.server_pid else (0.0, 0.0)
         delays0 = send_delays(args.metrics_port) if args.metrics_port else None
         start = time.perf_counter()
@@ -405,6 +439,10 @@ def _measure(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
             per_1000 = 1000 / max(counted, 1)
             result["server_cpu_s_per_1000"] = (user - cpu0[0] + system - cpu0[1]) * per_1000
             result["server_system_s_per_1000"] = (system - cpu0[1]) * per_1000
+        if args.count_syscalls:
+            counting.close()  # perf stops counting: its figures are in `counts`
+            for name, value in counts.items():
+                result[f"server_{name}_per_frame"] = value / max(counted, 1)
         return result
     finally:
         channel.close()
@@ -426,6 +464,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init-interval", type=float, default=1.0, help="its scan interval")
     parser.add_argument("--server-pid", type=int, default=0)
     parser.add_argument("--metrics-port", type=int, default=0, help="ours: its /metrics port")
+    parser.add_argument(
+        "--count-syscalls",
+        action="store_true",
+        help="with --server-pid: the server's system calls per frame (perf stat)",
+    )
     parser.add_argument(
         "--uds-feed", default="", help="feed PFF frames to this ingest socket instead of uploading"
     )

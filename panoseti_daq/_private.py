@@ -3,6 +3,9 @@
 - grpclib 0.4: `send_framed_messages` writes a batch of gRPC messages to a server stream in one
   HTTP/2 write through the stream's protocol stream (`Stream._stream`) and keeps the counters
   `Stream.send_message` keeps (`_send_message_done`, `_messages_sent`, the connection's).
+  `FramedMessageReader` reads a client stream's messages in batches from the protocol stream's
+  receive buffer (`Buffer._unacked`, its `_ack_callback`) and keeps the counters
+  `Stream.recv_message` keeps (`_messages_received`, the connection's).
 - trio-asyncio 0.16: importing it patches asyncio for the whole process. `import_trio_asyncio`
   is called only where a trio-asyncio loop is started (`bridge.grpclib_loop` under trio); it
   restores asyncio's own `new_event_loop` (kept by trio-asyncio as `_loop._orig_loop_new`) and
@@ -30,7 +33,9 @@ from typing import Any
 
 from grpclib.server import Stream
 
-__all__ = ["check_version", "import_trio_asyncio", "send_framed_messages"]
+from .errors import CodecError
+
+__all__ = ["FramedMessageReader", "check_version", "import_trio_asyncio", "send_framed_messages"]
 
 GRPCLIB_SUPPORTED = ((0, 4),)
 TRIO_ASYNCIO_SUPPORTED = ((0, 16),)
@@ -64,7 +69,9 @@ def _require_attributes(library: str, owner: object, names: tuple[str, ...]) -> 
 
 check_version("grpclib", importlib.metadata.version("grpclib"), GRPCLIB_SUPPORTED)
 _require_attributes(
-    "grpclib", Stream, ("_send_initial_metadata_done", "_send_message_done", "_messages_sent")
+    "grpclib",
+    Stream,
+    ("_send_initial_metadata_done", "_send_message_done", "_messages_sent", "_messages_received"),
 )
 
 
@@ -174,3 +181,88 @@ def _point_anyio_at(get_running_loop: object, current_task: object) -> None:
     _require_attributes("anyio", backend, ("get_running_loop", "current_task"))
     backend.get_running_loop = get_running_loop
     backend.current_task = current_task
+
+
+class FramedMessageReader:
+    """The request messages of a client-streaming call, in batches (one client stream each).
+
+    grpclib's `Stream.recv_message` waits twice per message (its 5-byte prefix, then its bytes)
+    and acknowledges every DATA frame to HTTP/2 flow control on its own. This reader takes
+    every chunk that has arrived (up to `max_batch_bytes`) in one step, acknowledges them
+    together (flow control still opens only as the handler reads), and returns the complete
+    messages among them; a message cut between chunks waits for the rest. Messages are not
+    decoded (the caller decodes them) and grpclib's RecvMessage event is not dispatched (the
+    server registers no listener for it). Only this reader may read the stream.
+    """
+
+    _PREFIX_BYTES = 5
+
+    def __init__(self, stream: Stream[Any, Any], max_batch_bytes: int = 65536) -> None:
+        self._stream = stream
+        buffer = stream._stream.buffer
+        _require_attributes("grpclib", buffer, ("_unacked", "_ack_callback"))
+        self._queue = buffer._unacked
+        self._ack = buffer._ack_callback
+        self._max_batch_bytes = max_batch_bytes
+        self._pending = b""
+        self._ended = False
+
+    async def read(self) -> list[bytes]:
+        """Every complete message now (waiting for at least one); [] once the client has ended
+        its stream. CodecError if it ended in the middle of a message."""
+        while True:
+            messages = self._split()
+            if messages:
+                count = len(messages)
+                stream = self._stream
+                stream._messages_received += count
+                connection = stream._stream.connection
+                connection.messages_received += count
+                connection.last_message_received = time.monotonic()
+                return messages
+            if self._ended:
+                if self._pending:
+                    raise CodecError(
+                        f"the request stream ended in the middle of a message "
+                        f"({len(self._pending)} bytes of it arrived)"
+                    )
+                return []
+            await self._fill()
+
+    async def _fill(self) -> None:
+        queue = self._queue
+        chunk = await queue.get()
+        chunks = [self._pending]
+        size = acked = 0
+        while True:
+            data, data_size, ack_size = chunk
+            if not ack_size:  # grpclib's end of stream
+                self._ended = True
+                break
+            chunks.append(data)
+            size += data_size
+            acked += ack_size
+            if size >= self._max_batch_bytes or queue.empty():
+                break
+            chunk = queue.get_nowait()
+        if acked:
+            self._ack(acked)
+        self._pending = b"".join(chunks)
+
+    def _split(self) -> list[bytes]:
+        buf = self._pending
+        end = len(buf)
+        pos = 0
+        messages = []
+        while end - pos >= self._PREFIX_BYTES:
+            if buf[pos]:
+                raise NotImplementedError("Compression not implemented")  # as grpclib
+            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            start = pos + self._PREFIX_BYTES
+            if end - start < length:
+                break
+            messages.append(buf[start : start + length])
+            pos = start + length
+        if pos:
+            self._pending = buf[pos:]
+        return messages

@@ -15,6 +15,7 @@ from grpclib.server import Stream
 from grpclib.testing import ChannelFor
 
 from panoseti_daq import _private
+from panoseti_daq.errors import CodecError
 
 
 class RawCodec(CodecBase):
@@ -182,4 +183,69 @@ def test_the_installed_versions_are_supported():
     )
     _private.check_version(
         "trio-asyncio", trio_asyncio.__version__, _private.TRIO_ASYNCIO_SUPPORTED
+    )
+
+
+class UploadService:
+    """A client-streaming method that reads its request with FramedMessageReader."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[bytes]] = []
+        self.counted = 0
+        self.error: str | None = None
+
+    async def upload(self, stream: Stream) -> None:
+        reader = _private.FramedMessageReader(stream, max_batch_bytes=40_000)
+        try:
+            while batch := await reader.read():
+                self.batches.append(batch)
+        except CodecError as exc:
+            self.error = str(exc)
+        self.counted = stream._messages_received
+        await stream.send_message(b"done")
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {"/test.Upload/Send": Handler(self.upload, Cardinality.STREAM_UNARY, bytes, bytes)}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_framed_reader_returns_every_message_in_order_in_batches():
+    """R-UP-1, R-UP-4: the batched reader of an upload gets every message a grpclib client
+    sends (real h2, in memory), in order, whole: empty ones, ones cut across DATA frames and
+    chunks, more than one batch's worth; grpclib's message counter advances by each."""
+    messages = [b"", b"x", bytes(range(256)) * 300, b"y" * 16_379, b"z" * 5, *([b"w" * 3000] * 40)]
+    service = UploadService()
+    async with ChannelFor([service], codec=RawCodec()) as channel:
+        async with channel.request(
+            "/test.Upload/Send", Cardinality.STREAM_UNARY, bytes, bytes
+        ) as stream:
+            for message in messages:
+                await stream.send_message(message)
+            await stream.end()
+            assert await stream.recv_message() == b"done"
+    assert [m for batch in service.batches for m in batch] == messages
+    assert len(service.batches) > 1
+    assert service.counted == len(messages)
+    assert service.error is None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_framed_reader_names_a_stream_that_ends_inside_a_message():
+    """R-WIRE-5: a request stream that ends after part of a message is a CodecError saying
+    how much of it arrived, after the whole messages before it."""
+    service = UploadService()
+    async with ChannelFor([service], codec=RawCodec()) as channel:
+        async with channel.request(
+            "/test.Upload/Send", Cardinality.STREAM_UNARY, bytes, bytes
+        ) as stream:
+            await stream.send_message(b"whole")
+            await stream._stream.send_data(struct.pack(">BI", 0, 10) + b"abc")
+            await stream.end()
+            assert await stream.recv_message() == b"done"
+    assert service.batches == [[b"whole"]]
+    assert (
+        service.error
+        == "the request stream ended in the middle of a message (8 bytes of it arrived)"
     )

@@ -22,8 +22,14 @@ from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
 
-from .._private import send_framed_messages
-from ..codec import StreamReply, UploadItem, encode_stream_reply, overrun_notice
+from .._private import FramedMessageReader, send_framed_messages
+from ..codec import (
+    StreamReply,
+    UploadItem,
+    decode_upload_item,
+    encode_stream_reply,
+    overrun_notice,
+)
 from ..config import HpIoConfig
 from ..errors import CodecError, ImageError
 from ..messages import (
@@ -98,6 +104,14 @@ async def _send_batch(stream: Stream, replies: list[StreamReply]) -> None:
         message = encode_stream_reply(reply)
         parts += (pack(0, len(message)), message)
     await send_framed_messages(stream, b"".join(parts), len(replies))
+
+
+def _invalid_upload(index: int, exc: Exception) -> GRPCError:
+    return GRPCError(
+        Status.INVALID_ARGUMENT,
+        f"image {index} of the upload is invalid: {exc}; "
+        f"the {index} image(s) before it were accepted",
+    )
 
 
 def _within(path: Path, roots: tuple[Path, ...]) -> bool:
@@ -416,27 +430,30 @@ class DaqDataService:
             stream.metadata.get(SOURCE_METADATA_KEY) == "simulation"
         )
         uploader = self.core.uploader("simulation" if simulated else "upload")
+        # Every message that has arrived in one step, decoded here (_private.FramedMessageReader).
+        reader = FramedMessageReader(stream)
         while True:
             try:
-                item = await stream.recv_message()
-            except (CodecError, ImageError) as exc:
-                raise GRPCError(
-                    Status.INVALID_ARGUMENT,
-                    f"image {index} of the upload is invalid: {exc}; "
-                    f"the {index} image(s) before it were accepted",
-                ) from None
-            if item is None:
+                batch = await reader.read()
+            except CodecError as exc:
+                raise _invalid_upload(index, exc) from None
+            if not batch:
                 break
-            if item.frame is None:
-                log.warning("UploadImages: request %d has no pano_image; skipped", index)
-            elif item.frame.product.name not in valid:
-                raise GRPCError(
-                    Status.INVALID_ARGUMENT,
-                    f"image {index} of the upload is {item.frame.product.name}, which this "
-                    f"server does not serve (valid: {', '.join(sorted(valid))})",
-                )
-            else:
-                await uploader.put(item.frame, item.encoded)
-            index += 1
+            for data in batch:
+                try:
+                    item = decode_upload_item(data)
+                except (CodecError, ImageError) as exc:
+                    raise _invalid_upload(index, exc) from None
+                if item.frame is None:
+                    log.warning("UploadImages: request %d has no pano_image; skipped", index)
+                elif item.frame.product.name not in valid:
+                    raise GRPCError(
+                        Status.INVALID_ARGUMENT,
+                        f"image {index} of the upload is {item.frame.product.name}, which this "
+                        f"server does not serve (valid: {', '.join(sorted(valid))})",
+                    )
+                else:
+                    await uploader.put(item.frame, item.encoded)
+                index += 1
         await uploader.flush()  # the reply says: every image is in the hub
         await stream.send_message(Empty())
