@@ -19,6 +19,8 @@ reason is one of `STRICTER_THAN_PROTOBUF` (the differential tests hold us to tha
 from __future__ import annotations
 
 import re
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,7 @@ __all__ = [
     "decode_struct",
     "decode_upload_item",
     "dropped_before",
+    "encode_framed_stream_replies",
     "encode_pano_image",
     "encode_stream_reply",
     "encode_struct",
@@ -438,6 +441,34 @@ def encode_stream_reply(reply: StreamReply) -> bytes:
         image = encode_pano_image(reply.frame)
     if image is not None:
         parts += [b"\x22", encode_varint(len(image)), image]
+    return b"".join(parts)
+
+
+_GRPC_PREFIX = struct.Struct(">BI")  # gRPC message framing: not compressed, length
+
+
+def encode_framed_stream_replies(
+    images: Sequence[tuple[bytes, str]], name: str, timestamp_ns: int
+) -> bytes:
+    """StreamImagesResponse messages of PanoImage bytes sharing one name and send time, each
+    framed for gRPC (its 5-byte prefix), one after another: what one batch of a StreamImages
+    call writes. `images` pairs each image's bytes with its message ("" for none).
+
+    Each message is byte for byte `encode_stream_reply(StreamReply(..., name, timestamp_ns,
+    message, encoded_image=image))`; the name and timestamp fields are encoded once.
+    """
+    head = encode_stream_reply(StreamReply(None, name, timestamp_ns))
+    pack = _GRPC_PREFIX.pack
+    parts: list[bytes] = []
+    for image, message in images:
+        image_length = encode_varint(len(image))
+        size = len(head) + 1 + len(image_length) + len(image)
+        if message:
+            notice = _len_field(b"\x1a", message.encode())
+            parts += (pack(0, size + len(notice)), head, notice)
+        else:
+            parts += (pack(0, size), head)
+        parts += (b"\x22", image_length, image)
     return b"".join(parts)
 
 

@@ -30,6 +30,7 @@ from panoseti_daq.codec import (
     decode_stream_reply,
     decode_struct,
     decode_upload_item,
+    encode_framed_stream_replies,
     encode_pano_image,
     encode_stream_reply,
     encode_struct,
@@ -255,6 +256,23 @@ def test_stream_reply_against_protobuf(frame, name, timestamp_ns, message):
     back = decode_stream_reply(reference.SerializeToString())
     assert (back.name, back.timestamp_ns, back.message) == (name, timestamp_ns, message)
     np.testing.assert_array_equal(back.frame.pixels, frame.pixels)
+
+
+@given(
+    st.lists(st.tuples(st.binary(max_size=300), st.text(max_size=12)), max_size=5),
+    st.text(max_size=20),
+    st.integers(0, 2**62),
+)
+def test_framed_batch_of_replies_is_each_reply_framed(images, name, timestamp_ns):
+    """R-WIRE-4, R-STREAM-11: a batch of StreamImagesResponse messages is, byte for byte, each
+    reply (name, send time, overrun notice, image) with its gRPC prefix, one after another."""
+    expected = b""
+    for image, message in images:
+        reply = encode_stream_reply(
+            StreamReply(None, name, timestamp_ns, message, encoded_image=image)
+        )
+        expected += b"\0" + len(reply).to_bytes(4, "big") + reply
+    assert encode_framed_stream_replies(images, name, timestamp_ns) == expected
 
 
 def test_pre_encoded_image_is_reused():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from ..codec import (
     StreamReply,
     UploadItem,
     decode_upload_item,
-    encode_stream_reply,
+    encode_framed_stream_replies,
     overrun_notice,
 )
 from ..config import HpIoConfig
@@ -82,28 +81,6 @@ async def _request(stream: Stream) -> Any:
     if request is None:
         raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
     return request
-
-
-_MESSAGE_PREFIX = struct.Struct(">BI")  # gRPC framing: not compressed, length
-
-
-async def _send_batch(stream: Stream, replies: list[StreamReply]) -> None:
-    """Send replies as gRPC messages in one HTTP/2 write, not one write each.
-
-    gRPC frames messages independently of HTTP/2 DATA frames, so several messages may share one;
-    grpclib's `send_message` writes to the socket once per message, a system call and an h2
-    frame each. Here the messages are framed together and written at once (grpclib has no
-    public call for that: `_private.send_framed_messages`).
-    """
-    if len(replies) == 1:
-        await stream.send_message(replies[0])
-        return
-    pack = _MESSAGE_PREFIX.pack
-    parts: list[bytes] = []
-    for reply in replies:
-        message = encode_stream_reply(reply)
-        parts += (pack(0, len(message)), message)
-    await send_framed_messages(stream, b"".join(parts), len(replies))
 
 
 def _invalid_upload(index: int, exc: Exception) -> GRPCError:
@@ -310,21 +287,15 @@ class DaqDataService:
             bell.reset()
             decision = subscriber.poll(time.monotonic())
             if isinstance(decision, Send):
-                now_ns = time.time_ns()
                 frames = decision.frames
-                await _send_batch(
-                    stream,
-                    [
-                        StreamReply(
-                            entry.frame,
-                            name,
-                            now_ns,
-                            overrun_notice(dropped),
-                            encoded_image=entry.encoded,
-                        )
-                        for entry, dropped in frames
-                    ],
+                # Every frame of the batch in one HTTP/2 write (grpclib writes once per
+                # message, with no public call for several: _private.send_framed_messages).
+                data = encode_framed_stream_replies(
+                    [(entry.encoded, overrun_notice(dropped)) for entry, dropped in frames],
+                    name,
+                    time.time_ns(),
                 )
+                await send_framed_messages(stream, data, len(frames))
                 subscriber.record_sent(frames, time.monotonic())
             elif isinstance(decision, Wait):
                 if decision.until_s >= subscriber.deadline_s:
