@@ -400,6 +400,8 @@ def _measure(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
         if args.count_syscalls and args.server_pid:
             counting.enter_context(counting_syscalls(args.server_pid, counts))
         cpu0 = server_user_system_s(args.server_pid) if args.server_pid else (0.0, 0.0)
+        if args.announce:
+            print("measuring", flush=True)
         delays0 = send_delays(args.metrics_port) if args.metrics_port else None
         start = time.perf_counter()
         send(args.warmup, args.images, 300)
@@ -464,6 +466,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init-interval", type=float, default=1.0, help="its scan interval")
     parser.add_argument("--server-pid", type=int, default=0)
     parser.add_argument("--metrics-port", type=int, default=0, help="ours: its /metrics port")
+    parser.add_argument(
+        "--announce", action="store_true", help='print "measuring" as the measured part begins'
+    )
     parser.add_argument(
         "--count-syscalls",
         action="store_true",

@@ -249,3 +249,16 @@ async def test_framed_reader_names_a_stream_that_ends_inside_a_message():
         service.error
         == "the request stream ended in the middle of a message (8 bytes of it arrived)"
     )
+
+
+def test_data_frame_repr_names_the_length_without_copying_the_payload():
+    """hyperframe's repr of a DATA frame (which h2 formats for every frame it receives) states
+    the payload's length instead of serialising the whole body; other frames keep theirs."""
+    from hyperframe.frame import DataFrame, PingFrame
+
+    _private.cheap_data_frame_repr()
+    _private.cheap_data_frame_repr()
+    frame = DataFrame(1, data=b"x" * 100_000)
+    frame.serialize_body = None  # type: ignore[method-assign,assignment]
+    assert repr(frame) == "DataFrame(stream_id=1, flags=[]): data=<100000 bytes>"
+    assert "opaque_data" in repr(PingFrame(0))
