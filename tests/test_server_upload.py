@@ -163,6 +163,28 @@ async def test_malformed_request_is_invalid_argument(make_server, method):
         assert "malformed request" in info.value.message
 
 
+async def test_upload_ending_inside_a_message_is_invalid_argument(make_server):
+    """R-UP-3, R-WIRE-5: an upload whose request stream ends after part of a message gets
+    INVALID_ARGUMENT naming that, after the whole images before it entered the hub; the server
+    keeps serving."""
+    from panoseti_daq.codec import UploadItem, encode_upload_item
+    from tests.helpers import h2_unary_call
+
+    whole = encode_upload_item(UploadItem(movie_frame(1, 0)))
+    data = b"\x00" + len(whole).to_bytes(4, "big") + whole + b"\x00\x00\x00\x01\x00" + b"ab"
+    async with make_server() as server:
+        status, message = await anyio.to_thread.run_sync(
+            lambda: h2_unary_call(server.port, "/daqdata.DaqData/UploadImages", b"", raw_data=data)
+        )
+        assert status == Status.INVALID_ARGUMENT.value
+        assert message == (
+            "image 1 of the upload is invalid: the request stream ended in the middle of a "
+            "message (7 bytes of it arrived); the 1 image(s) before it were accepted"
+        )
+        await wait_until(lambda: server.hub.published == 1, what="the whole image in the hub")
+        assert await call(server, "Ping", [Empty()], Empty, Empty) == Empty()
+
+
 async def test_uploaders_that_fill_the_upload_channel_lose_nothing(make_server, run_dir):
     """R-UP-4, R-STATE-4: more uploaders at once than the upload channel holds bursts of
     (5 x 64 frames > UPLOAD_CHANNEL_SIZE = 256): the ones that find it full wait, and a
