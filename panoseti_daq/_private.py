@@ -215,14 +215,20 @@ class FramedMessageReader:
         self._queue = buffer._unacked
         self._ack = buffer._ack_callback
         self._max_batch_bytes = max_batch_bytes
-        self._pending = b""
+        # Chunks received and not yet returned, joined only once they hold a whole message (a
+        # large message costs one copy, not one per chunk).
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._need = self._PREFIX_BYTES  # bytes buffered before the first message is whole
         self._ended = False
 
     async def read(self) -> list[bytes]:
         """Every complete message now (waiting for at least one); [] once the client has ended
-        its stream. CodecError if it ended in the middle of a message."""
+        its stream. CodecError if it ended in the middle of a message, or sent a compressed
+        one (no compression is negotiated)."""
         while True:
-            messages = self._split()
+            # The first message's length is known once its prefix is: `_split` sets `_need`.
+            messages = self._split() if self._buffered >= self._need else None
             if messages:
                 count = len(messages)
                 stream = self._stream
@@ -232,10 +238,10 @@ class FramedMessageReader:
                 connection.last_message_received = time.monotonic()
                 return messages
             if self._ended:
-                if self._pending:
+                if self._buffered:
                     raise CodecError(
                         f"the request stream ended in the middle of a message "
-                        f"({len(self._pending)} bytes of it arrived)"
+                        f"({self._buffered} bytes of it arrived)"
                     )
                 return []
             await self._fill()
@@ -243,39 +249,48 @@ class FramedMessageReader:
     async def _fill(self) -> None:
         queue = self._queue
         chunk = await queue.get()
-        chunks = [self._pending]
         size = acked = 0
         while True:
             data, data_size, ack_size = chunk
             if not ack_size:  # grpclib's end of stream
                 self._ended = True
                 break
-            chunks.append(data)
+            self._chunks.append(data)
             size += data_size
             acked += ack_size
             if size >= self._max_batch_bytes or queue.empty():
                 break
             chunk = queue.get_nowait()
+        self._buffered += size
         if acked:
             self._ack(acked)
-        self._pending = b"".join(chunks)
 
     def _split(self) -> list[bytes]:
-        buf = self._pending
+        """The whole messages buffered; the rest stays buffered."""
+        chunks = self._chunks
+        buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         end = len(buf)
         pos = 0
         messages = []
+        need = self._PREFIX_BYTES
         while end - pos >= self._PREFIX_BYTES:
             if buf[pos]:
-                raise NotImplementedError("Compression not implemented")  # as grpclib
+                if messages:
+                    break  # the whole messages before it first; the next read raises
+                raise CodecError(
+                    f"a compressed message (flag {buf[pos]}), but no compression was negotiated"
+                )
             length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
             start = pos + self._PREFIX_BYTES
             if end - start < length:
+                need = self._PREFIX_BYTES + length
                 break
             messages.append(buf[start : start + length])
             pos = start + length
-        if pos:
-            self._pending = buf[pos:]
+        rest = buf[pos:] if pos else buf
+        self._chunks = [rest] if rest else []
+        self._buffered = len(rest)
+        self._need = need
         return messages
 
 

@@ -262,3 +262,45 @@ def test_data_frame_repr_names_the_length_without_copying_the_payload():
     frame.serialize_body = None  # type: ignore[method-assign,assignment]
     assert repr(frame) == "DataFrame(stream_id=1, flags=[]): data=<100000 bytes>"
     assert "opaque_data" in repr(PingFrame(0))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_framed_reader_waits_for_the_rest_of_a_message_cut_between_reads():
+    """R-UP-1: a message whose prefix and first bytes arrive in one read and the rest in a
+    later one is returned whole once the rest has come, not taken for the end of the stream."""
+    service = UploadService()
+    first, second = b"0123456789" * 50, b"after"
+    async with ChannelFor([service], codec=RawCodec()) as channel:
+        async with channel.request(
+            "/test.Upload/Send", Cardinality.STREAM_UNARY, bytes, bytes
+        ) as stream:
+            data = framed(first, second)
+            await stream.send_request()
+            await stream._stream.send_data(data[:20])
+            for _ in range(20):  # the server reads the piece before the rest is sent
+                await asyncio.sleep(0)
+            await stream._stream.send_data(data[20:])
+            await stream.end()
+            assert await stream.recv_message() == b"done"
+    assert [m for batch in service.batches for m in batch] == [first, second]
+    assert service.error is None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_framed_reader_names_a_compressed_message_and_reads_a_large_one_whole():
+    """R-WIRE-5: a message flagged compressed (no compression was negotiated) is a CodecError
+    naming it, after a 3 MB message before it, which arrives whole."""
+    service = UploadService()
+    large = bytes(range(256)) * 12_000
+    async with ChannelFor([service], codec=RawCodec()) as channel:
+        async with channel.request(
+            "/test.Upload/Send", Cardinality.STREAM_UNARY, bytes, bytes
+        ) as stream:
+            await stream.send_message(large)
+            await stream._stream.send_data(struct.pack(">BI", 1, 2) + b"zz")
+            await stream.end()
+            assert await stream.recv_message() == b"done"
+    assert [m for batch in service.batches for m in batch] == [large]
+    assert service.error == "a compressed message (flag 1), but no compression was negotiated"
