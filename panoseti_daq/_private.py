@@ -271,7 +271,7 @@ class FramedMessageReader:
         buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         end = len(buf)
         pos = 0
-        messages = []
+        messages: list[bytes] = []
         need = self._PREFIX_BYTES
         while end - pos >= self._PREFIX_BYTES:
             if buf[pos]:
