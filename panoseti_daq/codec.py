@@ -22,6 +22,7 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -421,19 +422,28 @@ def _packed_uint32s(buf: bytes, start: int, end: int, what: str) -> list[int]:
 # --- StreamImagesResponse and UploadImageRequest ------------------------------------------
 
 
+@lru_cache(maxsize=8)
+def _name_field(name: str) -> bytes:
+    """StreamImagesResponse.name as a field ("" omitted); a server sends one name."""
+    return _len_field(b"\x0a", name.encode()) if name else b""
+
+
+def _timestamp_field(timestamp_ns: int) -> bytes:
+    """StreamImagesResponse.timestamp as a field (0 omitted)."""
+    if not timestamp_ns:
+        return b""
+    seconds, nanos = divmod(timestamp_ns, _NS)
+    stamp = b""
+    if seconds:
+        stamp += b"\x08" + encode_varint(seconds)
+    if nanos:
+        stamp += b"\x10" + encode_varint(nanos)
+    return _len_field(b"\x12", stamp)
+
+
 def encode_stream_reply(reply: StreamReply) -> bytes:
     """StreamImagesResponse bytes: name, timestamp, message, pano_image."""
-    parts = []
-    if reply.name:
-        parts.append(_len_field(b"\x0a", reply.name.encode()))
-    if reply.timestamp_ns:
-        seconds, nanos = divmod(reply.timestamp_ns, _NS)
-        stamp = b""
-        if seconds:
-            stamp += b"\x08" + encode_varint(seconds)
-        if nanos:
-            stamp += b"\x10" + encode_varint(nanos)
-        parts.append(_len_field(b"\x12", stamp))
+    parts = [_name_field(reply.name), _timestamp_field(reply.timestamp_ns)]
     if reply.message:
         parts.append(_len_field(b"\x1a", reply.message.encode()))
     image = reply.encoded_image
@@ -457,7 +467,7 @@ def encode_framed_stream_replies(
     Each message is byte for byte `encode_stream_reply(StreamReply(..., name, timestamp_ns,
     message, encoded_image=image))`; the name and timestamp fields are encoded once.
     """
-    head = encode_stream_reply(StreamReply(None, name, timestamp_ns))
+    head = _name_field(name) + _timestamp_field(timestamp_ns)
     pack = _GRPC_PREFIX.pack
     parts: list[bytes] = []
     for image, message in images:
