@@ -225,7 +225,7 @@ class FramedMessageReader:
     async def read(self) -> list[bytes]:
         """Every complete message now (waiting for at least one); [] once the client has ended
         its stream. CodecError if it ended in the middle of a message, or sent a compressed
-        one (no compression is negotiated)."""
+        one (the server decompresses nothing)."""
         while True:
             # The first message's length is known once its prefix is: `_split` sets `_need`.
             messages = self._split() if self._buffered >= self._need else None
@@ -278,7 +278,7 @@ class FramedMessageReader:
                 if messages:
                     break  # the whole messages before it first; the next read raises
                 raise CodecError(
-                    f"a compressed message (flag {buf[pos]}), but no compression was negotiated"
+                    f"a compressed message (flag {buf[pos]}): this server accepts uncompressed ones only"
                 )
             length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
             start = pos + self._PREFIX_BYTES

@@ -290,7 +290,7 @@ async def test_framed_reader_waits_for_the_rest_of_a_message_cut_between_reads()
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_framed_reader_names_a_compressed_message_and_reads_a_large_one_whole():
-    """R-WIRE-5: a message flagged compressed (no compression was negotiated) is a CodecError
+    """R-WIRE-5: a message flagged compressed (the server decompresses nothing) is a CodecError
     naming it, after a 3 MB message before it, which arrives whole."""
     service = UploadService()
     large = bytes(range(256)) * 12_000
@@ -303,4 +303,6 @@ async def test_framed_reader_names_a_compressed_message_and_reads_a_large_one_wh
             await stream.end()
             assert await stream.recv_message() == b"done"
     assert [m for batch in service.batches for m in batch] == [large]
-    assert service.error == "a compressed message (flag 1), but no compression was negotiated"
+    assert (
+        service.error == "a compressed message (flag 1): this server accepts uncompressed ones only"
+    )
