@@ -278,7 +278,8 @@ class FramedMessageReader:
                 if messages:
                     break  # the whole messages before it first; the next read raises
                 raise CodecError(
-                    f"a compressed message (flag {buf[pos]}): this server accepts uncompressed ones only"
+                    f"a compressed message (flag {buf[pos]}): "
+                    "this server accepts uncompressed ones only"
                 )
             length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
             start = pos + self._PREFIX_BYTES
