@@ -187,7 +187,7 @@ class LiveTable:
             parts.append(f"UTC {dates[0]}")
         elif dates:
             # Rows of different days (the simulation's data are of several): the range.
-            parts.append(f"UTC {dates[0]} .. {dates[-1]}")
+            parts.append(f"UTC {dates[0]}..{dates[-1]}")
         return f"{self.title} ({', '.join(parts)})"
 
     def explanation(self) -> str:
@@ -236,13 +236,17 @@ class LiveTable:
         several hosts, times of day (the date is in the title), fps = frames per second, clk =
         WR or host clock, seq#frame = the file's seqno and the frame number in it."""
         with_host = len(self._hosts()) > 1
+        heading = self.heading(now)
         table = Table(
-            title=self.heading(now),
+            title=heading,
             caption=self.explanation(),
+            caption_justify="left",
             box=None,
             pad_edge=False,
             padding=(0, 1),
             collapse_padding=True,
+            # As wide as the title, within 80 columns: a title wider than the columns wrapped.
+            min_width=min(len(heading), 80),
         )
         columns = (("host", "left"), *self._COLUMNS) if with_host else self._COLUMNS
         for name, justify in columns:

@@ -180,7 +180,7 @@ def test_the_title_gives_the_dates_when_rows_differ():
     table.update(ph, 0.1)
     days = sorted(f"{f.time.pandas_timestamp:%Y-%m-%d}" for f in (movie, ph))
     assert days[0] != days[1]
-    assert f"UTC {days[0]} .. {days[1]}" in table.heading(0.2)
+    assert f"UTC {days[0]}..{days[1]}" in table.heading(0.2)
 
 
 def test_replay_names_the_file_and_the_socket(tmp_path):
@@ -205,3 +205,18 @@ def test_replay_names_the_file_and_the_socket(tmp_path):
     assert result.returncode == 1
     assert f"cannot connect to {tmp_path / 'none.ph256.sock'}" in result.stderr
     assert str(NGC7331_PH256) in result.stderr
+
+
+def test_the_title_stays_one_line_in_80_columns():
+    """In an 80-column terminal the title with a date range wrapped onto a second line."""
+    import io
+
+    from rich.console import Console
+
+    table = LiveTable("panoseti-daq stream")
+    table.update(movie_frame(224, 0), 0.0, host="node-1")
+    table.update(ph_frame(224, 0), 0.1, host="node-1")
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(table.render(8.0))
+    first = console.export_text().splitlines()[0]
+    assert first.strip() == table.heading(8.0), first
