@@ -329,7 +329,9 @@ def run(args: argparse.Namespace) -> int:
     it reaches the caller as itself rather than inside the client task group's ExceptionGroup.
     """
     failure: BaseException | None = None
-    with DaqClient(args.daq_config_path, args.net_config_path) as client:
+    client = DaqClient(args.daq_config_path, args.net_config_path)
+    _check_host(client, args)  # before pinging every node: a typo is the one line
+    with client:
         try:
             return _act(client, args)
         except (Exception, KeyboardInterrupt) as exc:
@@ -338,14 +340,18 @@ def run(args: argparse.Namespace) -> int:
     raise failure
 
 
-def _act(client: DaqClient, args: argparse.Namespace) -> int:
-    """The actions in the original CLI's order; streaming last (the default action)."""
-    hosts = [args.host] if args.host else None
+def _check_host(client: DaqClient, args: argparse.Namespace) -> None:
+    """R-OPS-4: --host names a node of daq_config; the error lists them."""
     if args.host and args.host not in client.nodes:
         raise ValueError(
             f"--host {args.host} is not in {args.daq_config_path}; "
             f"hosts there: {', '.join(client.nodes)}"
         )
+
+
+def _act(client: DaqClient, args: argparse.Namespace) -> int:
+    """The actions in the original CLI's order; streaming last (the default action)."""
+    hosts = [args.host] if args.host else None
     acted = False
     if args.list_hosts:
         status = client.get_daq_host_status()

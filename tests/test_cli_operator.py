@@ -26,8 +26,16 @@ pytestmark = pytest.mark.timeout(60)
 RULE_ID = re.compile(r"\bR-[A-Z]+-\d+")
 
 
-def test_host_not_in_the_file_lists_the_hosts_there(live_server):
-    """R-OPS-4: `--host X is not in F; hosts there: a, b`."""
+def test_host_not_in_the_file_lists_the_hosts_there(live_server, tmp_path):
+    """R-OPS-4: `--host X is not in F; hosts there: a, b`, said before any node is pinged
+    (a typo used to come after a warning for each node that was down)."""
+    dead = dead_config(tmp_path)
+    result = cli(live_server, "--host", "127.0.0.1:1", "--ping", daq=dead)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"panoseti-daq: --host 127.0.0.1:1 is not in {dead}; "), (
+        result.stderr
+    )
+    assert "is down" not in result.stderr
     daq, _, _ = live_server
     host = json.loads(daq.read_text())["daq_nodes"][0]["ip_addr"]
     result = cli(live_server, "--host", "127.0.0.1", "--ping")
