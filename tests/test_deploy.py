@@ -50,7 +50,9 @@ def test_the_unit_runs_serve_with_a_config_and_init_and_stops_by_sigterm_in_time
     assert service["RestartPreventExitStatus"] == "2"
     assert service["KillSignal"] == "SIGTERM"
     config = load_server_config(DEPLOY / "daq_data_server_config.json")
-    stop_s = config.shutdown_grace_period + config.hp_io_stop_timeout
+    # DaqDataServer._stop: the streams' grace period, the listeners' close (as long again),
+    # then the sources' stop.
+    stop_s = 2 * config.shutdown_grace_period + config.hp_io_stop_timeout
     assert float(service["TimeoutStopSec"]) > stop_s
     assert config.uds_path is not None
     assert config.uds_path.startswith("/run/panoseti_daq/")  # its RuntimeDirectory
