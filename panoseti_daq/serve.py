@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .config import ServerConfig, load_server_config
-from .errors import ConfigError
+from .errors import ConfigError, sole_exception
 from .logs import LOG_LEVELS, configure_logging
 from .server.sockets import socket_path_problem
 
@@ -109,12 +109,17 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             init_hp_io=args.init,
         )
-    except (ConfigError, StartupError) as exc:
-        print(f"panoseti_daq.serve: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"panoseti_daq.serve: cannot start: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        # R-OPS-2: one line, also for what a task of the server's task group raised at start
+        # (the Hashpipe ingest's sockets), which arrives inside an exception group.
+        cause = sole_exception(exc)
+        if isinstance(cause, (ConfigError, StartupError)):
+            print(f"panoseti_daq.serve: {cause}", file=sys.stderr)
+            return 2
+        if isinstance(cause, OSError):
+            print(f"panoseti_daq.serve: cannot start: {cause}", file=sys.stderr)
+            return 1
+        raise
     return 0
 
 

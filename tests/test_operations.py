@@ -175,6 +175,21 @@ def test_ports_in_use_are_named_with_their_option_or_key(short_tmp):
         _one_line_exit_2(result, f"gRPC port {port} on 127.0.0.1 (--port): address already in use")
 
 
+def test_a_hashpipe_socket_in_a_missing_directory_is_one_line(short_tmp):
+    """R-OPS-2: the Hashpipe ingest's sockets start in the server's task group; a template in
+    a missing directory was an ExceptionGroup traceback with exit 1."""
+    template = "/nonexistent_dir_pdaq/hp.{dp_name}.sock"
+    config = {
+        "acquisition_methods": {
+            "uds": {"data_products": ["ph256"], "socket_path_template": template}
+        }
+    }
+    result = _serve(short_tmp, "--port", "0", "--uds", "", config=config)
+    _one_line_exit_2(
+        result, "'acquisition_methods.uds.socket_path_template'", "/nonexistent_dir_pdaq"
+    )
+
+
 def test_uds_takes_the_config_keys_unix_url_form(short_tmp):
     """R-OPS-2: `--uds unix:///path`, as `unix_domain_socket` spells it, listens at /path."""
     path = short_tmp / "d.sock"
