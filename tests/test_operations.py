@@ -127,6 +127,24 @@ def test_serve_init_failure_stops_before_listening(short_tmp):
     )
 
 
+def test_an_init_that_fails_after_the_checks_is_one_line_too(short_tmp):
+    """R-OPS-1: a configuration that passes the checks but does not start (the simulation in
+    mode "uds" without the socket ingest) stops the server cleanly: one line naming the file
+    and the reason, exit 2, no traceback."""
+    (short_tmp / "sim.json").write_text(
+        json.dumps({"simulate_daq": True, "update_interval_seconds": 0.1})
+    )
+    config = {"simulate_daq_cfg": {"simulation_mode": "uds", "data_dir": str(short_tmp / "s")}}
+    result = _serve(short_tmp, "--port", "0", "--uds", "", "--init", "sim.json", config=config)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        "panoseti_daq.serve: --init sim.json: hp_io configuration failed: hp_io failed to "
+        "start: simulation mode 'uds' needs acquisition_methods.uds enabled"
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_the_inactive_daq_answer_says_where_it_looked_and_where_a_marker_belongs(
     base_config, short_tmp, monkeypatch
 ):
