@@ -12,11 +12,20 @@ PROTO := schema/daq_data.proto
 
 all: test
 
+# The first run installs for a minute or two, quietly: say so, and what is being installed.
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@echo "panoseti_daq: setting up $(VENV) (once; this takes a minute or two)"
+	@test -x $(PY) || { echo "  [1/3] creating the virtual environment $(VENV) with $(PYTHON)"; \
+		$(PYTHON) -m venv $(VENV); }
+	@echo "  [2/3] upgrading pip"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@echo "  [3/3] installing panoseti_daq and its dependencies: grpclib, betterproto2,"
+	@echo "        trio, numpy, pandas, matplotlib, rich, and for the tests pytest,"
+	@echo "        hypothesis, grpcio, ruff and mypy"
+	@$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+	@echo "panoseti_daq: installed. The commands are in $(VENV)/bin: run them as"
+	@echo "  $(VENV)/bin/panoseti-daq ...  or activate first:  . $(VENV)/bin/activate"
 
 setup: $(STAMP)
 

@@ -289,9 +289,8 @@ class ServerCore:
             return None
         if sim.simulation_mode == "uds":
             if not self.config.uds_ingest.enabled:
-                raise RuntimeError(
-                    "simulation mode 'uds' needs acquisition_methods.uds enabled (R-SIM-6)"
-                )
+                # R-SIM-6
+                raise RuntimeError("simulation mode 'uds' needs acquisition_methods.uds enabled")
             template = self.config.uds_ingest.socket_path_template
             await tg.start(run_uds_simulation, sim, template)
             return None

@@ -9,11 +9,9 @@ what it is given or ends the call with the status the reason maps to.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -38,9 +36,9 @@ from ..messages import (
     InitHpIoResponse,
     StreamImagesRequest,
 )
-from .core import ServerCore, interval_ok
+from .core import ServerCore
+from .hp_io_checks import HpIoRefused, check_hp_io
 from .hub import EndReason, Send, Subscriber, Subscription, Wait, valid_interval
-from .scanner import daq_is_active
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +87,6 @@ def _invalid_upload(index: int, exc: Exception) -> GRPCError:
         f"image {index} of the upload is invalid: {exc}; "
         f"the {index} image(s) before it were accepted",
     )
-
-
-def _within(path: Path, roots: tuple[Path, ...]) -> bool:
-    resolved = path.resolve()
-    return any(resolved == root.resolve() or root.resolve() in resolved.parents for root in roots)
 
 
 class _Bell:
@@ -264,10 +257,13 @@ class DaqDataService:
             interval_s=interval_s,
         )
         bell = _Bell()
-        subscriber = core.hub.subscribe(
-            subscription, time.monotonic(), peer=_peer(stream, self.uds_path), wake=bell.ring
-        )
+        peer = _peer(stream, self.uds_path)
+        subscriber = core.hub.subscribe(subscription, time.monotonic(), peer=peer, wake=bell.ring)
         bell.subscriber = subscriber
+        who = f"stream client {subscriber.client_id} ({peer})"
+        # R-OPS-3: one line when a client connects, one when it goes, at info.
+        log.info("%s connected: %s", who, subscription.label())
+        how = "left"  # the client cancelled or its connection closed: the normal end
         try:
             # Headers now: the client knows it is subscribed before the first frame.
             await stream.send_initial_metadata()
@@ -277,7 +273,16 @@ class DaqDataService:
                 tg.cancel_scope.cancel()
         finally:
             core.hub.unsubscribe(subscriber)
-        ended = subscriber.ended
+            ended = subscriber.ended
+            if ended is not None:
+                how = f"ended by the server ({ended.message})"
+            log.info(
+                "%s disconnected: %s after %d frames sent, %d dropped",
+                who,
+                how,
+                subscriber.sent,
+                subscriber.dropped,
+            )
         if ended is not None:
             raise GRPCError(_END_STATUS[ended.reason], ended.message)
 
@@ -315,15 +320,6 @@ class DaqDataService:
     # -- InitHpIo --------------------------------------------------------------------------
     def _check_hp_io_request(self, request: InitHpIoRequest) -> HpIoConfig:
         """R-INIT-1 .. R-INIT-4: the request's own checks, before any lock is taken."""
-        config = self.config
-        if not interval_ok(
-            request.update_interval_seconds, config.min_hp_io_update_interval_seconds
-        ):
-            raise GRPCError(
-                Status.INVALID_ARGUMENT,
-                f"update_interval_seconds must be >= {config.min_hp_io_update_interval_seconds:g}"
-                f", not {request.update_interval_seconds}",
-            )
         hp_io = HpIoConfig(
             data_dir=request.data_dir,
             update_interval_seconds=request.update_interval_seconds,
@@ -331,26 +327,10 @@ class DaqDataService:
             simulate_daq=request.simulate_daq,
             module_ids=tuple(request.module_ids),
         )
-        if request.simulate_daq:
-            return hp_io  # R-INIT-8: data_dir is ignored
-        data_dir = Path(request.data_dir).expanduser() if request.data_dir else None
-        if data_dir is None or not data_dir.is_dir():
-            raise GRPCError(
-                Status.INVALID_ARGUMENT, f"data_dir {request.data_dir!r} does not exist"
-            )
-        if not _within(data_dir, config.allowed_data_roots):
-            roots = ", ".join(str(r) for r in config.allowed_data_roots)
-            raise GRPCError(
-                Status.PERMISSION_DENIED,
-                f"data_dir {request.data_dir!r} is outside the allowed data roots ({roots})",
-            )
-        if not daq_is_active(data_dir, config.daq_active_check):
-            raise GRPCError(
-                Status.FAILED_PRECONDITION,
-                f"no active DAQ under {request.data_dir!r} (checked: "
-                f"{', '.join(config.daq_active_check)})",
-            )
-        return dataclasses.replace(hp_io, data_dir=str(data_dir.resolve()))
+        try:
+            return check_hp_io(hp_io, self.config)
+        except HpIoRefused as exc:
+            raise GRPCError(exc.status, exc.message) from None
 
     async def init_hp_io(self, stream: Stream[InitHpIoRequest, InitHpIoResponse]) -> None:
         request = await _request(stream)
@@ -402,30 +382,41 @@ class DaqDataService:
             stream.metadata.get(SOURCE_METADATA_KEY) == "simulation"
         )
         uploader = self.core.uploader("simulation" if simulated else "upload")
-        # Every message that has arrived in one step, decoded here (_private.FramedMessageReader).
-        reader = FramedMessageReader(stream)
-        while True:
-            try:
-                batch = await reader.read()
-            except CodecError as exc:
-                raise _invalid_upload(index, exc) from None
-            if not batch:
-                break
-            for data in batch:
+        who = f"upload from {_peer(stream, self.uds_path)}"
+        log.info("%s connected", who)  # R-OPS-3
+        how = "left"
+        try:
+            # Every message that has arrived in one step, decoded here
+            # (_private.FramedMessageReader).
+            reader = FramedMessageReader(stream)
+            while True:
                 try:
-                    item = decode_upload_item(data)
-                except (CodecError, ImageError) as exc:
+                    batch = await reader.read()
+                except CodecError as exc:
+                    how = "refused"
                     raise _invalid_upload(index, exc) from None
-                if item.frame is None:
-                    log.warning("UploadImages: request %d has no pano_image; skipped", index)
-                elif item.frame.product.name not in valid:
-                    raise GRPCError(
-                        Status.INVALID_ARGUMENT,
-                        f"image {index} of the upload is {item.frame.product.name}, which this "
-                        f"server does not serve (valid: {', '.join(sorted(valid))})",
-                    )
-                else:
-                    await uploader.put(item.frame, item.encoded)
-                index += 1
-        await uploader.flush()  # the reply says: every image is in the hub
-        await stream.send_message(Empty())
+                if not batch:
+                    break
+                for data in batch:
+                    try:
+                        item = decode_upload_item(data)
+                    except (CodecError, ImageError) as exc:
+                        how = "refused"
+                        raise _invalid_upload(index, exc) from None
+                    if item.frame is None:
+                        log.warning("UploadImages: request %d has no pano_image; skipped", index)
+                    elif item.frame.product.name not in valid:
+                        how = "refused"
+                        raise GRPCError(
+                            Status.INVALID_ARGUMENT,
+                            f"image {index} of the upload is {item.frame.product.name}, which "
+                            f"this server does not serve (valid: {', '.join(sorted(valid))})",
+                        )
+                    else:
+                        await uploader.put(item.frame, item.encoded)
+                    index += 1
+            await uploader.flush()  # the reply says: every image is in the hub
+            await stream.send_message(Empty())
+            how = "done"
+        finally:
+            log.info("%s disconnected: %s after %d images", who, how, index)
