@@ -137,6 +137,8 @@ class ServerConfig:
 
     init_from_default: bool = False
     default_hp_io_config_file: str = "hp_io_config_simulate.json"
+    # R-OPS-1: an hp_io_config.json applied at start, with InitHpIo's checks; None: none.
+    init_hp_io: Path | None = None
     unix_domain_socket: str = "unix:///tmp/daq_data.sock"
     max_concurrent_rpcs: int = 100
     max_read_queue_size: int = 50
@@ -432,7 +434,8 @@ def _templates(reader: _Reader) -> None:
             reader.ignore(name, f"the simulation always uses {standard!r}")
     for name in ("movie_pff_template", "ph_pff_template"):
         reader.string(name, "")
-        reader.ignore(name, "simulated files are named with the standard grammar (R-NAME-2)")
+        # R-NAME-2
+        reader.ignore(name, "simulated files are named with the standard grammar")
 
 
 def _later_layout(reader: _Reader, values: dict[str, Any], mode_name: str) -> None:
@@ -587,6 +590,7 @@ def server_config_from_dict(
         default_hp_io_config_file=r.string(
             "default_hp_io_config_file", d.default_hp_io_config_file
         ),
+        init_hp_io=r.path("init_hp_io", None),
         unix_domain_socket=r.string("unix_domain_socket", d.unix_domain_socket),
         max_concurrent_rpcs=r.integer("max_concurrent_rpcs", d.max_concurrent_rpcs, 1),
         max_read_queue_size=r.integer("max_read_queue_size", d.max_read_queue_size, 1),

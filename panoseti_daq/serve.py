@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .config import ServerConfig, load_server_config, load_ublox_server_config
-from .errors import ConfigError
+from .errors import ConfigError, sole_exception
 from .logs import LOG_LEVELS, configure_logging
 from .server.sockets import socket_path_problem
 
@@ -26,6 +26,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="TCP port (default from config: 50051); -1: none")
     parser.add_argument("--uds", help="Unix socket path ('' for none; default from config)")
     parser.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
+    parser.add_argument(
+        "--init",
+        metavar="HP_IO_CONFIG",
+        help="initialise hp_io at start from this hp_io_config.json (default from config: none)",
+    )
     parser.add_argument("--init-sim", action="store_true", help="start the simulation at once")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument(
@@ -44,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--metrics-port must be between 0 and 65535, not {args.metrics_port}")
     if not args.stats_interval > 0:
         parser.error(f"--stats-interval must be > 0, not {args.stats_interval}")
+    if args.init and args.init_sim:
+        parser.error("--init and --init-sim: give one of them")
+    if args.uds and args.uds.startswith("unix://"):
+        args.uds = args.uds[len("unix://") :]  # the config key's form
     return args
 
 
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except ListenError as exc:
         print(f"panoseti_daq.serve: {exc}", file=sys.stderr)
         return 2
-    from .server.app import run
+    from .server.app import StartupError, run
 
     try:
         run(
@@ -105,13 +114,19 @@ def main(argv: list[str] | None = None) -> int:
             stats_file=args.stats_file,
             stats_interval_s=args.stats_interval,
             metrics_port=args.metrics_port,
+            init_hp_io=args.init,
         )
-    except ConfigError as exc:
-        print(f"panoseti_daq.serve: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"panoseti_daq.serve: cannot listen: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        # R-OPS-2: one line, also for what a task of the server's task group raised at start
+        # (the Hashpipe ingest's sockets), which arrives inside an exception group.
+        cause = sole_exception(exc)
+        if isinstance(cause, (ConfigError, StartupError)):
+            print(f"panoseti_daq.serve: {cause}", file=sys.stderr)
+            return 2
+        if isinstance(cause, OSError):
+            print(f"panoseti_daq.serve: cannot start: {cause}", file=sys.stderr)
+            return 1
+        raise
     return 0
 
 

@@ -9,12 +9,9 @@ what it is given or ends the call with the status the reason maps to.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-import struct
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,8 +19,14 @@ from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
 
-from .._private import send_framed_messages
-from ..codec import StreamReply, UploadItem, encode_stream_reply, overrun_notice
+from .._private import FramedMessageReader, cheap_data_frame_repr, send_framed_messages
+from ..codec import (
+    StreamReply,
+    UploadItem,
+    decode_upload_item,
+    encode_framed_stream_replies,
+    overrun_notice,
+)
 from ..config import HpIoConfig
 from ..errors import CodecError, ImageError
 from ..messages import (
@@ -33,9 +36,9 @@ from ..messages import (
     InitHpIoResponse,
     StreamImagesRequest,
 )
-from .core import ServerCore, interval_ok
+from .core import ServerCore
+from .hp_io_checks import HpIoRefused, check_hp_io
 from .hub import EndReason, Send, Subscriber, Subscription, Wait, valid_interval
-from .scanner import daq_is_active
 
 log = logging.getLogger(__name__)
 
@@ -78,31 +81,12 @@ async def _request(stream: Stream) -> Any:
     return request
 
 
-_MESSAGE_PREFIX = struct.Struct(">BI")  # gRPC framing: not compressed, length
-
-
-async def _send_batch(stream: Stream, replies: list[StreamReply]) -> None:
-    """Send replies as gRPC messages in one HTTP/2 write, not one write each.
-
-    gRPC frames messages independently of HTTP/2 DATA frames, so several messages may share one;
-    grpclib's `send_message` writes to the socket once per message, a system call and an h2
-    frame each. Here the messages are framed together and written at once (grpclib has no
-    public call for that: `_private.send_framed_messages`).
-    """
-    if len(replies) == 1:
-        await stream.send_message(replies[0])
-        return
-    pack = _MESSAGE_PREFIX.pack
-    parts: list[bytes] = []
-    for reply in replies:
-        message = encode_stream_reply(reply)
-        parts += (pack(0, len(message)), message)
-    await send_framed_messages(stream, b"".join(parts), len(replies))
-
-
-def _within(path: Path, roots: tuple[Path, ...]) -> bool:
-    resolved = path.resolve()
-    return any(resolved == root.resolve() or root.resolve() in resolved.parents for root in roots)
+def _invalid_upload(index: int, exc: Exception) -> GRPCError:
+    return GRPCError(
+        Status.INVALID_ARGUMENT,
+        f"image {index} of the upload is invalid: {exc}; "
+        f"the {index} image(s) before it were accepted",
+    )
 
 
 class _Bell:
@@ -185,6 +169,7 @@ class DaqDataService:
     """grpclib servable implementing daqdata.DaqData."""
 
     def __init__(self, core: ServerCore, uds_path: str | None = None) -> None:
+        cheap_data_frame_repr()  # h2 formats every received DATA frame: see _private
         self.core = core
         self.config = core.config
         self.uds_path = uds_path
@@ -272,10 +257,13 @@ class DaqDataService:
             interval_s=interval_s,
         )
         bell = _Bell()
-        subscriber = core.hub.subscribe(
-            subscription, time.monotonic(), peer=_peer(stream, self.uds_path), wake=bell.ring
-        )
+        peer = _peer(stream, self.uds_path)
+        subscriber = core.hub.subscribe(subscription, time.monotonic(), peer=peer, wake=bell.ring)
         bell.subscriber = subscriber
+        who = f"stream client {subscriber.client_id} ({peer})"
+        # R-OPS-3: one line when a client connects, one when it goes, at info.
+        log.info("%s connected: %s", who, subscription.label())
+        how = "left"  # the client cancelled or its connection closed: the normal end
         try:
             # Headers now: the client knows it is subscribed before the first frame.
             await stream.send_initial_metadata()
@@ -285,7 +273,16 @@ class DaqDataService:
                 tg.cancel_scope.cancel()
         finally:
             core.hub.unsubscribe(subscriber)
-        ended = subscriber.ended
+            ended = subscriber.ended
+            if ended is not None:
+                how = f"ended by the server ({ended.message})"
+            log.info(
+                "%s disconnected: %s after %d frames sent, %d dropped",
+                who,
+                how,
+                subscriber.sent,
+                subscriber.dropped,
+            )
         if ended is not None:
             raise GRPCError(_END_STATUS[ended.reason], ended.message)
 
@@ -296,21 +293,15 @@ class DaqDataService:
             bell.reset()
             decision = subscriber.poll(time.monotonic())
             if isinstance(decision, Send):
-                now_ns = time.time_ns()
                 frames = decision.frames
-                await _send_batch(
-                    stream,
-                    [
-                        StreamReply(
-                            entry.frame,
-                            name,
-                            now_ns,
-                            overrun_notice(dropped),
-                            encoded_image=entry.encoded,
-                        )
-                        for entry, dropped in frames
-                    ],
+                # Every frame of the batch in one HTTP/2 write (grpclib writes once per
+                # message, with no public call for several: _private.send_framed_messages).
+                data = encode_framed_stream_replies(
+                    [(entry.encoded, overrun_notice(dropped)) for entry, dropped in frames],
+                    name,
+                    time.time_ns(),
                 )
+                await send_framed_messages(stream, data, len(frames))
                 subscriber.record_sent(frames, time.monotonic())
             elif isinstance(decision, Wait):
                 if decision.until_s >= subscriber.deadline_s:
@@ -329,15 +320,6 @@ class DaqDataService:
     # -- InitHpIo --------------------------------------------------------------------------
     def _check_hp_io_request(self, request: InitHpIoRequest) -> HpIoConfig:
         """R-INIT-1 .. R-INIT-4: the request's own checks, before any lock is taken."""
-        config = self.config
-        if not interval_ok(
-            request.update_interval_seconds, config.min_hp_io_update_interval_seconds
-        ):
-            raise GRPCError(
-                Status.INVALID_ARGUMENT,
-                f"update_interval_seconds must be >= {config.min_hp_io_update_interval_seconds:g}"
-                f", not {request.update_interval_seconds}",
-            )
         hp_io = HpIoConfig(
             data_dir=request.data_dir,
             update_interval_seconds=request.update_interval_seconds,
@@ -345,26 +327,10 @@ class DaqDataService:
             simulate_daq=request.simulate_daq,
             module_ids=tuple(request.module_ids),
         )
-        if request.simulate_daq:
-            return hp_io  # R-INIT-8: data_dir is ignored
-        data_dir = Path(request.data_dir).expanduser() if request.data_dir else None
-        if data_dir is None or not data_dir.is_dir():
-            raise GRPCError(
-                Status.INVALID_ARGUMENT, f"data_dir {request.data_dir!r} does not exist"
-            )
-        if not _within(data_dir, config.allowed_data_roots):
-            roots = ", ".join(str(r) for r in config.allowed_data_roots)
-            raise GRPCError(
-                Status.PERMISSION_DENIED,
-                f"data_dir {request.data_dir!r} is outside the allowed data roots ({roots})",
-            )
-        if not daq_is_active(data_dir, config.daq_active_check):
-            raise GRPCError(
-                Status.FAILED_PRECONDITION,
-                f"no active DAQ under {request.data_dir!r} (checked: "
-                f"{', '.join(config.daq_active_check)})",
-            )
-        return dataclasses.replace(hp_io, data_dir=str(data_dir.resolve()))
+        try:
+            return check_hp_io(hp_io, self.config)
+        except HpIoRefused as exc:
+            raise GRPCError(exc.status, exc.message) from None
 
     async def init_hp_io(self, stream: Stream[InitHpIoRequest, InitHpIoResponse]) -> None:
         request = await _request(stream)
@@ -416,27 +382,41 @@ class DaqDataService:
             stream.metadata.get(SOURCE_METADATA_KEY) == "simulation"
         )
         uploader = self.core.uploader("simulation" if simulated else "upload")
-        while True:
-            try:
-                item = await stream.recv_message()
-            except (CodecError, ImageError) as exc:
-                raise GRPCError(
-                    Status.INVALID_ARGUMENT,
-                    f"image {index} of the upload is invalid: {exc}; "
-                    f"the {index} image(s) before it were accepted",
-                ) from None
-            if item is None:
-                break
-            if item.frame is None:
-                log.warning("UploadImages: request %d has no pano_image; skipped", index)
-            elif item.frame.product.name not in valid:
-                raise GRPCError(
-                    Status.INVALID_ARGUMENT,
-                    f"image {index} of the upload is {item.frame.product.name}, which this "
-                    f"server does not serve (valid: {', '.join(sorted(valid))})",
-                )
-            else:
-                await uploader.put(item.frame, item.encoded)
-            index += 1
-        await uploader.flush()  # the reply says: every image is in the hub
-        await stream.send_message(Empty())
+        who = f"upload from {_peer(stream, self.uds_path)}"
+        log.info("%s connected", who)  # R-OPS-3
+        how = "left"
+        try:
+            # Every message that has arrived in one step, decoded here
+            # (_private.FramedMessageReader).
+            reader = FramedMessageReader(stream)
+            while True:
+                try:
+                    batch = await reader.read()
+                except CodecError as exc:
+                    how = "refused"
+                    raise _invalid_upload(index, exc) from None
+                if not batch:
+                    break
+                for data in batch:
+                    try:
+                        item = decode_upload_item(data)
+                    except (CodecError, ImageError) as exc:
+                        how = "refused"
+                        raise _invalid_upload(index, exc) from None
+                    if item.frame is None:
+                        log.warning("UploadImages: request %d has no pano_image; skipped", index)
+                    elif item.frame.product.name not in valid:
+                        how = "refused"
+                        raise GRPCError(
+                            Status.INVALID_ARGUMENT,
+                            f"image {index} of the upload is {item.frame.product.name}, which "
+                            f"this server does not serve (valid: {', '.join(sorted(valid))})",
+                        )
+                    else:
+                        await uploader.put(item.frame, item.encoded)
+                    index += 1
+            await uploader.flush()  # the reply says: every image is in the hub
+            await stream.send_message(Empty())
+            how = "done"
+        finally:
+            log.info("%s disconnected: %s after %d images", who, how, index)
