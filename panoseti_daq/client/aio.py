@@ -28,7 +28,7 @@ import math
 import os
 import socket
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping
-from contextlib import AsyncExitStack, ExitStack, aclosing
+from contextlib import ExitStack, aclosing
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
-from ..bridge import GrpclibLoop, grpclib_loop
+from ..bridge import GrpclibLoop
 from ..codec import DaqCodec, StreamReply, UploadItem
 from ..config import (
     BUNDLED_CONFIG_DIR,
@@ -50,10 +50,11 @@ from ..config import (
     client_hp_io_config,
     read_json,
 )
-from ..errors import CodecError, ConfigError, ImageError, RpcError, sole_exception
+from ..errors import CodecError, ConfigError, ImageError, RpcError
 from ..frames import PanoFrame
 from ..messages import Empty, InitHpIoRequest, InitHpIoResponse, PanoImage, StreamImagesRequest
 from ..products import ImageType, product_for
+from .session import ClientSession
 from .stream import ImageStream, StreamState
 from .targets import DaqNode, load_daq_nodes
 
@@ -172,7 +173,7 @@ def _load_hp_io_cfg(hp_io_cfg: Mapping[str, Any] | str | os.PathLike[str]) -> Ma
     return data
 
 
-class AsyncDaqClient:
+class AsyncDaqClient(ClientSession):
     """Async client of the DaqData service on many DAQ nodes (panoseti_grpc's AioDaqDataClient).
 
     `daq_config` and `network_config` are paths or dicts (R-CLI-1, R-CFG-3). Use it as an async
@@ -203,6 +204,7 @@ class AsyncDaqClient:
                 f"http2_window_bytes must be between {HTTP2_WINDOW_MIN} and {HTTP2_WINDOW_MAX}, "
                 f"not {http2_window_bytes}"
             )
+        super().__init__()
         self.nodes: dict[str, DaqNode] = load_daq_nodes(daq_config, network_config)
         self._grpclib_config = Configuration(
             http2_connection_window_size=http2_window_bytes,
@@ -212,64 +214,11 @@ class AsyncDaqClient:
         self.retry_delay_s = retry_delay_s
         self.valid_hosts: set[str] = set()
         self._reported_down: set[str] = set()
-        self._channels: dict[str, Channel] = {}
-        # The streams this client opened and nobody closed yet: closed when it closes.
-        self._streams: set[ImageStream] = set()
-        self._stack: AsyncExitStack | None = None
-        self._loop: GrpclibLoop | None = None
-        self._tg: TaskGroup | None = None
 
     # -- context -----------------------------------------------------------------------------
     async def __aenter__(self) -> AsyncDaqClient:
-        if self._stack is not None:
-            raise RuntimeError("this AsyncDaqClient is already open")
-        stack = AsyncExitStack()
-        await stack.__aenter__()
-        try:
-            self._loop = await stack.enter_async_context(grpclib_loop())
-            stack.push_async_callback(self._close_channels)
-            self._tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(self._tg.cancel_scope.cancel)
-            stack.callback(self._close_streams)
-            await self.get_daq_host_status()
-        except BaseException:
-            await stack.__aexit__(None, None, None)
-            self._loop = self._tg = None
-            raise
-        self._stack = stack
+        await self._open_session(self.get_daq_host_status)
         return self
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        stack, self._stack = self._stack, None
-        if stack is None:
-            return None
-        try:
-            return await stack.__aexit__(*exc_info)
-        except BaseException as exc:
-            # The client's task group wraps what the `async with` body raised in an exception
-            # group; let the body's own exception through as itself (R-CLI-8), so that the
-            # caller's `except ConnectionError:` and the like still match.
-            if exc_info[1] is not None and sole_exception(exc) is exc_info[1]:
-                return False
-            raise
-        finally:
-            self._loop = self._tg = None
-
-    def _close_streams(self) -> None:
-        """R-CLI-8: cancel the RPCs of every stream still open (the task group waits for them)."""
-        for stream in list(self._streams):
-            stream.close()
-
-    async def _close_channels(self) -> None:
-        channels, self._channels = self._channels, {}
-
-        async def close_all() -> None:
-            for channel in channels.values():
-                channel.close()
-
-        if channels and self._loop is not None:
-            with anyio.CancelScope(shield=True):
-                await self._loop.run(close_all)
 
     def _channel(self, host: str) -> Channel:
         """The channel of a host, made on first use; call only on grpclib's loop."""
@@ -284,11 +233,6 @@ class AsyncDaqClient:
                 )
             self._channels[host] = channel
         return channel
-
-    def _open(self) -> tuple[GrpclibLoop, TaskGroup]:
-        if self._loop is None or self._tg is None:
-            raise RuntimeError("use the client inside `async with AsyncDaqClient(...)`")
-        return self._loop, self._tg
 
     async def _call(
         self, host: str, method: str, request: Any, reply_type: Any, timeout_s: float | None

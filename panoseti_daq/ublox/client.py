@@ -28,12 +28,11 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from contextlib import AsyncExitStack, ExitStack
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from anyio.streams.memory import MemoryObjectSendStream
 from grpclib.client import Channel
@@ -49,11 +48,11 @@ from .._generated.ubloxcontrol import (
     PollRequest,
     PollResponse,
 )
-from ..bridge import GrpclibLoop, grpclib_loop
 from ..client.aio import rpc_error
+from ..client.session import ClientSession
 from ..client.stream import ImageStream, StreamState
 from ..client.sync import BlockingImageStream
-from ..errors import RpcError, sole_exception
+from ..errors import RpcError
 from .records import UbloxMessage
 from .settings import F9tSettingsError, load_chip_requests, plan_init
 
@@ -183,7 +182,7 @@ class UbloxStream(ImageStream):
         return reply
 
 
-class UbloxClient:
+class UbloxClient(ClientSession):
     """Async client of UbloxControl servers on many DAQ nodes (asyncio and trio).
 
     `config` is an f9t_config (.json5 path or dict) or a list of "host:port" targets.
@@ -195,67 +194,14 @@ class UbloxClient:
         *,
         retry_delay_s: float = RETRY_DELAY_S,
     ) -> None:
+        super().__init__()
         self.nodes: dict[str, UbloxNode] = load_ublox_nodes(config)
         self.retry_delay_s = retry_delay_s
-        self._channels: dict[str, Channel] = {}
-        self._streams: set[ImageStream] = set()
-        self._stack: AsyncExitStack | None = None
-        self._loop: GrpclibLoop | None = None
-        self._tg: TaskGroup | None = None
 
     # -- context -----------------------------------------------------------------------------
     async def __aenter__(self) -> UbloxClient:
-        if self._stack is not None:
-            raise RuntimeError("this UbloxClient is already open")
-        stack = AsyncExitStack()
-        await stack.__aenter__()
-        try:
-            self._loop = await stack.enter_async_context(grpclib_loop())
-            stack.push_async_callback(self._close_channels)
-            self._tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(self._tg.cancel_scope.cancel)
-            stack.callback(self._close_streams)
-        except BaseException:
-            await stack.__aexit__(None, None, None)
-            self._loop = self._tg = None
-            raise
-        self._stack = stack
+        await self._open_session()
         return self
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        stack, self._stack = self._stack, None
-        if stack is None:
-            return None
-        try:
-            return await stack.__aexit__(*exc_info)
-        except BaseException as exc:
-            # Let the body's own exception through as itself, not inside the task group's
-            # exception group (as AsyncDaqClient does).
-            if exc_info[1] is not None and sole_exception(exc) is exc_info[1]:
-                return False
-            raise
-        finally:
-            self._loop = self._tg = None
-
-    def _close_streams(self) -> None:
-        for stream in list(self._streams):
-            stream.close()
-
-    async def _close_channels(self) -> None:
-        channels, self._channels = self._channels, {}
-
-        async def close_all() -> None:
-            for channel in channels.values():
-                channel.close()
-
-        if channels and self._loop is not None:
-            with anyio.CancelScope(shield=True):
-                await self._loop.run(close_all)
-
-    def _open(self) -> tuple[GrpclibLoop, TaskGroup]:
-        if self._loop is None or self._tg is None:
-            raise RuntimeError("use the client inside `async with UbloxClient(...)`")
-        return self._loop, self._tg
 
     def _channel(self, host: str) -> Channel:
         """The channel of a node, made on first use; call only on grpclib's loop."""
