@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -21,6 +21,8 @@ from ..errors import sole_exception
 from .stream import ImageStream
 
 __all__ = ["ClientSession"]
+
+_Session = TypeVar("_Session", bound="ClientSession")
 
 
 class ClientSession:
@@ -54,6 +56,10 @@ class ClientSession:
             self._loop = self._tg = None
             raise
         self._stack = stack
+
+    async def __aenter__(self: _Session) -> _Session:
+        await self._open_session()
+        return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         stack, self._stack = self._stack, None

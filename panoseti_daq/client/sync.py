@@ -13,15 +13,18 @@ import os
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .aio import AsyncDaqClient, Hosts
+from .session import ClientSession
 from .stream import ImageStream
 
-__all__ = ["BlockingImageStream", "DaqClient"]
+__all__ = ["BlockingImageStream", "BlockingSession", "DaqClient"]
+
+ClientT = TypeVar("ClientT", bound=ClientSession)
 
 UPLOAD_BATCH = 64
 
@@ -113,39 +116,20 @@ def _take(iterator: Iterator[Any], count: int) -> list[Any]:
     return list(itertools.islice(iterator, count))
 
 
-class DaqClient:
-    """Blocking client of the DaqData service on many DAQ nodes: AsyncDaqClient's API, blocking.
+class BlockingSession(Generic[ClientT]):
+    """What the blocking clients share: an async client run by a portal on a background
+    thread, so that it works whether or not the caller's thread runs an event loop (a Jupyter
+    cell does); leaving closes the streams still open, then the async client."""
 
-    `with DaqClient("daq_config.json", "network_config.json") as client: ...`; the options are
-    those of AsyncDaqClient, plus `backend` ("asyncio" or "trio") for the portal's loop.
-    """
-
-    def __init__(
-        self,
-        daq_config: str | os.PathLike[str] | Mapping[str, Any],
-        network_config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-        *,
-        backend: str = "asyncio",
-        **options: Any,
-    ) -> None:
-        self._client = AsyncDaqClient(daq_config, network_config, **options)
+    def __init__(self, client: ClientT, backend: str) -> None:
+        self._client = client
         self._backend = backend
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
         # The streams this client opened and nobody closed yet: closed when it closes.
         self._streams: set[BlockingImageStream] = set()
 
-    @property
-    def nodes(self) -> dict[str, Any]:
-        """name -> DaqNode of every node in daq_config."""
-        return self._client.nodes
-
-    @property
-    def valid_hosts(self) -> set[str]:
-        """The hosts that answered the latest ping."""
-        return set(self._client.valid_hosts)
-
-    def __enter__(self) -> DaqClient:
+    def _enter_session(self) -> None:
         stack = ExitStack()
         try:
             self._portal = stack.enter_context(start_blocking_portal(backend=self._backend))
@@ -155,7 +139,6 @@ class DaqClient:
             stack.close()
             raise
         self._stack = stack
-        return self
 
     def __exit__(self, *exc_info: Any) -> None:
         stack, self._stack = self._stack, None
@@ -170,10 +153,45 @@ class DaqClient:
             finally:
                 self._portal = None
 
-    def _call(self, fn: Any, *args: Any) -> Any:
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)` on the portal's loop; RuntimeError outside `with`."""
         if self._portal is None:
-            raise RuntimeError("use the client inside `with DaqClient(...)`")
+            raise RuntimeError(f"use the client inside `with {type(self).__name__}(...)`")
+        if kwargs:
+            return self._portal.call(lambda: fn(*args, **kwargs))
         return self._portal.call(fn, *args)
+
+
+class DaqClient(BlockingSession[AsyncDaqClient]):
+    """Blocking client of the DaqData service on many DAQ nodes: AsyncDaqClient's API, blocking.
+
+    `with DaqClient("daq_config.json", "network_config.json") as client: ...`; the options are
+    those of AsyncDaqClient, plus `backend` ("asyncio" or "trio") for the portal's loop.
+    """
+
+    def __init__(
+        self,
+        daq_config: str | os.PathLike[str] | Mapping[str, Any],
+        network_config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        *,
+        backend: str = "asyncio",
+        **options: Any,
+    ) -> None:
+        super().__init__(AsyncDaqClient(daq_config, network_config, **options), backend)
+
+    @property
+    def nodes(self) -> dict[str, Any]:
+        """name -> DaqNode of every node in daq_config."""
+        return self._client.nodes
+
+    @property
+    def valid_hosts(self) -> set[str]:
+        """The hosts that answered the latest ping."""
+        return set(self._client.valid_hosts)
+
+    def __enter__(self) -> DaqClient:
+        self._enter_session()
+        return self
 
     def ping(self, host: str) -> bool:
         """Whether `host` answers a ping (R-CLI-4)."""

@@ -28,12 +28,10 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 from anyio.streams.memory import MemoryObjectSendStream
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
@@ -51,7 +49,7 @@ from .._generated.ubloxcontrol import (
 from ..client.aio import rpc_error
 from ..client.session import ClientSession
 from ..client.stream import ImageStream, StreamState
-from ..client.sync import BlockingImageStream
+from ..client.sync import BlockingImageStream, BlockingSession
 from ..errors import RpcError
 from .records import UbloxMessage
 from .settings import F9tSettingsError, load_chip_requests, plan_init
@@ -199,10 +197,6 @@ class UbloxClient(ClientSession):
         self.retry_delay_s = retry_delay_s
 
     # -- context -----------------------------------------------------------------------------
-    async def __aenter__(self) -> UbloxClient:
-        await self._open_session()
-        return self
-
     def _channel(self, host: str) -> Channel:
         """The channel of a node, made on first use; call only on grpclib's loop."""
         channel = self._channels.get(host)
@@ -419,7 +413,7 @@ class BlockingUbloxStream(BlockingImageStream):
     """
 
 
-class BlockingUbloxClient:
+class BlockingUbloxClient(BlockingSession[UbloxClient]):
     """UbloxClient's API, blocking: `with BlockingUbloxClient("f9t_config.json5") as client:`.
 
     It runs a UbloxClient on an event loop in a background thread, so it works the same
@@ -434,11 +428,7 @@ class BlockingUbloxClient:
         backend: str = "asyncio",
         **options: Any,
     ) -> None:
-        self._client = UbloxClient(config, **options)
-        self._backend = backend
-        self._stack: ExitStack | None = None
-        self._portal: BlockingPortal | None = None
-        self._streams: set[BlockingImageStream] = set()
+        super().__init__(UbloxClient(config, **options), backend)
 
     @property
     def nodes(self) -> dict[str, UbloxNode]:
@@ -450,35 +440,8 @@ class BlockingUbloxClient:
         return self._client.resolve(hosts)
 
     def __enter__(self) -> BlockingUbloxClient:
-        stack = ExitStack()
-        try:
-            self._portal = stack.enter_context(start_blocking_portal(backend=self._backend))
-            stack.enter_context(self._portal.wrap_async_context_manager(self._client))
-        except BaseException:
-            self._portal = None
-            stack.close()
-            raise
-        self._stack = stack
+        self._enter_session()
         return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        stack, self._stack = self._stack, None
-        try:
-            for stream in list(self._streams):
-                stream.close()
-        finally:
-            try:
-                if stack is not None:
-                    stack.__exit__(*exc_info)
-            finally:
-                self._portal = None
-
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._portal is None:
-            raise RuntimeError("use the client inside `with BlockingUbloxClient(...)`")
-        if kwargs:
-            return self._portal.call(lambda: fn(*args, **kwargs))
-        return self._portal.call(fn, *args)
 
     def init_f9t(
         self, hosts: Hosts = None, *, force: bool = False, timeout_s: float = INIT_TIMEOUT_S
