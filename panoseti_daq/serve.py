@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .config import ServerConfig, load_server_config
-from .errors import ConfigError
+from .errors import ConfigError, SourceError, sole_exception
 from .logs import LOG_LEVELS, configure_logging
 from .server.sockets import socket_path_problem
 
@@ -105,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"panoseti_daq.serve: cannot listen: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        # --init-sim or init_from_default that cannot start (e.g. a full disk, R-SRC-1): one
+        # line, no traceback.
+        cause = sole_exception(exc)
+        if not isinstance(cause, SourceError):
+            raise
+        print(f"panoseti_daq.serve: {cause}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -615,3 +615,38 @@ async def test_run_scanner_survives_scan_errors(
             tg.cancel_scope.cancel()
     assert [f.header["tag"] for f in published] == ["late"]
     assert "disk on fire" in caplog.text
+
+
+# --- links out of the allowed roots ------------------------------------------------------------
+
+
+def test_module_links_out_of_the_allowed_roots_are_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """R-INIT-12: a `module_<id>` link inside the allowed root that points outside it, and a
+    run directory link that does, are skipped with one log line each; a link that stays inside
+    is followed."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    data_dir = root / "data"
+    append(run_dir(data_dir, 1) / file_name(PH256, 1, 0), PH256, ["in"])
+    append(run_dir(outside, 2) / file_name(PH256, 2, 0), PH256, ["secret"])
+    (data_dir / "module_2").symlink_to(outside / "module_2")
+    append(run_dir(root / "elsewhere", 3) / file_name(PH256, 3, 0), PH256, ["linked"])
+    (data_dir / "module_3").symlink_to(root / "elsewhere" / "module_3")
+    module_4 = data_dir / "module_4"
+    module_4.mkdir()
+    append(run_dir(outside, 4) / file_name(PH256, 4, 0), PH256, ["secret run"])
+    (module_4 / RUN).symlink_to(outside / "module_4" / RUN)
+    scanner = RunScanner(data_dir, (), [PH256], allowed_roots=[root])
+    with caplog.at_level(logging.WARNING, logger="panoseti_daq.server.scanner"):
+        frames = scanner.scan() + scanner.scan()
+        scanner.close()
+    assert sorted(f.module_id for f in frames) == [1, 3]
+    skipped = [r.getMessage() for r in caplog.records if "outside the allowed" in r.getMessage()]
+    assert len(skipped) == 2, skipped
+    assert any(str(data_dir / "module_2") in line for line in skipped)
+    assert any(str(module_4 / RUN) in line for line in skipped)
+    # Without roots (a scanner of its own), every link is followed.
+    everything = RunScanner(data_dir, (), [PH256])
+    assert sorted(f.module_id for f in everything.scan()) == [1, 2, 3, 4]
+    everything.close()

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -49,6 +50,11 @@ def serve(home: Path, env: dict[str, str]):
         )
     try:
         assert wait_for_port(port, process), err.read_text()
+        # --init-sim configures hp_io after the port listens: wait for its log line.
+        deadline = time.monotonic() + 20
+        while "hp_io valid" not in err.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.02)
         yield process, types.SimpleNamespace(port=port), err
     finally:
         if process.poll() is None:

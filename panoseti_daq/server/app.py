@@ -35,9 +35,10 @@ from grpclib.server import Server
 from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec
 from ..config import HpIoConfig, ServerConfig, SimulateConfig, load_hp_io_config
+from ..errors import SourceError
 from ..messages import DESCRIPTOR_POOL
 from .core import ServerCore
-from .flow import grpclib_configuration
+from .flow import connection_guard, grpclib_configuration
 from .metrics import ServerCollector, metrics_registry, serve_metrics
 from .service import DaqDataService
 from .sockets import prepare_socket_path
@@ -119,6 +120,8 @@ class DaqDataServer:
         self.hub = self.core.hub
         self.port: int | None = None
         self._servers: list[Server] = []
+        # R-PEER-1, R-PEER-3: one set of connection limits over every listener.
+        self.guard = connection_guard(config)
         self._uds_bound = False
         self._health = ServiceStatus()
         self._stack: AsyncExitStack | None = None
@@ -179,6 +182,7 @@ class DaqDataServer:
         if self.requested_port is not None and self.requested_port >= 0:
             sock = _tcp_listening_socket(_tcp_host(self.host), self.requested_port)
             server = Server(handlers, codec=DaqCodec(), config=grpclib_configuration(self.config))
+            self.guard.install(server)
             try:
                 await server.start(sock=sock)
             except BaseException:
@@ -190,6 +194,7 @@ class DaqDataServer:
         if self.uds_path:
             prepare_socket_path(self.uds_path, "unix_domain_socket")
             server = Server(handlers, codec=DaqCodec(), config=grpclib_configuration(self.config))
+            self.guard.install(server)
             await server.start(path=self.uds_path)
             self._servers.append(server)
             self._uds_bound = True
@@ -223,7 +228,7 @@ class DaqDataServer:
         """Configure hp_io from the server's side (init_from_default, `serve --init-sim`)."""
         result = await self.core.reconfigure(hp_io)
         if not result.success:
-            raise RuntimeError(f"hp_io configuration failed: {result.error_message}")
+            raise SourceError(f"hp_io configuration failed: {result.error_message}")
 
     def _task_count(self) -> int:
         return task_count(self._loop.loop if self._loop else None)

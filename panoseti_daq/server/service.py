@@ -10,8 +10,11 @@ what it is given or ends the call with the status the reason maps to.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import math
+import os
+import stat
 import struct
 import time
 from pathlib import Path
@@ -23,8 +26,14 @@ from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
 
 from .._private import send_framed_messages
-from ..codec import StreamReply, UploadItem, encode_stream_reply, overrun_notice
-from ..config import HpIoConfig
+from ..codec import (
+    StreamReply,
+    UploadItem,
+    encode_pano_image,
+    encode_stream_reply,
+    overrun_notice,
+)
+from ..config import GRPC_DEFAULT_MESSAGE_BYTES, HpIoConfig
 from ..errors import CodecError, ImageError
 from ..messages import (
     SERVICE_NAME,
@@ -51,6 +60,7 @@ _END_STATUS = {
     EndReason.SHUTDOWN: Status.UNAVAILABLE,  # R-STREAM-3
     EndReason.TOO_SLOW: Status.RESOURCE_EXHAUSTED,  # R-STREAM-11
     EndReason.IDLE: Status.DEADLINE_EXCEEDED,  # R-STREAM-12
+    EndReason.SOURCE_FAILED: Status.UNAVAILABLE,  # R-SRC-1
 }
 
 
@@ -181,6 +191,42 @@ def _peer(stream: Stream, uds_path: str | None) -> str:
     return f"unix:{address or uds_path or ''}"
 
 
+# A StreamImagesResponse around a PanoImage adds the server's name, the send time (at most 24
+# bytes), the overrun notice ("dropped N frames", at most 32) and the image's tag and length.
+_REPLY_OVERHEAD_BYTES = 64
+
+
+def _reply_bytes(item: UploadItem, server_name: str) -> int:
+    """The size, at most, of the StreamImages reply that relays `item`'s image (R-PEER-2)."""
+    assert item.frame is not None
+    image_bytes = (
+        len(item.encoded) if item.encoded is not None else len(encode_pano_image(item.frame))
+    )
+    return image_bytes + len(server_name.encode()) + _REPLY_OVERHEAD_BYTES
+
+
+def _data_dir_error(data_dir: str, exc: OSError) -> GRPCError:
+    """R-INIT-2, R-INIT-11: what an OSError about `data_dir` tells the caller."""
+    if isinstance(exc, FileNotFoundError):
+        return GRPCError(Status.INVALID_ARGUMENT, f"data_dir {data_dir!r} does not exist")
+    if isinstance(exc, NotADirectoryError):
+        return GRPCError(Status.INVALID_ARGUMENT, f"data_dir {data_dir!r} is not a directory")
+    reason = exc.strerror or str(exc)
+    status = (
+        Status.PERMISSION_DENIED if isinstance(exc, PermissionError) else Status.INVALID_ARGUMENT
+    )
+    return GRPCError(status, f"data_dir {data_dir!r} cannot be used: {reason}")
+
+
+def _peer_host(stream: Stream) -> str:
+    """The client's address without its port, which R-PEER-4 counts streams by: every client
+    on the Unix socket is one peer, "unix"."""
+    address: Any = stream.peer.addr()
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0])
+    return "unix"
+
+
 class DaqDataService:
     """grpclib servable implementing daqdata.DaqData."""
 
@@ -192,6 +238,8 @@ class DaqDataService:
         # InitHpIo calls from their request to their answer; readers wait while there are any.
         self._writers = 0
         self._writers_gone: anyio.Event | None = None
+        # StreamImages streams per peer address (R-PEER-4).
+        self._streams_by_peer: dict[str, int] = {}
 
     def __mapping__(self) -> dict[str, Handler]:
         prefix = f"/{SERVICE_NAME}"
@@ -248,6 +296,11 @@ class DaqDataService:
             )
         await self._wait_for_writer(stream)
         if not core.hp_io_valid:
+            if core.source_failure is not None:  # R-SRC-1
+                raise GRPCError(
+                    Status.FAILED_PRECONDITION,
+                    f"hp_io is not valid: {core.source_failure}; call InitHpIo again",
+                )
             raise GRPCError(
                 Status.FAILED_PRECONDITION, "hp_io is not initialized: call InitHpIo first"
             )
@@ -257,6 +310,14 @@ class DaqDataService:
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,
                 f"too many StreamImages clients: the limit is {config.max_concurrent_rpcs}",
+            )
+        peer = _peer(stream, self.uds_path)
+        peer_host = _peer_host(stream)
+        if self._streams_by_peer.get(peer_host, 0) >= config.streams_per_peer:  # R-PEER-4
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"too many StreamImages streams from {peer_host}: the limit per peer is "
+                f"{config.streams_per_peer} (max_streams_per_peer)",
             )
         interval_s = request.update_interval_seconds
         if not valid_interval(interval_s, config.max_client_update_interval_seconds):
@@ -272,10 +333,9 @@ class DaqDataService:
             interval_s=interval_s,
         )
         bell = _Bell()
-        subscriber = core.hub.subscribe(
-            subscription, time.monotonic(), peer=_peer(stream, self.uds_path), wake=bell.ring
-        )
+        subscriber = core.hub.subscribe(subscription, time.monotonic(), peer=peer, wake=bell.ring)
         bell.subscriber = subscriber
+        self._streams_by_peer[peer_host] = self._streams_by_peer.get(peer_host, 0) + 1
         try:
             # Headers now: the client knows it is subscribed before the first frame.
             await stream.send_initial_metadata()
@@ -285,6 +345,9 @@ class DaqDataService:
                 tg.cancel_scope.cancel()
         finally:
             core.hub.unsubscribe(subscriber)
+            left = self._streams_by_peer.pop(peer_host) - 1
+            if left:
+                self._streams_by_peer[peer_host] = left
         ended = subscriber.ended
         if ended is not None:
             raise GRPCError(_END_STATUS[ended.reason], ended.message)
@@ -330,13 +393,20 @@ class DaqDataService:
     def _check_hp_io_request(self, request: InitHpIoRequest) -> HpIoConfig:
         """R-INIT-1 .. R-INIT-4: the request's own checks, before any lock is taken."""
         config = self.config
-        if not interval_ok(
-            request.update_interval_seconds, config.min_hp_io_update_interval_seconds
-        ):
+        # R-INIT-1, R-INIT-10: a finite interval within [minimum, max client interval].
+        minimum_s = config.min_hp_io_update_interval_seconds
+        maximum_s = config.max_client_update_interval_seconds
+        interval_s = request.update_interval_seconds
+        if not interval_ok(interval_s, minimum_s):
             raise GRPCError(
                 Status.INVALID_ARGUMENT,
-                f"update_interval_seconds must be >= {config.min_hp_io_update_interval_seconds:g}"
-                f", not {request.update_interval_seconds}",
+                f"update_interval_seconds must be >= {minimum_s:g}, not {interval_s}",
+            )
+        if not interval_s <= maximum_s:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"update_interval_seconds must be finite, between {minimum_s:g} and "
+                f"{maximum_s:g} (max_client_update_interval_seconds), not {interval_s}",
             )
         hp_io = HpIoConfig(
             data_dir=request.data_dir,
@@ -347,11 +417,25 @@ class DaqDataService:
         )
         if request.simulate_daq:
             return hp_io  # R-INIT-8: data_dir is ignored
-        data_dir = Path(request.data_dir).expanduser() if request.data_dir else None
-        if data_dir is None or not data_dir.is_dir():
+        if not request.data_dir:
+            raise GRPCError(Status.INVALID_ARGUMENT, "data_dir '' does not exist")
+        try:
+            return self._check_data_dir(request, hp_io)
+        except OSError as exc:  # R-INIT-11: never UNKNOWN
+            raise _data_dir_error(request.data_dir, exc) from None
+        except (ValueError, RuntimeError) as exc:  # a NUL byte; a loop of links (Python < 3.13)
             raise GRPCError(
-                Status.INVALID_ARGUMENT, f"data_dir {request.data_dir!r} does not exist"
-            )
+                Status.INVALID_ARGUMENT, f"data_dir {request.data_dir!r} cannot be used: {exc}"
+            ) from None
+
+    def _check_data_dir(self, request: InitHpIoRequest, hp_io: HpIoConfig) -> HpIoConfig:
+        """R-INIT-2 .. R-INIT-4, R-INIT-11; OSError for what the file system refuses."""
+        config = self.config
+        data_dir = Path(request.data_dir).expanduser()
+        if not stat.S_ISDIR(data_dir.stat().st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with os.scandir(data_dir):  # PermissionError for a directory this server cannot read
+            pass
         if not _within(data_dir, config.allowed_data_roots):
             roots = ", ".join(str(r) for r in config.allowed_data_roots)
             raise GRPCError(
@@ -436,6 +520,15 @@ class DaqDataService:
                     f"server does not serve (valid: {', '.join(sorted(valid))})",
                 )
             else:
+                reply_bytes = _reply_bytes(item, self.config.server_name)
+                if reply_bytes > GRPC_DEFAULT_MESSAGE_BYTES:  # R-PEER-2
+                    raise GRPCError(
+                        Status.INVALID_ARGUMENT,
+                        f"image {index} of the upload would make a StreamImages reply of "
+                        f"{reply_bytes} bytes, more than the {GRPC_DEFAULT_MESSAGE_BYTES} bytes "
+                        f"a default gRPC client accepts; the {index} image(s) before it "
+                        "were accepted",
+                    )
                 await uploader.put(item.frame, item.encoded)
             index += 1
         await uploader.flush()  # the reply says: every image is in the hub
