@@ -113,21 +113,31 @@ class PFFRecorder:
         return file.path
 
     def _failed(self, key: tuple[int, str], file: _File, error: OSError) -> RecordError:
-        """R-REC-1: cut the file back to its whole frames on disk, forget it, and say so.
+        """R-REC-1: the recording ends: every file is closed and cut back to its whole frames
+        on disk, and the error says so.
 
-        Frames still in the write buffer are lost with the error; `written` then counts the
+        Frames still in a write buffer are lost with the error; `written` then counts the
         frames that are on disk.
         """
-        self._files.pop(key, None)
+        del self._files[key]
+        self._close_whole(file)
+        for other in list(self._files.values()):
+            self._close_whole(other)
+        self._files.clear()
+        return RecordError(file.path, error, self.written)
+
+    def _close_whole(self, file: _File) -> None:
+        """Close `file` (its buffer may reach the disk only in part) and cut it back to its
+        whole frames."""
         with contextlib.suppress(OSError):
-            file.handle.close()  # may write part of the buffer: cut below
+            file.handle.close()
         on_disk = 0
         with contextlib.suppress(OSError):
             size = os.path.getsize(file.path)
             on_disk = size // file.frame_size if file.frame_size else 0
-            os.truncate(file.path, on_disk * file.frame_size)
+            if size != on_disk * file.frame_size:
+                os.truncate(file.path, on_disk * file.frame_size)
         self.written -= file.frames - on_disk
-        return RecordError(file.path, error, self.written)
 
     def _open(self, frame: PanoFrame, header_width: int) -> _File:
         """The next file of the frame's (module, product), never one that exists already."""
@@ -165,17 +175,13 @@ class PFFRecorder:
                 raise self._failed(key, file, exc) from None
 
     def close(self) -> None:
-        """Close every file; RecordError for the first that cannot be written (R-REC-1), after
-        closing the others."""
-        failure: RecordError | None = None
+        """Close every file; RecordError when one cannot be written (R-REC-1)."""
         for key, file in list(self._files.items()):
             try:
                 file.handle.close()
             except OSError as exc:
-                failure = failure or self._failed(key, file, exc)
-        self._files.clear()
-        if failure is not None:
-            raise failure
+                raise self._failed(key, file, exc) from None
+            del self._files[key]
 
     def __enter__(self) -> PFFRecorder:
         return self
