@@ -67,6 +67,7 @@ class Viewer:
         self.arrivals: dict[str, list[tuple[float, int]]] = {}
         self.error: str | None = None
         self._call: Any = None
+        self._closing = False
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -75,7 +76,7 @@ class Viewer:
             stream_movie_data=True, stream_pulse_height_data=True, update_interval_seconds=0.0
         ).SerializeToString()
         stream = self.channel.unary_stream("/daqdata.DaqData/StreamImages")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while True:  # until InitHpIo (by the load generator) makes hp_io valid
             self._call = stream(request)
             try:
@@ -84,11 +85,11 @@ class Viewer:
                     self.arrivals.setdefault(self.phase, []).append((time.monotonic(), number))
                 return
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.CANCELLED:
+                if self._closing:
                     return
-                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or (
-                    time.monotonic() > deadline
-                ):
+                # During the warm-up: before the load generator's InitHpIo, ended by it
+                # (force=true), or idle while it builds its payloads.
+                if self.phase != "warmup" or time.monotonic() > deadline:
                     self.error = f"{exc.code().name}: {exc.details()}"
                     return
                 time.sleep(0.05)
@@ -102,6 +103,7 @@ class Viewer:
         return len(seen), lost, list(np.diff(times) * 1e3)
 
     def close(self) -> None:
+        self._closing = True
         if self._call is not None:
             self._call.cancel()
         self._thread.join(10)
@@ -197,14 +199,21 @@ def scenario(seconds: float = SECONDS, viewers: int = VIEWERS, rate: int = RATE_
     ):
         time.sleep(1.0)  # settled after start
         idle_rss_kib = _kib(pid, "VmRSS")
-        images = int(rate * (2 * seconds + 15))
+        images = int(rate * (2 * seconds + 20))
         cmd = [sys.executable, "-m", "benchmarks.grpcio_load", "--port", str(port)]
         cmd += ["--images", str(images), "--rate", str(rate), "--no-subscriber"]
         cmd += ["--init-data-dir", data_dir]
         uploader = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
         healthy = [Viewer(f"127.0.0.1:{port}") for _ in range(viewers)]
         try:
-            time.sleep(3.0)  # the uploader's warm-up, the viewers subscribed
+            # Until the uploader runs at its rate (it builds every payload first) and every
+            # viewer receives: 1 s of frames.
+            deadline = time.monotonic() + 120
+            while any(len(v.arrivals.get("warmup", [])) < rate for v in healthy):
+                if time.monotonic() > deadline:
+                    errors = [v.error for v in healthy]
+                    raise RuntimeError(f"the viewers get no frames (errors: {errors})")
+                time.sleep(0.1)
             for viewer in healthy:
                 viewer.phase = "calm"
             time.sleep(seconds)
