@@ -341,6 +341,7 @@ HOSTILE_UPLOADS = {
 }
 
 
+@pytest.mark.timeout(60)  # 5 MB uploads through grpcio
 @pytest.mark.parametrize("name", list(HOSTILE_UPLOADS))
 def test_hostile_upload_sizes_and_floats(grpcio_upload, name):
     """R-PEER-1, R-PEER-2, R-CLI-11 through grpcio: oversized fields end the upload with the
@@ -389,7 +390,8 @@ def test_long_and_odd_paths_are_invalid_argument(grpcio_channel, data_dir):
     assert _init_hp_io(grpcio_channel, data_dir, 0.1) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-@settings(max_examples=100, deadline=None)
+@pytest.mark.timeout(90)  # one InitHpIo call per example, on a shared machine
+@settings(max_examples=60, deadline=None)
 @given(
     st.text(max_size=400).map(lambda t: "/tmp/" + t) | st.text(max_size=40),
     st.floats() | st.floats(0.01, 60),

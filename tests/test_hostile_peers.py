@@ -228,7 +228,7 @@ def test_an_image_too_big_to_relay_is_refused_at_upload(hostile, viewer):
         _upload(target, [small, big])
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = info.value.details()
-    assert "image 1 of the upload would make a StreamImages reply of 52" in details
+    assert "image 1 of the upload is invalid: it would make a StreamImages reply of 52" in details
     assert "more than the 4194304 bytes" in details
     viewer.more_frames(10)
 

@@ -27,13 +27,15 @@ from grpclib.server import Stream
 
 from .._private import send_framed_messages
 from ..codec import (
+    RELAY_LIMIT_BYTES,
     StreamReply,
     UploadItem,
     encode_pano_image,
     encode_stream_reply,
     overrun_notice,
+    too_large_to_relay,
 )
-from ..config import GRPC_DEFAULT_MESSAGE_BYTES, HpIoConfig
+from ..config import HpIoConfig
 from ..errors import CodecError, ImageError
 from ..messages import (
     SERVICE_NAME,
@@ -521,12 +523,11 @@ class DaqDataService:
                 )
             else:
                 reply_bytes = _reply_bytes(item, self.config.server_name)
-                if reply_bytes > GRPC_DEFAULT_MESSAGE_BYTES:  # R-PEER-2
+                if reply_bytes > RELAY_LIMIT_BYTES:  # R-PEER-2
                     raise GRPCError(
                         Status.INVALID_ARGUMENT,
-                        f"image {index} of the upload would make a StreamImages reply of "
-                        f"{reply_bytes} bytes, more than the {GRPC_DEFAULT_MESSAGE_BYTES} bytes "
-                        f"a default gRPC client accepts; the {index} image(s) before it "
+                        f"image {index} of the upload is invalid: "
+                        f"{too_large_to_relay(reply_bytes)}; the {index} image(s) before it "
                         "were accepted",
                     )
                 await uploader.put(item.frame, item.encoded)
