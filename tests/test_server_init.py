@@ -211,3 +211,27 @@ async def test_uds_simulation_without_the_ingest_fails_naming_it(make_server, ba
         "hp_io failed to start: simulation mode 'uds' needs acquisition_methods.uds enabled "
         "(R-SIM-6)"
     )
+
+
+async def test_module_link_out_of_the_allowed_roots_is_not_served(
+    make_server, run_dir, tmp_path, caplog
+):
+    """R-INIT-12 through the server: a `module_<id>` link inside the allowed data root that
+    points outside it is skipped (with one log line naming it); the module beside it is
+    served."""
+    from panoseti_daq import pff
+
+    outside = tmp_path / "outside"  # pytest's tmp_path is not under the allowed root
+    for module, base in ((1, run_dir), (2, outside)):
+        run = base / f"module_{module}" / "obs_T"
+        run.mkdir(parents=True, exist_ok=True)
+        frame = movie_frame(module, 0)
+        name = pff.DataFileName("img16", module, 0, 2, "2024-07-25T04_34_46Z").format()
+        (run / name).write_bytes(pff.encode_frame(frame.header, frame.pixels, frame.product))
+    (run_dir / "module_2").symlink_to(outside / "module_2")
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        await wait_until(lambda: (1, "img16") in server.hub.latest)
+        await wait_until(lambda: "outside the allowed data roots" in caplog.text)
+        assert (2, "img16") not in server.hub.latest
+    assert f"skipping {run_dir.resolve() / 'module_2'}" in caplog.text
