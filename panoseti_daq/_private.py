@@ -279,6 +279,16 @@ class ConnectionGuard:
 
         server._protocol_factory = guarded_factory  # type: ignore[method-assign, assignment]
 
+    def counters(self) -> dict[str, int]:
+        """Connections open now, and those refused or closed and messages refused so far."""
+        return {
+            "open": self.open_connections,
+            "refused": self.refused.count,
+            "handshake_timeouts": self.handshake_timeouts.count,
+            "idle_closed": self.idle_closed.count,
+            "messages_too_large": self.too_large,
+        }
+
     def receive_slot(self) -> asyncio.Semaphore:
         # Made on first use, on grpclib's loop, where every handler runs.
         if self._receive_slots is None:

@@ -432,3 +432,41 @@ def test_an_unreadable_data_dir_is_permission_denied(hostile):
             pb2_grpc.DaqDataStub(channel).InitHpIo(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert str(closed) in info.value.details()
+
+
+@pytest.mark.anyio
+async def test_connection_counters_and_log_lines(make_server, caplog):
+    """R-PEER-3: what an operator sees: the stats' connection counters and one log line per
+    kind (refused at accept, closed before the handshake)."""
+    import anyio
+
+    async with make_server(max_connections=2, handshake_timeout_seconds=0.2) as server:
+        host, port = "127.0.0.1", server.port
+
+        def hoard() -> list[str]:
+            socks = [socket.create_connection((host, port)) for _ in range(4)]
+            try:
+                return [_how_closed(sock, 5.0) for sock in socks]
+            finally:
+                for sock in socks:
+                    sock.close()
+
+        ends = await anyio.to_thread.run_sync(hoard)
+        assert sorted(ends) == ["eof", "eof", "reset", "reset"]
+        with anyio.fail_after(5):
+            while server.stats()["connections"]["open"]:  # noqa: ASYNC110 - no event for it
+                await anyio.sleep(0.01)
+        counters = server.stats()["connections"]
+    assert counters == {
+        "open": 0,
+        "refused": 2,
+        "handshake_timeouts": 2,
+        "idle_closed": 0,
+        "messages_too_large": 0,
+    }
+    lines = [r.getMessage() for r in caplog.records if r.name == "panoseti_daq._private"]
+    assert "refused 1 connection(s): max_connections (2) are open" in lines
+    assert any(
+        "no HTTP/2 preface and SETTINGS within handshake_timeout_seconds" in line for line in lines
+    )
+    assert len(lines) == 2  # the second of each kind waits for the next minute's line

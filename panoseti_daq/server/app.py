@@ -235,7 +235,8 @@ class DaqDataServer:
 
     def stats(self) -> dict[str, Any]:
         """Counters and resources now (see stats.py); call it from the server's event loop."""
-        return server_stats(self.core, self._started, self._loop.loop if self._loop else None)
+        stats = server_stats(self.core, self._started, self._loop.loop if self._loop else None)
+        return {**stats, "connections": self.guard.counters()}  # R-PEER-1, R-PEER-3
 
     # -- stop ------------------------------------------------------------------------------
     async def _stop(self) -> None:
