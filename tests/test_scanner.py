@@ -650,3 +650,31 @@ def test_module_links_out_of_the_allowed_roots_are_skipped(
     everything = RunScanner(data_dir, (), [PH256])
     assert sorted(f.module_id for f in everything.scan()) == [1, 2, 3, 4]
     everything.close()
+
+
+def test_a_vanishing_data_dir_is_logged_once_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """R-SRC-1, R-SCAN-4: a data_dir that disappears is looked for at every scan and logged
+    once; when it comes back, its frames are published again and that is logged once too."""
+    data_dir = tmp_path / "data"
+    path = run_dir(data_dir, 1) / file_name(PH256, 1, 0)
+    append(path, PH256, ["a0"])
+    scanner = RunScanner(data_dir, (), [PH256])
+    with caplog.at_level(logging.INFO, logger="panoseti_daq.server.scanner"):
+        assert len(scanner.scan()) == 1
+        shutil.rmtree(data_dir)
+        for _ in range(3):
+            assert scanner.scan() == []
+        path = run_dir(data_dir, 1) / file_name(PH256, 1, 1)
+        append(path, PH256, ["b0"])
+        deadline = time.monotonic() + 5
+        frames: list[PanoFrame] = []
+        while not frames and time.monotonic() < deadline:
+            frames = scanner.scan()
+            time.sleep(0.01)
+        scanner.close()
+    assert [f.file for f in frames] == [path.name]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("has vanished" in m for m in messages) == 1, messages
+    assert sum("is back" in m for m in messages) == 1, messages

@@ -194,6 +194,7 @@ class RunScanner:
         self.data_dir = Path(data_dir)
         self.allowed_roots = tuple(Path(root).resolve() for root in allowed_roots)
         self._outside_roots: set[Path] = set()
+        self._data_dir_missing = False
         self.module_ids = frozenset(module_ids)
         self.products = {
             p.name: p for p in (product_named(p) if isinstance(p, str) else p for p in products)
@@ -274,6 +275,12 @@ class RunScanner:
     def modules(self) -> dict[int, Path]:
         """module id -> module directory, for the modules this scanner follows (R-SCAN-1)."""
         listing = self._listings.names(self.data_dir)
+        if (listing.read == 0) != self._data_dir_missing:  # R-SRC-1: logged once each way
+            self._data_dir_missing = listing.read == 0
+            if self._data_dir_missing:
+                log.warning("data_dir %s has vanished: looking for it at every scan", self.data_dir)
+            else:
+                log.info("data_dir %s is back", self.data_dir)
         read, cached = self._modules_cache
         if listing.read == read:
             return cached
