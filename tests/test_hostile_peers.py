@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
 
-from tests.helpers import server_process
+from tests.helpers import server_process, wait_until
 from tests.reference import modules
 
 pytestmark = pytest.mark.timeout(60)
@@ -470,3 +470,47 @@ async def test_connection_counters_and_log_lines(make_server, caplog):
         "no HTTP/2 preface and SETTINGS within handshake_timeout_seconds" in line for line in lines
     )
     assert len(lines) == 2  # the second of each kind waits for the next minute's line
+
+
+@pytest.mark.anyio
+async def test_large_message_bodies_are_read_a_few_at_a_time(make_server):
+    """R-PEER-5: bodies larger than the HTTP/2 window are read at most max_concurrent_rpcs (1
+    here) at a time: while a peer trickles one, another's upload waits (flow control holds
+    its bytes with the sender), and goes through once the first peer has gone."""
+    import anyio
+
+    async with make_server(
+        max_concurrent_rpcs=1, http2_window_bytes=65_535, max_message_bytes=1024 * 1024
+    ) as server:
+        port = server.port
+        trickler = socket.create_connection(("127.0.0.1", port))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        stream_id = conn.get_next_available_stream_id()
+        conn.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/daqdata.DaqData/UploadImages"),
+                (":authority", f"127.0.0.1:{port}"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+        )
+        # A message of 600 kB announced; 60 kB of it sent, the rest never.
+        body = b"\x00" + (600_000).to_bytes(4, "big") + b"\x0a" * 60_000
+        for at in range(0, len(body), 16_384):  # HTTP/2's smallest maximum frame size
+            conn.send_data(stream_id, body[at : at + 16_384])
+        trickler.sendall(conn.data_to_send())
+        await wait_until(lambda: server.stats()["connections"]["open"] == 1)
+        await anyio.sleep(0.3)  # its handler has the reading slot (no event tells it)
+
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            upload = pb2_grpc.DaqDataStub(channel).UploadImages
+            request = pb2.UploadImageRequest(pano_image=_image({"pad": "z" * 500_000}))
+            future = upload.future(iter([request]), timeout=30)
+            await anyio.sleep(1.0)
+            assert not future.done(), "a second large body was read at the same time"
+            trickler.close()  # the first peer goes: its slot is free
+            await anyio.to_thread.run_sync(future.result, 20)
