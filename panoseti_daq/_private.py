@@ -50,7 +50,13 @@ from grpclib.protocol import EventsProcessor, H2Protocol
 from grpclib.server import Server, Stream
 from h2.events import RemoteSettingsChanged
 
-__all__ = ["ConnectionGuard", "check_version", "import_trio_asyncio", "send_framed_messages"]
+__all__ = [
+    "ConnectionGuard",
+    "check_message_length",
+    "check_version",
+    "import_trio_asyncio",
+    "send_framed_messages",
+]
 
 log = logging.getLogger(__name__)
 
@@ -409,6 +415,20 @@ class _GuardedProtocol(asyncio.Protocol):
 _grpclib_recv_message = grpclib.server.recv_message
 
 
+def check_message_length(connection: Any, length: int) -> None:
+    """R-PEER-1: GRPCError RESOURCE_EXHAUSTED when a message of `length` bytes, announced by
+    its gRPC prefix on grpclib `connection` (a protocol stream's `.connection`), is larger
+    than the limit of the connection's guard; for readers of raw messages too."""
+    guard: ConnectionGuard | None = getattr(connection, _GUARD_ATTRIBUTE, None)
+    if guard is not None and length > guard.max_message_bytes:
+        guard.too_large += 1
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"received message of {length} bytes is larger than the limit of "
+            f"{guard.max_message_bytes} bytes (max_message_bytes)",
+        )
+
+
 async def _bounded_recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
     """grpclib's `recv_message` with the guard's receive limit (R-PEER-1, R-PEER-5).
 
@@ -426,13 +446,7 @@ async def _bounded_recv_message(stream: Any, codec: Any, message_type: Any) -> A
     if prefix[0]:
         raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
     length = int.from_bytes(prefix[1:5], "big")
-    if length > guard.max_message_bytes:
-        guard.too_large += 1
-        raise GRPCError(
-            Status.RESOURCE_EXHAUSTED,
-            f"received message of {length} bytes is larger than the limit of "
-            f"{guard.max_message_bytes} bytes (max_message_bytes)",
-        )
+    check_message_length(stream.connection, length)
     if length <= guard.window_bytes:
         body = await stream.recv_data(length)
     else:
