@@ -15,6 +15,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import grpc
@@ -514,3 +515,41 @@ async def test_large_message_bodies_are_read_a_few_at_a_time(make_server):
             assert not future.done(), "a second large body was read at the same time"
             trickler.close()  # the first peer goes: its slot is free
             await anyio.to_thread.run_sync(future.result, 20)
+
+
+def test_a_call_whose_request_never_comes_is_ended(hostile, viewer):
+    """R-PEER-3: a call opened with its headers but no request message (a slowloris holding
+    the connection's stream open, which no idle timeout would close) ends after
+    handshake_timeout_seconds (0.5 s here) with DEADLINE_EXCEEDED naming why."""
+    _, target, _ = hostile
+    host, port = target.rsplit(":", 1)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream_id,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/daqdata.DaqData/StreamImages"),
+            (":authority", target),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+    )
+    status: dict[str, str] = {}
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(conn.data_to_send())
+        started = time.monotonic()
+        sock.settimeout(10)
+        while "grpc-status" not in status:
+            data = sock.recv(65536)
+            assert data, "closed without a status"
+            for event in conn.receive_data(data):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    status.update((k.decode(), v.decode()) for k, v in event.headers)
+            sock.sendall(conn.data_to_send())
+    assert status["grpc-status"] == "4", status  # DEADLINE_EXCEEDED
+    assert "no request message within 0.5 s" in urllib.parse.unquote(status["grpc-message"])
+    assert 0.4 <= time.monotonic() - started < 4.0
+    viewer.more_frames()

@@ -79,12 +79,23 @@ def _remaining_s(stream: Stream) -> float:
     return max(0.0, stream.deadline.time_remaining() - DEADLINE_MARGIN_S)
 
 
-async def _request(stream: Stream) -> Any:
-    """The request of a unary-request RPC; malformed bytes are INVALID_ARGUMENT (R-WIRE-5)."""
+async def _request(stream: Stream, timeout_s: float) -> Any:
+    """The request of a unary-request RPC; malformed bytes are INVALID_ARGUMENT (R-WIRE-5).
+
+    A client sends it with its call's headers: one that has not within `timeout_s`
+    (handshake_timeout_seconds) holds a call open without using it, as a slowloris connection
+    would, and gets DEADLINE_EXCEEDED (R-PEER-3).
+    """
     try:
-        request = await stream.recv_message()
+        with anyio.fail_after(timeout_s):
+            request = await stream.recv_message()
     except CodecError as exc:
         raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from None
+    except TimeoutError:
+        raise GRPCError(
+            Status.DEADLINE_EXCEEDED,
+            f"no request message within {timeout_s:g} s (handshake_timeout_seconds)",
+        ) from None
     if request is None:
         raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
     return request
@@ -283,12 +294,12 @@ class DaqDataService:
     # -- Ping ------------------------------------------------------------------------------
     async def ping(self, stream: Stream[Empty, Empty]) -> None:
         """R-PING-1: answer whenever the server runs."""
-        await _request(stream)
+        await _request(stream, self.config.handshake_timeout_seconds)
         await stream.send_message(Empty())
 
     # -- StreamImages ----------------------------------------------------------------------
     async def stream_images(self, stream: Stream[StreamImagesRequest, StreamReply]) -> None:
-        request = await _request(stream)
+        request = await _request(stream, self.config.handshake_timeout_seconds)
         core, config = self.core, self.config
         # R-STREAM-1 .. R-STREAM-5, in this order.
         if not (request.stream_movie_data or request.stream_pulse_height_data):
@@ -453,7 +464,7 @@ class DaqDataService:
         return dataclasses.replace(hp_io, data_dir=str(data_dir.resolve()))
 
     async def init_hp_io(self, stream: Stream[InitHpIoRequest, InitHpIoResponse]) -> None:
-        request = await _request(stream)
+        request = await _request(stream, self.config.handshake_timeout_seconds)
         self._writers += 1
         try:
             await self._init_hp_io(stream, request)
