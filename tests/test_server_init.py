@@ -213,6 +213,7 @@ async def test_uds_simulation_without_the_ingest_fails_naming_it(make_server, ba
     )
 
 
+@pytest.mark.timeout(30)  # a server and its scanner, on a shared machine
 async def test_module_link_out_of_the_allowed_roots_is_not_served(
     make_server, run_dir, tmp_path, caplog
 ):
@@ -231,7 +232,7 @@ async def test_module_link_out_of_the_allowed_roots_is_not_served(
     (run_dir / "module_2").symlink_to(outside / "module_2")
     async with make_server() as server:
         assert (await init_hp_io(server, run_dir)).success
-        await wait_until(lambda: (1, "img16") in server.hub.latest)
-        await wait_until(lambda: "outside the allowed data roots" in caplog.text)
+        await wait_until(lambda: (1, "img16") in server.hub.latest, timeout_s=20)
+        await wait_until(lambda: "outside the allowed data roots" in caplog.text, timeout_s=20)
         assert (2, "img16") not in server.hub.latest
     assert f"skipping {run_dir.resolve() / 'module_2'}" in caplog.text
