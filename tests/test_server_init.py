@@ -223,8 +223,9 @@ async def test_module_link_out_of_the_allowed_roots_is_not_served(
     from panoseti_daq import pff
 
     outside = tmp_path / "outside"  # pytest's tmp_path is not under the allowed root
-    for module, base in ((1, run_dir), (2, outside)):
-        run = base / f"module_{module}" / "obs_T"
+    # Module 1's run is the fixture's (with the marker); module 2's is outside the roots.
+    runs = {1: next((run_dir / "module_1").iterdir()), 2: outside / "module_2" / "obs_T"}
+    for module, run in runs.items():
         run.mkdir(parents=True, exist_ok=True)
         frame = movie_frame(module, 0)
         name = pff.DataFileName("img16", module, 0, 2, "2024-07-25T04_34_46Z").format()
