@@ -25,13 +25,38 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from panoseti_daq import _header_codec as header_codec
 from panoseti_daq.config import ServerConfig
 from panoseti_daq.server import DaqDataServer
 from tests.helpers import server_process
 
 # `make mutate` (tools/mutate.py) runs every mutant's tests: fewer examples per property there.
-settings.register_profile("mutate", max_examples=20, deadline=None)
+MUTATE_EXAMPLES = 20
+settings.register_profile("mutate", max_examples=MUTATE_EXAMPLES, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def examples(count: int) -> int:
+    """`count` examples for a property test that sets its own number; under `make mutate`
+    (the "mutate" profile) at most that profile's, which an explicit number would override."""
+    if os.environ.get("HYPOTHESIS_PROFILE") == "mutate":
+        return min(count, MUTATE_EXAMPLES)
+    return count
+
+
+@pytest.fixture(autouse=True)
+def empty_header_caches():
+    """Every test starts with the header codec's plans and templates not yet made: what it
+    asserts does not depend on the tests before it, and under `make mutate` (whose runner
+    forks each mutant from a process that has already run the tests, caches filled) the code
+    that makes them runs with the mutant."""
+    for cache in (
+        header_codec._flat_plans,
+        header_codec._nested_plans,
+        header_codec._templates,
+        header_codec._general_parses,
+    ):
+        cache.clear()
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -93,9 +118,13 @@ def daq_config(*servers, unix: bool = False) -> dict:
 
 @pytest.fixture(scope="module")
 def live_server():
-    """One server in simulation mode for all examples, with daq/network configs naming it."""
-    tmp = Path(tempfile.mkdtemp(prefix="pdaqex", dir="/tmp"))
-    with server_process(tmp, "--init-sim") as (_, port, _uds):
+    """One server in simulation mode for all examples, with daq/network configs naming it;
+    its directory is removed once the server has stopped."""
+    with (
+        tempfile.TemporaryDirectory(prefix="pdaqex", dir="/tmp") as name,
+        server_process(Path(name), "--init-sim") as (_, port, _uds),
+    ):
+        tmp = Path(name)
         daq = tmp / "daq_config.json"
         daq.write_text(json.dumps({"daq_nodes": [{"ip_addr": f"127.0.0.1:{port}"}]}))
         net = tmp / "network_config.json"

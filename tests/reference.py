@@ -1,7 +1,8 @@
 """The reference implementation of the wire format: protobuf + grpcio code from schema/.
 
 Test and benchmark use only. The modules are generated once per schema version into a cache
-directory under the system temp dir and imported from there.
+directory under the system temp dir (kept between runs on purpose, named for the schema's
+hash) and imported from there.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,21 +31,24 @@ def generate() -> Path:
     out = _out_dir()
     if not (out / "daq_data_pb2_grpc.py").exists():
         tmp = Path(tempfile.mkdtemp(prefix="reference_", dir=out.parent))
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "grpc_tools.protoc",
-                f"-I{PROTO.parent}",
-                f"--python_out={tmp}",
-                f"--grpc_python_out={tmp}",
-                str(PROTO),
-            ],
-            check=True,
-        )
-        # Another process may have generated it first: identical content, keep theirs.
-        with contextlib.suppress(OSError):
-            tmp.rename(out)
+        try:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "grpc_tools.protoc",
+                    f"-I{PROTO.parent}",
+                    f"--python_out={tmp}",
+                    f"--grpc_python_out={tmp}",
+                    str(PROTO),
+                ],
+                check=True,
+            )
+            # Another process may have generated it first: identical content, keep theirs.
+            with contextlib.suppress(OSError):
+                tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed
     return out
 
 

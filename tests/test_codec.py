@@ -43,6 +43,7 @@ from panoseti_daq.messages import (
     StreamImagesResponse,
 )
 from panoseti_daq.products import PRODUCTS, product_for
+from tests.conftest import examples
 from tests.reference import modules
 
 pb2, _ = modules()
@@ -112,7 +113,7 @@ def _varint(n: int) -> bytes:
 
 
 @given(frames())
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 def test_protobuf_parses_what_we_encode(frame):
     """R-WIRE-2, R-WIRE-3: every field as protobuf reads it, pixels as bit patterns."""
     reference = pb2.PanoImage.FromString(encode_pano_image(frame))
@@ -129,7 +130,7 @@ def test_protobuf_parses_what_we_encode(frame):
 
 
 @given(frames())
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 def test_we_decode_what_protobuf_encodes(frame):
     """R-WIRE-2: protobuf's bytes decode to the same frame."""
     message = pb2.PanoImage.FromString(encode_pano_image(frame))
@@ -155,7 +156,7 @@ def _field(number: int, wire_type: int, payload: bytes) -> bytes:
     order=st.permutations(range(6)),
     unknown=st.binary(max_size=20),
 )
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_unpacked_reordered_and_unknown_fields(pixels, split, order, unknown):
     """R-WIRE-2: unpacked and mixed image_array chunks, any field order, unknown fields."""
     unpacked = b"".join(_field(3, 0, _varint(v)) for v in pixels[:split])
@@ -206,7 +207,7 @@ def test_invalid_images_are_rejected_with_a_reason(message, problem):
 
 
 @given(st.binary(max_size=200))
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 def test_garbage_never_crashes_or_hangs(data):
     """R-WIRE-5: malformed bytes raise CodecError or ImageError, nothing else."""
     for decode in (decode_pano_image, decode_stream_reply, decode_upload_item):
@@ -244,7 +245,7 @@ def test_struct_round_trip_against_protobuf(header):
 
 
 @given(frames(), st.text(max_size=20), st.integers(0, 2**62), st.text(max_size=20))
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 def test_stream_reply_against_protobuf(frame, name, timestamp_ns, message):
     """R-WIRE-4: name, timestamp, message and pano_image of StreamImagesResponse."""
     data = encode_stream_reply(StreamReply(frame, name, timestamp_ns, message))
@@ -540,7 +541,7 @@ mutations = st.lists(
 
 
 @given(frames(), mutations)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_mutated_images_fail_cleanly_or_decode_as_protobuf_does(frame, edits):
     """R-WIRE-5, R-PARSE-4: damaged bytes raise CodecError/ImageError, or, when they still
     decode, give exactly what protobuf reads from them: never a silently wrong image. A
@@ -571,7 +572,7 @@ def _single_field_messages(frame: PanoFrame) -> list[bytes]:
 
 
 @given(frames(), st.data())
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_any_field_order_split_arrays_and_unknown_fields(frame, data):
     """R-WIRE-2: protobuf's bytes with fields in any order, image_array split into packed and
     unpacked pieces, defaults omitted and unknown fields decode to the same frame."""
@@ -674,7 +675,7 @@ def _reference_struct(data: bytes):
 
 
 @given(frames(), st.text(max_size=10), st.integers(-(2**62), 2**62))
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 def test_upload_and_stream_messages_as_protobuf_writes_them(frame, name, timestamp_ns):
     """R-WIRE-2, R-UP-2: UploadImageRequest and StreamImagesResponse from protobuf."""
     upload = pb2.UploadImageRequest()
@@ -690,7 +691,7 @@ def test_upload_and_stream_messages_as_protobuf_writes_them(frame, name, timesta
 
 
 @given(st.binary(max_size=60))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_small_messages_garbage_is_a_codec_error(data):
     """R-WIRE-5: the betterproto2 fallback also reports malformed bytes as CodecError."""
     codec = DaqCodec()
@@ -700,7 +701,7 @@ def test_small_messages_garbage_is_a_codec_error(data):
 
 
 @given(frames())
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 def test_decoded_frame_equals_the_betterproto2_route(frame):
     """The fast decode gives exactly what PanoFrame.from_message(PanoImage.parse(...)) gives."""
     data = encode_pano_image(frame)
@@ -759,7 +760,7 @@ def test_header_nesting_stops_where_protobuf_stops():
 
 
 @given(frames(), mutations, st.text(max_size=5), st.integers(-(2**62), 2**62))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 def test_mutated_stream_replies_fail_cleanly_or_decode_as_protobuf_does(
     frame, edits, name, timestamp_ns
 ):

@@ -15,6 +15,7 @@ from panoseti_daq import ImageError, PanoFrame, pff, product_named
 from panoseti_daq._bundled import NGC7331_PH256
 from panoseti_daq.messages import PanoImage, PanoImageType, Struct
 from panoseti_daq.products import PRODUCTS
+from tests.conftest import examples
 
 QUABO = {
     "pkt_tai": 529,
@@ -118,7 +119,7 @@ def frames(draw):
 
 
 @given(frames())
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_message_round_trip(frame):
     """R-WIRE-2, R-WIRE-3: PanoFrame -> betterproto2 PanoImage -> bytes -> PanoFrame."""
     wire = bytes(frame.to_message())

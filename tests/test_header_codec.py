@@ -10,9 +10,11 @@ are a clear INVALID_ARGUMENT naming the image, through a grpcio client (R-UP-3, 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -25,6 +27,7 @@ from hypothesis import strategies as st
 from panoseti_daq import CodecError, PanoFrame
 from panoseti_daq import _header_codec as header_codec
 from panoseti_daq.codec import decode_pano_image, decode_struct, encode_pano_image
+from tests.conftest import examples
 from tests.helpers import server_process
 from tests.reference import modules
 
@@ -109,21 +112,131 @@ def templated(data: bytes) -> bool:
     return any(t.size == len(data) for t in header_codec._templates.get(len(data), ()))
 
 
+@contextlib.contextmanager
+def general_parser_calls() -> Iterator[list[int]]:
+    """The calls of the general parser (nested structs included) while the block runs: none
+    means the header came from a template."""
+    calls: list[int] = []
+    general = header_codec._decode_struct_general
+
+    def counted(*args):
+        calls.append(1)
+        return general(*args)
+
+    header_codec._decode_struct_general = counted
+    try:
+        yield calls
+    finally:
+        header_codec._decode_struct_general = general
+
+
+def decode_noting_path(data: bytes) -> tuple[dict, str]:
+    """Our decode of `data` and the path that gave it: "template" or "general"."""
+    with general_parser_calls() as calls:
+        header = decode_struct(data)
+    return header, "general" if calls else "template"
+
+
+# Values of one size in every layout: a number and a string of 7 UTF-8 bytes are 9 bytes as a
+# Value; null, true, false, "", {} and [] are 2 bytes each.
+TWO_BYTE_VALUES = (None, True, False, "", {}, [])
+
+
+def _two_bytes(value) -> bool:
+    return value is None or type(value) is bool or (type(value) in (str, dict, list) and not value)
+
+
+def _paths(value, path=()):
+    """The path (keys and indices) of every value inside `value`."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        yield (*path, key)
+        if isinstance(item, (dict, list)):
+            yield from _paths(item, (*path, key))
+
+
+def _at(value, path):
+    for key in path:
+        value = value[key]
+    return value
+
+
+def _replaced(value, path, new, rename=False):
+    """A copy of `value` with the value at `path` replaced by `new` (or its key renamed)."""
+    if not path:
+        return new
+    key, rest = path[0], path[1:]
+    if isinstance(value, list):
+        return [
+            _replaced(item, rest, new, rename) if i == key else item for i, item in enumerate(value)
+        ]
+    if rename and not rest:
+        return {(new if k == key else k): item for k, item in value.items()}
+    return {
+        k: _replaced(item, rest, new, rename) if k == key else item for k, item in value.items()
+    }
+
+
+def same_size_other_layout(header: dict, draw) -> dict | None:
+    """`header` with one value of another kind of the same encoded size, or one key renamed to
+    another of the same UTF-8 length: the same byte size, other constant bytes. None when the
+    header has no value or key to change so."""
+    changes = []
+    for path in _paths(header):
+        value = _at(header, path)
+        if type(value) in (int, float):
+            changes.append(
+                (path, st.text(st.characters(max_codepoint=127), min_size=7, max_size=7), False)
+            )
+        elif type(value) is str and len(value.encode()) == 7:
+            changes.append((path, st.floats(allow_nan=False), False))
+        elif _two_bytes(value):
+            others = [two for two in TWO_BYTE_VALUES if (type(two), two) != (type(value), value)]
+            changes.append((path, st.sampled_from(others), False))
+        if isinstance(path[-1], str) and path[-1]:
+            siblings = _at(header, path[:-1]).keys()
+            size = len(path[-1].encode())
+            keys = st.text(st.characters(max_codepoint=127), min_size=size, max_size=size)
+            changes.append((path, keys.filter(lambda k, s=siblings: k not in s), True))
+    if not changes:
+        return None
+    path, replacement, rename = draw(st.sampled_from(changes))
+    return _replaced(header, path, draw(replacement), rename)
+
+
+@pytest.mark.timeout(60)  # 300 examples: ~5 s alone, twice that on a busy host
 @given(headers, st.sampled_from(["ParseDict", "update"]), st.data())
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_headers_protobuf_builds_decode_as_protobuf_reads_them(header, how, data):
     """Any header protobuf writes: extra keys at any level, nested structs and lists, every
-    Value kind; the same output on the general path, the recording pass and the template, and
-    for a second header of the same layout with other numbers and strings."""
+    Value kind; the same output on the general path, the recording pass and the template; a
+    second header of the same layout with other numbers and strings comes from the template,
+    and one of the same size but another layout (a value of another kind, a key renamed)
+    from the general parser."""
     first = protobuf_bytes(header, how)
     reference = reference_of(first)
     for ours in decode_on_every_path(first):
         assert same(ours, reference)
-    event("template made" if templated(first) else "general parser only")
+    made = templated(first)
+    event("template made" if made else "general parser only")
     second = protobuf_bytes(relabelled(header, data.draw), how)
-    if len(second) == len(first):
-        event("second header of the same size")
-    assert same(decode_struct(second), reference_of(second))
+    assert len(second) == len(first)
+    ours, path = decode_noting_path(second)
+    assert same(ours, reference_of(second))
+    assert path == ("template" if made else "general")
+    other = same_size_other_layout(header, data.draw)
+    if other is None:
+        return
+    third = protobuf_bytes(other, how)
+    assert len(third) == len(first)
+    event("another layout of the same size, after a template" if made else "another layout")
+    ours, path = decode_noting_path(third)
+    assert same(ours, reference_of(third))
+    assert path == "general"
+    # Both layouts of that size keep their templates.
+    ours, path = decode_noting_path(second)
+    assert same(ours, reference_of(second))
+    assert path == ("template" if made else "general")
 
 
 def _len(tag: int, payload: bytes) -> bytes:
@@ -174,8 +287,9 @@ def _struct_bytes(entries, layouts) -> bytes:
     return out
 
 
+@pytest.mark.timeout(60)  # 300 examples: ~5 s alone, twice that on a busy host
 @given(hand_laid_structs(), st.data())
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_any_entry_order_unknown_fields_and_repeats_decode_as_protobuf_does(laid, data):
     entries, layouts = laid
     first = _struct_bytes(entries, layouts)
@@ -186,6 +300,21 @@ def test_any_entry_order_unknown_fields_and_repeats_decode_as_protobuf_does(laid
     again = [(key, relabelled(value, data.draw)) for key, value in entries]
     second = _struct_bytes(again, layouts)
     assert same(decode_struct(second), reference_of(second))
+    # The same size, another layout: one entry's key and value the other way round.
+    flippable = [i for i, layout in enumerate(layouts) if layout in FLIPPED]
+    if flippable:
+        index = data.draw(st.sampled_from(flippable))
+        flipped = [FLIPPED[x] if i == index else x for i, x in enumerate(layouts)]
+        third = _struct_bytes(entries, flipped)
+        assert len(third) == len(first) and third != first
+        made = templated(first)
+        event("entry order flipped, after a template" if made else "entry order flipped")
+        ours, path = decode_noting_path(third)
+        assert same(ours, reference_of(third))
+        assert path == "general"
+
+
+FLIPPED = {"key first": "value first", "value first": "key first"}
 
 
 def test_templates_take_repeated_layouts_and_check_their_strings():
@@ -204,6 +333,21 @@ def test_templates_take_repeated_layouts_and_check_their_strings():
         **{k: v for k, v in header.items() if k != "send_ns"},
         "recv_ns": 2.0,
     }
+
+
+def test_a_header_inside_other_bytes_takes_the_template_too():
+    """A header read where it lies in a PanoImage's bytes (not at offset 0) becomes a template
+    and is read from it, the bytes around it left alone."""
+    header = {"quabo_0": {"pkt_num": 1.0, "pkt_tai": 2.0}, "tag": "zz"}
+    data = protobuf_bytes(header, "update")
+    before, after = b"\x0a\x03xyz\x12", b"\x18\x07"
+    buf = before + data + after
+    start, end = len(before), len(before) + len(data)
+    assert [decode_struct(buf, start, end) for _ in range(3)] == [header] * 3
+    other = buf.replace(b"zz", b"cd")
+    with general_parser_calls() as calls:
+        assert decode_struct(other, start, end) == {**header, "tag": "cd"}
+    assert not calls, "the general parser read a header of a known layout"
 
 
 def test_an_extra_key_keeps_the_fast_path():
@@ -266,8 +410,10 @@ def test_hostile_headers_are_codec_errors():
 @pytest.fixture(scope="module")
 def grpcio_channel():
     """A grpcio channel to a server process (default limits; data roots: its temp dir)."""
-    tmp = Path(tempfile.mkdtemp(prefix="pdaqhdr", dir="/tmp"))
-    with server_process(tmp) as (_, port, _uds):
+    with (
+        tempfile.TemporaryDirectory(prefix="pdaqhdr", dir="/tmp") as tmp,
+        server_process(Path(tmp)) as (_, port, _uds),
+    ):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         yield channel
         channel.close()

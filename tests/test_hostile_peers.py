@@ -108,8 +108,11 @@ def _open_fds(pid: int) -> int:
 @pytest.fixture(scope="module")
 def hostile():
     """(process, target, tmp) of a simulating server with the LIMITS above."""
-    tmp = Path(tempfile.mkdtemp(prefix="pdaqhp", dir="/tmp"))
-    with server_process(tmp, "--init-sim", config=LIMITS) as (process, port, _uds):
+    with (
+        tempfile.TemporaryDirectory(prefix="pdaqhp", dir="/tmp") as name,
+        server_process(Path(name), "--init-sim", config=LIMITS) as (process, port, _uds),
+    ):
+        tmp = Path(name)
         target = f"127.0.0.1:{port}"
         _wait_streaming(target)
         yield process, target, tmp

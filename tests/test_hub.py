@@ -35,6 +35,7 @@ from panoseti_daq.server.hub import (
     Wait,
     valid_interval,
 )
+from tests.conftest import examples
 from tests.helpers import movie_frame, ph_frame
 
 PRODUCTS = ("img16", "img8", "ph256", "ph1024")
@@ -295,8 +296,11 @@ class HubMachine(RuleBasedStateMachine):
         assert self.hub.frames_dropped == sum(m.dropped for m in self.queues.values())
 
 
-TestHubMachine = HubMachine.TestCase
-TestHubMachine.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+# 200 runs of up to 60 steps: ~5 s alone, twice that on a busy host.
+TestHubMachine = pytest.mark.timeout(60)(HubMachine.TestCase)
+TestHubMachine.settings = settings(
+    max_examples=examples(200), stateful_step_count=60, deadline=None
+)
 
 
 def test_overrun_notice_goes_with_the_next_frame_queued():

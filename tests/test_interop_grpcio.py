@@ -28,16 +28,17 @@ pb2, pb2_grpc = modules()
 
 @pytest.fixture(scope="module")
 def stub():
-    tmp = Path(tempfile.mkdtemp(prefix="pdaqio", dir="/tmp"))
-    run = tmp / "data" / "module_1" / "obs_IO"
-    run.mkdir(parents=True)
-    (run / "module_1.daq-active").touch()
-    with server_process(tmp) as (_, port, _uds):
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        client = pb2_grpc.DaqDataStub(channel)
-        client.target = f"127.0.0.1:{port}"
-        yield client, tmp
-        channel.close()
+    with tempfile.TemporaryDirectory(prefix="pdaqio", dir="/tmp") as name:
+        tmp = Path(name)
+        run = tmp / "data" / "module_1" / "obs_IO"
+        run.mkdir(parents=True)
+        (run / "module_1.daq-active").touch()
+        with server_process(tmp) as (_, port, _uds):
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            client = pb2_grpc.DaqDataStub(channel)
+            client.target = f"127.0.0.1:{port}"
+            yield client, tmp
+            channel.close()
 
 
 def reference_image(frame, module_id):

@@ -203,7 +203,8 @@ async def test_stop_holds_a_stream_that_never_ends_for_the_grace_period(make_ser
     test_shutdown.py): leaving the server begins the shutdown; during it the health service
     answers NOT_SERVING and a new stream UNAVAILABLE; a stream that never ends (its client
     stopped reading) holds the stop for `shutdown_grace_period` and not much longer; the Unix
-    socket file is removed."""
+    socket file is removed. Both answers come over new connections, so from the listeners the
+    stalled stream holds open: after the grace period they are closed and would refuse them."""
     from grpclib.health.v1.health_grpc import HealthStub
     from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
@@ -211,7 +212,7 @@ async def test_stop_holds_a_stream_that_never_ends_for_the_grace_period(make_ser
     from panoseti_daq.messages import StreamImagesRequest
     from tests.helpers import channel, fill_flow_control_window, stalled_stream_client, wait_until
 
-    grace = 0.5
+    grace = 1.0
     leave, stopped = anyio.Event(), anyio.Event()
 
     async def serve(*, task_status):
@@ -245,7 +246,6 @@ async def test_stop_holds_a_stream_that_never_ends_for_the_grace_period(make_ser
                 async with open_stream(server, subscribed=False) as late:
                     with pytest.raises(GRPCError) as info:
                         await next_reply(late)
-                assert anyio.current_time() - started < grace, "checked after the grace period"
                 await stopped.wait()  # the stalled client still holds its stream
                 elapsed = anyio.current_time() - started
     assert (info.value.status, info.value.message) == (Status.UNAVAILABLE, "server shutting down")
@@ -255,21 +255,24 @@ async def test_stop_holds_a_stream_that_never_ends_for_the_grace_period(make_ser
 
 async def test_idle_deadline_counts_from_the_last_frame(make_server, run_dir):
     """R-STREAM-12: a frame resets the idle count, and the stream ends one whole idle period
-    after that frame, not at the deadline guard's next regular look (every `reader_timeout`,
-    counted from the subscription: here 0.5 s later)."""
-    async with make_server(reader_timeout=1.0, max_reader_dequeue_timeouts=1) as server:
+    after that frame: not one period after the subscription (half a period after the frame),
+    nor at the deadline guard's next regular look (every `reader_timeout`, counted from the
+    subscription: one and a half periods after the frame). The period is 2 s, so the bounds
+    between these are half a second from each, for a loaded host."""
+    period_s = 2.0
+    async with make_server(reader_timeout=period_s, max_reader_dequeue_timeouts=1) as server:
         assert (await init_hp_io(server, run_dir)).success
         async with open_stream(server, ph=False) as stream:
             # Half a period in: the deadline now falls between two of the guard's looks.
-            await anyio.sleep(0.5)
+            await anyio.sleep(period_s / 2)
             await upload(server, [movie_frame(1, 0)])
             assert (await next_reply(stream)).frame.frame_number == 0
             received = anyio.current_time()
-            with pytest.raises(GRPCError) as info, anyio.fail_after(5):
+            with pytest.raises(GRPCError) as info, anyio.fail_after(3 * period_s):
                 await next_reply(stream)
             elapsed = anyio.current_time() - received
     assert info.value.status == Status.DEADLINE_EXCEEDED
-    assert 0.9 <= elapsed < 1.3, elapsed
+    assert 0.75 * period_s <= elapsed < 1.25 * period_s, elapsed
 
 
 async def test_stream_clients_are_named_by_their_address(base_config, short_tmp, run_dir):

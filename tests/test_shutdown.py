@@ -102,7 +102,12 @@ def test_shutdown_with_a_stream_that_does_not_end(short_tmp, backend):
     """R-STOP-1, R-NET-4, R-STREAM-3: during shutdown the health service reports NOT_SERVING
     (through the real stop path), a StreamImages call arriving then gets UNAVAILABLE, and a
     stream that never ends holds the shutdown no longer than `shutdown_grace_period` (the
-    listeners then close: bounded by the grace period again); the process exits 0."""
+    listeners then close: bounded by the grace period again); the process exits 0.
+
+    Both answers come from the server while the stalled stream holds its listeners open: once
+    the grace period is over they are closed, and a new connection is refused (UNAVAILABLE from
+    grpcio, not NOT_SERVING). The checking client is started before the signal, so no process
+    start falls inside the grace period."""
     grace = 2.0
     settings = {"shutdown_grace_period": grace, "hp_io_stop_timeout": 1.0}
     with server_process(short_tmp, "--init-sim", config=settings, backend=backend) as (
@@ -124,32 +129,37 @@ def test_shutdown_with_a_stream_that_does_not_end(short_tmp, backend):
                 )
                 watched = LogLines(watch.stdout)
                 watched.start()
+                check = subprocess.Popen(
+                    [sys.executable, PROBE, "check-per-line", target, ""],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                checked = LogLines(check.stdout)
+                checked.start()
                 try:
                     assert watched.next_line(20) == "SERVING"
+                    assert checked.next_line(20) == "ready"
                     started = time.monotonic()
                     process.send_signal(signal.SIGTERM)
                     assert watched.next_line(10) == "NOT_SERVING"
-                    # Still within the grace period: the stalled stream holds the listeners.
-                    check = subprocess.run(
-                        [sys.executable, PROBE, "check", target, ""],
-                        capture_output=True,
-                        text=True,
-                        timeout=20,
-                    )
-                    assert check.stdout.strip() == "NOT_SERVING", check.stderr
+                    # A new connection, answered: the stalled stream holds the listeners open.
+                    check.stdin.write("check\n")
+                    check.stdin.flush()
+                    assert checked.next_line(20) == "NOT_SERVING"
                     late = stub.StreamImages(
                         pb2.StreamImagesRequest(stream_movie_data=True), timeout=5
                     )
                     with pytest.raises(grpc.RpcError) as info:
                         next(late)
-                    assert time.monotonic() - started < grace, "checked after the grace period"
                     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
                     assert "server shutting down" in info.value.details()
                     code = process.wait(timeout=2 * grace + 1.0 + 5)
                     elapsed = time.monotonic() - started
                 finally:
-                    watch.kill()
-                    watch.communicate()
+                    for probe in (watch, check):
+                        probe.kill()
+                        probe.communicate()
     assert code == 0
     assert grace <= elapsed < 2 * grace + 1.0 + 3, elapsed
     assert not (short_tmp / "sim").exists()

@@ -11,12 +11,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
 import anyio
 import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from panoseti_daq._localhost import free_port, wait_for_port
 from tests.helpers import init_hp_io, next_reply, open_stream, wait_until
@@ -50,11 +51,6 @@ def serve(home: Path, env: dict[str, str]):
         )
     try:
         assert wait_for_port(port, process), err.read_text()
-        # --init-sim configures hp_io after the port listens: wait for its log line.
-        deadline = time.monotonic() + 20
-        while "hp_io valid" not in err.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, err.read_text()
-            time.sleep(0.02)
         yield process, types.SimpleNamespace(port=port), err
     finally:
         if process.poll() is None:
@@ -63,14 +59,21 @@ def serve(home: Path, env: dict[str, str]):
 
 
 async def frames(server, count: int) -> list[int]:
-    """Frame numbers of the next `count` frames from the server (every frame, interval 0)."""
+    """Frame numbers of the next `count` frames from the server (every frame, interval 0),
+    once its simulation runs: a server started with --init-sim listens before it does."""
     got = []
     with anyio.fail_after(20):
-        async with open_stream(server) as stream:
-            while len(got) < count:
-                reply = await next_reply(stream)
-                got.append(reply.frame.frame_number)
-    return got
+        while True:
+            try:
+                async with open_stream(server) as stream:
+                    while len(got) < count:
+                        reply = await next_reply(stream)
+                        got.append(reply.frame.frame_number)
+                return got
+            except GRPCError as exc:
+                if exc.status is not Status.FAILED_PRECONDITION:
+                    raise
+                await anyio.sleep(0.05)
 
 
 def vanished(log: Path, run: Path) -> list[str]:
