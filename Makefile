@@ -6,22 +6,35 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 GEN_DIR := panoseti_daq/_generated
-PROTO := schema/daq_data.proto
+PROTO := schema/daq_data.proto schema/ublox_control.proto
 
-.PHONY: all setup demo test lint schema schema-check bench soak mutate clean
+.PHONY: all setup demo demo-ublox test lint schema schema-check bench bench-full soak mutate clean
 
 all: test
 
+# The first run installs for a minute or two, quietly: say so, and what is being installed.
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@echo "panoseti_daq: setting up $(VENV) (once; this takes a minute or two)"
+	@test -x $(PY) || { echo "  [1/3] creating the virtual environment $(VENV) with $(PYTHON)"; \
+		$(PYTHON) -m venv $(VENV); }
+	@echo "  [2/3] upgrading pip"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@echo "  [3/3] installing panoseti_daq and its dependencies: grpclib, betterproto2,"
+	@echo "        trio, numpy, pandas, matplotlib, rich, and for the tests pytest,"
+	@echo "        hypothesis, grpcio, ruff and mypy"
+	@$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+	@echo "panoseti_daq: installed. The commands are in $(VENV)/bin: run them as"
+	@echo "  $(VENV)/bin/panoseti-daq ...  or activate first:  . $(VENV)/bin/activate"
 
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m panoseti_daq.demo
+
+# A simulated ZED-F9T, a server that owns it, InitF9t and a live capture (docs/ublox.md).
+demo-ublox: $(STAMP)
+	$(PY) -m panoseti_daq.ublox.demo
 
 test: $(STAMP) lint schema-check
 	$(PY) -m pytest
@@ -40,7 +53,13 @@ schema: $(STAMP)
 schema-check: $(STAMP)
 	$(PY) tools/generate.py --check $(PROTO) $(GEN_DIR)
 
+# Within 5 minutes: the codec, and server CPU per frame at 3,000 img16/s (relay and Hashpipe
+# socket) as ratios to the grpcio reference relay, measured side by side (docs/performance.md).
 bench: $(STAMP)
+	$(PY) -m benchmarks codec cpu
+
+# Every benchmark, the long end-to-end scenarios included (about half an hour).
+bench-full: $(STAMP)
 	$(PY) -m benchmarks
 
 # Not in CI: 10 minutes of load, printing the server's memory, descriptors and threads; then

@@ -43,9 +43,11 @@ REPEATS = 3
 
 
 @contextlib.contextmanager
-def server(kind: str, tmp: Path, **config: Any) -> Iterator[tuple[int, int, str, int]]:
+def server(
+    kind: str, tmp: Path, serve_module: str = "panoseti_daq.serve", **config: Any
+) -> Iterator[tuple[int, int, str, int]]:
     """(pid, port, data_dir for InitHpIo or "", metrics port or 0) of a running server of
-    `kind`; ours serves its Prometheus metrics."""
+    `kind`; ours serves its Prometheus metrics, started as `python -m serve_module`."""
     port = free_port()
     data_dir = ""
     metrics_port = 0
@@ -69,7 +71,7 @@ def server(kind: str, tmp: Path, **config: Any) -> Iterator[tuple[int, int, str,
         }
         path = tmp / "bench_config.json"
         path.write_text(json.dumps(settings))
-        cmd = [sys.executable, "-m", "panoseti_daq.serve", "--config", str(path)]
+        cmd = [sys.executable, "-m", serve_module, "--config", str(path)]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--uds", ""]
         cmd += ["--log-level", "warning", "--backend", kind.removeprefix("ours_")]
     with running(cmd, port, kind) as process:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.grpcio_load --port N [--images N] [--rate HZ] [--product img16|ph256]
         [--send-ns] [--no-subscriber] [--init-data-dir DIR] [--server-pid PID]
-        [--metrics-port PORT]
+        [--metrics-port PORT] [--uds-feed SOCKET]
 
 One grpcio client uploads `--images` images (after `--warmup` more) in one UploadImages call,
 protobuf-encoded with Hashpipe's header layout (img16: `quabo_0..3` sub-structs; ph256: flat
@@ -18,18 +18,26 @@ server's CPU seconds per 1000 delivered (or uploaded) images over the measured p
 measured part: the send-delay histogram's (`panoseti_daq_send_delay_seconds`) mean and the
 bucket bound under which 99 % of the frames were sent.
 
+With `--uds-feed SOCKET` the images come from Hashpipe's side instead of an uploader: PFF frames
+(a 2-byte module id, the JSON header, the pixels), written to the server's Unix-socket ingest
+for the product at `--rate` frames/s on one connection, as Hashpipe hands them over (R-UDS-2).
+
 Runs in its own process, so that the server under test shares the machine, not the interpreter.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
 import os
 import re
+import signal
+import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -90,10 +98,38 @@ def server_share(before: dict[str, float], after: dict[str, float]) -> dict[str,
     }
 
 
-def server_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far."""
+def server_user_system_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process `pid` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+
+
+@contextlib.contextmanager
+def counting_syscalls(pid: int, out: dict):
+    """Count the system calls and context switches of process `pid` (all its threads) with
+    `perf stat` while the block runs; into `out` as "syscalls" and "context_switches". Nothing
+    where perf is missing or may not count them (it needs the right to trace `pid`)."""
+    events = {"raw_syscalls:sys_enter": "syscalls", "context-switches": "context_switches"}
+    try:
+        perf = subprocess.Popen(
+            ["perf", "stat", "-x,", "-e", ",".join(events), "-p", str(pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    except OSError:
+        yield
+        return
+    time.sleep(0.2)  # perf attaches
+    try:
+        yield
+    finally:
+        perf.send_signal(signal.SIGINT)
+        report = perf.communicate(timeout=10)[1]
+    for line in report.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] in events and fields[0].isdigit():
+            out[events[fields[2]]] = int(fields[0])
 
 
 def hashpipe_header(product: str, number: int) -> dict:
@@ -258,6 +294,29 @@ class Subscriber(threading.Thread):
             self.call.cancel()
 
 
+def pff_frames(product: str, count: int, module_id: int) -> list[bytes]:
+    """`count` frames in the Unix-socket ingest's framing (module id, PFF frame), all of one
+    size (a fixed-width header), with the pixels the uploads carry."""
+    from panoseti_daq import pff
+
+    target = product_named(product)
+    sources = _pixel_sources(product)
+    prefix = module_id.to_bytes(2, "big")
+    frames = []
+    for number in range(count):
+        pixels = np.array(sources[number % len(sources)], dtype=np.uint32)
+        frame = PanoFrame.create(target, {}, pixels.astype(np.uint16).view(target.dtype), 1)
+        header = hashpipe_header(product, number)
+        frames.append(prefix + pff.encode_frame(header, frame.pixels, target, header_width=600))
+    return frames
+
+
+def feed_socket(sock, frames, first, count, rate_hz):
+    """Write frames[first:first+count] to the ingest socket, paced at rate_hz."""
+    for data in requests(frames, None, first, count, rate_hz):
+        sock.sendall(data)
+
+
 def requests(payloads, offset, first, count, rate_hz):
     """The request stream: payloads in turn, stamped with the send time, paced at rate_hz."""
     start = time.perf_counter()
@@ -274,6 +333,11 @@ def requests(payloads, offset, first, count, rate_hz):
 
 
 def measure(args: argparse.Namespace) -> dict:
+    with contextlib.ExitStack() as stack:
+        return _measure(args, stack)
+
+
+def _measure(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
     channel = grpc.insecure_channel(f"127.0.0.1:{args.port}")
     viewer_channel = None
     try:
@@ -304,6 +368,20 @@ def measure(args: argparse.Namespace) -> dict:
         upload = channel.stream_unary(
             "/daqdata.DaqData/UploadImages", request_serializer=None, response_deserializer=None
         )
+        if args.uds_feed:
+            feed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            feed.connect(args.uds_feed)
+            stack.callback(feed.close)
+            frames = pff_frames(args.product, total, args.module_id)
+
+            def send(first: int, count: int, timeout: float) -> None:
+                feed_socket(feed, frames, first, count, args.rate)
+
+        else:
+
+            def send(first: int, count: int, timeout: float) -> None:
+                upload(requests(payloads, offset, first, count, args.rate), timeout=timeout)
+
         subscriber = None
         if args.subscriber:
             # The viewer is another client than the producer: a connection of its own.
@@ -314,13 +392,19 @@ def measure(args: argparse.Namespace) -> dict:
             subscriber.start()
             subscriber.call.initial_metadata()  # subscribed before the first upload
         if args.warmup:
-            upload(requests(payloads, offset, 0, args.warmup, args.rate), timeout=120)
+            send(0, args.warmup, 120)
             if subscriber is not None:
                 subscriber.wait_warm()
-        cpu0 = server_cpu_s(args.server_pid) if args.server_pid else 0.0
+        counts: dict[str, int] = {}
+        counting = stack.enter_context(contextlib.ExitStack())
+        if args.count_syscalls and args.server_pid:
+            counting.enter_context(counting_syscalls(args.server_pid, counts))
+        cpu0 = server_user_system_s(args.server_pid) if args.server_pid else (0.0, 0.0)
+        if args.announce:
+            print("measuring", flush=True)
         delays0 = send_delays(args.metrics_port) if args.metrics_port else None
         start = time.perf_counter()
-        upload(requests(payloads, offset, args.warmup, args.images, args.rate), timeout=300)
+        send(args.warmup, args.images, 300)
         upload_s = time.perf_counter() - start
         result: dict = {
             "product": args.product,
@@ -353,8 +437,14 @@ def measure(args: argparse.Namespace) -> dict:
         if delays0 is not None:
             result |= server_share(delays0, send_delays(args.metrics_port))
         if args.server_pid:
-            cpu = server_cpu_s(args.server_pid) - cpu0
-            result["server_cpu_s_per_1000"] = 1000 * cpu / max(counted, 1)
+            user, system = server_user_system_s(args.server_pid)
+            per_1000 = 1000 / max(counted, 1)
+            result["server_cpu_s_per_1000"] = (user - cpu0[0] + system - cpu0[1]) * per_1000
+            result["server_system_s_per_1000"] = (system - cpu0[1]) * per_1000
+        if args.count_syscalls:
+            counting.close()  # perf stops counting: its figures are in `counts`
+            for name, value in counts.items():
+                result[f"server_{name}_per_frame"] = value / max(counted, 1)
         return result
     finally:
         channel.close()
@@ -376,6 +466,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init-interval", type=float, default=1.0, help="its scan interval")
     parser.add_argument("--server-pid", type=int, default=0)
     parser.add_argument("--metrics-port", type=int, default=0, help="ours: its /metrics port")
+    parser.add_argument(
+        "--announce", action="store_true", help='print "measuring" as the measured part begins'
+    )
+    parser.add_argument(
+        "--count-syscalls",
+        action="store_true",
+        help="with --server-pid: the server's system calls per frame (perf stat)",
+    )
+    parser.add_argument(
+        "--uds-feed", default="", help="feed PFF frames to this ingest socket instead of uploading"
+    )
     args = parser.parse_args(argv)
     if args.images < 1 or args.warmup < 0 or args.rate < 0:
         parser.error("--images must be >= 1, --warmup and --rate >= 0")

@@ -15,11 +15,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
-def parse_args(description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+def parse_args(
+    description: str, more: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """The shared arguments; `more` adds an example's own."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "daq_config", nargs="?", help="daq_config.json (default: start a server of our own)"
     )
@@ -30,6 +35,8 @@ def parse_args(description: str) -> argparse.Namespace:
         action="store_true",
         help="start the simulation on the servers of daq_config (it replaces what they stream)",
     )
+    if more is not None:
+        more(parser)
     return parser.parse_args()
 
 

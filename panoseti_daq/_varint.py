@@ -3,8 +3,10 @@
 Pixels are at most 16-bit bit patterns (R-WIRE-3), so their varints are 1 to 3 bytes, and
 lookup tables over all 16-bit values turn encoding and decoding into a few whole-array numpy
 operations (`take`, one boolean mask). Images whose varints all have the same length (every
-img16 sky image: 128..16383) need the fewest. Anything else (longer varints, values beyond 16
-bits, unusual layouts) takes the general path, which handles any uint32 and names the error.
+img16 sky image: 128..16383) need the fewest; any mix of 1-, 2- and 3-byte varints (dark
+pixels beside bright ones, negative pulse heights) a few more. Anything else (longer varints,
+values beyond 16 bits, unusual layouts) takes the general path, which handles any uint32 and
+names the error.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def _tables() -> dict[str, np.ndarray]:
     Encoding v (0..65535): `word` its varint bytes as a little-endian uint32 (1 to 3 bytes
     used), `keep` the matching 4 bytes as booleans, `two` its 2-byte varint as a little-endian
     uint16 (meaningful for 128..16383). Decoding: `two_value` the value of a little-endian
-    uint16 word that is one whole 2-byte varint, 0xFFFF if it is not; for the last byte of a
-    varint, `lead` and `shift` map the two bytes before it (b[-2] | b[-1] << 8) to the value of
-    the varint's earlier bytes and the shift of its last byte.
+    uint16 word that is one whole 2-byte varint, 0xFFFF if it is not; `first_two` maps the first
+    two bytes of a varint (b[0] | b[1] << 8) to what they contribute to its value (bits 0..13)
+    and, when both continue (a varint of 3 or more bytes), the mask 0x3FC000 that lets the third
+    byte in (see `_decode_short_varints`).
     """
     v = np.arange(1 << 16, dtype=np.uint32)
     length = 1 + (v >= 0x80).astype(np.uint32) + (v >= 0x4000)
@@ -49,29 +52,36 @@ def _tables() -> dict[str, np.ndarray]:
     b2 = v >> 14
     keep = 1 | (length > 1).astype(np.uint32) << 8 | (length > 2).astype(np.uint32) << 16
     two_value = np.where((v & 0x8080) == 0x0080, (v & 0x7F) | ((v >> 8) << 7), 0xFFFF)
-    before, last = v & 0xFF, v >> 8  # the bytes two before and one before a varint's end
-    one_byte, two_bytes = last < 0x80, before < 0x80
-    lead = np.where(
-        one_byte, 0, np.where(two_bytes, last & 0x7F, (before & 0x7F) | ((last & 0x7F) << 7))
+    first, second = v & 0xFF, v >> 8  # the first two bytes of a varint
+    first_two = np.where(
+        first < 0x80,
+        first,
+        np.where(
+            second < 0x80,
+            (first & 0x7F) | (second << 7),
+            (first & 0x7F) | ((second & 0x7F) << 7) | _THIRD_BYTE_MASK,
+        ),
     )
-    shift = np.where(one_byte, 0, np.where(two_bytes, 7, 14))
     return {
         "word": (b0 | (b1 << 8) | (b2 << 16)).astype("<u4"),
         "keep": keep.astype("<u4"),
         "two": ((v & 0x7F) | 0x80 | ((v >> 7) << 8)).astype(_U16),
         "two_value": two_value.astype(_U16),
-        "lead": lead.astype(np.uint32),
-        "shift": shift.astype(np.uint32),
+        "first_two": first_two.astype(_U32),
     }
 
 
+# A varint's third byte, shifted right by 2 in its little-endian word, lands on bits 14..21:
+# its 7 value bits and (bit 21) its continuation bit, set only for a varint of 4 or more bytes.
+_THIRD_BYTE_MASK = 0x3FC000
+_LOW_TWO_BYTES = 0x3FFF
+_U32 = np.dtype("<u4")
 _TABLES = _tables()
 _VARINT_WORD = _TABLES["word"]
 _VARINT_KEEP = _TABLES["keep"]
 _TWO_BYTE_WORD = _TABLES["two"]
 _TWO_BYTE_VALUE = _TABLES["two_value"]
-_LEAD_VALUE = _TABLES["lead"]
-_LAST_SHIFT = _TABLES["shift"]
+_FIRST_TWO = _TABLES["first_two"]
 
 
 def encode_varint(value: int) -> bytes:
@@ -187,8 +197,9 @@ def decode_packed_uint32(data: bytes | memoryview, where: str = "packed field") 
 def decode_packed_pixels(buf: bytes, start: int, end: int, count: int, where: str) -> np.ndarray:
     """Values of the packed varints in buf[start:end], expected to be `count` of them.
 
-    Returns uint16 when every varint has the same length of at most 2 bytes (the fast path),
-    uint32 otherwise; the caller checks the count and the value range of the result.
+    Returns uint16 when every value fits 16 bits and every varint has at most 3 bytes (the
+    fast paths: every pixel of a 16-bit image, whatever the mix of lengths), uint32 otherwise;
+    the caller checks the count and the value range of the result.
     """
     size = end - start
     if size == count and count:
@@ -207,19 +218,32 @@ def decode_packed_pixels(buf: bytes, start: int, end: int, count: int, where: st
 
 
 def _decode_short_varints(buf: bytes, start: int, end: int, count: int) -> np.ndarray | None:
-    """`count` varints of 1 to 3 bytes each from buf[start:end] as uint32; None otherwise.
+    """`count` varints of 1 to 3 bytes each from buf[start:end] with values up to 0xFFFF, as
+    uint16; None otherwise (the general path decides).
 
-    Each varint is read at its last byte: the two bytes before it say (by table) how many of
-    them belong to it and what they contribute.
+    Each varint is read from its start: one gather of the 4 bytes there as a little-endian
+    word, one table lookup of its first two bytes (`first_two`: their contribution, and a mask
+    that admits the third byte only when both continue), then `first_two & (word >> 2 | 0x3FFF)`
+    adds the third byte in place. A varint of 4 or more bytes shows as bit 21 (its third byte's
+    continuation bit), a value beyond 16 bits as bits 16..20: both fail the final range check.
     """
     size = end - start
-    b = np.frombuffer(buf, np.uint8, size, start)
-    ends = (b < 0x80).nonzero()[0]
-    if ends.size != count or ends[-1] != size - 1 or ends[0] > 2:
+    if start >= 1 and buf[start - 1] < 0x80 and end + 3 <= len(buf):
+        at = start
+    else:  # a byte before that ends a varint, and room to read 4 bytes at the last start
+        buf = b"\0" + buf[start:end] + b"\0\0\0"
+        at = 1
+    if buf[at + size - 1] >= 0x80:
         return None
-    if count > 1 and int((ends[1:] - ends[:-1]).max()) > 3:
+    # A varint starts where the byte before it ends one.
+    starts = (np.frombuffer(buf, np.uint8, size, at - 1) < 0x80).nonzero()[0]
+    if starts.size != count:
         return None
-    padded = b"\0\0" + buf[start:end]
-    before = np.ndarray((size,), _U16, padded, 0, (1,)).take(ends)
-    values: np.ndarray = _LEAD_VALUE.take(before) | (b.take(ends) << _LAST_SHIFT.take(before))
-    return values
+    words = np.ndarray((size,), _U32, buf, at, (1,)).take(starts)
+    first_two = _FIRST_TWO.take(np.ndarray((count,), _U16, words, 0, (4,)))
+    np.right_shift(words, 2, out=words)
+    np.bitwise_or(words, _LOW_TWO_BYTES, out=words)
+    np.bitwise_and(words, first_two, out=words)
+    if int(_maximum(words)) > 0xFFFF:
+        return None
+    return words.astype(_U16)

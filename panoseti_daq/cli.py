@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import DaqClient
+from .client.targets import parse_module_ids
 from .codec import dropped_before
 from .config import client_hp_io_config
 from .errors import PanosetiDaqError, RpcError
@@ -79,7 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: 0 with --record or --plot-phdist, else the refresh period)",
     )
     parser.add_argument(
-        "--module-ids", nargs="*", type=int, default=[], help="modules to stream (default: all)"
+        "--module-ids",
+        nargs="*",
+        default=[],
+        metavar="IDS",
+        help="modules to stream, as ids or ranges: 1 2 or 1-4,7 (default: all)",
     )
     parser.add_argument(
         "--movie",
@@ -99,7 +105,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--plot-dir", default="panoseti_plots", help="where plots are written without a display"
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    ids: list[int] = []
+    for text in args.module_ids:
+        try:
+            ids.extend(parse_module_ids(text, "--module-ids"))
+        except ValueError:
+            parser.error(
+                f"--module-ids {text}: not a module id or range; give ids or ranges such as "
+                "1 2 or 1-4,7"
+            )
+    args.module_ids = sorted(set(ids))
+    return args
 
 
 def _frames(replies: Any) -> Iterator[tuple[str, PanoFrame, int]]:
@@ -202,6 +219,7 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
 
     # The codec's replies: their `name` says which server sent each frame, and the frames are
     # used as they are (no betterproto message or parsed dict per frame).
+    streamed = hosts or sorted(client.valid_hosts) or list(client.nodes)
     replies = client._stream_replies(
         hosts,
         args.movie,
@@ -209,7 +227,15 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
         interval,
         tuple(args.module_ids),
         wait_for_ready=True,
+        # Rows by daq_config host when there are several: two servers on one machine share
+        # the server name their replies carry.
+        name_by_host=len(streamed) > 1,
     )
+    hint = None
+    if args.module_ids:
+        hint = threading.Timer(NO_FRAME_HINT_S, _missing_modules_hint, (table, args.module_ids))
+        hint.daemon = True
+        hint.start()
     # --duration holds even when no frame arrives: closing the stream ends the iteration.
     deadline = threading.Timer(args.duration, replies.close) if args.duration else None
     if deadline is not None:
@@ -257,6 +283,8 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
             live.stop()
         if deadline is not None:
             deadline.cancel()
+        if hint is not None:
+            hint.cancel()
         replies.close()
         if plots:
             refresh_plots()
@@ -271,6 +299,24 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
             if not recording_failed:
                 console.print(f"recorded {recorder.written} frames under {args.record}")
     return 0
+
+
+# R-OPS-4: a listed module that has sent nothing after this long is named, once.
+NO_FRAME_HINT_S = 10.0
+
+
+def _missing_modules_hint(table: LiveTable, module_ids: list[int]) -> None:
+    seen = {module for _, module, _ in list(table.rows)}
+    missing = [module for module in module_ids if module not in seen]
+    if missing:
+        others = ", ".join(str(m) for m in sorted(seen)) or "none"
+        log.warning(
+            "no frame of module %s in %g s: is it in the run, and on these hosts? "
+            "(modules received: %s)",
+            ", ".join(str(m) for m in missing),
+            NO_FRAME_HINT_S,
+            others,
+        )
 
 
 def _require_hosts(client: DaqClient, hosts: list[str] | None) -> None:
@@ -291,7 +337,9 @@ def run(args: argparse.Namespace) -> int:
     it reaches the caller as itself rather than inside the client task group's ExceptionGroup.
     """
     failure: BaseException | None = None
-    with DaqClient(args.daq_config_path, args.net_config_path) as client:
+    client = DaqClient(args.daq_config_path, args.net_config_path)
+    _check_host(client, args)  # before pinging every node: a typo is the one line
+    with client:
         try:
             return _act(client, args)
         except (Exception, KeyboardInterrupt) as exc:
@@ -300,15 +348,25 @@ def run(args: argparse.Namespace) -> int:
     raise failure
 
 
+def _check_host(client: DaqClient, args: argparse.Namespace) -> None:
+    """R-OPS-4: --host names a node of daq_config; the error lists them."""
+    if args.host and args.host not in client.nodes:
+        raise ValueError(
+            f"--host {args.host} is not in {args.daq_config_path}; "
+            f"hosts there: {', '.join(client.nodes)}"
+        )
+
+
 def _act(client: DaqClient, args: argparse.Namespace) -> int:
     """The actions in the original CLI's order; streaming last (the default action)."""
     hosts = [args.host] if args.host else None
-    if args.host and args.host not in client.nodes:
-        raise ValueError(f"--host {args.host} is not in {args.daq_config_path}")
     acted = False
     if args.list_hosts:
-        for host, ok in client.get_daq_host_status().items():
+        status = client.get_daq_host_status()
+        for host, ok in status.items():
             print(f"{host}\t{'up' if ok else 'down'}")
+        if not any(status.values()):
+            return 1
         acted = True
     if args.ping:
         targets = hosts or list(client.nodes)
@@ -355,12 +413,23 @@ def main(argv: list[str] | None = None) -> int:
             # R-CFG-2: a typo in the --init file is reported before anything is sent.
             client_hp_io_config(args.init)
         return run(args)
+    except BrokenPipeError:
+        return _closed_stdout()
     except KeyboardInterrupt:
         return 130
     except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
         return _fail(str(exc), 2)
     except (ConnectionError, RpcError, PanosetiDaqError, OSError) as exc:
         return _fail(str(exc), 1)
+
+
+def _closed_stdout() -> int:
+    """R-OPS-4: the reader of our output went away (`| head`): end quietly, exit 0. Later
+    writes, and Python's own flush at exit, go to /dev/null instead of failing again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
 
 
 def _fail(message: str, code: int) -> int:

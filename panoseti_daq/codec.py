@@ -19,7 +19,10 @@ reason is one of `STRICTER_THAN_PROTOBUF` (the differential tests hold us to tha
 from __future__ import annotations
 
 import re
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -42,6 +45,7 @@ __all__ = [
     "decode_struct",
     "decode_upload_item",
     "dropped_before",
+    "encode_framed_stream_replies",
     "encode_pano_image",
     "encode_stream_reply",
     "encode_struct",
@@ -222,8 +226,8 @@ def _pixels(
             f"got {values.size}"
         )
     top = product.max_bit_pattern
-    # uint16 results of the uniform fast paths are at most 0x3FFF: no range check for 16 bits.
-    if values.dtype.itemsize > product.bytes_per_pixel or top < 0x3FFF:
+    # uint16 results of the fast paths fit 16 bits: no range check for 16-bit products.
+    if values.dtype.itemsize > product.bytes_per_pixel or top < 0xFFFF:
         high = int(values.max())
         if high > top:
             raise ImageError(
@@ -418,19 +422,28 @@ def _packed_uint32s(buf: bytes, start: int, end: int, what: str) -> list[int]:
 # --- StreamImagesResponse and UploadImageRequest ------------------------------------------
 
 
+@lru_cache(maxsize=8)
+def _name_field(name: str) -> bytes:
+    """StreamImagesResponse.name as a field ("" omitted); a server sends one name."""
+    return _len_field(b"\x0a", name.encode()) if name else b""
+
+
+def _timestamp_field(timestamp_ns: int) -> bytes:
+    """StreamImagesResponse.timestamp as a field (0 omitted)."""
+    if not timestamp_ns:
+        return b""
+    seconds, nanos = divmod(timestamp_ns, _NS)
+    stamp = b""
+    if seconds:
+        stamp += b"\x08" + encode_varint(seconds)
+    if nanos:
+        stamp += b"\x10" + encode_varint(nanos)
+    return _len_field(b"\x12", stamp)
+
+
 def encode_stream_reply(reply: StreamReply) -> bytes:
     """StreamImagesResponse bytes: name, timestamp, message, pano_image."""
-    parts = []
-    if reply.name:
-        parts.append(_len_field(b"\x0a", reply.name.encode()))
-    if reply.timestamp_ns:
-        seconds, nanos = divmod(reply.timestamp_ns, _NS)
-        stamp = b""
-        if seconds:
-            stamp += b"\x08" + encode_varint(seconds)
-        if nanos:
-            stamp += b"\x10" + encode_varint(nanos)
-        parts.append(_len_field(b"\x12", stamp))
+    parts = [_name_field(reply.name), _timestamp_field(reply.timestamp_ns)]
     if reply.message:
         parts.append(_len_field(b"\x1a", reply.message.encode()))
     image = reply.encoded_image
@@ -438,6 +451,34 @@ def encode_stream_reply(reply: StreamReply) -> bytes:
         image = encode_pano_image(reply.frame)
     if image is not None:
         parts += [b"\x22", encode_varint(len(image)), image]
+    return b"".join(parts)
+
+
+_GRPC_PREFIX = struct.Struct(">BI")  # gRPC message framing: not compressed, length
+
+
+def encode_framed_stream_replies(
+    images: Sequence[tuple[bytes, str]], name: str, timestamp_ns: int
+) -> bytes:
+    """StreamImagesResponse messages of PanoImage bytes sharing one name and send time, each
+    framed for gRPC (its 5-byte prefix), one after another: what one batch of a StreamImages
+    call writes. `images` pairs each image's bytes with its message ("" for none).
+
+    Each message is byte for byte `encode_stream_reply(StreamReply(..., name, timestamp_ns,
+    message, encoded_image=image))`; the name and timestamp fields are encoded once.
+    """
+    head = _name_field(name) + _timestamp_field(timestamp_ns)
+    pack = _GRPC_PREFIX.pack
+    parts: list[bytes] = []
+    for image, message in images:
+        image_length = encode_varint(len(image))
+        size = len(head) + 1 + len(image_length) + len(image)
+        if message:
+            notice = _len_field(b"\x1a", message.encode())
+            parts += (pack(0, size + len(notice)), head, notice)
+        else:
+            parts += (pack(0, size), head)
+        parts += (b"\x22", image_length, image)
     return b"".join(parts)
 
 

@@ -37,13 +37,16 @@ __all__ = [
     "HpIoConfig",
     "ServerConfig",
     "SimulateConfig",
+    "UbloxServerConfig",
     "UdsIngestConfig",
     "client_hp_io_config",
     "default_sim_data_dir",
     "hp_io_config_from_dict",
     "load_hp_io_config",
     "load_server_config",
+    "load_ublox_server_config",
     "server_config_from_dict",
+    "ublox_server_config_from_dict",
 ]
 
 BUNDLED_CONFIG_DIR = Path(__file__).parent / "config"
@@ -96,6 +99,32 @@ class UdsIngestConfig:
     read_timeout_s: float = 60.0
 
 
+@dataclass(frozen=True)
+class UbloxServerConfig:
+    """The `ublox_control` section: the UbloxControl service's settings (R-UBX-CFG-6)."""
+
+    # Shell patterns a client's device must match (after following symlinks, R-UBX-INIT-4).
+    allowed_devices: tuple[str, ...] = (
+        "/dev/ttyACM*",
+        "/dev/ttyUSB*",
+        "/dev/serial/by-id/*",
+        "/dev/serial/by-path/*",
+    )
+    max_read_queue_size: int = 200
+    shutdown_grace_period: float = 0.5
+    max_workers: int = 5  # accepted, unused: the original's grpcio thread-pool size
+    # Its own listener when UbloxControl runs alone; beside DaqData it shares DaqData's.
+    host: str = "[::]"
+    port: int = 50051
+    command_timeout_s: float = 2.5
+    signal_settle_s: float = 0.3
+    dataflow_timeout_s: float = 3.0
+    silence_warning_s: float = 5.0
+    max_capture_clients: int = 32
+    poll_timeout_s: float = 2.0
+    max_poll_messages: int = 32
+
+
 # HTTP/2 allows flow-control windows from 65,535 bytes (its initial window) to 2**31 - 1.
 HTTP2_WINDOW_MIN = 65_535
 HTTP2_WINDOW_MAX = 2**31 - 1
@@ -114,6 +143,8 @@ class ServerConfig:
 
     init_from_default: bool = False
     default_hp_io_config_file: str = "hp_io_config_simulate.json"
+    # R-OPS-1: an hp_io_config.json applied at start, with InitHpIo's checks; None: none.
+    init_hp_io: Path | None = None
     unix_domain_socket: str = "unix:///tmp/daq_data.sock"
     max_concurrent_rpcs: int = 100
     max_read_queue_size: int = 50
@@ -145,6 +176,7 @@ class ServerConfig:
     max_connections: int = 1000  # R-PEER-3
     # R-PEER-4; None: half of max_concurrent_rpcs (at least 1), see `streams_per_peer`.
     max_streams_per_peer: int | None = None
+    ublox_control: UbloxServerConfig = field(default_factory=UbloxServerConfig)
     config_file: Path | None = None
 
     @classmethod
@@ -422,7 +454,8 @@ def _templates(reader: _Reader) -> None:
             reader.ignore(name, f"the simulation always uses {standard!r}")
     for name in ("movie_pff_template", "ph_pff_template"):
         reader.string(name, "")
-        reader.ignore(name, "simulated files are named with the standard grammar (R-NAME-2)")
+        # R-NAME-2
+        reader.ignore(name, "simulated files are named with the standard grammar")
 
 
 def _later_layout(reader: _Reader, values: dict[str, Any], mode_name: str) -> None:
@@ -577,6 +610,7 @@ def server_config_from_dict(
         default_hp_io_config_file=r.string(
             "default_hp_io_config_file", d.default_hp_io_config_file
         ),
+        init_hp_io=r.path("init_hp_io", None),
         unix_domain_socket=r.string("unix_domain_socket", d.unix_domain_socket),
         max_concurrent_rpcs=r.integer("max_concurrent_rpcs", d.max_concurrent_rpcs, 1),
         max_read_queue_size=r.integer("max_read_queue_size", d.max_read_queue_size, 1),
@@ -621,12 +655,73 @@ def server_config_from_dict(
         ),
         max_connections=r.integer("max_connections", d.max_connections, 1),
         max_streams_per_peer=r.optional_integer("max_streams_per_peer", 1, _MAX_UINT32),
+        ublox_control=_ublox_config(r.child("ublox_control"), beside_daqdata=True),
         config_file=path,
     )
     if not config.valid_data_products:
         raise r.error("valid_data_products", "must name at least one data product")
     r.reject_unknown(tolerated=_LATER_TOP_LEVEL)
     return config
+
+
+def _ublox_config(reader: _Reader | None, beside_daqdata: bool = False) -> UbloxServerConfig:
+    """The `ublox_control` section, or the original's ublox_control_server_config.json."""
+    d = UbloxServerConfig()
+    if reader is None:
+        return d
+    if beside_daqdata:
+        for name in ("host", "port"):
+            if reader.has(name):
+                log.warning(
+                    "%s: %r is not used: UbloxControl is served on the DaqData listeners "
+                    "(the top-level host and port)",
+                    reader._where(),
+                    reader.key(name),
+                )
+    allowed = d.allowed_devices
+    if reader.has("allowed_devices"):
+        value = reader.raw("allowed_devices")
+        if not isinstance(value, list) or not all(
+            isinstance(v, str) and v.startswith("/") for v in value
+        ):
+            raise reader.error(
+                "allowed_devices", f"must be a list of absolute path patterns, not {value!r}"
+            )
+        allowed = tuple(value)
+    for early in ("InitF9t", "CaptureUblox"):
+        reader.ignore(early, "a section of the original's early layout")
+    config = UbloxServerConfig(
+        allowed_devices=allowed,
+        max_read_queue_size=reader.integer("max_read_queue_size", d.max_read_queue_size, 1),
+        shutdown_grace_period=reader.number("shutdown_grace_period", d.shutdown_grace_period, 0.0),
+        max_workers=reader.integer("max_workers", d.max_workers, 1),
+        host=reader.string("host", d.host, nonempty=True),
+        port=reader.integer("port", d.port, 0, 65535),
+        command_timeout_s=reader.number("command_timeout_s", d.command_timeout_s, 0.0, True),
+        signal_settle_s=reader.number("signal_settle_s", d.signal_settle_s, 0.0),
+        dataflow_timeout_s=reader.number("dataflow_timeout_s", d.dataflow_timeout_s, 0.0),
+        silence_warning_s=reader.number("silence_warning_s", d.silence_warning_s, 0.0, True),
+        max_capture_clients=reader.integer("max_capture_clients", d.max_capture_clients, 1),
+        poll_timeout_s=reader.number("poll_timeout_s", d.poll_timeout_s, 0.0, True),
+        max_poll_messages=reader.integer("max_poll_messages", d.max_poll_messages, 1),
+    )
+    reader.reject_unknown()
+    return config
+
+
+def ublox_server_config_from_dict(
+    data: Mapping[str, Any], file: str | os.PathLike[str] | None = None
+) -> UbloxServerConfig:
+    """A validated UbloxServerConfig from the original's ublox_control_server_config.json, or
+    from the `ublox_control` section's object (R-UBX-CFG-6)."""
+    return _ublox_config(_Reader(data, _as_path(file)))
+
+
+def load_ublox_server_config(path: str | os.PathLike[str]) -> UbloxServerConfig:
+    """Load the original's ublox_control_server_config.json (R-UBX-CFG-6); its host and port
+    are named as unused: the service is on the DaqData listeners."""
+    data, file = read_json(path)
+    return _ublox_config(_Reader(data, file), beside_daqdata=True)
 
 
 def load_server_config(path: str | os.PathLike[str] | None = None) -> ServerConfig:

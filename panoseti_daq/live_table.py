@@ -62,12 +62,15 @@ def _frames_skipped(row: RowStats, file: str, frame_number: int) -> int | None:
     """Frames known missing between the row's last frame and this one; None: no gap."""
     if row.frames == 0:
         return None
+    old, new = pff.DataFileName.parse(row.file), pff.DataFileName.parse(file)
+    if old is None or new is None:
+        # Not frames of a PFF file (a Hashpipe socket's or an upload's): their numbers count
+        # one connection's frames, and several connections share a name, so a jump says
+        # nothing about frames missed.
+        return None
     if file == row.file:
         jump = frame_number - row.frame_number - 1
         return jump if jump > 0 else None
-    old, new = pff.DataFileName.parse(row.file), pff.DataFileName.parse(file)
-    if old is None or new is None:
-        return None
     same_series = (old.dp, old.module, old.start, old.extra) == (
         new.dp,
         new.module,
@@ -184,9 +187,12 @@ class LiveTable:
         hosts = self._hosts()
         if len(hosts) == 1 and hosts[0]:
             parts.insert(0, f"from {hosts[0]}")
-        dates = {str(row.timestamp)[:10] for row in self.rows.values() if row.timestamp}
+        dates = sorted({str(row.timestamp)[:10] for row in self.rows.values() if row.timestamp})
         if len(dates) == 1:
-            parts.append(f"UTC {dates.pop()}")
+            parts.append(f"UTC {dates[0]}")
+        elif dates:
+            # Rows of different days (the simulation's data are of several): the range.
+            parts.append(f"UTC {dates[0]}..{dates[-1]}")
         return f"{self.title} ({', '.join(parts)})"
 
     def explanation(self) -> str:
@@ -235,13 +241,17 @@ class LiveTable:
         several hosts, times of day (the date is in the title), fps = frames per second, clk =
         WR or host clock, seq#frame = the file's seqno and the frame number in it."""
         with_host = len(self._hosts()) > 1
+        heading = self.heading(now)
         table = Table(
-            title=self.heading(now),
+            title=heading,
             caption=self.explanation(),
+            caption_justify="left",
             box=None,
             pad_edge=False,
             padding=(0, 1),
             collapse_padding=True,
+            # As wide as the title, within 80 columns: a title wider than the columns wrapped.
+            min_width=min(len(heading), 80),
         )
         columns = (("host", "left"), *self._COLUMNS) if with_host else self._COLUMNS
         for name, justify in columns:

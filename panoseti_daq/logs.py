@@ -49,3 +49,22 @@ def configure_logging(level: str, stream: IO[str] | None = None) -> None:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(PlainFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # The HTTP/2 libraries' debug records (every frame and header block) are not ours to show:
+    # at --log-level debug they buried the program's own lines.
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    grpclib_server = logging.getLogger("grpclib.server")
+    if not any(isinstance(f, _NormalCancel) for f in grpclib_server.filters):
+        grpclib_server.addFilter(_NormalCancel())
+
+
+NOISY_LOGGERS = ("hpack", "h2")
+
+
+class _NormalCancel(logging.Filter):
+    """Drops grpclib's "Request was cancelled" line, which every client that leaves a stream
+    (the normal way to end one) caused, without its peer: the server logs each disconnect
+    itself, with the peer and the subscription (R-OPS-3)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO and record.msg == "Request was cancelled: %s")

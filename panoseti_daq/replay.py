@@ -1,4 +1,4 @@
-"""`python -m panoseti_daq.replay`: replay PFF files into Hashpipe's ingest sockets (R-SIM-6).
+"""`python -m panoseti_daq.replay`: replay PFF files into Hashpipe's ingest sockets.
 
 Sends each frame as newer Hashpipe does: a 2-byte big-endian module id, then the PFF frame, on
 the Unix stream socket of the frame's data product (`--socket-template`, with {dp_name}).
@@ -9,6 +9,8 @@ the Unix stream socket of the frame's data product (`--socket-template`, with {d
 The product of each file comes from its name (dp_...) or --product; the module id from the name
 (module_...) or --module-id.
 """
+
+# The --help text is this docstring: rule IDs (R-SIM-6, R-UDS-1) stay in the comments.
 
 from __future__ import annotations
 
@@ -33,7 +35,10 @@ __all__ = ["replay", "replay_frames"]
 def replay_frames(
     path: Path, product: DataProduct | None = None, module_id: int | None = None
 ) -> tuple[DataProduct, list[bytes]]:
-    """The product of a PFF file and its frames in the ingest's framing."""
+    """The product of a PFF file and its frames in the ingest's framing; ValueError naming
+    the file for one that is missing or cannot be replayed."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
     name = pff.DataFileName.parse(path.name)
     if product is None:
         if name is None:
@@ -44,7 +49,7 @@ def replay_frames(
             raise ValueError(f"{path.name}: no module_ field in the name; give --module-id")
         module_id = name.module
     if not 0 <= module_id < 2 ** (8 * MODULE_ID_BYTES):
-        raise ValueError(f"module id {module_id} does not fit {MODULE_ID_BYTES} bytes")
+        raise ValueError(f"{path}: module id {module_id} does not fit {MODULE_ID_BYTES} bytes")
     prefix = module_id.to_bytes(MODULE_ID_BYTES, "big")
     size = pff.frame_size_of(path, product)
     if size is None:
@@ -69,27 +74,41 @@ async def replay(
     fast as the server reads). With `loop`, start again at the first frame, until cancelled.
     """
     sent = 0
-    prepared = [replay_frames(path, product, module_id) for path in paths]
+    prepared = [(path, *replay_frames(path, product, module_id)) for path in paths]
 
-    async def send_file(file_product: DataProduct, frames: list[bytes]) -> None:
+    async def send_file(path: Path, file_product: DataProduct, frames: list[bytes]) -> None:
         nonlocal sent
         target = socket_path(socket_template, file_product)
         interval = 1.0 / rate_hz if rate_hz > 0 else 0.0
-        async with await anyio.connect_unix(target) as stream:
-            next_at = anyio.current_time()
-            while True:
-                for frame in frames:
-                    await stream.send(frame)
-                    sent += 1
-                    if interval:
-                        next_at += interval
-                        await anyio.sleep_until(next_at)
-                if not loop:
-                    return
+        try:
+            stream = await anyio.connect_unix(target)
+        except OSError as exc:
+            raise OSError(
+                f"{path}: cannot connect to {target} ({exc.strerror or exc}): is a server "
+                f"running with acquisition_methods.uds enabled for {file_product.name}?"
+            ) from None
+        count = 0
+        try:
+            async with stream:
+                next_at = anyio.current_time()
+                while True:
+                    for frame in frames:
+                        await stream.send(frame)
+                        sent += 1
+                        count += 1
+                        if interval:
+                            next_at += interval
+                            await anyio.sleep_until(next_at)
+                    if not loop:
+                        return
+        except (anyio.BrokenResourceError, OSError) as exc:
+            raise OSError(f"{path}: {target} closed after {count} frames ({exc})") from None
+        finally:
+            log.info("%s: %d frames sent to %s", path, count, target)
 
     async with anyio.create_task_group() as tg:
-        for file_product, frames in prepared:
-            tg.start_soon(send_file, file_product, frames)
+        for path, file_product, frames in prepared:
+            tg.start_soon(send_file, path, file_product, frames)
     return sent
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ServerConfig, load_server_config
+from .config import ServerConfig, load_server_config, load_ublox_server_config
 from .errors import ConfigError, SourceError, sole_exception
 from .logs import LOG_LEVELS, configure_logging
 from .server.sockets import socket_path_problem
@@ -17,10 +17,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Serve live PANOSETI images over gRPC (service daqdata.DaqData).",
     )
     parser.add_argument("--config", help="daq_data_server_config.json (default: the bundled one)")
+    parser.add_argument(
+        "--ublox-config",
+        help="UbloxControl settings from the original's ublox_control_server_config.json "
+        "(instead of the config's ublox_control section)",
+    )
     parser.add_argument("--host", help="TCP bind address (default from config: [::])")
     parser.add_argument("--port", type=int, help="TCP port (default from config: 50051); -1: none")
     parser.add_argument("--uds", help="Unix socket path ('' for none; default from config)")
     parser.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
+    parser.add_argument(
+        "--init",
+        metavar="HP_IO_CONFIG",
+        help="initialise hp_io at start from this hp_io_config.json (default from config: none)",
+    )
     parser.add_argument("--init-sim", action="store_true", help="start the simulation at once")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument(
@@ -39,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--metrics-port must be between 0 and 65535, not {args.metrics_port}")
     if not args.stats_interval > 0:
         parser.error(f"--stats-interval must be > 0, not {args.stats_interval}")
+    if args.init and args.init_sim:
+        parser.error("--init and --init-sim: give one of them")
+    if args.uds and args.uds.startswith("unix://"):
+        args.uds = args.uds[len("unix://") :]  # the config key's form
     return args
 
 
@@ -78,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         config = load_server_config(args.config)
+        if args.ublox_config:
+            config = config.replace(ublox_control=load_ublox_server_config(args.ublox_config))
         check_listeners(args, config)
     except ConfigError as exc:
         print(f"panoseti_daq.serve: invalid configuration: {exc}", file=sys.stderr)
@@ -85,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except ListenError as exc:
         print(f"panoseti_daq.serve: {exc}", file=sys.stderr)
         return 2
-    from .server.app import run
+    from .server.app import StartupError, run
 
     try:
         run(
@@ -98,21 +114,20 @@ def main(argv: list[str] | None = None) -> int:
             stats_file=args.stats_file,
             stats_interval_s=args.stats_interval,
             metrics_port=args.metrics_port,
+            init_hp_io=args.init,
         )
-    except ConfigError as exc:
-        print(f"panoseti_daq.serve: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"panoseti_daq.serve: cannot listen: {exc}", file=sys.stderr)
-        return 1
     except Exception as exc:
-        # --init-sim or init_from_default that cannot start (e.g. a full disk, R-SRC-1): one
-        # line, no traceback.
+        # R-OPS-2: one line, also for what a task of the server's task group raised at start
+        # (the Hashpipe ingest's sockets), which arrives inside an exception group; and --init-sim
+        # that cannot start (a full disk, R-SRC-1).
         cause = sole_exception(exc)
-        if not isinstance(cause, SourceError):
-            raise
-        print(f"panoseti_daq.serve: {cause}", file=sys.stderr)
-        return 2
+        if isinstance(cause, (ConfigError, StartupError, SourceError)):
+            print(f"panoseti_daq.serve: {cause}", file=sys.stderr)
+            return 2
+        if isinstance(cause, OSError):
+            print(f"panoseti_daq.serve: cannot start: {cause}", file=sys.stderr)
+            return 1
+        raise
     return 0
 
 

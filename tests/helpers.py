@@ -348,7 +348,11 @@ def fill_flow_control_window(sock, timeout_s: float = 10.0) -> int:
 
 
 def h2_unary_call(
-    target, path: str, request: bytes | None, grpc_timeout: str | None = None
+    target,
+    path: str,
+    request: bytes | None,
+    grpc_timeout: str | None = None,
+    raw_data: bytes | None = None,
 ) -> tuple[int, str]:
     """One gRPC call by a bare HTTP/2 client: (grpc-status, grpc-message) of the reply.
 
@@ -356,7 +360,8 @@ def h2_unary_call(
     client does not enforce the deadline it sends (`grpc_timeout`, e.g. "300m"): it waits for
     the server's own answer, so a test can read the status a server gives when the deadline
     runs out while it waits, without racing the client's timer. `request` None sends no
-    message at all. Blocking: run it in a thread.
+    message at all; `raw_data` is sent as the request's DATA instead of `request` framed as
+    one message (to send malformed framing). Blocking: run it in a thread.
     """
     import socket
     import urllib.parse
@@ -389,7 +394,7 @@ def h2_unary_call(
     else:
         conn.send_headers(stream_id, headers)
         message = b"\x00" + len(request).to_bytes(4, "big") + request
-        conn.send_data(stream_id, message, end_stream=True)
+        conn.send_data(stream_id, message if raw_data is None else raw_data, end_stream=True)
     status: dict[str, str] = {}
     try:
         sock.sendall(conn.data_to_send())

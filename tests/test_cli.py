@@ -203,7 +203,8 @@ def test_duration_ends_even_without_frames(live_server):
 
 
 def test_two_hosts_get_a_row_each(live_server, tmp_path):
-    """R-CLI-6: the streams of every host merged; the table keeps one row per host."""
+    """R-CLI-6: the streams of every host merged; the table keeps one row per host, named by
+    its daq_config address (two servers on one machine share a host name, R-OPS-4)."""
     other = Path(tmp_path / "n2")
     other.mkdir()
     config = {
@@ -228,8 +229,8 @@ def test_two_hosts_get_a_row_each(live_server, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\tup") == 2
     rows = result.stdout.split("panoseti-daq stream")[-1].splitlines()
-    assert any("subprocess-node" in row and "224" in row for row in rows), result.stdout
-    assert any("second-node" in row and " 7 " in row for row in rows), result.stdout
+    assert any(first_node["ip_addr"] in row and "224" in row for row in rows), result.stdout
+    assert any(f"127.0.0.1:{port}" in row and " 7 " in row for row in rows), result.stdout
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from panoseti_daq.codec import (
     decode_stream_reply,
     decode_struct,
     decode_upload_item,
+    encode_framed_stream_replies,
     encode_pano_image,
     encode_stream_reply,
     encode_struct,
@@ -256,6 +257,23 @@ def test_stream_reply_against_protobuf(frame, name, timestamp_ns, message):
     back = decode_stream_reply(reference.SerializeToString())
     assert (back.name, back.timestamp_ns, back.message) == (name, timestamp_ns, message)
     np.testing.assert_array_equal(back.frame.pixels, frame.pixels)
+
+
+@given(
+    st.lists(st.tuples(st.binary(max_size=300), st.text(max_size=12)), max_size=5),
+    st.text(max_size=20),
+    st.integers(0, 2**62),
+)
+def test_framed_batch_of_replies_is_each_reply_framed(images, name, timestamp_ns):
+    """R-WIRE-4, R-STREAM-11: a batch of StreamImagesResponse messages is, byte for byte, each
+    reply (name, send time, overrun notice, image) with its gRPC prefix, one after another."""
+    expected = b""
+    for image, message in images:
+        reply = encode_stream_reply(
+            StreamReply(None, name, timestamp_ns, message, encoded_image=image)
+        )
+        expected += b"\0" + len(reply).to_bytes(4, "big") + reply
+    assert encode_framed_stream_replies(images, name, timestamp_ns) == expected
 
 
 def test_pre_encoded_image_is_reused():
@@ -619,6 +637,63 @@ def test_uniform_varint_lengths_and_maximum_values(product, value):
         reference = pb2.PanoImage.FromString(data)
         assert list(reference.image_array) == frame.wire_pixels().tolist()
         _assert_same_as_reference(decode_pano_image(reference.SerializeToString()), reference)
+
+
+def _padded_varint(value: int, extra: int) -> bytes:
+    """`value` as a varint `extra` bytes longer than needed (protobuf reads such varints)."""
+    raw = bytearray(_varint(value))
+    extra = min(extra, 5 - len(raw))  # longer than 5 bytes: STRICTER_THAN_PROTOBUF
+    if extra > 0:
+        raw[-1] |= 0x80
+        raw += b"\x80" * (extra - 1) + b"\x00"
+    return bytes(raw)
+
+
+@given(st.data())
+@settings(max_examples=50, deadline=None)
+def test_any_mix_of_varint_lengths_decodes_as_protobuf_does(data):
+    """R-WIRE-3, R-PARSE-4: pixels mixing 1-, 2- and 3-byte varints (the mixed fast path),
+    with some varints written up to 2 bytes longer than needed (the general path) and values
+    beyond the product's range (ImageError), the pixel field placed first or last, read as
+    protobuf reads them."""
+    product = data.draw(st.sampled_from(list(PRODUCTS.values())), label="product")
+    top = data.draw(st.sampled_from([0x7F, 0x3FFF, product.max_bit_pattern, 0x1FFFFF, 2**32 - 1]))
+    count = product.pixel_count
+    values = data.draw(
+        hnp.arrays(np.uint32, count, elements=st.integers(0, top)), label="values"
+    ).tolist()
+    extras = data.draw(
+        hnp.arrays(np.uint8, count, elements=st.integers(0, 2), fill=st.just(0)),
+        label="extra bytes",
+    ).tolist()
+    payload = b"".join(_padded_varint(v, e) for v, e in zip(values, extras, strict=True))
+    rest = pb2.PanoImage(
+        type=int(product.image_type),
+        shape=list(product.shape),
+        bytes_per_pixel=product.bytes_per_pixel,
+        module_id=7,
+    ).SerializeToString()
+    pixels = _field(3, 2, payload)
+    message = rest + pixels if data.draw(st.booleans(), label="pixels last") else pixels + rest
+    reference = pb2.PanoImage.FromString(message)
+    assert list(reference.image_array) == values
+    event("extra bytes" if any(extras) else "canonical varints")
+    if max(values) > product.max_bit_pattern:
+        with pytest.raises(ImageError, match="pixel values must fit"):
+            decode_pano_image(message)
+        return
+    _assert_same_as_reference(decode_pano_image(message), reference)
+
+
+@pytest.mark.parametrize("pixels_last", [False, True])
+def test_packed_pixels_ending_in_a_cut_varint_are_a_codec_error(pixels_last):
+    """R-WIRE-5: a packed image_array whose last varint is cut short (its last byte still
+    says "more follows") is malformed, also when the bytes after it would complete it."""
+    payload = b"".join(_varint(v) for v in [5, 300, 40000] * 341) + b"\x81"  # 1,024 starts
+    rest = pb2.PanoImage(type=2, shape=[32, 32], bytes_per_pixel=2).SerializeToString()
+    pixels = _field(3, 2, payload)
+    with pytest.raises(CodecError, match="truncated varint"):
+        decode_pano_image(rest + pixels if pixels_last else pixels + rest)
 
 
 def test_unpacked_value_beyond_uint32_is_a_codec_error():

@@ -15,6 +15,7 @@ from grpclib.server import Stream
 from grpclib.testing import ChannelFor
 
 from panoseti_daq import _private
+from panoseti_daq.errors import CodecError
 
 
 class RawCodec(CodecBase):
@@ -182,4 +183,126 @@ def test_the_installed_versions_are_supported():
     )
     _private.check_version(
         "trio-asyncio", trio_asyncio.__version__, _private.TRIO_ASYNCIO_SUPPORTED
+    )
+
+
+class UploadService:
+    """A client-streaming method that reads its request with FramedMessageReader."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[bytes]] = []
+        self.counted = 0
+        self.error: str | None = None
+
+    async def upload(self, stream: Stream) -> None:
+        reader = _private.FramedMessageReader(stream, max_batch_bytes=40_000)
+        try:
+            while batch := await reader.read():
+                self.batches.append(batch)
+        except CodecError as exc:
+            self.error = str(exc)
+        self.counted = stream._messages_received
+        await stream.send_message(b"done")
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {"/test.Upload/Send": Handler(self.upload, Cardinality.STREAM_UNARY, bytes, bytes)}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_framed_reader_returns_every_message_in_order_in_batches():
+    """R-UP-1, R-UP-4: the batched reader of an upload gets every message a grpclib client
+    sends (real h2, in memory), in order, whole: empty ones, ones cut across DATA frames and
+    chunks, more than one batch's worth; grpclib's message counter advances by each."""
+    messages = [b"", b"x", bytes(range(256)) * 300, b"y" * 16_379, b"z" * 5, *([b"w" * 3000] * 40)]
+    service = UploadService()
+    async with ChannelFor([service], codec=RawCodec()) as channel:
+        async with channel.request(
+            "/test.Upload/Send", Cardinality.STREAM_UNARY, bytes, bytes
+        ) as stream:
+            for message in messages:
+                await stream.send_message(message)
+            await stream.end()
+            assert await stream.recv_message() == b"done"
+    assert [m for batch in service.batches for m in batch] == messages
+    assert len(service.batches) > 1
+    assert service.counted == len(messages)
+    assert service.error is None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_framed_reader_names_a_stream_that_ends_inside_a_message():
+    """R-WIRE-5: a request stream that ends after part of a message is a CodecError saying
+    how much of it arrived, after the whole messages before it."""
+    service = UploadService()
+    async with ChannelFor([service], codec=RawCodec()) as channel:
+        async with channel.request(
+            "/test.Upload/Send", Cardinality.STREAM_UNARY, bytes, bytes
+        ) as stream:
+            await stream.send_message(b"whole")
+            await stream._stream.send_data(struct.pack(">BI", 0, 10) + b"abc")
+            await stream.end()
+            assert await stream.recv_message() == b"done"
+    assert service.batches == [[b"whole"]]
+    assert (
+        service.error
+        == "the request stream ended in the middle of a message (8 bytes of it arrived)"
+    )
+
+
+def test_data_frame_repr_names_the_length_without_copying_the_payload():
+    """hyperframe's repr of a DATA frame (which h2 formats for every frame it receives) states
+    the payload's length instead of serialising the whole body; other frames keep theirs."""
+    from hyperframe.frame import DataFrame, PingFrame
+
+    _private.cheap_data_frame_repr()
+    _private.cheap_data_frame_repr()
+    frame = DataFrame(1, data=b"x" * 100_000)
+    frame.serialize_body = None  # type: ignore[method-assign,assignment]
+    assert repr(frame) == "DataFrame(stream_id=1, flags=[]): data=<100000 bytes>"
+    assert "opaque_data" in repr(PingFrame(0))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_framed_reader_waits_for_the_rest_of_a_message_cut_between_reads():
+    """R-UP-1: a message whose prefix and first bytes arrive in one read and the rest in a
+    later one is returned whole once the rest has come, not taken for the end of the stream."""
+    service = UploadService()
+    first, second = b"0123456789" * 50, b"after"
+    async with ChannelFor([service], codec=RawCodec()) as channel:
+        async with channel.request(
+            "/test.Upload/Send", Cardinality.STREAM_UNARY, bytes, bytes
+        ) as stream:
+            data = framed(first, second)
+            await stream.send_request()
+            await stream._stream.send_data(data[:20])
+            for _ in range(20):  # the server reads the piece before the rest is sent
+                await asyncio.sleep(0)
+            await stream._stream.send_data(data[20:])
+            await stream.end()
+            assert await stream.recv_message() == b"done"
+    assert [m for batch in service.batches for m in batch] == [first, second]
+    assert service.error is None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_framed_reader_names_a_compressed_message_and_reads_a_large_one_whole():
+    """R-WIRE-5: a message flagged compressed (the server decompresses nothing) is a CodecError
+    naming it, after a 3 MB message before it, which arrives whole."""
+    service = UploadService()
+    large = bytes(range(256)) * 12_000
+    async with ChannelFor([service], codec=RawCodec()) as channel:
+        async with channel.request(
+            "/test.Upload/Send", Cardinality.STREAM_UNARY, bytes, bytes
+        ) as stream:
+            await stream.send_message(large)
+            await stream._stream.send_data(struct.pack(">BI", 1, 2) + b"zz")
+            await stream.end()
+            assert await stream.recv_message() == b"done"
+    assert [m for batch in service.batches for m in batch] == [large]
+    assert (
+        service.error == "a compressed message (flag 1): this server accepts uncompressed ones only"
     )

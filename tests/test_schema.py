@@ -110,6 +110,7 @@ def test_generated_code_matches_schema():
             str(ROOT / "tools" / "generate.py"),
             "--check",
             str(ROOT / "schema" / "daq_data.proto"),
+            str(ROOT / "schema" / "ublox_control.proto"),
             str(ROOT / "panoseti_daq" / "_generated"),
         ],
         capture_output=True,

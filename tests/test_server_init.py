@@ -208,8 +208,7 @@ async def test_uds_simulation_without_the_ingest_fails_naming_it(make_server, ba
         reply = await init_hp_io(server, "", simulate_daq=True)
     assert not reply.success
     assert reply.error_message == (
-        "hp_io failed to start: simulation mode 'uds' needs acquisition_methods.uds enabled "
-        "(R-SIM-6)"
+        "hp_io failed to start: simulation mode 'uds' needs acquisition_methods.uds enabled"
     )
 
 

@@ -44,7 +44,7 @@ async def test_upload_accepted_without_hp_io(make_server):
 
 async def test_reply_means_every_image_is_in_the_hub(make_server):
     """R-UP-5: the Empty reply comes once every image of the upload has entered the hub, also
-    for uploads longer than one burst (UPLOAD_BURST) and than the upload channel."""
+    for uploads longer than one burst (UPLOAD_BURST) and than one batch of reads."""
     async with make_server() as server:
         for count in (1, 7, 300):
             before = server.hub.published
@@ -163,14 +163,34 @@ async def test_malformed_request_is_invalid_argument(make_server, method):
         assert "malformed request" in info.value.message
 
 
-async def test_uploaders_that_fill_the_upload_channel_lose_nothing(make_server, run_dir):
-    """R-UP-4, R-STATE-4: more uploaders at once than the upload channel holds bursts of
-    (5 x 64 frames > UPLOAD_CHANNEL_SIZE = 256): the ones that find it full wait, and a
-    lossless reader still gets every frame of each, in order."""
-    from panoseti_daq.server.core import UPLOAD_BURST, UPLOAD_CHANNEL_SIZE
+async def test_upload_ending_inside_a_message_is_invalid_argument(make_server):
+    """R-UP-3, R-WIRE-5: an upload whose request stream ends after part of a message gets
+    INVALID_ARGUMENT naming that, after the whole images before it entered the hub; the server
+    keeps serving."""
+    from panoseti_daq.codec import UploadItem, encode_upload_item
+    from tests.helpers import h2_unary_call
+
+    whole = encode_upload_item(UploadItem(movie_frame(1, 0)))
+    data = b"\x00" + len(whole).to_bytes(4, "big") + whole + b"\x00\x00\x00\x01\x00" + b"ab"
+    async with make_server() as server:
+        status, message = await anyio.to_thread.run_sync(
+            lambda: h2_unary_call(server.port, "/daqdata.DaqData/UploadImages", b"", raw_data=data)
+        )
+        assert status == Status.INVALID_ARGUMENT.value
+        assert message == (
+            "image 1 of the upload is invalid: the request stream ended in the middle of a "
+            "message (7 bytes of it arrived); the 1 image(s) before it were accepted"
+        )
+        await wait_until(lambda: server.hub.published == 1, what="the whole image in the hub")
+        assert await call(server, "Ping", [Empty()], Empty, Empty) == Empty()
+
+
+async def test_uploaders_at_once_lose_nothing(make_server, run_dir):
+    """R-UP-4, R-STATE-4: several uploaders at once, each longer than two bursts (5 x 128
+    frames): a lossless reader gets every frame of each, in order."""
+    from panoseti_daq.server.core import UPLOAD_BURST
 
     uploaders, per_uploader = 5, 2 * UPLOAD_BURST
-    assert uploaders * UPLOAD_BURST > UPLOAD_CHANNEL_SIZE
     async with make_server(max_read_queue_size=5000) as server:
         assert (await init_hp_io(server, run_dir)).success
         async with open_stream(server) as reader:

@@ -19,7 +19,7 @@ from grpclib.const import Cardinality
 
 from panoseti_daq.messages import InitHpIoRequest, InitHpIoResponse, StreamImagesRequest
 from panoseti_daq.server import core as server_core
-from panoseti_daq.server import service as server_service
+from panoseti_daq.server import hp_io_checks
 from tests.helpers import (
     channel,
     h2_unary_call,
@@ -246,13 +246,13 @@ async def test_readers_wait_for_a_second_writer_too(make_server, run_dir, source
     out, not FAILED_PRECONDITION); once both are done a reader streams at once."""
     first, second = data_dir(run_dir, "gated"), data_dir(run_dir, "second")
     checked = []  # data_dirs whose InitHpIo checks ran: each writer counted itself before
-    daq_is_active = server_service.daq_is_active
+    daq_is_active = hp_io_checks.daq_is_active
 
     def recording(path, checks):
         checked.append(path.name)
         return daq_is_active(path, checks)
 
-    monkeypatch.setattr(server_service, "daq_is_active", recording)
+    monkeypatch.setattr(hp_io_checks, "daq_is_active", recording)
     async with make_server() as server:
         replies = {}
 

@@ -80,6 +80,6 @@ def test_serve_stats_file(short_tmp, backend):
     assert running["hp_io"] == "simulation" and running["hp_io_valid"] is True
     # The simulation's frames are counted as its own, whichever way they enter the hub.
     assert {entry["source"] for entry in running["frames_in"]} == {"simulation"}
-    # Controller, upload task, scanner, simulation writer, listeners: more than a handful.
+    # Controller, scanner, simulation writer, listeners: more than a handful.
     assert running["tasks"] >= 5
     assert len(stats_lines(path)) > count  # the line written at shutdown

@@ -1,8 +1,9 @@
-"""Generate (or check) the betterproto2 code for the DaqData schema.
+"""Generate (or check) the betterproto2 code for the schemas (DaqData, UbloxControl).
 
-Usage: generate.py [--check] PROTO OUT_DIR
+Usage: generate.py [--check] PROTO... OUT_DIR
 
-The code generator runs protoc from grpcio-tools with the betterproto2 plugin; the output is a
+The code generator runs protoc from grpcio-tools with the betterproto2 plugin, once for all the
+given protos (they share the google well-known types and one message pool); the output is a
 package tree with relative imports, written inside panoseti_daq so that it imports from one
 stable place. With --check, generate into a temporary directory and fail when it differs from
 OUT_DIR (the CI drift check).
@@ -21,7 +22,7 @@ from pathlib import Path
 OPTIONS = "client_generation=async,server_generation=async,google_protobuf_descriptors"
 
 
-def generate(proto: Path, out_dir: Path) -> None:
+def generate(protos: list[Path], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     # protoc finds the plugin executable on PATH; it lives beside this interpreter.
@@ -30,10 +31,10 @@ def generate(proto: Path, out_dir: Path) -> None:
         sys.executable,
         "-m",
         "grpc_tools.protoc",
-        f"-I{proto.parent}",
+        *sorted({f"-I{proto.parent}" for proto in protos}),
         f"--python_betterproto2_out={out_dir}",
         f"--python_betterproto2_opt={OPTIONS}",
-        str(proto),
+        *(str(proto) for proto in protos),
     ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -64,26 +65,27 @@ def differences(expected: Path, actual: Path) -> list[str]:
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     args = [a for a in argv if a != "--check"]
-    if len(args) != 2:
+    if len(args) < 2:
         print(__doc__, file=sys.stderr)
         return 2
-    proto, out_dir = Path(args[0]), Path(args[1])
+    protos, out_dir = [Path(a) for a in args[:-1]], Path(args[-1])
+    names = " ".join(str(proto) for proto in protos)
     if not check:
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        generate(proto, out_dir)
-        print(f"generated {out_dir} from {proto}")
+        generate(protos, out_dir)
+        print(f"generated {out_dir} from {names}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "gen"
-        generate(proto, fresh)
+        generate(protos, fresh)
         problems = differences(fresh, out_dir)
     if problems:
-        print(f"{out_dir} has drifted from {proto}; run `make schema`:", file=sys.stderr)
+        print(f"{out_dir} has drifted from {names}; run `make schema`:", file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    print(f"{out_dir} matches {proto}")
+    print(f"{out_dir} matches {names}")
     return 0
 
 

@@ -21,6 +21,7 @@ refuses (R-CLI-5).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -210,6 +211,7 @@ class AsyncDaqClient:
         self.ping_timeout_s = ping_timeout_s
         self.retry_delay_s = retry_delay_s
         self.valid_hosts: set[str] = set()
+        self._reported_down: set[str] = set()
         self._channels: dict[str, Channel] = {}
         # The streams this client opened and nobody closed yet: closed when it closes.
         self._streams: set[ImageStream] = set()
@@ -337,14 +339,19 @@ class AsyncDaqClient:
                 why = f"no answer within {self.ping_timeout_s:g} s"
             else:
                 why = exc.details or getattr(exc.status, "name", str(exc.status))
-            log.warning("DAQ host %s is down: %s", host, why)
+            # Once per host going down, not at every ping that finds it still down.
+            if host not in self._reported_down:
+                log.warning("DAQ host %s is down: %s", host, why)
+                self._reported_down.add(host)
             self.valid_hosts.discard(host)
             return False
         self.valid_hosts.add(host)
+        self._reported_down.discard(host)
         return True
 
     async def get_daq_host_status(self) -> dict[str, bool]:
         """{host: answers a ping} for every node of daq_config, pinged concurrently."""
+        self._open()  # outside `async with`: the clear error, not one inside a task group
         status: dict[str, bool] = {}
 
         async def check(host: str) -> None:
@@ -393,6 +400,7 @@ class AsyncDaqClient:
         or a missing `update_interval_seconds`). `data_dir` comes from it when present, else
         from the node's `data_dir` in daq_config. A refusal is logged.
         """
+        self._open()
         cfg = client_hp_io_config(hp_io_cfg)
         names = await self._answering(hosts)
         results: dict[str, bool] = {}
@@ -467,9 +475,11 @@ class AsyncDaqClient:
         update_interval_seconds: float,
         module_ids: Iterable[int] = (),
         wait_for_ready: bool = False,
+        name_by_host: bool = False,
     ) -> ImageStream:
         """stream_images yielding the codec's StreamReply (PanoFrame, server name, message)
-        as received, with no conversion: the CLI's fast path."""
+        as received, with no conversion: the CLI's fast path. With `name_by_host`, each
+        reply's name is the daq_config host it came from."""
         receive, state = self._start_stream(
             hosts,
             stream_movie_data,
@@ -478,6 +488,7 @@ class AsyncDaqClient:
             module_ids,
             wait_for_ready,
         )
+        state.name_by_host = name_by_host
         return self._own(_ReplyStream(receive, state, False, self._streams.discard))
 
     def _start_stream(
@@ -581,6 +592,8 @@ class AsyncDaqClient:
                     ) as stream:
                         await stream.send_message(request, end=True)
                         async for reply in stream:
+                            if state.name_by_host:
+                                reply = dataclasses.replace(reply, name=host)
                             await out.send(reply)
                             delay_s = self.retry_delay_s
                     log.info("stream from %s ended by the server", host)

@@ -34,6 +34,9 @@ class StreamState:
     # Hosts still streaming: one that fails while others go on is logged, the failure of the
     # last one is kept in `errors` and raised (never both).
     hosts_streaming: int = 0
+    # Replies named by the daq_config host they came from instead of the server's own name
+    # (the CLI's table: two servers on one machine share a host name).
+    name_by_host: bool = False
 
 
 class ImageStream:

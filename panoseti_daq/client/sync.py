@@ -229,6 +229,7 @@ class DaqClient:
         update_interval_seconds: float,
         module_ids: Iterable[int] = (),
         wait_for_ready: bool = False,
+        name_by_host: bool = False,
     ) -> BlockingImageStream:
         """stream_images yielding the codec's StreamReply objects unconverted (the CLI's fast
         path: no betterproto message, no parsed dict per frame)."""
@@ -240,6 +241,7 @@ class DaqClient:
             update_interval_seconds,
             module_ids,
             wait_for_ready,
+            name_by_host,
         )
 
     def _blocking_stream(

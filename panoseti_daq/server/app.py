@@ -13,6 +13,7 @@ Use it from async code (asyncio or trio, through anyio)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import gc
@@ -35,10 +36,13 @@ from grpclib.server import Server
 from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec
 from ..config import HpIoConfig, ServerConfig, SimulateConfig, load_hp_io_config
-from ..errors import SourceError
+from ..errors import ConfigError, PanosetiDaqError, SourceError
 from ..messages import DESCRIPTOR_POOL
+from ..ublox.controller import UbloxController
+from ..ublox.service import UbloxControlService
 from .core import ServerCore
 from .flow import connection_guard, grpclib_configuration
+from .hp_io_checks import HpIoRefused, check_hp_io
 from .metrics import ServerCollector, metrics_registry, serve_metrics
 from .service import DaqDataService
 from .sockets import prepare_socket_path
@@ -46,7 +50,18 @@ from .stats import server_stats, task_count, write_stats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DaqDataServer", "run"]
+__all__ = ["DaqDataServer", "StartupError", "run"]
+
+
+class StartupError(PanosetiDaqError):
+    """A start-up resource the server cannot have (R-OPS-1, R-OPS-2): the message names the
+    option or key, the path or port, and the reason, in one line."""
+
+
+def _reason(exc: OSError) -> str:
+    """ "address already in use" rather than "[Errno 98] Address already in use"."""
+    text = os.strerror(exc.errno) if exc.errno else str(exc)
+    return text[:1].lower() + text[1:]
 
 
 def _tcp_host(host: str) -> str | None:
@@ -105,8 +120,13 @@ class DaqDataServer:
         stats_file: str | os.PathLike[str] | None = None,
         stats_interval_s: float = 60.0,
         metrics_port: int | None = None,
+        init_hp_io: str | os.PathLike[str] | None = None,
     ) -> None:
         self.config = config
+        # Where each setting came from, for start-up errors: an argument (`serve`'s option)
+        # or the config file's key.
+        self._given = {"port": port, "uds": uds, "metrics": metrics_port, "init": init_hp_io}
+        self.init_hp_io_file = config.init_hp_io if init_hp_io is None else Path(init_hp_io)
         self.requested_metrics_port = config.metrics_port if metrics_port is None else metrics_port
         #: The bound port of the Prometheus endpoint, once listening (None: no endpoint).
         self.metrics_port: int | None = None
@@ -117,6 +137,8 @@ class DaqDataServer:
         self.requested_port = config.port if port is None else port
         self.uds_path = config.uds_path if uds is None else (uds or None)
         self.core = ServerCore(config, rpc_simulation=self._run_rpc_simulation)
+        # The UbloxControl service, beside DaqData on the same listeners (R-UBX-SRV-1).
+        self.ublox = UbloxController(config.ublox_control)
         self.hub = self.core.hub
         self.port: int | None = None
         self._servers: list[Server] = []
@@ -134,6 +156,9 @@ class DaqDataServer:
     # -- start -----------------------------------------------------------------------------
     async def __aenter__(self) -> DaqDataServer:
         self._grace = anyio.CancelScope()
+        # R-OPS-2: what start-up needs is checked before any listener reports "listening".
+        self._check_stats_file()
+        hp_io = await anyio.to_thread.run_sync(self._checked_init_file)
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -141,14 +166,10 @@ class DaqDataServer:
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._stop)
             await self._task_group.start(self.core.run)
-            await self._loop.run(self._start_listeners)
+            await self._start_ublox()
             if self.requested_metrics_port is not None:
-                self.metrics_port = await self._task_group.start(
-                    serve_metrics,
-                    _tcp_host(self.host),
-                    self.requested_metrics_port,
-                    metrics_registry(ServerCollector(self.core, self._started, self._task_count)),
-                )
+                self.metrics_port = await self._start_metrics()
+            await self._loop.run(self._start_listeners)
             if self.stats_file is not None:
                 self._task_group.start_soon(
                     write_stats, self.stats_file, self.stats_interval_s, self.stats
@@ -157,30 +178,112 @@ class DaqDataServer:
             await stack.__aexit__(None, None, None)
             raise
         self._stack = stack
-        if self.config.init_from_default:
-            await self._init_from_default()
+        try:
+            if hp_io is not None:
+                await self._init_at_start(hp_io)
+            elif self.config.init_from_default:
+                await self._init_from_default()
+        except BaseException:
+            self._stack = None
+            await stack.__aexit__(None, None, None)
+            raise
         return self
+
+    def _where(self, given: str, option: str, key: str) -> str:
+        """`option` when the setting was given as an argument, else the config file's key."""
+        if self._given[given] is not None:
+            return option
+        file = self.config.config_file
+        return f"{key!r} in {file}" if file else repr(key)
+
+    def _check_stats_file(self) -> None:
+        if self.stats_file is None:
+            return
+        path = Path(self.stats_file)
+        if not path.parent.is_dir():
+            raise StartupError(f"--stats-file {path}: directory {path.parent} does not exist")
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as exc:
+            raise StartupError(f"--stats-file {path}: {_reason(exc)}") from None
+
+    def _checked_init_file(self) -> HpIoConfig | None:
+        """R-OPS-1: the hp_io configuration to apply at start, loaded and checked as InitHpIo
+        checks a request; StartupError naming the file and the reason."""
+        path = self.init_hp_io_file
+        if path is None:
+            return None
+        where = self._where("init", f"--init {path}", "init_hp_io")
+        try:
+            hp_io = load_hp_io_config(path)
+        except ConfigError as exc:
+            reason = exc.reason if exc.key == "<file>" else str(exc)
+            raise StartupError(f"{where}: {reason}") from None
+        data_dir = Path(hp_io.data_dir).expanduser()
+        if hp_io.data_dir and not data_dir.is_absolute():
+            # As the config file's paths: relative to the file's directory.
+            hp_io = dataclasses.replace(hp_io, data_dir=str(Path(path).parent / data_dir))
+        try:
+            return check_hp_io(hp_io, self.config)
+        except HpIoRefused as exc:
+            raise StartupError(f"{where}: {exc.message}") from None
+
+    async def _init_at_start(self, hp_io: HpIoConfig) -> None:
+        result = await self.core.reconfigure(hp_io)
+        if not result.success:
+            where = self._where("init", f"--init {self.init_hp_io_file}", "init_hp_io")
+            raise StartupError(f"{where}: hp_io configuration failed: {result.error_message}")
+        log.info("hp_io initialised from %s: data_dir %s", self.init_hp_io_file, hp_io.data_dir)
+
+    async def _start_metrics(self) -> int:
+        assert self._task_group is not None and self.requested_metrics_port is not None
+        port = self.requested_metrics_port
+        registry = metrics_registry(ServerCollector(self.core, self._started, self._task_count))
+        try:
+            bound: int = await self._task_group.start(
+                serve_metrics, _tcp_host(self.host), port, registry
+            )
+        except OSError as exc:
+            where = self._where("metrics", "--metrics-port", "metrics_port")
+            raise StartupError(f"metrics port {port} ({where}): {_reason(exc)}") from None
+        return bound
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         stack, self._stack = self._stack, None
         assert stack is not None
         return await stack.__aexit__(*exc_info)
 
+    async def _start_ublox(self) -> None:
+        """Run the UbloxControl controller on grpclib's loop, where its handlers run."""
+        assert self._loop is not None and self._task_group is not None
+        ready = anyio.Event()
+        self._task_group.start_soon(self._loop.run, self.ublox.run, ready.set)
+        await ready.wait()
+
     def _handlers(self) -> list[Any]:
         service = DaqDataService(self.core, self.uds_path)
-        health = Health({service: [self._health]})
-        # Reflection lists every service, itself included (R-NET-3), and answers from
-        # betterproto2's descriptor pool, where our schema lives. `extend` names the services it
-        # is given: hand it a first pair of reflection servables for their names, keep the
-        # second pair it adds.
-        named: list[Any] = [service, health, *ServerReflection.extend([])]
+        ublox = UbloxControlService(self.ublox)
+        health = Health({service: [self._health], ublox: [self._health]})
+        # Reflection lists every service, itself included (R-NET-3, R-UBX-SRV-2), and answers
+        # from betterproto2's descriptor pool, where our schemas live. `extend` names the
+        # services it is given: hand it a first pair of reflection servables for their names,
+        # keep the second pair it adds.
+        named: list[Any] = [service, ublox, health, *ServerReflection.extend([])]
         reflection = ServerReflection.extend(named, pool=DESCRIPTOR_POOL)[len(named) :]
-        return [service, health, *reflection]
+        return [service, ublox, health, *reflection]
 
     async def _start_listeners(self) -> None:
         handlers = self._handlers()
+        listening = []
         if self.requested_port is not None and self.requested_port >= 0:
-            sock = _tcp_listening_socket(_tcp_host(self.host), self.requested_port)
+            try:
+                sock = _tcp_listening_socket(_tcp_host(self.host), self.requested_port)
+            except OSError as exc:
+                where = self._where("port", "--port", "port")
+                raise StartupError(
+                    f"gRPC port {self.requested_port} on {self.host} ({where}): {_reason(exc)}"
+                ) from None
             server = Server(handlers, codec=DaqCodec(), config=grpclib_configuration(self.config))
             self.guard.install(server)
             try:
@@ -190,15 +293,21 @@ class DaqDataServer:
                 raise
             self._servers.append(server)
             self.port = sock.getsockname()[1]
-            log.info("listening on %s:%d", self.host, self.port)
+            listening.append(f"{self.host}:{self.port}")
         if self.uds_path:
-            prepare_socket_path(self.uds_path, "unix_domain_socket")
+            key = "unix_domain_socket"  # `serve` checks --uds itself before this
+            prepare_socket_path(self.uds_path, key)
             server = Server(handlers, codec=DaqCodec(), config=grpclib_configuration(self.config))
             self.guard.install(server)
-            await server.start(path=self.uds_path)
+            try:
+                await server.start(path=self.uds_path)
+            except OSError as exc:
+                raise StartupError(f"{key} {self.uds_path}: {_reason(exc)}") from None
             self._servers.append(server)
             self._uds_bound = True
-            log.info("listening on unix://%s", self.uds_path)
+            listening.append(f"unix://{self.uds_path}")
+        for address in listening:
+            log.info("listening on %s", address)
         self._health.set(True)
 
     async def _run_rpc_simulation(self, sim: SimulateConfig) -> None:
@@ -245,12 +354,17 @@ class DaqDataServer:
         assert self._grace is not None
         with anyio.CancelScope(shield=True):
             self.core.begin_shutdown()
+            self.ublox.begin_shutdown()  # R-UBX-SRV-3: its streams end UNAVAILABLE at once
             self._health.set(False)
             streams_ended = anyio.Event()
             self.hub.call_when_empty(streams_ended.set)
+            ublox_streams_ended = anyio.Event()
+            self.ublox.call_when_no_streams(ublox_streams_ended.set)
             grace = self.config.shutdown_grace_period
             with self._grace, anyio.move_on_after(grace):
                 await streams_ended.wait()
+            with anyio.move_on_after(self.config.ublox_control.shutdown_grace_period):
+                await ublox_streams_ended.wait()
             for server in self._servers:
                 server.close()
             if self._grace.cancel_called:
@@ -259,6 +373,8 @@ class DaqDataServer:
                 for server in self._servers:
                     await self._loop.run(server.wait_closed)
             self._servers.clear()
+            with anyio.move_on_after(self.config.ublox_control.shutdown_grace_period):
+                await self._loop.run(self.ublox.stop)
             await self.core.stop_sources()
             if self._uds_bound and self.uds_path:
                 with contextlib.suppress(FileNotFoundError):
@@ -332,6 +448,7 @@ def run(
     stats_file: str | None = None,
     stats_interval_s: float = 60.0,
     metrics_port: int | None = None,
+    init_hp_io: str | None = None,
 ) -> None:
     """Run the server until SIGINT/SIGTERM; returns after a graceful shutdown."""
     serve = functools.partial(
@@ -344,5 +461,6 @@ def run(
         stats_file=stats_file,
         stats_interval_s=stats_interval_s,
         metrics_port=metrics_port,
+        init_hp_io=init_hp_io,
     )
     anyio.run(serve, backend=backend)

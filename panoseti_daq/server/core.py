@@ -1,17 +1,14 @@
 """The server's core: hp_io configuration, data sources and the hub, on one anyio task group.
 
-The core is backend-neutral anyio code. It owns three long-lived tasks:
+The core is backend-neutral anyio code. It owns two long-lived tasks:
 
 - the *controller*, which applies InitHpIo reconfigurations: it stops the running data sources
   (scanner, simulation) and starts new ones inside its own task group (R-INIT-6, R-INIT-7);
-- the *upload task*, which moves uploaded frames from a bounded channel into the hub; an
-  uploader whose frames find the channel full waits, and with it HTTP/2 flow control slows the
-  client (R-UP-4);
 - the data sources themselves, started and cancelled by the controller.
 
-RPC handlers talk to the core only through the hub (`subscribe`; uploads reach `publish`
-through the upload task), the two channels and `anyio.Event`s they create themselves, so nothing
-here depends on which event loop runs grpclib.
+RPC handlers talk to the core only through the synchronous hub (`subscribe`; uploads reach
+`publish` through an `Uploader`), the command channel and `anyio.Event`s they create
+themselves, so nothing here depends on which event loop runs grpclib.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.lowlevel import checkpoint
 
 from ..config import HpIoConfig, ServerConfig, SimulateConfig, default_sim_data_dir
 from ..errors import SourceError, first_leaf_exception
@@ -37,11 +34,10 @@ from .scanner import RunScanner, run_scanner
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Reconfigure", "ServerCore", "UploadFlush", "UploadedFrame", "Uploader"]
+__all__ = ["Reconfigure", "ServerCore", "Uploader"]
 
 # R-INIT-7: a configuration that does not become valid within this time fails.
 START_TIMEOUT_S = 10.0
-UPLOAD_CHANNEL_SIZE = 256
 # An upload hands at most this many frames (and at most half a reader queue) to the hub before
 # it waits for readers to take them.
 UPLOAD_BURST = 64
@@ -57,61 +53,39 @@ class Reconfigure:
     error_message: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class UploadedFrame:
-    """A frame on its way from an upload into the hub."""
-
-    frame: PanoFrame
-    encoded: bytes | None
-    source: str
-
-
-@dataclass(frozen=True, slots=True)
-class UploadFlush:
-    """Set `done` once every frame sent before it is in the hub (Uploader.flush)."""
-
-    done: anyio.Event
-
-
-UploadChannelItem = UploadedFrame | UploadFlush
-
-
 class Uploader:
-    """One upload's way into the hub, through the upload task (R-UP-4, R-STREAM-11).
+    """One upload's way into the hub (R-UP-4, R-UP-5, R-STREAM-11).
 
-    `put` does not wait while the channel has room: a handler passes on every message that has
-    arrived before it yields, and the upload task and the readers take them as one batch. Every
-    `burst` frames, `flush` waits until the upload task has put them into the hub; the readers'
-    wake-ups are queued by then, so they run first. A reader that keeps up thus never has more
-    than `burst` new frames (half its queue) waiting, and never loses one. A full channel makes
-    `put` wait, and the client with it (HTTP/2 flow control).
+    `put` publishes the frame at once (the hub never waits for a reader), so a handler passes
+    on every message that has arrived before it yields. Every `burst` frames, `flush` yields
+    once: the readers' wake-ups, queued by the hub as it offered them the frames, run first.
+    A reader that keeps up thus never has more than `burst` new frames (half its queue)
+    waiting, and never loses one. An upload goes no faster than its handler reads and
+    decodes, which HTTP/2 flow control passes on to the client (`server/flow.py`).
     """
 
     def __init__(
-        self, send: MemoryObjectSendStream[UploadChannelItem], burst: int, source: str = "upload"
+        self,
+        publish: Callable[[PanoFrame, str, float, bytes | None], None],
+        burst: int,
+        source: str = "upload",
     ) -> None:
         check_source(source)
-        self._send = send
+        self._publish = publish
         self._burst = burst
         self._source = source
         self._pending = 0
 
     async def put(self, frame: PanoFrame, encoded: bytes | None = None) -> None:
-        item = UploadedFrame(frame, encoded, self._source)
-        try:
-            self._send.send_nowait(item)
-        except anyio.WouldBlock:
-            await self._send.send(item)
+        self._publish(frame, self._source, time.monotonic(), encoded)
         self._pending += 1
         if self._pending >= self._burst:
             await self.flush()
 
     async def flush(self) -> None:
-        """Wait until every frame put so far is in the hub."""
+        """Let the readers take what was put so far (every frame put is in the hub)."""
         self._pending = 0
-        done = anyio.Event()
-        await self._send.send(UploadFlush(done))
-        await done.wait()
+        await checkpoint()
 
 
 @dataclass(eq=False)
@@ -150,9 +124,6 @@ class ServerCore:
         # it runs or after a stop that was asked for.
         self.source_failure: str | None = None
         self._rpc_simulation = rpc_simulation
-        self._upload_send, self._upload_receive = anyio.create_memory_object_stream[
-            UploadChannelItem
-        ](UPLOAD_CHANNEL_SIZE)
         self._command_send, self._command_receive = anyio.create_memory_object_stream[Reconfigure](
             1
         )
@@ -178,7 +149,7 @@ class ServerCore:
     def uploader(self, source: str = "upload") -> Uploader:
         """A queue into the hub for one UploadImages call (R-UP-4)."""
         burst = max(1, min(UPLOAD_BURST, self.config.max_read_queue_size // 2))
-        return Uploader(self._upload_send, burst, source)
+        return Uploader(self.hub.publish, burst, source)
 
     async def submit(self, config: HpIoConfig) -> Reconfigure:
         """Hand a configuration to the controller; its `done` is set once it is answered."""
@@ -194,14 +165,13 @@ class ServerCore:
 
     # -- the core's tasks ------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the controller and the upload task until cancelled."""
+        """Run the controller (and the Unix-socket ingest, if enabled) until cancelled."""
         from .simulation import remove_stale_simulation_dirs
 
         await anyio.to_thread.run_sync(  # R-SRC-2
             remove_stale_simulation_dirs, default_sim_data_dir().parent
         )
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._upload_task)
             await tg.start(self._controller, tg)
             if self.config.uds_ingest.enabled:
                 from .uds_ingest import run_uds_ingest
@@ -210,23 +180,6 @@ class ServerCore:
                     run_uds_ingest, self.config.uds_ingest, self.products, self.publisher("socket")
                 )
             task_status.started()
-
-    async def _upload_task(self) -> None:
-        publish = self.hub.publish
-        monotonic = time.monotonic
-        receive = self._upload_receive
-        async with receive:
-            async for item in receive:
-                # Everything that has arrived goes into the hub before this task yields.
-                while True:
-                    if isinstance(item, UploadedFrame):
-                        publish(item.frame, item.source, monotonic(), item.encoded)
-                    else:
-                        item.done.set()  # an Uploader.flush() waits for this
-                    try:
-                        item = receive.receive_nowait()
-                    except anyio.WouldBlock:
-                        break
 
     async def _controller(self, tg: TaskGroup, *, task_status: TaskStatus[None]) -> None:
         task_status.started()
@@ -366,9 +319,8 @@ class ServerCore:
             return None
         if sim.simulation_mode == "uds":
             if not self.config.uds_ingest.enabled:
-                raise RuntimeError(
-                    "simulation mode 'uds' needs acquisition_methods.uds enabled (R-SIM-6)"
-                )
+                # R-SIM-6
+                raise RuntimeError("simulation mode 'uds' needs acquisition_methods.uds enabled")
             template = self.config.uds_ingest.socket_path_template
             await tg.start(run_uds_simulation, sim, template)
             return None

@@ -1,11 +1,12 @@
 """HTTP/2 flow control of the server's listeners: how much an uploader may send ahead of the hub.
 
 grpclib acknowledges received DATA (and so reopens the sender's window) as a handler reads
-messages, and an upload handler reads at the pace of the hub (server/core.py `Uploader`: every
-`UPLOAD_BURST` frames it waits until they are in the hub). The bytes a connection can have
-accepted ahead of the hub are therefore at most its inbound window plus one burst of frames per
-upload. grpclib's default windows are 4 MiB per connection and per stream, ~1,800 img16 images
-or a fifth of a second at full speed: that much latency under overload. `http2_window_bytes`
+messages, and an upload handler reads at the pace of the hub (server/core.py `Uploader`: it
+publishes each frame as it decodes it, and every `UPLOAD_BURST` frames lets the readers run).
+The bytes a connection can have accepted ahead of the hub are therefore at most its inbound
+window plus one batch of reads (`_private.FramedMessageReader`, 64 KiB) per upload.
+grpclib's default windows are 4 MiB per connection and per stream, ~1,800 img16 images or a
+fifth of a second at full speed: that much latency under overload. `http2_window_bytes`
 (ServerConfig) sets both windows; the default, 256 KiB (~110 img16 images, ~10 ms at 10,000/s),
 keeps the latency of a saturated upload low without costing throughput on loopback or a LAN.
 

@@ -135,6 +135,14 @@ class Subscription:
     module_ids: frozenset[int] = frozenset()
     interval_s: float = 0.0
 
+    def label(self) -> str:
+        """What was asked for, for operators: "movie+ph every 0.5 s modules 1,3"."""
+        kinds = "+".join(
+            k for k, asked in (("movie", self.movie), ("ph", self.pulse_height)) if asked
+        )
+        modules = ",".join(str(m) for m in sorted(self.module_ids)) or "all"
+        return f"{kinds} every {self.interval_s:g} s modules {modules}"
+
     def wants(self, frame: PanoFrame) -> bool:
         if self.module_ids and frame.module_id not in self.module_ids:
             return False

@@ -97,7 +97,7 @@ class ServerCollector(Collector):
         )
         yield _counter(
             "frames_overrun",
-            "Frames dropped for clients whose queue was full (R-STREAM-11), ended ones included.",
+            "Frames dropped for clients whose queue was full, ended ones included.",
             hub.frames_dropped,
         )
         yield _gauge("stream_clients", "Active StreamImages clients.", hub.subscriber_count)
@@ -117,7 +117,7 @@ class ServerCollector(Collector):
         )
         overruns = CounterMetricFamily(
             f"{_PREFIX}_client_overruns",
-            "Frames dropped for this client because its queue was full (R-STREAM-11).",
+            "Frames dropped for this client because its queue was full.",
             labels=labels,
         )
         depth = GaugeMetricFamily(

@@ -9,15 +9,9 @@ what it is given or ends the call with the status the reason maps to.
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import logging
 import math
-import os
-import stat
-import struct
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,13 +19,14 @@ from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
 
-from .._private import send_framed_messages
+from .._private import FramedMessageReader, cheap_data_frame_repr, send_framed_messages
 from ..codec import (
     RELAY_LIMIT_BYTES,
     StreamReply,
     UploadItem,
+    decode_upload_item,
+    encode_framed_stream_replies,
     encode_pano_image,
-    encode_stream_reply,
     overrun_notice,
     too_large_to_relay,
 )
@@ -44,9 +39,9 @@ from ..messages import (
     InitHpIoResponse,
     StreamImagesRequest,
 )
-from .core import ServerCore, interval_ok
+from .core import ServerCore
+from .hp_io_checks import HpIoRefused, check_hp_io
 from .hub import EndReason, Send, Subscriber, Subscription, Wait, valid_interval
-from .scanner import daq_is_active
 
 log = logging.getLogger(__name__)
 
@@ -101,31 +96,12 @@ async def _request(stream: Stream, timeout_s: float) -> Any:
     return request
 
 
-_MESSAGE_PREFIX = struct.Struct(">BI")  # gRPC framing: not compressed, length
-
-
-async def _send_batch(stream: Stream, replies: list[StreamReply]) -> None:
-    """Send replies as gRPC messages in one HTTP/2 write, not one write each.
-
-    gRPC frames messages independently of HTTP/2 DATA frames, so several messages may share one;
-    grpclib's `send_message` writes to the socket once per message, a system call and an h2
-    frame each. Here the messages are framed together and written at once (grpclib has no
-    public call for that: `_private.send_framed_messages`).
-    """
-    if len(replies) == 1:
-        await stream.send_message(replies[0])
-        return
-    pack = _MESSAGE_PREFIX.pack
-    parts: list[bytes] = []
-    for reply in replies:
-        message = encode_stream_reply(reply)
-        parts += (pack(0, len(message)), message)
-    await send_framed_messages(stream, b"".join(parts), len(replies))
-
-
-def _within(path: Path, roots: tuple[Path, ...]) -> bool:
-    resolved = path.resolve()
-    return any(resolved == root.resolve() or root.resolve() in resolved.parents for root in roots)
+def _invalid_upload(index: int, exc: Exception) -> GRPCError:
+    return GRPCError(
+        Status.INVALID_ARGUMENT,
+        f"image {index} of the upload is invalid: {exc}; "
+        f"the {index} image(s) before it were accepted",
+    )
 
 
 class _Bell:
@@ -218,19 +194,6 @@ def _reply_bytes(item: UploadItem, server_name: str) -> int:
     return image_bytes + len(server_name.encode()) + _REPLY_OVERHEAD_BYTES
 
 
-def _data_dir_error(data_dir: str, exc: OSError) -> GRPCError:
-    """R-INIT-2, R-INIT-11: what an OSError about `data_dir` tells the caller."""
-    if isinstance(exc, FileNotFoundError):
-        return GRPCError(Status.INVALID_ARGUMENT, f"data_dir {data_dir!r} does not exist")
-    if isinstance(exc, NotADirectoryError):
-        return GRPCError(Status.INVALID_ARGUMENT, f"data_dir {data_dir!r} is not a directory")
-    reason = exc.strerror or str(exc)
-    status = (
-        Status.PERMISSION_DENIED if isinstance(exc, PermissionError) else Status.INVALID_ARGUMENT
-    )
-    return GRPCError(status, f"data_dir {data_dir!r} cannot be used: {reason}")
-
-
 def _peer_host(stream: Stream) -> str:
     """The client's address without its port, which R-PEER-4 counts streams by: every client
     on the Unix socket is one peer, "unix"."""
@@ -244,6 +207,7 @@ class DaqDataService:
     """grpclib servable implementing daqdata.DaqData."""
 
     def __init__(self, core: ServerCore, uds_path: str | None = None) -> None:
+        cheap_data_frame_repr()  # h2 formats every received DATA frame: see _private
         self.core = core
         self.config = core.config
         self.uds_path = uds_path
@@ -349,6 +313,10 @@ class DaqDataService:
         subscriber = core.hub.subscribe(subscription, time.monotonic(), peer=peer, wake=bell.ring)
         bell.subscriber = subscriber
         self._streams_by_peer[peer_host] = self._streams_by_peer.get(peer_host, 0) + 1
+        who = f"stream client {subscriber.client_id} ({peer})"
+        # R-OPS-3: one line when a client connects, one when it goes, at info.
+        log.info("%s connected: %s", who, subscription.label())
+        how = "left"  # the client cancelled or its connection closed: the normal end
         try:
             # Headers now: the client knows it is subscribed before the first frame.
             await stream.send_initial_metadata()
@@ -361,7 +329,16 @@ class DaqDataService:
             left = self._streams_by_peer.pop(peer_host) - 1
             if left:
                 self._streams_by_peer[peer_host] = left
-        ended = subscriber.ended
+            ended = subscriber.ended
+            if ended is not None:
+                how = f"ended by the server ({ended.message})"
+            log.info(
+                "%s disconnected: %s after %d frames sent, %d dropped",
+                who,
+                how,
+                subscriber.sent,
+                subscriber.dropped,
+            )
         if ended is not None:
             raise GRPCError(_END_STATUS[ended.reason], ended.message)
 
@@ -372,21 +349,15 @@ class DaqDataService:
             bell.reset()
             decision = subscriber.poll(time.monotonic())
             if isinstance(decision, Send):
-                now_ns = time.time_ns()
                 frames = decision.frames
-                await _send_batch(
-                    stream,
-                    [
-                        StreamReply(
-                            entry.frame,
-                            name,
-                            now_ns,
-                            overrun_notice(dropped),
-                            encoded_image=entry.encoded,
-                        )
-                        for entry, dropped in frames
-                    ],
+                # Every frame of the batch in one HTTP/2 write (grpclib writes once per
+                # message, with no public call for several: _private.send_framed_messages).
+                data = encode_framed_stream_replies(
+                    [(entry.encoded, overrun_notice(dropped)) for entry, dropped in frames],
+                    name,
+                    time.time_ns(),
                 )
+                await send_framed_messages(stream, data, len(frames))
                 subscriber.record_sent(frames, time.monotonic())
             elif isinstance(decision, Wait):
                 if decision.until_s >= subscriber.deadline_s:
@@ -405,22 +376,6 @@ class DaqDataService:
     # -- InitHpIo --------------------------------------------------------------------------
     def _check_hp_io_request(self, request: InitHpIoRequest) -> HpIoConfig:
         """R-INIT-1 .. R-INIT-4: the request's own checks, before any lock is taken."""
-        config = self.config
-        # R-INIT-1, R-INIT-10: a finite interval within [minimum, max client interval].
-        minimum_s = config.min_hp_io_update_interval_seconds
-        maximum_s = config.max_client_update_interval_seconds
-        interval_s = request.update_interval_seconds
-        if not interval_ok(interval_s, minimum_s):
-            raise GRPCError(
-                Status.INVALID_ARGUMENT,
-                f"update_interval_seconds must be >= {minimum_s:g}, not {interval_s}",
-            )
-        if not interval_s <= maximum_s:
-            raise GRPCError(
-                Status.INVALID_ARGUMENT,
-                f"update_interval_seconds must be finite, between {minimum_s:g} and "
-                f"{maximum_s:g} (max_client_update_interval_seconds), not {interval_s}",
-            )
         hp_io = HpIoConfig(
             data_dir=request.data_dir,
             update_interval_seconds=request.update_interval_seconds,
@@ -428,40 +383,10 @@ class DaqDataService:
             simulate_daq=request.simulate_daq,
             module_ids=tuple(request.module_ids),
         )
-        if request.simulate_daq:
-            return hp_io  # R-INIT-8: data_dir is ignored
-        if not request.data_dir:
-            raise GRPCError(Status.INVALID_ARGUMENT, "data_dir '' does not exist")
         try:
-            return self._check_data_dir(request, hp_io)
-        except OSError as exc:  # R-INIT-11: never UNKNOWN
-            raise _data_dir_error(request.data_dir, exc) from None
-        except (ValueError, RuntimeError) as exc:  # a NUL byte; a loop of links (Python < 3.13)
-            raise GRPCError(
-                Status.INVALID_ARGUMENT, f"data_dir {request.data_dir!r} cannot be used: {exc}"
-            ) from None
-
-    def _check_data_dir(self, request: InitHpIoRequest, hp_io: HpIoConfig) -> HpIoConfig:
-        """R-INIT-2 .. R-INIT-4, R-INIT-11; OSError for what the file system refuses."""
-        config = self.config
-        data_dir = Path(request.data_dir).expanduser()
-        if not stat.S_ISDIR(data_dir.stat().st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        with os.scandir(data_dir):  # PermissionError for a directory this server cannot read
-            pass
-        if not _within(data_dir, config.allowed_data_roots):
-            roots = ", ".join(str(r) for r in config.allowed_data_roots)
-            raise GRPCError(
-                Status.PERMISSION_DENIED,
-                f"data_dir {request.data_dir!r} is outside the allowed data roots ({roots})",
-            )
-        if not daq_is_active(data_dir, config.daq_active_check):
-            raise GRPCError(
-                Status.FAILED_PRECONDITION,
-                f"no active DAQ under {request.data_dir!r} (checked: "
-                f"{', '.join(config.daq_active_check)})",
-            )
-        return dataclasses.replace(hp_io, data_dir=str(data_dir.resolve()))
+            return check_hp_io(hp_io, self.config)
+        except HpIoRefused as exc:
+            raise GRPCError(exc.status, exc.message) from None
 
     async def init_hp_io(self, stream: Stream[InitHpIoRequest, InitHpIoResponse]) -> None:
         request = await _request(stream, self.config.handshake_timeout_seconds)
@@ -513,35 +438,53 @@ class DaqDataService:
             stream.metadata.get(SOURCE_METADATA_KEY) == "simulation"
         )
         uploader = self.core.uploader("simulation" if simulated else "upload")
-        while True:
-            try:
-                item = await stream.recv_message()
-            except (CodecError, ImageError) as exc:
-                raise GRPCError(
-                    Status.INVALID_ARGUMENT,
-                    f"image {index} of the upload is invalid: {exc}; "
-                    f"the {index} image(s) before it were accepted",
-                ) from None
-            if item is None:
-                break
-            if item.frame is None:
-                log.warning("UploadImages: request %d has no pano_image; skipped", index)
-            elif item.frame.product.name not in valid:
-                raise GRPCError(
-                    Status.INVALID_ARGUMENT,
-                    f"image {index} of the upload is {item.frame.product.name}, which this "
-                    f"server does not serve (valid: {', '.join(sorted(valid))})",
-                )
-            else:
-                reply_bytes = _reply_bytes(item, self.config.server_name)
-                if reply_bytes > RELAY_LIMIT_BYTES:  # R-PEER-2
-                    raise GRPCError(
-                        Status.INVALID_ARGUMENT,
-                        f"image {index} of the upload is invalid: "
-                        f"{too_large_to_relay(reply_bytes)}; the {index} image(s) before it "
-                        "were accepted",
-                    )
-                await uploader.put(item.frame, item.encoded)
-            index += 1
-        await uploader.flush()  # the reply says: every image is in the hub
-        await stream.send_message(Empty())
+        who = f"upload from {_peer(stream, self.uds_path)}"
+        log.info("%s connected", who)  # R-OPS-3
+        how = "left"
+        try:
+            # Every message that has arrived in one step, decoded here
+            # (_private.FramedMessageReader, which applies the guard's limits, R-PEER-1, R-PEER-5).
+            async with FramedMessageReader(stream) as reader:
+                while True:
+                    try:
+                        batch = await reader.read()
+                    except CodecError as exc:
+                        how = "refused"
+                        raise _invalid_upload(index, exc) from None
+                    except GRPCError:  # the guard's limits (R-PEER-1)
+                        how = "refused"
+                        raise
+                    if not batch:
+                        break
+                    for data in batch:
+                        try:
+                            item = decode_upload_item(data)
+                        except (CodecError, ImageError) as exc:
+                            how = "refused"
+                            raise _invalid_upload(index, exc) from None
+                        if item.frame is None:
+                            log.warning(
+                                "UploadImages: request %d has no pano_image; skipped", index
+                            )
+                        elif item.frame.product.name not in valid:
+                            how = "refused"
+                            raise GRPCError(
+                                Status.INVALID_ARGUMENT,
+                                f"image {index} of the upload is {item.frame.product.name}, "
+                                "which this server does not serve "
+                                f"(valid: {', '.join(sorted(valid))})",
+                            )
+                        else:
+                            reply_bytes = _reply_bytes(item, self.config.server_name)
+                            if reply_bytes > RELAY_LIMIT_BYTES:  # R-PEER-2
+                                how = "refused"
+                                raise _invalid_upload(
+                                    index, ValueError(too_large_to_relay(reply_bytes))
+                                )
+                            await uploader.put(item.frame, item.encoded)
+                        index += 1
+            await uploader.flush()  # the reply says: every image is in the hub
+            await stream.send_message(Empty())
+            how = "done"
+        finally:
+            log.info("%s disconnected: %s after %d images", who, how, index)

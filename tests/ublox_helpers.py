@@ -1,0 +1,153 @@
+"""Helpers for UbloxControl server tests: raw grpclib calls on either backend, a config."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import anyio
+from grpclib.client import Channel
+from grpclib.config import Configuration
+from grpclib.const import Cardinality
+
+from panoseti_daq._generated.google.protobuf import Struct
+from panoseti_daq._generated.ubloxcontrol import (
+    CaptureUbloxRequest,
+    CaptureUbloxResponse,
+    InitF9TRequest,
+    InitF9TResponse,
+    PollRequest,
+    PollResponse,
+)
+from panoseti_daq.bridge import grpclib_loop
+from panoseti_daq.codec import DaqCodec
+from panoseti_daq.config import UbloxServerConfig
+from tests.helpers import RawStream, on_grpclib_loop
+
+SERVICE = "/ubloxcontrol.UbloxControl"
+UID = "DF03A241BC"  # the simulator's default, the shipped example's
+
+# Fast timings for a simulator with a short output period.
+TEST_SETTINGS = replace(
+    UbloxServerConfig(),
+    allowed_devices=("/dev/pts/*",),
+    command_timeout_s=1.0,
+    signal_settle_s=0.0,
+    dataflow_timeout_s=2.0,
+    silence_warning_s=30.0,
+)
+
+KEYS = [
+    {"key": "CFG_MSGOUT_UBX_TIM_TP_USB", "value": 1},
+    {"key": "CFG-MSGOUT-UBX_NAV_TIMEUTC_USB", "value": 1},
+    {"key": "CFG_SIGNAL_GPS_L2C_ENA", "value": True},
+    {"key": "CFG_TP_ANT_CABLEDELAY", "value": 10},
+    {"key": "CFG_TP_PERIOD_TP2", "value": 1},
+]
+
+
+def f9t_config(device: str, uid: str = UID, **changes: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "device": device,
+        "f9t_uid": uid,
+        "apply_to_layers": ["RAM"],
+        "verify_layer": "RAM",
+        "cfg_key_settings": list(KEYS),
+    }
+    config.update(changes)
+    return config
+
+
+def _channel(server, window: int | None = None) -> Channel:
+    """A channel to `server`; `window` bytes of HTTP/2 flow-control window (a slow reader)."""
+    if window is None:
+        return Channel("127.0.0.1", server.port, codec=DaqCodec())
+    config = Configuration(http2_connection_window_size=window, http2_stream_window_size=window)
+    return Channel("127.0.0.1", server.port, codec=DaqCodec(), config=config)
+
+
+async def unary(server, method: str, request, reply_type, deadline_s: float | None = None):
+    """One unary UbloxControl call; GRPCError when it fails."""
+
+    async def run():
+        ch = _channel(server)
+        try:
+            async with ch.request(
+                f"{SERVICE}/{method}",
+                Cardinality.UNARY_UNARY,
+                type(request),
+                reply_type,
+                timeout=deadline_s,
+            ) as stream:
+                await stream.send_message(request, end=True)
+                reply = await stream.recv_message()
+                await stream.recv_trailing_metadata()
+                return reply
+        finally:
+            ch.close()
+
+    return await on_grpclib_loop(run)
+
+
+async def init_f9t(server, config: dict[str, Any], force: bool = False, deadline_s=None):
+    request = InitF9TRequest(f9t_config=Struct.from_dict(config), force_init=force)
+    reply: InitF9TResponse = await unary(server, "InitF9t", request, InitF9TResponse, deadline_s)
+    return reply
+
+
+async def poll(server, patterns: list[str], deadline_s=None) -> PollResponse:
+    return await unary(
+        server, "PollMessage", PollRequest(patterns=patterns), PollResponse, deadline_s
+    )
+
+
+@contextlib.asynccontextmanager
+async def capture(
+    server, patterns=(), subscribed: bool = True, window: int | None = None
+) -> AsyncIterator[RawStream]:
+    """A CaptureUblox call; with `subscribed`, once the server has sent its headers (it has
+    subscribed the stream). Leaving resets the stream, as a client that goes away does."""
+    async with grpclib_loop() as loop:
+
+        async def start():
+            ch = _channel(server, window)
+            stream = ch.request(
+                f"{SERVICE}/CaptureUblox",
+                Cardinality.UNARY_STREAM,
+                CaptureUbloxRequest,
+                CaptureUbloxResponse,
+            )
+            await stream.__aenter__()
+            await stream.send_message(CaptureUbloxRequest(patterns=list(patterns)), end=True)
+            return ch, stream
+
+        async def stop(ch, stream):
+            try:
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+                with contextlib.suppress(Exception):
+                    await stream.__aexit__(None, None, None)
+            finally:
+                ch.close()
+
+        ch, stream = await loop.run(start)
+        try:
+            raw = RawStream(loop, stream)
+            if subscribed:
+                await raw.recv_initial_metadata()
+            yield raw
+        finally:
+            with anyio.CancelScope(shield=True):
+                await loop.run(stop, ch, stream)
+
+
+async def next_message(raw: RawStream, timeout_s: float = 5.0) -> CaptureUbloxResponse:
+    """The next response; GRPCError when the stream ends with a status."""
+    with anyio.fail_after(timeout_s):
+        reply = await raw.recv_message()
+        if reply is None:
+            await raw.recv_trailing_metadata()
+            raise AssertionError("the stream ended with OK")
+        return reply
