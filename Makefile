@@ -62,9 +62,11 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(PY) -m benchmarks
 
-# Not in CI: 10 minutes of load, printing the server's memory, descriptors and threads.
+# Not in CI: 10 minutes of load, printing the server's memory, descriptors and threads; then
+# 2 + 2 minutes of healthy viewers without and with a hostile peer (benchmarks/hostile_load.py).
 soak: $(STAMP)
 	$(PY) -m benchmarks.soak --minutes 10 --rate 5000
+	$(PY) -m benchmarks.hostile_load --seconds 120
 
 # Not in CI: mutation testing of the server's rule modules and the codec ([tool.mutmut] in
 # pyproject.toml); prints the score and every surviving mutant.

@@ -19,6 +19,15 @@
   loop's `_main_loop_one`, `_q_recv`, `_timers`, `_nursery` and `AsyncHandle`'s fields), which
   saves a trio scheduler pass per asyncio callback.
 
+- grpclib 0.4 (with h2 4): `ConnectionGuard.install(server)` wraps the server's protocol
+  factory (`Server._protocol_factory`) to refuse connections beyond a limit at accept and to
+  time each connection (the H2Protocol's `connection`, its `processor` with its `streams` and
+  `processors` table, grpclib's `Connection._connection`, the h2 connection, for GOAWAY); and
+  grpclib's server-side `recv_message` (the name `grpclib.server` calls) is replaced by one
+  that reads a message's 5-byte gRPC prefix first and refuses a message larger than the
+  connection's limit before reading its body (grpclib has no receive limit of its own:
+  vmagamedov/grpclib#195).
+
 A version these were not written for fails loudly (ImportError naming the library and both
 versions) instead of misbehaving: take a new minor version only after the tests of this module
 (tests/test_private.py, tests/test_client_entry.py) and the suite pass against it, then add it
@@ -29,23 +38,38 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.events
+import contextlib
 import importlib.metadata
+import logging
+import math
+import socket
+import struct
 import sys
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from grpclib.server import Stream
+import grpclib.server
+from grpclib import GRPCError
+from grpclib.const import Status
+from grpclib.protocol import EventsProcessor, H2Protocol
+from grpclib.server import Server, Stream
+from h2.events import RemoteSettingsChanged
 
 from .errors import CodecError
 
 __all__ = [
+    "ConnectionGuard",
     "FramedMessageReader",
     "cheap_data_frame_repr",
+    "check_message_length",
     "check_version",
     "import_trio_asyncio",
     "send_framed_messages",
 ]
+
+log = logging.getLogger(__name__)
 
 GRPCLIB_SUPPORTED = ((0, 4),)
 TRIO_ASYNCIO_SUPPORTED = ((0, 16),)
@@ -84,6 +108,9 @@ _require_attributes(
     Stream,
     ("_send_initial_metadata_done", "_send_message_done", "_messages_sent", "_messages_received"),
 )
+_require_attributes("grpclib", Server, ("_protocol_factory",))
+_require_attributes("grpclib", grpclib.server, ("recv_message",))
+_require_attributes("grpclib", EventsProcessor, ("process_remote_settings_changed",))
 
 
 async def send_framed_messages(stream: Stream[Any, Any], data: bytes, count: int) -> None:
@@ -194,6 +221,258 @@ def _point_anyio_at(get_running_loop: object, current_task: object) -> None:
     backend.current_task = current_task
 
 
+# --- connection limits (R-PEER-1, R-PEER-3, R-PEER-5) --------------------------------------
+
+# The attribute of a grpclib Connection naming the guard of its server.
+_GUARD_ATTRIBUTE = "_panoseti_guard"
+# Warnings about refused or closed connections: at most one a minute per kind (R-PEER-3).
+LOG_INTERVAL_S = 60.0
+
+
+class _RateLimitedLog:
+    """Log a count of events at most once per LOG_INTERVAL_S: the first at once, the rest
+    summed into the next line."""
+
+    def __init__(self, level: int, what: str) -> None:
+        self.level = level
+        self.what = what
+        self.count = 0  # every event so far
+        self._unlogged = 0
+        self._logged_at = -math.inf
+
+    def note(self, reason: str) -> None:
+        self.count += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_INTERVAL_S:
+            log.log(self.level, "%s %d connection(s): %s", self.what, self._unlogged, reason)
+            self._unlogged = 0
+            self._logged_at = now
+
+
+class ConnectionGuard:
+    """The limits one peer's connections are held to, for the grpclib servers it is installed
+    on (R-PEER-1, R-PEER-3, R-PEER-5; docs/limits.md).
+
+    - at most `max_connections` open at once (over every server it guards); further ones are
+      closed as they are accepted, before any HTTP/2 state is made;
+    - a connection that has not sent the HTTP/2 preface and its SETTINGS within
+      `handshake_timeout_s` is closed; one with no open stream for `idle_timeout_s` gets a
+      GOAWAY and is closed;
+    - a received gRPC message larger than `max_message_bytes` ends its call with
+      RESOURCE_EXHAUSTED before its body is read; at most `receive_slots` messages larger than
+      the HTTP/2 window (`window_bytes`, which bounds the smaller ones already) are read at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        handshake_timeout_s: float,
+        idle_timeout_s: float,
+        max_message_bytes: int,
+        receive_slots: int,
+        window_bytes: int,
+    ) -> None:
+        self.max_connections = max_connections
+        self.handshake_timeout_s = handshake_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.receive_slots = receive_slots
+        self.window_bytes = window_bytes
+        self.open_connections = 0
+        self.refused = _RateLimitedLog(logging.WARNING, "refused")
+        self.handshake_timeouts = _RateLimitedLog(logging.WARNING, "closed")
+        self.idle_closed = _RateLimitedLog(logging.INFO, "closed")
+        self.too_large = 0
+        self._receive_slots: asyncio.Semaphore | None = None
+
+    def install(self, server: Server) -> None:
+        """Guard the connections `server` accepts; call it before `server.start()`."""
+        factory = server._protocol_factory
+
+        def guarded_factory() -> asyncio.Protocol:
+            if self.open_connections >= self.max_connections:
+                self.refused.note(f"max_connections ({self.max_connections}) are open")
+                return _Refused()
+            return _GuardedProtocol(factory(), self)
+
+        server._protocol_factory = guarded_factory  # type: ignore[method-assign, assignment]
+
+    def counters(self) -> dict[str, int]:
+        """Connections open now, and those refused or closed and messages refused so far."""
+        return {
+            "open": self.open_connections,
+            "refused": self.refused.count,
+            "handshake_timeouts": self.handshake_timeouts.count,
+            "idle_closed": self.idle_closed.count,
+            "messages_too_large": self.too_large,
+        }
+
+    def receive_slot(self) -> asyncio.Semaphore:
+        # Made on first use, on grpclib's loop, where every handler runs.
+        if self._receive_slots is None:
+            self._receive_slots = asyncio.Semaphore(self.receive_slots)
+        return self._receive_slots
+
+
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a TCP reset
+
+
+class _Refused(asyncio.Protocol):
+    """A connection beyond max_connections: reset at once (R-PEER-3)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        transport.abort()  # type: ignore[attr-defined]
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    """grpclib's H2Protocol with the guard's timers around it (R-PEER-3)."""
+
+    def __init__(self, inner: H2Protocol, guard: ConnectionGuard) -> None:
+        # Counted from here: asyncio makes the protocols of a batch of accepted connections
+        # before it calls their connection_made.
+        guard.open_connections += 1
+        self.inner = inner
+        self.guard = guard
+        self.handshaken = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._made_at = time.monotonic()
+        self._closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._made_at = time.monotonic()
+        self.inner.connection_made(transport)
+        setattr(self.inner.connection, _GUARD_ATTRIBUTE, self.guard)
+        processors: Any = self.inner.processor.processors
+        settings_changed = processors[RemoteSettingsChanged]
+
+        def on_settings(event: Any) -> None:
+            if not self.handshaken:
+                self.handshaken = True
+                self._schedule(self.guard.idle_timeout_s, self._check_idle)
+            settings_changed(event)
+
+        processors[RemoteSettingsChanged] = on_settings
+        self._schedule(self.guard.handshake_timeout_s, self._check_handshake)
+
+    def _schedule(self, delay_s: float, callback: Callable[[], None]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_event_loop().call_later(delay_s, callback)
+
+    def _check_handshake(self) -> None:
+        if not self.handshaken and not self._closed:
+            self.guard.handshake_timeouts.note(
+                "no HTTP/2 preface and SETTINGS within handshake_timeout_seconds "
+                f"({self.guard.handshake_timeout_s:g} s)"
+            )
+            self._close(goaway=False)
+
+    def _check_idle(self) -> None:
+        if self._closed:
+            return
+        idle_s = self.guard.idle_timeout_s
+        if self.inner.processor.streams:
+            self._schedule(idle_s, self._check_idle)
+            return
+        connection = self.inner.connection
+        last = max(
+            self._made_at,
+            connection.last_stream_created or 0.0,
+            connection.last_data_received or 0.0,
+            connection.last_data_sent or 0.0,
+        )
+        remaining_s = last + idle_s - time.monotonic()
+        if remaining_s > 0:
+            self._schedule(remaining_s, self._check_idle)
+            return
+        self.guard.idle_closed.note(
+            f"no open stream for idle_connection_timeout_seconds ({idle_s:g} s)"
+        )
+        self._close(goaway=True)
+
+    def _close(self, *, goaway: bool) -> None:
+        connection = self.inner.connection
+        if goaway and not connection.is_closing():
+            connection._connection.close_connection()
+            connection.flush()
+        self.inner.processor.close("connection closed by the server (R-PEER-3)")
+
+    # asyncio.Protocol, passed on to grpclib's H2Protocol
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed:
+            self._closed = True
+            self.guard.open_connections -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.inner.connection_lost(exc)
+
+
+_grpclib_recv_message = grpclib.server.recv_message
+
+
+def check_message_length(connection: Any, length: int) -> None:
+    """R-PEER-1: GRPCError RESOURCE_EXHAUSTED when a message of `length` bytes, announced by
+    its gRPC prefix on grpclib `connection` (a protocol stream's `.connection`), is larger
+    than the limit of the connection's guard; for readers of raw messages too."""
+    guard: ConnectionGuard | None = getattr(connection, _GUARD_ATTRIBUTE, None)
+    if guard is not None and length > guard.max_message_bytes:
+        guard.too_large += 1
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"received message of {length} bytes is larger than the limit of "
+            f"{guard.max_message_bytes} bytes (max_message_bytes)",
+        )
+
+
+async def _bounded_recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
+    """grpclib's `recv_message` with the guard's receive limit (R-PEER-1, R-PEER-5).
+
+    The 5-byte gRPC prefix is read first: a message longer than `max_message_bytes` ends the
+    call with RESOURCE_EXHAUSTED without its body being read (HTTP/2 flow control then holds
+    back the rest); a message longer than the HTTP/2 window waits for one of the guard's
+    receive slots, so that at most `receive_slots` such bodies are held at once.
+    """
+    guard: ConnectionGuard | None = getattr(stream.connection, _GUARD_ATTRIBUTE, None)
+    if guard is None:
+        return await _grpclib_recv_message(stream, codec, message_type)
+    prefix = await stream.recv_data(5)
+    if not prefix:
+        return None
+    if prefix[0]:
+        raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
+    length = int.from_bytes(prefix[1:5], "big")
+    check_message_length(stream.connection, length)
+    if length <= guard.window_bytes:
+        body = await stream.recv_data(length)
+    else:
+        async with guard.receive_slot():
+            body = await stream.recv_data(length)
+            return codec.decode(body, message_type)
+    return codec.decode(body, message_type)
+
+
+grpclib.server.recv_message = _bounded_recv_message
+
+
 class FramedMessageReader:
     """The request messages of a client-streaming call, in batches (one client stream each).
 
@@ -204,6 +483,11 @@ class FramedMessageReader:
     messages among them; a message cut between chunks waits for the rest. Messages are not
     decoded (the caller decodes them) and grpclib's RecvMessage event is not dispatched (the
     server registers no listener for it). Only this reader may read the stream.
+
+    The server's connection guard applies as to grpclib's own reads: a message announced
+    larger than `max_message_bytes` ends the call before its body is held (R-PEER-1), and a
+    message larger than the HTTP/2 window is read only while holding one of the guard's
+    receive slots (R-PEER-5). Use it as an async context manager, which gives a slot back.
     """
 
     _PREFIX_BYTES = 5
@@ -221,6 +505,20 @@ class FramedMessageReader:
         self._buffered = 0
         self._need = self._PREFIX_BYTES  # bytes buffered before the first message is whole
         self._ended = False
+        self._connection = stream._stream.connection
+        self._guard: ConnectionGuard | None = getattr(self._connection, _GUARD_ATTRIBUTE, None)
+        self._slot: asyncio.Semaphore | None = None  # the guard's, while a large body is read
+
+    async def __aenter__(self) -> FramedMessageReader:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
 
     async def read(self) -> list[bytes]:
         """Every complete message now (waiting for at least one); [] once the client has ended
@@ -230,6 +528,8 @@ class FramedMessageReader:
             # The first message's length is known once its prefix is: `_split` sets `_need`.
             messages = self._split() if self._buffered >= self._need else None
             if messages:
+                if self._need - self._PREFIX_BYTES <= self._window_bytes():
+                    self._release_slot()
                 count = len(messages)
                 stream = self._stream
                 stream._messages_received += count
@@ -244,7 +544,15 @@ class FramedMessageReader:
                         f"({self._buffered} bytes of it arrived)"
                     )
                 return []
+            if self._slot is None and self._need - self._PREFIX_BYTES > self._window_bytes():
+                assert self._guard is not None
+                slot = self._guard.receive_slot()
+                await slot.acquire()
+                self._slot = slot
             await self._fill()
+
+    def _window_bytes(self) -> float:
+        return math.inf if self._guard is None else self._guard.window_bytes
 
     async def _fill(self) -> None:
         queue = self._queue
@@ -282,6 +590,9 @@ class FramedMessageReader:
                     "this server accepts uncompressed ones only"
                 )
             length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            if messages and length > self._window_bytes():
+                break  # the whole messages before it first; the next read takes its slot
+            check_message_length(self._connection, length)
             start = pos + self._PREFIX_BYTES
             if end - start < length:
                 need = self._PREFIX_BYTES + length

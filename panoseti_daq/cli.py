@@ -28,6 +28,7 @@ from .errors import PanosetiDaqError, RpcError
 from .frames import PanoFrame
 from .live_table import LiveTable
 from .logs import LOG_LEVELS, configure_logging
+from .recorder import PFFRecorder, RecordError
 
 log = logging.getLogger("panoseti_daq.cli")
 
@@ -186,8 +187,6 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
     plot_dir = Path(args.plot_dir)
     recorder = None
     if args.record:
-        from .recorder import PFFRecorder
-
         recorder = PFFRecorder(args.record)
     interval = args.update_interval
     if interval is None:
@@ -243,6 +242,7 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
         deadline.daemon = True
         deadline.start()
     last_refresh = start
+    recording_failed = False
     try:
         if live_on:
             live.start()
@@ -275,6 +275,9 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
         except KeyboardInterrupt:
             log.info("interrupted: stopping the stream")
         show(time.monotonic())
+    except RecordError:
+        recording_failed = True  # R-REC-1: one line (main), not a summary as well
+        raise
     finally:
         if live_on:
             live.stop()
@@ -288,8 +291,13 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
             if not on_display:
                 console.print(f"plots written to {plot_dir}/")
         if recorder is not None:
-            recorder.close()
-            console.print(f"recorded {recorder.written} frames under {args.record}")
+            try:
+                recorder.close()
+            except RecordError:
+                if not recording_failed:
+                    raise
+            if not recording_failed:
+                console.print(f"recorded {recorder.written} frames under {args.record}")
     return 0
 
 

@@ -568,8 +568,30 @@ def encode_upload_item(item: UploadItem) -> bytes:
     return b"".join((b"\x0a", encode_varint(len(image)), image))
 
 
+# What a default grpcio client accepts (R-PEER-2): a StreamImages reply is at least as long as
+# the PanoImage it relays.
+RELAY_LIMIT_BYTES = 4 * 1024 * 1024
+# The bytes of an UploadImageRequest around its PanoImage: field 1's tag and length.
+_UPLOAD_FRAMING_BYTES = 1 + 5
+
+
+def too_large_to_relay(reply_bytes: int) -> str:
+    """The reason an image whose StreamImages reply has `reply_bytes` is refused (R-PEER-2)."""
+    return (
+        f"it would make a StreamImages reply of {reply_bytes} bytes, more than the "
+        f"{RELAY_LIMIT_BYTES} bytes a default gRPC client accepts"
+    )
+
+
 def decode_upload_item(data: bytes | memoryview) -> UploadItem:
-    """An UploadItem from UploadImageRequest bytes (frame None when pano_image is absent)."""
+    """An UploadItem from UploadImageRequest bytes (frame None when pano_image is absent).
+
+    ImageError, before anything is decoded, for a request whose image no StreamImages reply
+    could relay to a default gRPC client (R-PEER-2): decoding a 4 MiB header costs the event
+    loop tens of milliseconds.
+    """
+    if len(data) - _UPLOAD_FRAMING_BYTES > RELAY_LIMIT_BYTES:
+        raise ImageError(too_large_to_relay(len(data) - _UPLOAD_FRAMING_BYTES))
     buf = data if type(data) is bytes else bytes(data)
     spans: list[tuple[int, int]] = []
     pos = 0

@@ -129,6 +129,12 @@ class UbloxServerConfig:
 HTTP2_WINDOW_MIN = 65_535
 HTTP2_WINDOW_MAX = 2**31 - 1
 HTTP2_WINDOW_DEFAULT = 256 * 1024
+# gRPC's usual receive limit: what a default grpcio client accepts (R-PEER-1, R-PEER-2).
+GRPC_DEFAULT_MESSAGE_BYTES = 4 * 1024 * 1024
+# A message limit below this could not hold one img16 upload; above 2**31 - 1 gRPC's framing
+# (a 32-bit length) and HTTP/2 windows stop making sense.
+MIN_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,13 @@ class ServerConfig:
     # Inbound HTTP/2 flow-control window, per connection and per stream (bounds the bytes an
     # uploader has in flight ahead of the hub; see server/flow.py).
     http2_window_bytes: int = HTTP2_WINDOW_DEFAULT
+    # Hostile and broken peers (spec section 15, docs/limits.md).
+    max_message_bytes: int = GRPC_DEFAULT_MESSAGE_BYTES  # R-PEER-1
+    handshake_timeout_seconds: float = 10.0  # R-PEER-3
+    idle_connection_timeout_seconds: float = 300.0  # R-PEER-3
+    max_connections: int = 1000  # R-PEER-3
+    # R-PEER-4; None: half of max_concurrent_rpcs (at least 1), see `streams_per_peer`.
+    max_streams_per_peer: int | None = None
     ublox_control: UbloxServerConfig = field(default_factory=UbloxServerConfig)
     config_file: Path | None = None
 
@@ -175,6 +188,13 @@ class ServerConfig:
     def replace(self, **changes: Any) -> ServerConfig:
         """A copy with some attributes changed (dataclasses.replace, not validated)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def streams_per_peer(self) -> int:
+        """R-PEER-4: StreamImages streams one peer address may hold."""
+        if self.max_streams_per_peer is not None:
+            return self.max_streams_per_peer
+        return max(1, self.max_concurrent_rpcs // 2)
 
     @property
     def uds_path(self) -> str | None:
@@ -624,6 +644,17 @@ def server_config_from_dict(
         http2_window_bytes=r.integer(
             "http2_window_bytes", d.http2_window_bytes, HTTP2_WINDOW_MIN, HTTP2_WINDOW_MAX
         ),
+        max_message_bytes=r.integer(
+            "max_message_bytes", d.max_message_bytes, MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES
+        ),
+        handshake_timeout_seconds=r.number(
+            "handshake_timeout_seconds", d.handshake_timeout_seconds, 0.0, exclusive=True
+        ),
+        idle_connection_timeout_seconds=r.number(
+            "idle_connection_timeout_seconds", d.idle_connection_timeout_seconds, 0.0, True
+        ),
+        max_connections=r.integer("max_connections", d.max_connections, 1),
+        max_streams_per_peer=r.optional_integer("max_streams_per_peer", 1, _MAX_UINT32),
         ublox_control=_ublox_config(r.child("ublox_control"), beside_daqdata=True),
         config_file=path,
     )

@@ -19,6 +19,7 @@ Frames missing between two a row receives are told apart by their cause:
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,9 +30,11 @@ from rich.table import Table
 from . import pff
 from .client.aio import as_frame
 from .frames import PanoFrame
-from .timestamps import to_millisecond
+from .timestamps import TimestampWarnings, to_millisecond
 
 __all__ = ["LiveTable", "RowStats"]
+
+log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 5.0
 
@@ -84,7 +87,7 @@ def _frames_skipped(row: RowStats, file: str, frame_number: int) -> int | None:
 def short_time(stamp: Any) -> str:
     """HH:MM:SS.mmm of a pandas Timestamp (UTC), rounded to the millisecond as the plots show
     it; '-' if None."""
-    if stamp is None:
+    if stamp is None or str(stamp) == "NaT":  # R-CLI-11: a header with no usable time
         return "-"
     try:
         rounded = to_millisecond(stamp)
@@ -111,6 +114,7 @@ class LiveTable:
         self.interval_s = interval_s
         self.rows: dict[tuple[str, int, str], RowStats] = {}
         self.started: float | None = None
+        self._timestamp_warnings = TimestampWarnings(log)
 
     @property
     def total(self) -> int:
@@ -152,7 +156,8 @@ class LiveTable:
         row.arrivals.append(now)
         self._expire(row, now)
         time = frame.time
-        row.timestamp = time.pandas_timestamp
+        self._timestamp_warnings.check(host, frame.product.name, time)  # R-CLI-11
+        row.timestamp = None if time.unix_ns is None else time.pandas_timestamp
         row.wr_valid = time.wr_valid
         row.peak = int(frame.pixels.max())
         row.file = frame.file

@@ -74,7 +74,7 @@ def is_synthetic(file: str) -> bool:
 def format_utc(stamp: Any) -> str:
     """`2024-07-25 04:34:52.779 UTC`: rounded to the millisecond, so that a host-clock time
     held as a float never shows as `.799999999`; 'no timestamp' when there is none."""
-    if stamp is None:
+    if stamp is None or str(stamp) == "NaT":  # R-CLI-11: a header with no usable time
         return "no timestamp"
     try:
         rounded = to_millisecond(stamp)
@@ -93,7 +93,7 @@ def image_fields(image: PanoFrame | Mapping[str, Any]) -> ImageFields:
             image.type.name,
             image.product.name,
             image.pixels,
-            time.pandas_timestamp,
+            None if time.unix_ns is None else time.pandas_timestamp,
             time.wr_valid,
             image.file,
         )

@@ -9,6 +9,7 @@ to a width fixed when the file is opened.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -18,9 +19,10 @@ from typing import IO, Any
 
 from . import pff
 from .client.aio import as_frame
+from .errors import PanosetiDaqError
 from .frames import PanoFrame
 
-__all__ = ["PFFRecorder", "hashpipe_header"]
+__all__ = ["PFFRecorder", "RecordError", "hashpipe_header"]
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,25 @@ def hashpipe_header(value: Any) -> Any:
     return value
 
 
+class RecordError(PanosetiDaqError, OSError):
+    """A frame could not be written (disk full, permission): names the file, the error and
+    the frames recorded; the file holds whole frames only (R-REC-1)."""
+
+    def __init__(self, path: Path, error: OSError, frames_recorded: int) -> None:
+        self.path = path
+        self.error = error
+        self.frames_recorded = frames_recorded
+        reason = error.strerror or str(error)
+        super().__init__(f"cannot record to {path}: {reason}; {frames_recorded} frames recorded")
+
+
 class _File:
     def __init__(self, path: Path, handle: IO[bytes], header_width: int) -> None:
         self.path = path
         self.handle = handle
         self.header_width = header_width
         self.frames = 0
+        self.frame_size = 0  # every frame of a file has one size (R-PFF-2)
 
 
 class PFFRecorder:
@@ -87,16 +102,51 @@ class PFFRecorder:
             file = None
         if file is None:
             file = self._files[key] = self._open(frame, len(text) + HEADER_SLACK)
-        file.handle.write(pff.encode_frame(header, frame.pixels, frame.product, file.header_width))
+        data = pff.encode_frame(header, frame.pixels, frame.product, file.header_width)
+        file.frame_size = len(data)
+        try:
+            file.handle.write(data)
+        except OSError as exc:
+            raise self._failed(key, file, exc) from None
         file.frames += 1
         self.written += 1
         return file.path
+
+    def _failed(self, key: tuple[int, str], file: _File, error: OSError) -> RecordError:
+        """R-REC-1: the recording ends: every file is closed and cut back to its whole frames
+        on disk, and the error says so.
+
+        Frames still in a write buffer are lost with the error; `written` then counts the
+        frames that are on disk.
+        """
+        del self._files[key]
+        self._close_whole(file)
+        for other in list(self._files.values()):
+            self._close_whole(other)
+        self._files.clear()
+        return RecordError(file.path, error, self.written)
+
+    def _close_whole(self, file: _File) -> None:
+        """Close `file` (its buffer may reach the disk only in part) and cut it back to its
+        whole frames."""
+        with contextlib.suppress(OSError):
+            file.handle.close()
+        on_disk = 0
+        with contextlib.suppress(OSError):
+            size = os.path.getsize(file.path)
+            on_disk = size // file.frame_size if file.frame_size else 0
+            if size != on_disk * file.frame_size:
+                os.truncate(file.path, on_disk * file.frame_size)
+        self.written -= file.frames - on_disk
 
     def _open(self, frame: PanoFrame, header_width: int) -> _File:
         """The next file of the frame's (module, product), never one that exists already."""
         key = (frame.module_id, frame.product.name)
         run_dir = self.directory / f"module_{frame.module_id}" / self.run_name.format()
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecordError(run_dir, exc, self.written) from None
         while True:
             seqno = self._seqno[key] = self._seqno.get(key, -1) + 1
             name = pff.DataFileName(
@@ -111,17 +161,27 @@ class PFFRecorder:
                 handle = open(path, "xb")  # noqa: SIM115 - closed by close()
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise RecordError(path, exc, self.written) from None
             log.debug("recording %s", path)
             return _File(path, handle, header_width)
 
     def flush(self) -> None:
-        for file in self._files.values():
-            file.handle.flush()
+        """Write what is buffered; RecordError (R-REC-1) when it cannot be."""
+        for key, file in list(self._files.items()):
+            try:
+                file.handle.flush()
+            except OSError as exc:
+                raise self._failed(key, file, exc) from None
 
     def close(self) -> None:
-        for file in self._files.values():
-            file.handle.close()
-        self._files.clear()
+        """Close every file; RecordError when one cannot be written (R-REC-1)."""
+        for key, file in list(self._files.items()):
+            try:
+                file.handle.close()
+            except OSError as exc:
+                raise self._failed(key, file, exc) from None
+            del self._files[key]
 
     def __enter__(self) -> PFFRecorder:
         return self

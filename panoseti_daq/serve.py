@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .config import ServerConfig, load_server_config, load_ublox_server_config
-from .errors import ConfigError, sole_exception
+from .errors import ConfigError, SourceError, sole_exception
 from .logs import LOG_LEVELS, configure_logging
 from .server.sockets import socket_path_problem
 
@@ -118,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except Exception as exc:
         # R-OPS-2: one line, also for what a task of the server's task group raised at start
-        # (the Hashpipe ingest's sockets), which arrives inside an exception group.
+        # (the Hashpipe ingest's sockets), which arrives inside an exception group; and --init-sim
+        # that cannot start (a full disk, R-SRC-1).
         cause = sole_exception(exc)
-        if isinstance(cause, (ConfigError, StartupError)):
+        if isinstance(cause, (ConfigError, StartupError, SourceError)):
             print(f"panoseti_daq.serve: {cause}", file=sys.stderr)
             return 2
         if isinstance(cause, OSError):

@@ -7,6 +7,8 @@ The host clock supplies the high bits of the seconds; WR supplies the precision.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,6 +21,7 @@ if TYPE_CHECKING:  # pandas (~35 MB) is imported where a Timestamp is made: not 
 __all__ = [
     "TAI_UTC_OFFSET_S",
     "FrameTime",
+    "TimestampWarnings",
     "frame_time",
     "timing_fields",
     "to_millisecond",
@@ -40,12 +43,22 @@ def wr_to_unix_ns(pkt_tai: int, pkt_nsec: int, tv_sec: int) -> int | None:
     return (int(tv_sec) + correction) * _NS + int(pkt_nsec)
 
 
+# The times a pandas Timestamp (int64 nanoseconds) can hold: 1677-09-21 .. 2262-04-11.
+MIN_UNIX_NS = -(2**63) + 1
+MAX_UNIX_NS = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class FrameTime:
-    """When a frame was taken: WR time when available, else the host clock (R-TIME-4)."""
+    """When a frame was taken: WR time when available, else the host clock (R-TIME-4).
+
+    `problem` says why a header's time fields give no time (a value that is not finite, or a
+    time no timestamp can hold, R-CLI-11); None when they are fine or simply absent.
+    """
 
     wr_unix_ns: int | None
     host_unix_ns: int | None
+    problem: str | None = None
 
     @property
     def wr_valid(self) -> bool:
@@ -95,19 +108,54 @@ def timing_fields(header: Mapping[str, Any]) -> Mapping[str, Any]:
     return header[quabos[0]] if quabos else {}
 
 
+def _representable(ns: int | None) -> int | None:
+    return ns if ns is not None and MIN_UNIX_NS <= ns <= MAX_UNIX_NS else None
+
+
 def frame_time(header: Mapping[str, Any]) -> FrameTime:
-    """The time of an image from its PFF header; never raises for missing or odd fields."""
+    """The time of an image from its PFF header; never raises for missing or odd fields.
+
+    R-CLI-11: a time that cannot be represented (out of range, NaN, infinite) is no time, and
+    `problem` names the field.
+    """
     fields = timing_fields(header)
-    tai, nsec, tv_sec, tv_usec = (
-        _as_int(fields.get(k)) for k in ("pkt_tai", "pkt_nsec", "tv_sec", "tv_usec")
-    )
+    names = ("pkt_tai", "pkt_nsec", "tv_sec", "tv_usec")
+    tai, nsec, tv_sec, tv_usec = (_as_int(fields.get(k)) for k in names)
     wr_ns = None
     if tai is not None and nsec is not None and tv_sec is not None:
         wr_ns = wr_to_unix_ns(tai, nsec, tv_sec)
     host_ns = None
     if tv_sec is not None:
         host_ns = tv_sec * _NS + (tv_usec or 0) * 1000
-    return FrameTime(wr_unix_ns=wr_ns, host_unix_ns=host_ns)
+    problem = None
+    for name in names:
+        value = fields.get(name)
+        if isinstance(value, float) and not math.isfinite(value):
+            problem = f"{name} is {value}"
+            break
+    if problem is None and (_representable(wr_ns) != wr_ns or _representable(host_ns) != host_ns):
+        problem = f"tv_sec {fields.get('tv_sec')} is out of range"
+    return FrameTime(_representable(wr_ns), _representable(host_ns), problem)
+
+
+class TimestampWarnings:
+    """One warning per (host, product) for headers whose time cannot be represented
+    (R-CLI-11): the frame is still used, with no timestamp."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._warned: set[tuple[str, str]] = set()
+
+    def check(self, host: str, product: str, time: FrameTime) -> None:
+        if time.problem is None or (host, product) in self._warned:
+            return
+        self._warned.add((host, product))
+        self._log.warning(
+            "%s: a %s header's time cannot be represented (%s): such frames have no timestamp",
+            host or "server",
+            product,
+            time.problem,
+        )
 
 
 def to_millisecond(stamp: Any) -> pd.Timestamp:

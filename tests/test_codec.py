@@ -876,3 +876,13 @@ def test_malformed_bytes_name_the_message_the_field_and_the_offset(decode, data,
     with pytest.raises(CodecError) as info:
         decode(data)
     assert str(info.value).startswith(error), str(info.value)
+
+
+def test_an_upload_too_large_to_relay_is_refused_before_decoding():
+    """R-PEER-2: an UploadImageRequest whose image could not fit a default grpcio client's
+    StreamImages reply is an ImageError from its length alone: even garbage of that size is
+    not parsed."""
+    with pytest.raises(ImageError, match="StreamImages reply of 4194305 bytes"):
+        decode_upload_item(b"\xff" * (4 * 1024 * 1024 + 6 + 1))
+    with pytest.raises(CodecError):
+        decode_upload_item(b"\xff" * (4 * 1024 * 1024 + 6))

@@ -373,6 +373,12 @@ _TYPED_KEYS: dict[str, set[str]] = {
     "acquisition_methods.uds.read_timeout": {"int", "float"},
     "acquisition_methods.uds.data_products": {"list"},
     "acquisition_methods.filesystem_poll.enabled": {"bool"},
+    # R-PEER-1 .. R-PEER-4 (docs/limits.md)
+    "max_message_bytes": {"int"},
+    "handshake_timeout_seconds": {"int", "float"},
+    "idle_connection_timeout_seconds": {"int", "float"},
+    "max_connections": {"int"},
+    "max_streams_per_peer": {"int", "null"},
 }
 
 _VALUES = {
@@ -522,3 +528,35 @@ def test_later_layout_paths_resolve_against_the_working_directory_first(
     sim = server_config_from_dict(data, etc / "c.json").simulate_daq_cfg
     assert sim.source_dir == etc / "daq_data" / "obs_Lick"
     assert sim.data_dir == etc / "daq_data"
+
+
+def test_peer_limits_have_the_specs_defaults():
+    """R-PEER-1, R-PEER-3, R-PEER-4: the defaults of section 15."""
+    config = server_config_from_dict({}, FILE)
+    assert config.max_message_bytes == 4 * 1024 * 1024
+    assert config.handshake_timeout_seconds == 10
+    assert config.idle_connection_timeout_seconds == 300
+    assert config.max_connections == 1000
+    assert config.streams_per_peer == 50  # half of max_concurrent_rpcs
+    assert server_config_from_dict({"max_concurrent_rpcs": 7}, FILE).streams_per_peer == 3
+    assert server_config_from_dict({"max_concurrent_rpcs": 1}, FILE).streams_per_peer == 1
+    assert server_config_from_dict({"max_streams_per_peer": 9}, FILE).streams_per_peer == 9
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("max_message_bytes", 1000, ">= 65536"),
+        ("max_message_bytes", 2**31, "<= 2147483647"),
+        ("handshake_timeout_seconds", 0, "> 0.0"),
+        ("handshake_timeout_seconds", float("inf"), "finite"),
+        ("idle_connection_timeout_seconds", -1, "> 0.0"),
+        ("max_connections", 0, ">= 1"),
+        ("max_streams_per_peer", 0, ">= 1"),
+    ],
+)
+def test_peer_limits_out_of_range_name_key_and_file(key, value, reason):
+    """R-CFG-1 for the limits of section 15: key, file and the range."""
+    error = _error({key: value})
+    assert (error.key, error.file) == (key, str(FILE))
+    assert reason in str(error)

@@ -408,19 +408,24 @@ def test_hostile_headers_are_codec_errors():
 
 
 @pytest.fixture(scope="module")
-def grpcio_upload():
+def grpcio_channel():
+    """A grpcio channel to a server process (default limits; data roots: its temp dir)."""
     with (
         tempfile.TemporaryDirectory(prefix="pdaqhdr", dir="/tmp") as tmp,
         server_process(Path(tmp)) as (_, port, _uds),
     ):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        call = channel.stream_unary(
-            "/daqdata.DaqData/UploadImages",
-            request_serializer=None,
-            response_deserializer=None,
-        )
-        yield call
+        yield channel
         channel.close()
+
+
+@pytest.fixture(scope="module")
+def grpcio_upload(grpcio_channel):
+    return grpcio_channel.stream_unary(
+        "/daqdata.DaqData/UploadImages",
+        request_serializer=None,
+        response_deserializer=None,
+    )
 
 
 @pytest.mark.parametrize("name", list(HOSTILE_HEADERS))
@@ -450,3 +455,100 @@ def test_template_caches_stay_bounded():
         len(kept) <= header_codec._PLANS_PER_SIZE for kept in header_codec._templates.values()
     )
     assert len(header_codec._general_parses) <= header_codec._PLAN_CACHE_LIMIT
+
+
+# --- hostile requests through a grpcio client (spec section 15) ----------------------------------
+
+MIB = 1024 * 1024
+
+
+def _padded_header_image(message_bytes: int) -> bytes:
+    """UploadImageRequest bytes of a ph256 image whose header holds one string, `message_bytes`
+    long in all."""
+    base = len(_image_with_header(protobuf_bytes({"s": ""}, "update")))
+    pad = message_bytes - base
+    for _ in range(4):  # the enclosing varint lengths grow with the string
+        data = _image_with_header(protobuf_bytes({"s": "x" * pad}, "update"))
+        pad -= len(data) - message_bytes
+    assert len(data) == message_bytes
+    return data
+
+
+HOSTILE_UPLOADS = {
+    # R-PEER-1: larger than max_message_bytes (4 MiB by default): refused from its prefix.
+    "oversized header field": (_padded_header_image(5 * MIB), "RESOURCE_EXHAUSTED", "bytes"),
+    # R-PEER-2: fits the receive limit, but its StreamImages reply would not fit a default
+    # grpcio client's.
+    "header too big to relay": (_padded_header_image(4 * MIB - 8), "INVALID_ARGUMENT", "reply"),
+    # R-CLI-11: odd floats in the time fields are data, relayed as they are.
+    "tv_sec infinite": (_image_with_header(protobuf_bytes({"tv_sec": math.inf}, "update")), "", ""),
+    "tv_sec NaN": (_image_with_header(protobuf_bytes({"tv_sec": math.nan}, "update")), "", ""),
+    "tv_sec 1e300": (_image_with_header(protobuf_bytes({"tv_sec": 1e300}, "update")), "", ""),
+}
+
+
+@pytest.mark.timeout(60)  # 5 MB uploads through grpcio
+@pytest.mark.parametrize("name", list(HOSTILE_UPLOADS))
+def test_hostile_upload_sizes_and_floats(grpcio_upload, name):
+    """R-PEER-1, R-PEER-2, R-CLI-11 through grpcio: oversized fields end the upload with the
+    status that names why; odd floats in headers are accepted; the next upload is answered."""
+    data, status, detail = HOSTILE_UPLOADS[name]
+    if status:
+        with pytest.raises(grpc.RpcError) as info:
+            grpcio_upload(iter([data]), timeout=30)
+        assert info.value.code().name == status
+        assert detail in info.value.details()
+    else:
+        assert grpcio_upload(iter([data]), timeout=30) == b""
+    good = _image_with_header(protobuf_bytes({"quabo_num": 1.0}, "update"))
+    assert grpcio_upload(iter([good]), timeout=15) == b""
+
+
+def _init_hp_io(channel, data_dir: str, interval: float) -> grpc.StatusCode:
+    request = pb2.InitHpIoRequest(data_dir=data_dir, update_interval_seconds=interval)
+    call = channel.unary_unary(
+        "/daqdata.DaqData/InitHpIo",
+        request_serializer=pb2.InitHpIoRequest.SerializeToString,
+        response_deserializer=pb2.InitHpIoResponse.FromString,
+    )
+    try:
+        call(request, timeout=15)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+ODD_INTERVALS = [math.nan, math.inf, -math.inf, 1e308, -0.0, 5e-324, 60.000001]
+LONG_PATHS = ["/tmp/" + "x" * 300, "/a" * 2500, "/tmp/" + "é" * 200, "/tmp/nul\0byte", ""]
+
+
+@pytest.mark.parametrize("interval", ODD_INTERVALS)
+def test_odd_hp_io_intervals_are_invalid_argument(grpcio_channel, interval):
+    """R-INIT-1, R-INIT-10 through grpcio: NaN, infinities, huge, zero and subnormal
+    intervals are INVALID_ARGUMENT."""
+    assert _init_hp_io(grpcio_channel, "/tmp", interval) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("data_dir", LONG_PATHS, ids=["300", "5000", "utf8", "nul", "empty"])
+def test_long_and_odd_paths_are_invalid_argument(grpcio_channel, data_dir):
+    """R-INIT-2, R-INIT-11 through grpcio: names too long, NUL bytes, an empty path:
+    INVALID_ARGUMENT, never UNKNOWN."""
+    assert _init_hp_io(grpcio_channel, data_dir, 0.1) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.timeout(90)  # one InitHpIo call per example, on a shared machine
+@settings(max_examples=60, deadline=None)
+@given(
+    st.text(max_size=400).map(lambda t: "/tmp/" + t) | st.text(max_size=40),
+    st.floats() | st.floats(0.01, 60),
+)
+def test_any_hp_io_request_is_answered_with_a_clear_status(grpcio_channel, data_dir, interval):
+    """R-INIT-11, R-WIRE-5: whatever path and interval a client sends, InitHpIo answers with
+    a status that names the problem, never UNKNOWN (an exception escaping the handler)."""
+    code = _init_hp_io(grpcio_channel, data_dir, interval)
+    assert code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OK,
+    ), (data_dir, interval, code)

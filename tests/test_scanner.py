@@ -615,3 +615,66 @@ async def test_run_scanner_survives_scan_errors(
             tg.cancel_scope.cancel()
     assert [f.header["tag"] for f in published] == ["late"]
     assert "disk on fire" in caplog.text
+
+
+# --- links out of the allowed roots ------------------------------------------------------------
+
+
+def test_module_links_out_of_the_allowed_roots_are_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """R-INIT-12: a `module_<id>` link inside the allowed root that points outside it, and a
+    run directory link that does, are skipped with one log line each; a link that stays inside
+    is followed."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    data_dir = root / "data"
+    append(run_dir(data_dir, 1) / file_name(PH256, 1, 0), PH256, ["in"])
+    append(run_dir(outside, 2) / file_name(PH256, 2, 0), PH256, ["secret"])
+    (data_dir / "module_2").symlink_to(outside / "module_2")
+    append(run_dir(root / "elsewhere", 3) / file_name(PH256, 3, 0), PH256, ["linked"])
+    (data_dir / "module_3").symlink_to(root / "elsewhere" / "module_3")
+    module_4 = data_dir / "module_4"
+    module_4.mkdir()
+    append(run_dir(outside, 4) / file_name(PH256, 4, 0), PH256, ["secret run"])
+    (module_4 / RUN).symlink_to(outside / "module_4" / RUN)
+    scanner = RunScanner(data_dir, (), [PH256], allowed_roots=[root])
+    with caplog.at_level(logging.WARNING, logger="panoseti_daq.server.scanner"):
+        frames = scanner.scan() + scanner.scan()
+        scanner.close()
+    assert sorted(f.module_id for f in frames) == [1, 3]
+    skipped = [r.getMessage() for r in caplog.records if "outside the allowed" in r.getMessage()]
+    assert len(skipped) == 2, skipped
+    assert any(str(data_dir / "module_2") in line for line in skipped)
+    assert any(str(module_4 / RUN) in line for line in skipped)
+    # Without roots (a scanner of its own), every link is followed.
+    everything = RunScanner(data_dir, (), [PH256])
+    assert sorted(f.module_id for f in everything.scan()) == [1, 2, 3, 4]
+    everything.close()
+
+
+def test_a_vanishing_data_dir_is_logged_once_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """R-SRC-1, R-SCAN-4: a data_dir that disappears is looked for at every scan and logged
+    once; when it comes back, its frames are published again and that is logged once too."""
+    data_dir = tmp_path / "data"
+    path = run_dir(data_dir, 1) / file_name(PH256, 1, 0)
+    append(path, PH256, ["a0"])
+    scanner = RunScanner(data_dir, (), [PH256])
+    with caplog.at_level(logging.INFO, logger="panoseti_daq.server.scanner"):
+        assert len(scanner.scan()) == 1
+        shutil.rmtree(data_dir)
+        for _ in range(3):
+            assert scanner.scan() == []
+        path = run_dir(data_dir, 1) / file_name(PH256, 1, 1)
+        append(path, PH256, ["b0"])
+        deadline = time.monotonic() + 5
+        frames: list[PanoFrame] = []
+        while not frames and time.monotonic() < deadline:
+            frames = scanner.scan()
+            time.sleep(0.01)
+        scanner.close()
+    assert [f.file for f in frames] == [path.name]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("has vanished" in m for m in messages) == 1, messages
+    assert sum("is back" in m for m in messages) == 1, messages

@@ -210,3 +210,29 @@ async def test_uds_simulation_without_the_ingest_fails_naming_it(make_server, ba
     assert reply.error_message == (
         "hp_io failed to start: simulation mode 'uds' needs acquisition_methods.uds enabled"
     )
+
+
+@pytest.mark.timeout(30)  # a server and its scanner, on a shared machine
+async def test_module_link_out_of_the_allowed_roots_is_not_served(
+    make_server, run_dir, tmp_path, caplog
+):
+    """R-INIT-12 through the server: a `module_<id>` link inside the allowed data root that
+    points outside it is skipped (with one log line naming it); the module beside it is
+    served."""
+    from panoseti_daq import pff
+
+    outside = tmp_path / "outside"  # pytest's tmp_path is not under the allowed root
+    # Module 1's run is the fixture's (with the marker); module 2's is outside the roots.
+    runs = {1: next((run_dir / "module_1").iterdir()), 2: outside / "module_2" / "obs_T"}
+    for module, run in runs.items():
+        run.mkdir(parents=True, exist_ok=True)
+        frame = movie_frame(module, 0)
+        name = pff.DataFileName("img16", module, 0, 2, "2024-07-25T04_34_46Z").format()
+        (run / name).write_bytes(pff.encode_frame(frame.header, frame.pixels, frame.product))
+    (run_dir / "module_2").symlink_to(outside / "module_2")
+    async with make_server() as server:
+        assert (await init_hp_io(server, run_dir)).success
+        await wait_until(lambda: (1, "img16") in server.hub.latest, timeout_s=20)
+        await wait_until(lambda: "outside the allowed data roots" in caplog.text, timeout_s=20)
+        assert (2, "img16") not in server.hub.latest
+    assert f"skipping {run_dir.resolve() / 'module_2'}" in caplog.text

@@ -64,7 +64,7 @@ async def test_bad_interval_is_invalid_argument(make_server, run_dir, interval):
 
 async def test_too_many_streams_is_resource_exhausted(make_server, run_dir):
     """R-STREAM-4: more than max_concurrent_rpcs active streams; the message names the limit."""
-    async with make_server(max_concurrent_rpcs=2) as server:
+    async with make_server(max_concurrent_rpcs=2, max_streams_per_peer=2) as server:
         assert (await init_hp_io(server, run_dir)).success
         async with open_stream(server), open_stream(server):
             error = await expect_status(server, Status.RESOURCE_EXHAUSTED, "limit is 2")

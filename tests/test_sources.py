@@ -215,7 +215,8 @@ async def test_source_that_fails_after_it_started(make_server, run_dir, sources)
         status, message = await call_with_deadline(
             server, "StreamImages", StreamImagesRequest(stream_movie_data=True)
         )
-        assert status == FAILED_PRECONDITION and "not initialized" in message
+        # R-SRC-1: the refusal names the cause.
+        assert status == FAILED_PRECONDITION and "not valid: the data source failed" in message
         assert (await init_hp_io(server, run_dir)).success
         async with open_stream(server, ph=False) as stream:
             await upload(server, [movie_frame(1, 8)])

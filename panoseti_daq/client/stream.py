@@ -17,6 +17,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..codec import StreamReply, dropped_before, stream_response_message
+from ..timestamps import TimestampWarnings
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class ImageStream:
         self._parse = parse
         self._on_close = on_close
         self._closed = False
+        self._timestamp_warnings = TimestampWarnings(log)
 
     def __aiter__(self) -> ImageStream:
         return self
@@ -89,7 +91,13 @@ class ImageStream:
     def _convert(self, reply: StreamReply) -> Any:
         if not self._parse:
             return stream_response_message(reply)
-        parsed = reply.frame.to_dict() if reply.frame is not None else {}
+        frame = reply.frame
+        if frame is None:
+            parsed: dict[str, Any] = {}
+        else:
+            parsed = frame.to_dict()
+            if parsed["header"]["wr_unix_timestamp"] is None:  # R-CLI-11: perhaps an odd time
+                self._timestamp_warnings.check(reply.name, frame.product.name, frame.time)
         parsed["dropped_before"] = dropped_before(reply.message)  # R-CLI-10
         return parsed
 

@@ -36,12 +36,12 @@ from grpclib.server import Server
 from ..bridge import GrpclibLoop, grpclib_loop
 from ..codec import DaqCodec
 from ..config import HpIoConfig, ServerConfig, SimulateConfig, load_hp_io_config
-from ..errors import ConfigError, PanosetiDaqError
+from ..errors import ConfigError, PanosetiDaqError, SourceError
 from ..messages import DESCRIPTOR_POOL
 from ..ublox.controller import UbloxController
 from ..ublox.service import UbloxControlService
 from .core import ServerCore
-from .flow import grpclib_configuration
+from .flow import connection_guard, grpclib_configuration
 from .hp_io_checks import HpIoRefused, check_hp_io
 from .metrics import ServerCollector, metrics_registry, serve_metrics
 from .service import DaqDataService
@@ -142,6 +142,8 @@ class DaqDataServer:
         self.hub = self.core.hub
         self.port: int | None = None
         self._servers: list[Server] = []
+        # R-PEER-1, R-PEER-3: one set of connection limits over every listener.
+        self.guard = connection_guard(config)
         self._uds_bound = False
         self._health = ServiceStatus()
         self._stack: AsyncExitStack | None = None
@@ -283,6 +285,7 @@ class DaqDataServer:
                     f"gRPC port {self.requested_port} on {self.host} ({where}): {_reason(exc)}"
                 ) from None
             server = Server(handlers, codec=DaqCodec(), config=grpclib_configuration(self.config))
+            self.guard.install(server)
             try:
                 await server.start(sock=sock)
             except BaseException:
@@ -295,6 +298,7 @@ class DaqDataServer:
             key = "unix_domain_socket"  # `serve` checks --uds itself before this
             prepare_socket_path(self.uds_path, key)
             server = Server(handlers, codec=DaqCodec(), config=grpclib_configuration(self.config))
+            self.guard.install(server)
             try:
                 await server.start(path=self.uds_path)
             except OSError as exc:
@@ -333,14 +337,15 @@ class DaqDataServer:
         """Configure hp_io from the server's side (init_from_default, `serve --init-sim`)."""
         result = await self.core.reconfigure(hp_io)
         if not result.success:
-            raise RuntimeError(f"hp_io configuration failed: {result.error_message}")
+            raise SourceError(f"hp_io configuration failed: {result.error_message}")
 
     def _task_count(self) -> int:
         return task_count(self._loop.loop if self._loop else None)
 
     def stats(self) -> dict[str, Any]:
         """Counters and resources now (see stats.py); call it from the server's event loop."""
-        return server_stats(self.core, self._started, self._loop.loop if self._loop else None)
+        stats = server_stats(self.core, self._started, self._loop.loop if self._loop else None)
+        return {**stats, "connections": self.guard.counters()}  # R-PEER-1, R-PEER-3
 
     # -- stop ------------------------------------------------------------------------------
     async def _stop(self) -> None:

@@ -25,7 +25,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.lowlevel import checkpoint
 
-from ..config import HpIoConfig, ServerConfig, SimulateConfig
+from ..config import HpIoConfig, ServerConfig, SimulateConfig, default_sim_data_dir
 from ..errors import SourceError, first_leaf_exception
 from ..frames import PanoFrame
 from ..products import product_named
@@ -120,6 +120,9 @@ class ServerCore:
         self.shutting_down = False
         self.hp_io: HpIoConfig | None = None
         self.hp_io_valid = False
+        # Why the running configuration's data source stopped for good (R-SRC-1); None while
+        # it runs or after a stop that was asked for.
+        self.source_failure: str | None = None
         self._rpc_simulation = rpc_simulation
         self._command_send, self._command_receive = anyio.create_memory_object_stream[Reconfigure](
             1
@@ -163,6 +166,11 @@ class ServerCore:
     # -- the core's tasks ------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the controller (and the Unix-socket ingest, if enabled) until cancelled."""
+        from .simulation import remove_stale_simulation_dirs
+
+        await anyio.to_thread.run_sync(  # R-SRC-2
+            remove_stale_simulation_dirs, default_sim_data_dir().parent
+        )
         async with anyio.create_task_group() as tg:
             await tg.start(self._controller, tg)
             if self.config.uds_ingest.enabled:
@@ -225,6 +233,7 @@ class ServerCore:
         self._sources = sources
         self.hp_io = config
         self.hp_io_valid = True
+        self.source_failure = None
         log.info(
             "hp_io valid: %s every %g s, modules %s",
             "simulation" if config.simulate_daq else config.data_dir,
@@ -250,6 +259,7 @@ class ServerCore:
                             config.module_ids,
                             self.products,
                             watch=self.config.scanner_watch,
+                            allowed_roots=self._allowed_roots(config),
                         )
                         source = "simulation" if config.simulate_daq else "scanner"
                         await tg.start(
@@ -267,12 +277,32 @@ class ServerCore:
             cause = first_leaf_exception(exc)
             if isinstance(cause, SourceError):  # R-SIM-7: one line naming the path, no traceback
                 log.error("%s; data source stopped, hp_io is no longer valid", cause)
+                self._source_failed(sources, str(cause))
             else:
                 log.exception("hp_io data source failed; hp_io is no longer valid")
-            if self._sources is sources:
-                self.hp_io_valid = False
+                self._source_failed(sources, f"the data source failed: {cause!r}")
+        else:
+            if started and not sources.scope.cancel_called:
+                log.error("hp_io data source ended; hp_io is no longer valid")
+                self._source_failed(sources, "the data source ended")
         finally:
             sources.stopped.set()
+
+    def _source_failed(self, sources: _Sources, cause: str) -> None:
+        """R-SRC-1: hp_io becomes invalid; every open stream ends with UNAVAILABLE naming
+        `cause`, and new ones are refused naming it, until the next InitHpIo."""
+        if self._sources is not sources:
+            return  # a configuration already replaced
+        self.hp_io_valid = False
+        self.source_failure = cause
+        self.hub.end_all(EndReason.SOURCE_FAILED, f"hp_io data source stopped: {cause}")
+
+    def _allowed_roots(self, config: HpIoConfig) -> tuple[Path, ...]:
+        """Where the scanner may read (R-INIT-12): the allowed data roots, and the
+        simulation's own directory when simulating."""
+        if config.simulate_daq:
+            return (*self.config.allowed_data_roots, self.config.simulate_daq_cfg.data_dir)
+        return self.config.allowed_data_roots
 
     async def _start_simulation(self, tg: TaskGroup) -> Path | None:
         """Start the simulation (R-INIT-8); the directory to scan, or None in rpc mode."""
@@ -285,7 +315,7 @@ class ServerCore:
         if sim.simulation_mode == "rpc":
             if self._rpc_simulation is None:
                 raise RuntimeError("rpc simulation needs a listener to upload to")
-            tg.start_soon(self._rpc_simulation, sim)
+            tg.start_soon(self._run_rpc_simulation, sim)
             return None
         if sim.simulation_mode == "uds":
             if not self.config.uds_ingest.enabled:
@@ -295,6 +325,13 @@ class ServerCore:
             await tg.start(run_uds_simulation, sim, template)
             return None
         raise RuntimeError(f"simulation mode {sim.simulation_mode!r} is not available")
+
+    async def _run_rpc_simulation(self, sim: SimulateConfig) -> None:
+        """The rpc simulation; after its frame_limit, hp_io stays valid until stopped, as the
+        filesystem simulation's run stays (an upload that fails is a failed source, R-SRC-1)."""
+        assert self._rpc_simulation is not None
+        await self._rpc_simulation(sim)
+        await anyio.sleep_forever()
 
     async def stop_sources(self) -> None:
         """Cancel the running data sources and wait until they are gone (R-INIT-6)."""

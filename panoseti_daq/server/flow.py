@@ -19,12 +19,30 @@ from __future__ import annotations
 
 from grpclib.config import Configuration
 
+from .._private import ConnectionGuard
 from ..config import ServerConfig
 
-__all__ = ["grpclib_configuration"]
+__all__ = ["connection_guard", "grpclib_configuration"]
 
 
 def grpclib_configuration(config: ServerConfig) -> Configuration:
     """The grpclib Server configuration of `config`: inbound windows of http2_window_bytes."""
     window = config.http2_window_bytes
     return Configuration(http2_connection_window_size=window, http2_stream_window_size=window)
+
+
+def connection_guard(config: ServerConfig) -> ConnectionGuard:
+    """The limits of `config` on connections and received messages (R-PEER-1, R-PEER-3,
+    R-PEER-5; docs/limits.md), shared by every listener of one server.
+
+    Bodies larger than the HTTP/2 window are read at most `max_concurrent_rpcs` at a time: the
+    server holds at most `max_concurrent_rpcs` x `max_message_bytes` of them (R-PEER-5).
+    """
+    return ConnectionGuard(
+        max_connections=config.max_connections,
+        handshake_timeout_s=config.handshake_timeout_seconds,
+        idle_timeout_s=config.idle_connection_timeout_seconds,
+        max_message_bytes=config.max_message_bytes,
+        receive_slots=config.max_concurrent_rpcs,
+        window_bytes=config.http2_window_bytes,
+    )

@@ -1,4 +1,5 @@
-"""InitHpIo's checks of a configuration (R-INIT-1 .. R-INIT-4), for the RPC and for `serve --init`.
+"""InitHpIo's checks of a configuration (R-INIT-1 .. R-INIT-4, R-INIT-10, R-INIT-11), for the
+RPC and for `serve --init`.
 
 `check_hp_io(hp_io, config)` returns the configuration to apply (data_dir resolved) or raises
 `HpIoRefused` with the gRPC status the RPC answers and a message that names what was checked
@@ -8,7 +9,9 @@ and where. `serve --init` (R-OPS-1) runs the same checks before it listens.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import stat
 from pathlib import Path
 
 from grpclib.const import Status
@@ -39,19 +42,46 @@ def _within(path: Path, roots: tuple[Path, ...]) -> bool:
 
 
 def check_hp_io(hp_io: HpIoConfig, config: ServerConfig) -> HpIoConfig:
-    """R-INIT-1 .. R-INIT-4, in order: the interval, then (unless simulating) that data_dir
-    exists, lies under allowed_data_roots and has an active DAQ. Touches the file system."""
-    minimum = config.min_hp_io_update_interval_seconds
-    if not interval_ok(hp_io.update_interval_seconds, minimum):
+    """R-INIT-1 .. R-INIT-4, R-INIT-10, R-INIT-11, in order: the interval, then (unless
+    simulating) that data_dir exists, is a readable directory, lies under allowed_data_roots and
+    has an active DAQ. Touches the file system; whatever it refuses is an `HpIoRefused`, never
+    an OSError (R-INIT-11)."""
+    # R-INIT-1, R-INIT-10: a finite interval within [minimum, max client interval].
+    minimum_s = config.min_hp_io_update_interval_seconds
+    maximum_s = config.max_client_update_interval_seconds
+    interval_s = hp_io.update_interval_seconds
+    if not interval_ok(interval_s, minimum_s):
         raise HpIoRefused(
             Status.INVALID_ARGUMENT,
-            f"update_interval_seconds must be >= {minimum:g}, not {hp_io.update_interval_seconds}",
+            f"update_interval_seconds must be >= {minimum_s:g}, not {interval_s}",
+        )
+    if not interval_s <= maximum_s:
+        raise HpIoRefused(
+            Status.INVALID_ARGUMENT,
+            f"update_interval_seconds must be finite, between {minimum_s:g} and "
+            f"{maximum_s:g} (max_client_update_interval_seconds), not {interval_s}",
         )
     if hp_io.simulate_daq:
         return hp_io  # R-INIT-8: data_dir is ignored
-    data_dir = Path(hp_io.data_dir).expanduser() if hp_io.data_dir else None
-    if data_dir is None or not data_dir.is_dir():
-        raise HpIoRefused(Status.INVALID_ARGUMENT, f"data_dir {hp_io.data_dir!r} does not exist")
+    if not hp_io.data_dir:
+        raise HpIoRefused(Status.INVALID_ARGUMENT, "data_dir '' does not exist")
+    try:
+        return _check_data_dir(hp_io, config)
+    except OSError as exc:  # R-INIT-11: never UNKNOWN
+        raise _data_dir_refused(hp_io.data_dir, exc) from None
+    except (ValueError, RuntimeError) as exc:  # a NUL byte; a loop of links (Python < 3.13)
+        raise HpIoRefused(
+            Status.INVALID_ARGUMENT, f"data_dir {hp_io.data_dir!r} cannot be used: {exc}"
+        ) from None
+
+
+def _check_data_dir(hp_io: HpIoConfig, config: ServerConfig) -> HpIoConfig:
+    """R-INIT-2 .. R-INIT-4, R-INIT-11; OSError for what the file system refuses."""
+    data_dir = Path(hp_io.data_dir).expanduser()
+    if not stat.S_ISDIR(data_dir.stat().st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    with os.scandir(data_dir):  # PermissionError for a directory this server cannot read
+        pass
     if not _within(data_dir, config.allowed_data_roots):
         roots = ", ".join(str(r) for r in config.allowed_data_roots)
         raise HpIoRefused(
@@ -66,6 +96,19 @@ def check_hp_io(hp_io: HpIoConfig, config: ServerConfig) -> HpIoConfig:
             f"{inactive_daq_details(data_dir, config.daq_active_check)}",
         )
     return dataclasses.replace(hp_io, data_dir=str(data_dir.resolve()))
+
+
+def _data_dir_refused(data_dir: str, exc: OSError) -> HpIoRefused:
+    """R-INIT-2, R-INIT-11: what an OSError about `data_dir` tells the caller."""
+    if isinstance(exc, FileNotFoundError):
+        return HpIoRefused(Status.INVALID_ARGUMENT, f"data_dir {data_dir!r} does not exist")
+    if isinstance(exc, NotADirectoryError):
+        return HpIoRefused(Status.INVALID_ARGUMENT, f"data_dir {data_dir!r} is not a directory")
+    reason = exc.strerror or str(exc)
+    status = (
+        Status.PERMISSION_DENIED if isinstance(exc, PermissionError) else Status.INVALID_ARGUMENT
+    )
+    return HpIoRefused(status, f"data_dir {data_dir!r} cannot be used: {reason}")
 
 
 def inactive_daq_details(data_dir: Path, checks: tuple[str, ...]) -> str:

@@ -186,6 +186,7 @@ class EndReason(enum.Enum):
     SHUTDOWN = "shutdown"  # R-STREAM-3, R-STOP-1
     TOO_SLOW = "too slow"  # R-STREAM-11
     IDLE = "idle"  # R-STREAM-12
+    SOURCE_FAILED = "source failed"  # R-SRC-1
 
 
 @dataclass(frozen=True, slots=True)

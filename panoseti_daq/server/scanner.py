@@ -186,8 +186,15 @@ class RunScanner:
         products: Iterable[DataProduct | str],
         *,
         watch: bool = True,
+        allowed_roots: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
+        """`allowed_roots`, if given, are the only places directories may be read from: a
+        module or run directory (a link) that resolves outside all of them is skipped with one
+        log line (R-INIT-12)."""
         self.data_dir = Path(data_dir)
+        self.allowed_roots = tuple(Path(root).resolve() for root in allowed_roots)
+        self._outside_roots: set[Path] = set()
+        self._data_dir_missing = False
         self.module_ids = frozenset(module_ids)
         self.products = {
             p.name: p for p in (product_named(p) if isinstance(p, str) else p for p in products)
@@ -268,6 +275,12 @@ class RunScanner:
     def modules(self) -> dict[int, Path]:
         """module id -> module directory, for the modules this scanner follows (R-SCAN-1)."""
         listing = self._listings.names(self.data_dir)
+        if (listing.read == 0) != self._data_dir_missing:  # R-SRC-1: logged once each way
+            self._data_dir_missing = listing.read == 0
+            if self._data_dir_missing:
+                log.warning("data_dir %s has vanished: looking for it at every scan", self.data_dir)
+            else:
+                log.info("data_dir %s is back", self.data_dir)
         read, cached = self._modules_cache
         if listing.read == read:
             return cached
@@ -276,9 +289,29 @@ class RunScanner:
             module = pff.module_dir_id(name)
             if module is None or (self.module_ids and module not in self.module_ids):
                 continue
-            found[module] = self.data_dir / name
+            module_dir = self.data_dir / name
+            if self._allowed(module_dir):
+                found[module] = module_dir
         self._modules_cache = (listing.read, found)
         return found
+
+    def _allowed(self, directory: Path) -> bool:
+        """R-INIT-12: whether `directory`, resolved, is inside an allowed root (always, with
+        none given); logs a directory outside them once."""
+        if not self.allowed_roots:
+            return True
+        try:
+            resolved = directory.resolve()
+        except (OSError, RuntimeError):
+            return False  # a loop of links or a vanished directory: nothing to read
+        if any(resolved == root or root in resolved.parents for root in self.allowed_roots):
+            return True
+        if directory not in self._outside_roots:
+            self._outside_roots.add(directory)
+            log.warning(
+                "skipping %s: it leads to %s, outside the allowed data roots", directory, resolved
+            )
+        return False
 
     def _run_dir(self, module: int, module_dir: Path, now: float) -> Path | None:
         """The module's newest run directory (R-NAME-1).
@@ -297,7 +330,8 @@ class RunScanner:
         ):
             return run_dir
         self._run_dir_checked[module] = (now, listing.read)
-        return _newest_run_dir(module_dir)
+        newest = _newest_run_dir(module_dir)
+        return newest if newest is None or self._allowed(newest) else None
 
     def scan(self) -> list[PanoFrame]:
         """One snapshot: the newest complete frame of each (module, product), if new (R-SCAN-2).

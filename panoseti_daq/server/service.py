@@ -21,11 +21,14 @@ from grpclib.server import Stream
 
 from .._private import FramedMessageReader, cheap_data_frame_repr, send_framed_messages
 from ..codec import (
+    RELAY_LIMIT_BYTES,
     StreamReply,
     UploadItem,
     decode_upload_item,
     encode_framed_stream_replies,
+    encode_pano_image,
     overrun_notice,
+    too_large_to_relay,
 )
 from ..config import HpIoConfig
 from ..errors import CodecError, ImageError
@@ -54,6 +57,7 @@ _END_STATUS = {
     EndReason.SHUTDOWN: Status.UNAVAILABLE,  # R-STREAM-3
     EndReason.TOO_SLOW: Status.RESOURCE_EXHAUSTED,  # R-STREAM-11
     EndReason.IDLE: Status.DEADLINE_EXCEEDED,  # R-STREAM-12
+    EndReason.SOURCE_FAILED: Status.UNAVAILABLE,  # R-SRC-1
 }
 
 
@@ -70,12 +74,23 @@ def _remaining_s(stream: Stream) -> float:
     return max(0.0, stream.deadline.time_remaining() - DEADLINE_MARGIN_S)
 
 
-async def _request(stream: Stream) -> Any:
-    """The request of a unary-request RPC; malformed bytes are INVALID_ARGUMENT (R-WIRE-5)."""
+async def _request(stream: Stream, timeout_s: float) -> Any:
+    """The request of a unary-request RPC; malformed bytes are INVALID_ARGUMENT (R-WIRE-5).
+
+    A client sends it with its call's headers: one that has not within `timeout_s`
+    (handshake_timeout_seconds) holds a call open without using it, as a slowloris connection
+    would, and gets DEADLINE_EXCEEDED (R-PEER-3).
+    """
     try:
-        request = await stream.recv_message()
+        with anyio.fail_after(timeout_s):
+            request = await stream.recv_message()
     except CodecError as exc:
         raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from None
+    except TimeoutError:
+        raise GRPCError(
+            Status.DEADLINE_EXCEEDED,
+            f"no request message within {timeout_s:g} s (handshake_timeout_seconds)",
+        ) from None
     if request is None:
         raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
     return request
@@ -165,6 +180,29 @@ def _peer(stream: Stream, uds_path: str | None) -> str:
     return f"unix:{address or uds_path or ''}"
 
 
+# A StreamImagesResponse around a PanoImage adds the server's name, the send time (at most 24
+# bytes), the overrun notice ("dropped N frames", at most 32) and the image's tag and length.
+_REPLY_OVERHEAD_BYTES = 64
+
+
+def _reply_bytes(item: UploadItem, server_name: str) -> int:
+    """The size, at most, of the StreamImages reply that relays `item`'s image (R-PEER-2)."""
+    assert item.frame is not None
+    image_bytes = (
+        len(item.encoded) if item.encoded is not None else len(encode_pano_image(item.frame))
+    )
+    return image_bytes + len(server_name.encode()) + _REPLY_OVERHEAD_BYTES
+
+
+def _peer_host(stream: Stream) -> str:
+    """The client's address without its port, which R-PEER-4 counts streams by: every client
+    on the Unix socket is one peer, "unix"."""
+    address: Any = stream.peer.addr()
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0])
+    return "unix"
+
+
 class DaqDataService:
     """grpclib servable implementing daqdata.DaqData."""
 
@@ -177,6 +215,8 @@ class DaqDataService:
         # InitHpIo calls from their request to their answer; readers wait while there are any.
         self._writers = 0
         self._writers_gone: anyio.Event | None = None
+        # StreamImages streams per peer address (R-PEER-4).
+        self._streams_by_peer: dict[str, int] = {}
 
     def __mapping__(self) -> dict[str, Handler]:
         prefix = f"/{SERVICE_NAME}"
@@ -218,12 +258,12 @@ class DaqDataService:
     # -- Ping ------------------------------------------------------------------------------
     async def ping(self, stream: Stream[Empty, Empty]) -> None:
         """R-PING-1: answer whenever the server runs."""
-        await _request(stream)
+        await _request(stream, self.config.handshake_timeout_seconds)
         await stream.send_message(Empty())
 
     # -- StreamImages ----------------------------------------------------------------------
     async def stream_images(self, stream: Stream[StreamImagesRequest, StreamReply]) -> None:
-        request = await _request(stream)
+        request = await _request(stream, self.config.handshake_timeout_seconds)
         core, config = self.core, self.config
         # R-STREAM-1 .. R-STREAM-5, in this order.
         if not (request.stream_movie_data or request.stream_pulse_height_data):
@@ -233,6 +273,11 @@ class DaqDataService:
             )
         await self._wait_for_writer(stream)
         if not core.hp_io_valid:
+            if core.source_failure is not None:  # R-SRC-1
+                raise GRPCError(
+                    Status.FAILED_PRECONDITION,
+                    f"hp_io is not valid: {core.source_failure}; call InitHpIo again",
+                )
             raise GRPCError(
                 Status.FAILED_PRECONDITION, "hp_io is not initialized: call InitHpIo first"
             )
@@ -242,6 +287,14 @@ class DaqDataService:
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,
                 f"too many StreamImages clients: the limit is {config.max_concurrent_rpcs}",
+            )
+        peer = _peer(stream, self.uds_path)
+        peer_host = _peer_host(stream)
+        if self._streams_by_peer.get(peer_host, 0) >= config.streams_per_peer:  # R-PEER-4
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"too many StreamImages streams from {peer_host}: the limit per peer is "
+                f"{config.streams_per_peer} (max_streams_per_peer)",
             )
         interval_s = request.update_interval_seconds
         if not valid_interval(interval_s, config.max_client_update_interval_seconds):
@@ -257,9 +310,9 @@ class DaqDataService:
             interval_s=interval_s,
         )
         bell = _Bell()
-        peer = _peer(stream, self.uds_path)
         subscriber = core.hub.subscribe(subscription, time.monotonic(), peer=peer, wake=bell.ring)
         bell.subscriber = subscriber
+        self._streams_by_peer[peer_host] = self._streams_by_peer.get(peer_host, 0) + 1
         who = f"stream client {subscriber.client_id} ({peer})"
         # R-OPS-3: one line when a client connects, one when it goes, at info.
         log.info("%s connected: %s", who, subscription.label())
@@ -273,6 +326,9 @@ class DaqDataService:
                 tg.cancel_scope.cancel()
         finally:
             core.hub.unsubscribe(subscriber)
+            left = self._streams_by_peer.pop(peer_host) - 1
+            if left:
+                self._streams_by_peer[peer_host] = left
             ended = subscriber.ended
             if ended is not None:
                 how = f"ended by the server ({ended.message})"
@@ -333,7 +389,7 @@ class DaqDataService:
             raise GRPCError(exc.status, exc.message) from None
 
     async def init_hp_io(self, stream: Stream[InitHpIoRequest, InitHpIoResponse]) -> None:
-        request = await _request(stream)
+        request = await _request(stream, self.config.handshake_timeout_seconds)
         self._writers += 1
         try:
             await self._init_hp_io(stream, request)
@@ -387,34 +443,46 @@ class DaqDataService:
         how = "left"
         try:
             # Every message that has arrived in one step, decoded here
-            # (_private.FramedMessageReader).
-            reader = FramedMessageReader(stream)
-            while True:
-                try:
-                    batch = await reader.read()
-                except CodecError as exc:
-                    how = "refused"
-                    raise _invalid_upload(index, exc) from None
-                if not batch:
-                    break
-                for data in batch:
+            # (_private.FramedMessageReader, which applies the guard's limits, R-PEER-1, R-PEER-5).
+            async with FramedMessageReader(stream) as reader:
+                while True:
                     try:
-                        item = decode_upload_item(data)
-                    except (CodecError, ImageError) as exc:
+                        batch = await reader.read()
+                    except CodecError as exc:
                         how = "refused"
                         raise _invalid_upload(index, exc) from None
-                    if item.frame is None:
-                        log.warning("UploadImages: request %d has no pano_image; skipped", index)
-                    elif item.frame.product.name not in valid:
+                    except GRPCError:  # the guard's limits (R-PEER-1)
                         how = "refused"
-                        raise GRPCError(
-                            Status.INVALID_ARGUMENT,
-                            f"image {index} of the upload is {item.frame.product.name}, which "
-                            f"this server does not serve (valid: {', '.join(sorted(valid))})",
-                        )
-                    else:
-                        await uploader.put(item.frame, item.encoded)
-                    index += 1
+                        raise
+                    if not batch:
+                        break
+                    for data in batch:
+                        try:
+                            item = decode_upload_item(data)
+                        except (CodecError, ImageError) as exc:
+                            how = "refused"
+                            raise _invalid_upload(index, exc) from None
+                        if item.frame is None:
+                            log.warning(
+                                "UploadImages: request %d has no pano_image; skipped", index
+                            )
+                        elif item.frame.product.name not in valid:
+                            how = "refused"
+                            raise GRPCError(
+                                Status.INVALID_ARGUMENT,
+                                f"image {index} of the upload is {item.frame.product.name}, "
+                                "which this server does not serve "
+                                f"(valid: {', '.join(sorted(valid))})",
+                            )
+                        else:
+                            reply_bytes = _reply_bytes(item, self.config.server_name)
+                            if reply_bytes > RELAY_LIMIT_BYTES:  # R-PEER-2
+                                how = "refused"
+                                raise _invalid_upload(
+                                    index, ValueError(too_large_to_relay(reply_bytes))
+                                )
+                            await uploader.put(item.frame, item.encoded)
+                        index += 1
             await uploader.flush()  # the reply says: every image is in the hub
             await stream.send_message(Empty())
             how = "done"

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import secrets
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
@@ -42,6 +43,7 @@ __all__ = [
     "SIM_RUN_DIR",
     "channel_upload",
     "read_source_frames",
+    "remove_stale_simulation_dirs",
     "run_filesystem_simulation",
     "run_rpc_simulation",
     "simulated_frames",
@@ -242,6 +244,33 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # another user's live process
     return True
+
+
+_DEFAULT_DIR_NAME = re.compile(r"panoseti_daq_sim_(\d+)")
+
+
+def remove_stale_simulation_dirs(directory: Path) -> list[Path]:
+    """R-SRC-2: remove the default simulation directories (`panoseti_daq_sim_<pid>`, see
+    config.default_sim_data_dir) under `directory` whose process no longer exists: what a
+    server killed without clean-up left behind. Returns those removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as exc:
+        log.warning("cannot look for stale simulation directories in %s: %s", directory, exc)
+        return removed
+    for entry in entries:
+        match = _DEFAULT_DIR_NAME.fullmatch(entry.name)
+        if match is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.lexists(entry.path):
+            log.info("removed %s, left by the ended server process %d", entry.path, pid)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def _make_run_dir(data_dir: Path, module: int, token: str) -> Path:
