@@ -54,9 +54,10 @@ schema-check: $(STAMP)
 	$(PY) tools/generate.py --check $(PROTO) $(GEN_DIR)
 
 # Within 5 minutes: the codec, and server CPU per frame at 3,000 img16/s (relay and Hashpipe
-# socket) as ratios to the grpcio reference relay, measured side by side (docs/performance.md).
+# socket) as ratios to the grpcio reference relay, measured side by side (docs/performance.md);
+# healthy viewers beside a hostile peer (docs/limits.md).
 bench: $(STAMP)
-	$(PY) -m benchmarks codec cpu
+	$(PY) -m benchmarks codec cpu hostile_load
 
 # Every benchmark, the long end-to-end scenarios included (about half an hour).
 bench-full: $(STAMP)
