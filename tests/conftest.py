@@ -5,6 +5,8 @@
   server (`.port`, `.uds_path`, `.hub`, `.core`, `.config`). It always shuts the server down.
 - `run_dir`: a data_dir with one module and an active-DAQ marker, inside the allowed roots.
 - `daq_config(server)`: a daq_config dict naming that server by TCP.
+- `chip`, `ublox_server(**changes)`: a simulated ZED-F9T, and make_server with UbloxControl's
+  test settings (devices on /dev/pts allowed) changed.
 Async tests use the anyio pytest plugin (`@pytest.mark.anyio`); `anyio_backend` runs each on
 asyncio and on trio.
 """
@@ -28,7 +30,9 @@ from hypothesis import settings
 from panoseti_daq import _header_codec as header_codec
 from panoseti_daq.config import ServerConfig
 from panoseti_daq.server import DaqDataServer
+from panoseti_daq.ublox.simulator import SimulatedF9t
 from tests.helpers import server_process
+from tests.ublox_helpers import TEST_SETTINGS
 
 # `make mutate` (tools/mutate.py) runs every mutant's tests: fewer examples per property there.
 MUTATE_EXAMPLES = 20
@@ -179,3 +183,21 @@ def pytest_timeout_cancel_timer(item):
     timer.cancel()
     del item.stash[_TRIO_TIMER]
     return True
+
+
+# -- UbloxControl ----------------------------------------------------------------------------
+@pytest.fixture
+def chip():
+    """A simulated ZED-F9T on a pseudo-terminal, 10 epochs a second."""
+    with SimulatedF9t(period_s=0.1) as simulated:
+        yield simulated
+
+
+@pytest.fixture
+def ublox_server(make_server):
+    """`ublox_server(**changes)`: make_server with the tests' ublox_control settings changed."""
+
+    def start(**changes):
+        return make_server(ublox_control=replace(TEST_SETTINGS, **changes))
+
+    return start

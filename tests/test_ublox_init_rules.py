@@ -6,7 +6,6 @@ rest of the server's rules."""
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 import anyio
 import pytest
@@ -20,25 +19,10 @@ from panoseti_daq._generated.ubloxcontrol import (
 )
 from panoseti_daq.ublox.controller import State
 from panoseti_daq.ublox.settings import example_config_path, load_chip_requests
-from panoseti_daq.ublox.simulator import SimulatedF9t
 from tests.helpers import wait_until
 from tests.ublox_helpers import KEYS, TEST_SETTINGS, capture, f9t_config, init_f9t, next_message
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def chip():
-    with SimulatedF9t(period_s=0.1) as simulated:
-        yield simulated
-
-
-@pytest.fixture
-def ublox_server(make_server):
-    def start(**changes):
-        return make_server(ublox_control=replace(TEST_SETTINGS, **changes))
-
-    return start
 
 
 async def failure(call) -> GRPCError:

@@ -7,7 +7,6 @@ import fcntl
 import os
 import re
 import time
-from dataclasses import replace
 
 import anyio
 import pytest
@@ -24,7 +23,6 @@ from panoseti_daq.ublox.simulator import SimulatedF9t
 from tests.helpers import wait_until
 from tests.ublox_helpers import (
     KEYS,
-    TEST_SETTINGS,
     UID,
     capture,
     f9t_config,
@@ -34,20 +32,6 @@ from tests.ublox_helpers import (
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def chip():
-    with SimulatedF9t(period_s=0.1) as simulated:
-        yield simulated
-
-
-@pytest.fixture
-def ublox_server(make_server):
-    def start(**changes):
-        return make_server(ublox_control=replace(TEST_SETTINGS, **changes))
-
-    return start
 
 
 async def expect_status(call, status: Status, *fragments: str) -> str:

@@ -238,21 +238,8 @@ class AsyncDaqClient(ClientSession):
         self, host: str, method: str, request: Any, reply_type: Any, timeout_s: float | None
     ) -> Any:
         """One unary RPC on grpclib's loop; RpcError on failure."""
-        loop, _ = self._open()
-
-        async def call() -> Any:
-            async with self._channel(host).request(
-                _PATH + method,
-                Cardinality.UNARY_UNARY,
-                type(request),
-                reply_type,
-                timeout=timeout_s,
-            ) as stream:
-                await stream.send_message(request, end=True)
-                return await stream.recv_message()
-
         try:
-            return await loop.run(call)
+            return await self._unary_call(host, _PATH + method, request, reply_type, timeout_s)
         except _RPC_FAILURES as exc:
             raise rpc_error(exc, host) from None
 

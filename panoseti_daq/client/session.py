@@ -8,6 +8,7 @@ closes every channel.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 from grpclib.client import Channel
+from grpclib.const import Cardinality
 
 from ..bridge import GrpclibLoop, grpclib_loop
 from ..errors import sole_exception
@@ -25,7 +27,7 @@ __all__ = ["ClientSession"]
 _Session = TypeVar("_Session", bound="ClientSession")
 
 
-class ClientSession:
+class ClientSession(ABC):
     """The open/close life of an async client; subclasses enter with `_open_session`."""
 
     def __init__(self) -> None:
@@ -83,6 +85,26 @@ class ClientSession:
             name = type(self).__name__
             raise RuntimeError(f"use the client inside `async with {name}(...)`")
         return self._loop, self._tg
+
+    @abstractmethod
+    def _channel(self, host: str) -> Channel:
+        """The channel of a host (with the service's codec), made on first use; call only on
+        grpclib's loop."""
+
+    async def _unary_call(
+        self, host: str, path: str, request: Any, reply_type: Any, timeout_s: float | None
+    ) -> Any:
+        """One unary RPC at `path` on grpclib's loop; grpclib's exceptions as they come."""
+        loop, _ = self._open()
+
+        async def call() -> Any:
+            async with self._channel(host).request(
+                path, Cardinality.UNARY_UNARY, type(request), reply_type, timeout=timeout_s
+            ) as stream:
+                await stream.send_message(request, end=True)
+                return await stream.recv_message()
+
+        return await loop.run(call)
 
     def _close_streams(self) -> None:
         """R-CLI-8: cancel the RPCs of every stream still open (the task group waits for them)."""

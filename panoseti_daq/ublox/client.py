@@ -225,21 +225,8 @@ class UbloxClient(ClientSession):
     async def _unary(
         self, host: str, method: str, request: Any, reply_type: Any, timeout_s: float | None
     ) -> Any:
-        loop, _ = self._open()
-
-        async def call() -> Any:
-            async with self._channel(host).request(
-                _PATH + method,
-                Cardinality.UNARY_UNARY,
-                type(request),
-                reply_type,
-                timeout=timeout_s,
-            ) as stream:
-                await stream.send_message(request, end=True)
-                return await stream.recv_message()
-
         try:
-            return await loop.run(call)
+            return await self._unary_call(host, _PATH + method, request, reply_type, timeout_s)
         except _RPC_FAILURES as exc:
             raise _failure(exc, host) from None
 
