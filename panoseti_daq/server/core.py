@@ -154,7 +154,12 @@ class ServerCore:
     async def submit(self, config: HpIoConfig) -> Reconfigure:
         """Hand a configuration to the controller; its `done` is set once it is answered."""
         request = Reconfigure(config, anyio.Event())
-        await self._command_send.send(request)
+        try:
+            await self._command_send.send(request)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The controller has stopped: answered as it answers what was still queued.
+            request.error_message = "server shutting down"
+            request.done.set()
         return request
 
     async def reconfigure(self, config: HpIoConfig) -> Reconfigure:
@@ -191,6 +196,9 @@ class ServerCore:
                     finally:
                         request.done.set()
             finally:
+                # Nothing is sent once the controller has stopped; a send stream left open
+                # would warn when collected, in whichever test or task happens to collect it.
+                self._command_send.close()
                 self._answer_queued()
 
     def _answer_queued(self) -> None:
