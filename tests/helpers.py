@@ -129,15 +129,17 @@ class RawStream:
 async def raw_call(
     make_channel, method, cardinality, request_type, reply_type, request
 ) -> AsyncIterator[RawStream]:
-    """A DaqData call of `method` with `request` sent, on the grpclib channel `make_channel()`
-    makes (on grpclib's loop), usable from a test on either backend. Leaving resets the
-    stream, as a client that goes away does (grpclib would otherwise wait for the server to
-    finish), and closes the channel."""
+    """A call of `method` (a DaqData method's name, or a whole path such as
+    "/ubloxcontrol.UbloxControl/CaptureUblox") with `request` sent, on the grpclib channel
+    `make_channel()` makes (on grpclib's loop), usable from a test on either backend. Leaving
+    resets the stream, as a client that goes away does (grpclib would otherwise wait for the
+    server to finish), and closes the channel."""
     async with grpclib_loop() as loop:
 
         async def start():
             ch = make_channel()
-            stream = ch.request(f"/daqdata.DaqData/{method}", cardinality, request_type, reply_type)
+            path = method if method.startswith("/") else f"/daqdata.DaqData/{method}"
+            stream = ch.request(path, cardinality, request_type, reply_type)
             await stream.__aenter__()
             await stream.send_message(request, end=True)
             return ch, stream

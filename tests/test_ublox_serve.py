@@ -4,8 +4,6 @@ reflection and health cover both services, SIGTERM ends streams and closes the p
 
 from __future__ import annotations
 
-import fcntl
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +18,7 @@ from google.protobuf import struct_pb2
 from panoseti_daq.ublox.simulator import SimulatedF9t
 from tests.helpers import server_process
 from tests.reference import UBLOX_PROTO, modules
-from tests.ublox_helpers import f9t_config
+from tests.ublox_helpers import f9t_config, lock_is_free
 
 pb2, pb2_grpc = modules(UBLOX_PROTO)
 
@@ -58,17 +56,6 @@ def _run(*argv: str) -> str:
     return result.stdout
 
 
-def _lock_is_free(device: str) -> bool:
-    fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.timeout(90)  # a server process, two client processes
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_served_beside_daqdata_then_sigterm(short_tmp, backend):
@@ -96,7 +83,7 @@ def test_served_beside_daqdata_then_sigterm(short_tmp, backend):
             assert reply.init_status == pb2.InitF9tResponse.SUCCESS
             stream = stub.CaptureUblox(pb2.CaptureUbloxRequest(patterns=["TIM-TP"]), timeout=30)
             assert next(stream).name == "TIM-TP"
-            assert not _lock_is_free(chip.device)
+            assert not lock_is_free(chip.device)
             process.send_signal(signal.SIGTERM)
             sent = time.monotonic()
             with pytest.raises(grpc.RpcError) as info:
@@ -106,4 +93,4 @@ def test_served_beside_daqdata_then_sigterm(short_tmp, backend):
             assert info.value.details() == "server shutting down"
             assert time.monotonic() - sent < 2.0
         assert process.wait(timeout=15) == 0
-        assert _lock_is_free(chip.device)
+        assert lock_is_free(chip.device)

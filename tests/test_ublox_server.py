@@ -3,8 +3,6 @@ pseudo-terminal: InitF9t, CaptureUblox, PollMessage, device loss (spec sections 
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import time
 
@@ -27,6 +25,7 @@ from tests.ublox_helpers import (
     capture,
     f9t_config,
     init_f9t,
+    lock_is_free,
     next_message,
     poll,
 )
@@ -420,23 +419,12 @@ async def test_caller_deadline_mid_init_closes_the_port_within_1s(ublox_server, 
         await expect_deadline(init_f9t(server, f9t_config(chip.device), deadline_s=0.5))
         # Within 1 s of the deadline (the client may learn of it late on a loaded machine).
         await wait_until(
-            lambda: server.ublox.state is State.IDLE and _lock_is_free(chip.device),
+            lambda: server.ublox.state is State.IDLE and lock_is_free(chip.device),
             timeout_s=max(0.05, started + 0.5 + 1.0 - time.monotonic()),
             what="port closed",
         )
         chip.mute(False)
         assert (await init_f9t(server, f9t_config(chip.device))).message
-
-
-def _lock_is_free(device: str) -> bool:
-    fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
 
 
 async def test_overrun_drops_for_the_slow_stream_only_and_says_so(ublox_server, chip):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -21,10 +23,9 @@ from panoseti_daq._generated.ubloxcontrol import (
     PollRequest,
     PollResponse,
 )
-from panoseti_daq.bridge import grpclib_loop
 from panoseti_daq.codec import DaqCodec
 from panoseti_daq.config import UbloxServerConfig
-from tests.helpers import RawStream, on_grpclib_loop
+from tests.helpers import RawStream, on_grpclib_loop, raw_call
 
 SERVICE = "/ubloxcontrol.UbloxControl"
 UID = "DF03A241BC"  # the simulator's default, the shipped example's
@@ -109,38 +110,30 @@ async def capture(
 ) -> AsyncIterator[RawStream]:
     """A CaptureUblox call; with `subscribed`, once the server has sent its headers (it has
     subscribed the stream). Leaving resets the stream, as a client that goes away does."""
-    async with grpclib_loop() as loop:
+    request = CaptureUbloxRequest(patterns=list(patterns))
+    async with raw_call(
+        lambda: _channel(server, window),
+        f"{SERVICE}/CaptureUblox",
+        Cardinality.UNARY_STREAM,
+        CaptureUbloxRequest,
+        CaptureUbloxResponse,
+        request,
+    ) as raw:
+        if subscribed:
+            await raw.recv_initial_metadata()
+        yield raw
 
-        async def start():
-            ch = _channel(server, window)
-            stream = ch.request(
-                f"{SERVICE}/CaptureUblox",
-                Cardinality.UNARY_STREAM,
-                CaptureUbloxRequest,
-                CaptureUbloxResponse,
-            )
-            await stream.__aenter__()
-            await stream.send_message(CaptureUbloxRequest(patterns=list(patterns)), end=True)
-            return ch, stream
 
-        async def stop(ch, stream):
-            try:
-                with contextlib.suppress(Exception):
-                    await stream.cancel()
-                with contextlib.suppress(Exception):
-                    await stream.__aexit__(None, None, None)
-            finally:
-                ch.close()
-
-        ch, stream = await loop.run(start)
-        try:
-            raw = RawStream(loop, stream)
-            if subscribed:
-                await raw.recv_initial_metadata()
-            yield raw
-        finally:
-            with anyio.CancelScope(shield=True):
-                await loop.run(stop, ch, stream)
+def lock_is_free(device: str) -> bool:
+    """Whether no process holds the device's advisory lock (the server's flock)."""
+    fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 async def next_message(raw: RawStream, timeout_s: float = 5.0) -> CaptureUbloxResponse:
