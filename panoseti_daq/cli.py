@@ -22,13 +22,13 @@ from typing import Any
 
 from .client import DaqClient
 from .client.targets import parse_module_ids
-from .codec import dropped_before
 from .config import client_hp_io_config
 from .errors import PanosetiDaqError, RpcError
 from .frames import PanoFrame
-from .live_table import LiveTable
 from .logs import LOG_LEVELS, configure_logging
-from .recorder import PFFRecorder, RecordError
+from .viewer.live_table import LiveTable
+from .viewer.recorder import PFFRecorder, RecordError
+from .wire.codec import dropped_before
 
 log = logging.getLogger("panoseti_daq.cli")
 

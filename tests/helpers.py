@@ -14,15 +14,16 @@ from grpclib.const import Cardinality
 
 from panoseti_daq import PanoFrame, pff, product_named
 from panoseti_daq._bundled import NGC7331_PH256
+from panoseti_daq._grpclib.bridge import grpclib_loop
+from panoseti_daq._grpclib.codec import DaqCodec
 from panoseti_daq._localhost import free_port, wait_for_port
-from panoseti_daq.bridge import grpclib_loop
-from panoseti_daq.codec import DaqCodec, StreamReply, UploadItem
 from panoseti_daq.messages import (
     Empty,
     InitHpIoRequest,
     InitHpIoResponse,
     StreamImagesRequest,
 )
+from panoseti_daq.wire.codec import StreamReply, UploadItem
 
 PH256 = product_named("ph256")
 REAL_PH = [
@@ -53,7 +54,8 @@ def channel(server, codec=None) -> Channel:
 
 async def on_grpclib_loop(fn, *args):
     """Run the asyncio coroutine function `fn(*args)` on grpclib's loop, from a test on either
-    backend: the running asyncio loop, or under trio a trio-asyncio loop (panoseti_daq.bridge)."""
+    backend: the running asyncio loop, or under trio a trio-asyncio loop
+    (panoseti_daq._grpclib.bridge)."""
     async with grpclib_loop() as loop:
         return await loop.run(fn, *args)
 

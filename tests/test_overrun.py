@@ -16,8 +16,8 @@ from grpclib.client import Channel
 from grpclib.config import Configuration
 
 from panoseti_daq import AsyncDaqClient
+from panoseti_daq._grpclib.codec import DaqCodec
 from panoseti_daq.client.stream import dropped_before
-from panoseti_daq.codec import DaqCodec
 from panoseti_daq.messages import StreamImagesRequest
 from panoseti_daq.server.hub import EndReason
 from tests.conftest import daq_config

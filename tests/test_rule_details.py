@@ -208,7 +208,7 @@ async def test_stop_holds_a_stream_that_never_ends_for_the_grace_period(make_ser
     from grpclib.health.v1.health_grpc import HealthStub
     from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq._grpclib.bridge import grpclib_loop
     from panoseti_daq.messages import StreamImagesRequest
     from tests.helpers import channel, fill_flow_control_window, stalled_stream_client, wait_until
 
@@ -282,7 +282,7 @@ async def test_stream_clients_are_named_by_their_address(base_config, short_tmp,
 
     from grpclib.client import Channel
 
-    from panoseti_daq.codec import DaqCodec
+    from panoseti_daq._grpclib.codec import DaqCodec
     from panoseti_daq.config import HpIoConfig
     from panoseti_daq.server import DaqDataServer
 

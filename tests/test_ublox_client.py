@@ -283,7 +283,7 @@ async def test_a_server_sending_garbage_is_an_rpc_error(anyio_backend):
     from grpclib.server import Server
 
     from panoseti_daq._generated.ubloxcontrol import CaptureUbloxRequest, InitF9TRequest
-    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq._grpclib.bridge import grpclib_loop
 
     async def garbage_stream(stream):
         await stream.recv_message()

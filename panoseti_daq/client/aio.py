@@ -10,8 +10,8 @@ Usage, on either backend (`anyio.run(main)` or `anyio.run(main, backend="trio")`
                 print(image["module_id"], image["header"]["pandas_unix_timestamp"])
 
 grpclib runs on asyncio: under trio the client opens a trio-asyncio loop (or reuses the one the
-caller runs) and every RPC runs there (panoseti_daq.bridge). Frames cross back to the caller
-through anyio memory streams, with no per-frame bridge call.
+caller runs) and every RPC runs there (panoseti_daq._grpclib.bridge). Frames cross back to
+the caller through anyio memory streams, with no per-frame bridge call.
 
 Errors: an RPC that fails raises `panoseti_daq.RpcError` (`.status` a grpclib.const.Status,
 `.details`, `.host`); a host that is unknown raises ValueError, one that does not answer a ping
@@ -40,8 +40,8 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
-from ..bridge import GrpclibLoop
-from ..codec import DaqCodec, StreamReply, UploadItem
+from .._grpclib.bridge import GrpclibLoop
+from .._grpclib.codec import DaqCodec
 from ..config import (
     BUNDLED_CONFIG_DIR,
     HTTP2_WINDOW_DEFAULT,
@@ -54,6 +54,7 @@ from ..errors import CodecError, ConfigError, ImageError, RpcError
 from ..frames import PanoFrame
 from ..messages import Empty, InitHpIoRequest, InitHpIoResponse, PanoImage, StreamImagesRequest
 from ..products import ImageType, product_for
+from ..wire.codec import StreamReply, UploadItem
 from .session import ClientSession
 from .stream import ImageStream, StreamState
 from .targets import DaqNode, load_daq_nodes

@@ -16,8 +16,8 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..codec import StreamReply, dropped_before, stream_response_message
 from ..timestamps import TimestampWarnings
+from ..wire.codec import StreamReply, dropped_before, stream_response_message
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
-from ..bridge import GrpclibLoop, grpclib_loop
-from ..codec import DaqCodec
+from .._grpclib.bridge import GrpclibLoop, grpclib_loop
+from .._grpclib.codec import DaqCodec
 from ..config import HpIoConfig, ServerConfig, SimulateConfig, load_hp_io_config
 from ..errors import ConfigError, PanosetiDaqError, SourceError
 from ..messages import DESCRIPTOR_POOL

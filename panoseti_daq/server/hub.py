@@ -36,9 +36,9 @@ from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from ..codec import encode_pano_image
 from ..frames import PanoFrame
 from ..products import ImageType
+from ..wire.codec import encode_pano_image
 
 __all__ = [
     "SEND_DELAY_BOUNDS_S",

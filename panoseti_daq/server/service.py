@@ -19,17 +19,7 @@ from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
 
-from .._private import FramedMessageReader, cheap_data_frame_repr, send_framed_messages
-from ..codec import (
-    RELAY_LIMIT_BYTES,
-    StreamReply,
-    UploadItem,
-    decode_upload_item,
-    encode_framed_stream_replies,
-    encode_pano_image,
-    overrun_notice,
-    too_large_to_relay,
-)
+from .._grpclib.private import FramedMessageReader, cheap_data_frame_repr, send_framed_messages
 from ..config import HpIoConfig
 from ..errors import CodecError, ImageError
 from ..messages import (
@@ -38,6 +28,16 @@ from ..messages import (
     InitHpIoRequest,
     InitHpIoResponse,
     StreamImagesRequest,
+)
+from ..wire.codec import (
+    RELAY_LIMIT_BYTES,
+    StreamReply,
+    UploadItem,
+    decode_upload_item,
+    encode_framed_stream_replies,
+    encode_pano_image,
+    overrun_notice,
+    too_large_to_relay,
 )
 from .core import ServerCore
 from .hp_io_checks import HpIoRefused, check_hp_io

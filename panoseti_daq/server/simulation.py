@@ -429,8 +429,8 @@ def channel_upload(channel_factory: Callable[[], Any]) -> Upload:
     """
     from grpclib.const import Cardinality
 
-    from ..codec import UploadItem
     from ..messages import Empty
+    from ..wire.codec import UploadItem
     from .service import SOURCE_METADATA_KEY
 
     async def upload(frames: AsyncIterable[PanoFrame]) -> None:

@@ -12,7 +12,7 @@ The f9t_config.json5 names the chips, each with the DAQ node (`host`, `port`) wh
 it; the request for a chip is the file's shared keys overlaid by the chip's own (R-UBX-CFG-5).
 `hosts` arguments take node names ("host:port") or chip UIDs; None means every node. Nodes are
 served concurrently. As in AsyncDaqClient, grpclib runs on asyncio (under trio on a trio-asyncio
-loop, panoseti_daq.bridge) and messages cross back through an anyio memory stream.
+loop, panoseti_daq._grpclib.bridge) and messages cross back through an anyio memory stream.
 
 `BlockingUbloxClient` runs a UbloxClient on a portal's event loop in a background thread: the
 same methods, blocking, also inside Jupyter.
