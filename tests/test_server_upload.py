@@ -8,8 +8,13 @@ from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
-from panoseti_daq.messages import Empty, PanoImage, PanoImageType, UploadImageRequest
-from panoseti_daq.server.service import SOURCE_METADATA_KEY
+from panoseti_daq.messages import (
+    SOURCE_METADATA_KEY,
+    Empty,
+    PanoImage,
+    PanoImageType,
+    UploadImageRequest,
+)
 from tests.helpers import (
     call,
     init_hp_io,

@@ -4,7 +4,8 @@
 keep working after changing the import.
 """
 
-from .aio import AsyncDaqClient, as_frame
+from ..frames import as_frame
+from .aio import AsyncDaqClient
 from .stream import ImageStream
 from .sync import BlockingImageStream, DaqClient
 from .targets import DaqNode, load_daq_nodes

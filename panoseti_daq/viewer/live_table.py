@@ -28,8 +28,7 @@ from typing import Any
 from rich.table import Table
 
 from .. import pff
-from ..client.aio import as_frame
-from ..frames import PanoFrame
+from ..frames import PanoFrame, as_frame
 from ..timestamps import TimestampWarnings, to_millisecond
 
 __all__ = ["LiveTable", "RowStats"]

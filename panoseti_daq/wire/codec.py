@@ -113,6 +113,11 @@ class StreamReply:
     message: str = ""
     encoded_image: bytes | None = None
 
+    @property
+    def dropped_before(self) -> int:
+        """Frames the server dropped just before this one (its overrun notice, R-CLI-10)."""
+        return dropped_before(self.message)
+
 
 @dataclass(frozen=True, slots=True)
 class UploadItem:
