@@ -36,8 +36,8 @@ from grpclib.encoding.base import CodecBase
 from benchmarks._process import running
 from panoseti_daq import PanoFrame, pff, product_named
 from panoseti_daq._grpclib.codec import DaqCodec
-from panoseti_daq._localhost import free_port
 from panoseti_daq.messages import Empty, InitHpIoRequest, InitHpIoResponse, StreamImagesRequest
+from panoseti_daq.server.process import free_port
 from panoseti_daq.wire.codec import StreamReply, UploadItem, encode_upload_item
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

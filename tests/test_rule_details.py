@@ -188,8 +188,8 @@ async def _accepts(host: str, port: int) -> bool:
 async def test_listens_on_the_host_and_port_asked_for(base_config):
     """R-NET-1: the TCP listener binds the `host` and `port` it is given, not every interface
     or a port of its own: another loopback address (127.0.0.2) is refused."""
-    from panoseti_daq._localhost import free_port
     from panoseti_daq.server import DaqDataServer
+    from panoseti_daq.server.process import free_port
 
     port = free_port()
     async with DaqDataServer(base_config, host="127.0.0.1", port=port, uds="") as server:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from panoseti_daq import BlockingUbloxClient, RpcError, UbloxClient, UbloxMessage
 from panoseti_daq._generated.google.protobuf import Struct
-from panoseti_daq._localhost import free_port
+from panoseti_daq.server.process import free_port
 from panoseti_daq.ublox.client import load_ublox_nodes, parse_target, wire_config
 from panoseti_daq.ublox.settings import F9tSettingsError, example_config_path
 from panoseti_daq.ublox.simulator import SimulatedF9t

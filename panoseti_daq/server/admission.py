@@ -1,12 +1,13 @@
 """Who gets in: the admission rules of StreamImages and InitHpIo, as pure functions.
 
 `admit_stream` (R-STREAM-1 .. R-STREAM-5, R-STATE-3, R-PEER-4, R-SRC-1) and `admit_hp_io`
-(R-INIT-1 .. R-INIT-5, R-INIT-10, R-INIT-11, R-STATE-2) each take a request and a snapshot of the server's state and
-return a decision: what is admitted, a `Refusal` (the gRPC status and a message naming the
-problem), or `WAIT_FOR_WRITER` (ask again once the writer is done). They read no clock, file or
-socket: the handlers in service.py gather the state, act on the decision and nothing else, and
-`serve --init` asks the same question before the server listens. The file system's answers
-about a data_dir arrive as `DataDirFacts`, gathered by `server.hp_io_checks.inspect_data_dir`.
+(R-INIT-1 .. R-INIT-5, R-INIT-10, R-INIT-11, R-STATE-2) each take a request and a snapshot of
+the server's state and return a decision: what is admitted, a `Refusal` (the gRPC status and a
+message naming the problem), or `WAIT_FOR_WRITER` (ask again once the writer is done). They read
+no clock, file or socket: the handlers in service.py gather the state, act on the decision and
+nothing else, and `serve --init` asks the same question before the server listens. The file
+system's answers about a data_dir arrive as `DataDirFacts`, gathered by
+`server.hp_io_checks.inspect_data_dir`.
 """
 
 from __future__ import annotations

@@ -176,9 +176,6 @@ class UbloxStream(ImageStream):
     re-initialised is retried (a "status" message says so) until the stream is closed.
     """
 
-    def _convert(self, reply: Any) -> Any:
-        return reply
-
 
 class UbloxClient(ClientSession):
     """Async client of UbloxControl servers on many DAQ nodes (asyncio and trio).
@@ -303,7 +300,7 @@ class UbloxClient(ClientSession):
         send, receive = anyio.create_memory_object_stream[UbloxMessage](STREAM_BUFFER)
         state = StreamState()
         tg.start_soon(self._pump, names, request, wait_for_ready, send, state)
-        stream = UbloxStream(receive, state, False, self._streams.discard)  # type: ignore[arg-type]
+        stream = UbloxStream(receive, state, "reply", self._streams.discard)  # type: ignore[arg-type]
         self._streams.add(stream)
         return stream
 
