@@ -6,8 +6,6 @@ Import messages from here, never from the generated package directly.
 from __future__ import annotations
 
 from ._generated.daqdata import (
-    DaqDataBase,
-    DaqDataStub,
     InitHpIoRequest,
     InitHpIoResponse,
     PanoImage,
@@ -33,8 +31,6 @@ __all__ = [
     "DESCRIPTOR_POOL",
     "SERVICE_NAME",
     "SOURCE_METADATA_KEY",
-    "DaqDataBase",
-    "DaqDataStub",
     "Empty",
     "InitHpIoRequest",
     "InitHpIoResponse",
