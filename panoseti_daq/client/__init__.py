@@ -5,6 +5,7 @@ keep working after changing the import.
 """
 
 from ..frames import as_frame
+from ..wire.codec import StreamReply
 from .aio import AsyncDaqClient
 from .stream import ImageStream
 from .sync import BlockingImageStream, DaqClient
@@ -21,6 +22,7 @@ __all__ = [
     "DaqDataClient",
     "DaqNode",
     "ImageStream",
+    "StreamReply",
     "as_frame",
     "load_daq_nodes",
 ]
