@@ -721,11 +721,14 @@ def ublox_server_config_from_dict(
     return _ublox_config(_Reader(data, _as_path(file)))
 
 
-def load_ublox_server_config(path: str | os.PathLike[str]) -> UbloxServerConfig:
-    """Load the original's ublox_control_server_config.json (R-UBX-CFG-6); its host and port
-    are named as unused: the service is on the DaqData listeners."""
+def load_ublox_server_config(
+    path: str | os.PathLike[str], *, beside_daqdata: bool = True
+) -> UbloxServerConfig:
+    """Load the original's ublox_control_server_config.json (R-UBX-CFG-6). Beside DaqData its
+    host and port are named as unused (the service is on the DaqData listeners); a
+    UbloxControl-only server listens there."""
     data, file = read_json(path)
-    return _ublox_config(_Reader(data, file), beside_daqdata=True)
+    return _ublox_config(_Reader(data, file), beside_daqdata=beside_daqdata)
 
 
 def load_server_config(path: str | os.PathLike[str] | None = None) -> ServerConfig:

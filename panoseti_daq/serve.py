@@ -1,4 +1,4 @@
-"""`python -m panoseti_daq.serve`: run the DaqData server on this DAQ node."""
+"""`python -m panoseti_daq.serve`: run the DaqData and UbloxControl server on this DAQ node."""
 
 from __future__ import annotations
 
@@ -14,13 +14,22 @@ from .server.sockets import socket_path_problem
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m panoseti_daq.serve",
-        description="Serve live PANOSETI images over gRPC (service daqdata.DaqData).",
+        description="Serve live PANOSETI images (daqdata.DaqData) and the control of the node's "
+        "GNSS timing receiver (ubloxcontrol.UbloxControl) over gRPC.",
     )
     parser.add_argument("--config", help="daq_data_server_config.json (default: the bundled one)")
     parser.add_argument(
         "--ublox-config",
         help="UbloxControl settings from the original's ublox_control_server_config.json "
         "(instead of the config's ublox_control section)",
+    )
+    parser.add_argument(
+        "--services",
+        choices=("all", "daqdata", "ublox"),
+        default="all",
+        help="serve both services (default), DaqData only, or UbloxControl only: a second "
+        "process on the node, on the host and port of --ublox-config, with no Unix socket, "
+        "metrics or stats file unless given here",
     )
     parser.add_argument("--host", help="TCP bind address (default from config: [::])")
     parser.add_argument("--port", type=int, help="TCP port (default from config: 50051); -1: none")
@@ -51,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--stats-interval must be > 0, not {args.stats_interval}")
     if args.init and args.init_sim:
         parser.error("--init and --init-sim: give one of them")
+    if args.services == "ublox" and (args.init or args.init_sim):
+        option = "--init" if args.init else "--init-sim"
+        parser.error(f"{option} configures DaqData, which --services ublox does not serve")
     if args.uds and args.uds.startswith("unix://"):
         args.uds = args.uds[len("unix://") :]  # the config key's form
     return args
@@ -92,8 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         config = load_server_config(args.config)
+        ublox_only = args.services == "ublox"
         if args.ublox_config:
-            config = config.replace(ublox_control=load_ublox_server_config(args.ublox_config))
+            ublox = load_ublox_server_config(args.ublox_config, beside_daqdata=not ublox_only)
+            config = config.replace(ublox_control=ublox)
+            if ublox_only:  # its own listener: the host and port of the UbloxControl file
+                config = config.replace(host=ublox.host, port=ublox.port)
+        if ublox_only:  # DaqData's socket, metrics and init belong to the DaqData process
+            config = config.replace(
+                unix_domain_socket="", metrics_port=None, init_hp_io=None, init_from_default=False
+            )
         check_listeners(args, config)
     except ConfigError as exc:
         print(f"panoseti_daq.serve: invalid configuration: {exc}", file=sys.stderr)
@@ -115,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             stats_interval_s=args.stats_interval,
             metrics_port=args.metrics_port,
             init_hp_io=args.init,
+            services=("daqdata", "ublox") if args.services == "all" else (args.services,),
         )
     except Exception as exc:
         # R-OPS-2: one line, also for what a task of the server's task group raised at start

@@ -4,6 +4,7 @@ reflection and health cover both services, SIGTERM ends streams and closes the p
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import empty_pb2, struct_pb2
 
+from panoseti_daq.server.process import free_port, serve_command, started
 from panoseti_daq.ublox.simulator import SimulatedF9t
 from tests.helpers import server_process
 from tests.reference import UBLOX_PROTO, modules
@@ -94,3 +96,63 @@ def test_served_beside_daqdata_then_sigterm(short_tmp, backend):
             assert time.monotonic() - sent < 2.0
         assert process.wait(timeout=15) == 0
         assert lock_is_free(chip.device)
+
+
+@pytest.mark.timeout(90)  # two server processes, client processes
+def test_ubloxcontrol_only_beside_a_daqdata_only_server(short_tmp):
+    """R-UBX-SRV-1, R-UBX-CFG-6: two processes on one node, one per service: the UbloxControl
+    one listens on the host and port of the original's separate file, opens no Unix socket,
+    and offers only its own service (reflection, health); DaqData calls there are
+    UNIMPLEMENTED. SIGTERM stops it with exit code 0."""
+    ublox_port = free_port()
+    ublox_file = short_tmp / "ublox_control_server_config.json"
+    ublox_file.write_text(
+        json.dumps({"host": "127.0.0.1", "port": ublox_port, "allowed_devices": ["/dev/pts/*"]})
+    )
+    daq_dir = short_tmp / "daq"
+    daq_dir.mkdir()
+    command = serve_command("--services", "ublox", "--ublox-config", str(ublox_file))
+    with (
+        server_process(daq_dir, "--services", "daqdata") as (_daq, daq_port, _uds),
+        started(command, ublox_port, stderr=subprocess.PIPE, text=True, cwd=short_tmp) as ublox,
+    ):
+        daq_target, ublox_target = f"127.0.0.1:{daq_port}", f"127.0.0.1:{ublox_port}"
+        listed = _run("-c", REFLECTION, ublox_target).splitlines()[0].split(",")
+        assert "ubloxcontrol.UbloxControl" in listed and "daqdata.DaqData" not in listed
+        assert _run(PROBE, "check", ublox_target, "ubloxcontrol.UbloxControl").strip() == (
+            "SERVING"
+        )
+        assert _run(PROBE, "check", ublox_target, "daqdata.DaqData").strip() == "NOT_FOUND"
+        assert _run(PROBE, "check", daq_target, "daqdata.DaqData").strip() == "SERVING"
+        assert _run(PROBE, "check", daq_target, "ubloxcontrol.UbloxControl").strip() == (
+            "NOT_FOUND"
+        )
+        _, daq_pb2_grpc = modules()
+        with grpc.insecure_channel(ublox_target) as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                daq_pb2_grpc.DaqDataStub(channel).Ping(empty_pb2.Empty(), timeout=5)
+            assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            stub = pb2_grpc.UbloxControlStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.PollMessage(pb2.PollRequest(patterns=["MON-VER"]), timeout=5)
+            assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # no InitF9t yet
+        assert list(short_tmp.glob("*.sock")) == [] and not Path("/tmp/daq_data.sock").is_socket()
+        ublox.send_signal(signal.SIGTERM)
+        assert ublox.wait(timeout=15) == 0
+
+
+def test_ubloxcontrol_only_refuses_hp_io_options(short_tmp):
+    """R-UBX-CFG-6: --init and --init-sim configure DaqData: with --services ublox they are an
+    error on one line, exit code 2."""
+    result = subprocess.run(
+        serve_command("--services", "ublox", "--init-sim", "--port", "0"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--init-sim configures DaqData, which --services ublox does not serve")
+    )

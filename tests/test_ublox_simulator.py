@@ -367,12 +367,29 @@ def test_wrong_readback_fault(sim, port):
         SimulatedF9t(unsupported_keys=["CFG_TP_TYPO"])
 
 
+@pytest.mark.parametrize(
+    ("name", "answer"), [("CFG_USBOUTPROT_UBX", []), ("CFG_USBINPROT_UBX", ["ACK-ACK"])]
+)
+def test_turning_ubx_off_on_the_hosts_port_cuts_the_link(name, answer):
+    """R-UBX-SIM-3: UBX output off in RAM on the chip's own port silences it at once (that
+    VALSET's ACK included); input off acknowledges, then ignores every UBX frame. On another
+    layer the running configuration, and the link, stay."""
+    chip = ChipModel()
+    got = chip.handle(valset([(name, 0)], layers=1).serialize(), 0.0)
+    assert [UBXReader.parse(f).identity for f in got] == answer
+    assert chip.handle(valget([name], 0).serialize(), 0.0) == []
+    other = ChipModel()
+    got = other.handle(valset([(name, 0)], layers=2).serialize(), 0.0)
+    assert [UBXReader.parse(f).identity for f in got] == ["ACK-ACK"]
+    assert other.value(name, "BBR") == 0 and other.value(name, "RAM") != 0
+
+
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_any_key_reads_back_what_was_set(data):
     """R-UBX-SIM-3, R-UBX-INIT-8 (the model without I/O): for any key of pyubx2's database and
     any value of its type, VALSET then VALGET on the same layer gives the value back (R4 as its
-    float32)."""
+    float32), except UBX turned off in RAM on the host's own port, which cuts the link."""
     name = data.draw(st.sampled_from(sorted(UBX_CONFIG_DATABASE)))
     typ = UBX_CONFIG_DATABASE[name][1]
     size = int(typ[1:])
@@ -390,6 +407,14 @@ def test_any_key_reads_back_what_was_set(data):
     layer_bit, layer_number = data.draw(st.sampled_from([(1, 0), (2, 1), (4, 2)]))
     chip = ChipModel()
     answer = chip.handle(valset([(name, value)], layers=layer_bit).serialize(), 0.0)
+    # Turning UBX off in RAM on the port the host talks over cuts the link, as on the chip:
+    # output off, not even that VALSET's ACK; input off, the ACK and then silence.
+    link = {f"CFG_{chip.port}OUTPROT_UBX": [], f"CFG_{chip.port}INPROT_UBX": ["ACK-ACK"]}
+    if layer_number == 0 and value == 0 and name in link:
+        assert [UBXReader.parse(f).identity for f in answer] == link[name]
+        assert chip.handle(valget([name], 0).serialize(), 0.0) == []
+        assert chip.value(name, "RAM") == 0
+        return
     assert [UBXReader.parse(f).identity for f in answer] == ["ACK-ACK"]
     frames = chip.handle(valget([name], layer_number).serialize(), 0.0)
     (got,) = [v for k, v in vars(UBXReader.parse(frames[0])).items() if k.startswith("CFG_")]

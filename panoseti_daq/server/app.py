@@ -22,7 +22,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Collection
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,10 @@ from .stats import server_stats, task_count, write_stats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DaqDataServer", "StartupError", "run"]
+__all__ = ["SERVICES", "DaqDataServer", "StartupError", "run"]
+
+# What a server may serve: DaqData (images) and UbloxControl (the timing receiver).
+SERVICES = ("daqdata", "ublox")
 
 
 class StartupError(PanosetiDaqError):
@@ -126,8 +129,16 @@ class DaqDataServer:
         stats_interval_s: float = 60.0,
         metrics_port: int | None = None,
         init_hp_io: str | os.PathLike[str] | None = None,
+        services: Collection[str] = SERVICES,
     ) -> None:
+        unknown = set(services) - set(SERVICES)
+        if unknown or not services:
+            raise ValueError(f"services must be some of {', '.join(SERVICES)}, not {services!r}")
         self.config = config
+        # DaqData, UbloxControl or both on the listeners (R-UBX-SRV-1: a UbloxControl-only
+        # server is a second process on the node, on its own port).
+        self.serves_daqdata = "daqdata" in services
+        self.serves_ublox = "ublox" in services
         # Where each setting came from, for start-up errors: an argument (`serve`'s option)
         # or the config file's key.
         self._given = {"port": port, "uds": uds, "metrics": metrics_port, "init": init_hp_io}
@@ -170,8 +181,10 @@ class DaqDataServer:
             self._loop = await stack.enter_async_context(grpclib_loop())
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._stop)
-            await self._task_group.start(self.core.run)
-            await self._start_ublox()
+            if self.serves_daqdata:
+                await self._task_group.start(self.core.run)
+            if self.serves_ublox:
+                await self._start_ublox()
             if self.requested_metrics_port is not None:
                 self.metrics_port = await self._start_metrics()
             await self._loop.run(self._start_listeners)
@@ -186,7 +199,7 @@ class DaqDataServer:
         try:
             if hp_io is not None:
                 await self._init_at_start(hp_io)
-            elif self.config.init_from_default:
+            elif self.config.init_from_default and self.serves_daqdata:
                 await self._init_from_default()
         except BaseException:
             self._stack = None
@@ -220,6 +233,10 @@ class DaqDataServer:
         if path is None:
             return None
         where = self._where("init", f"--init {path}", "init_hp_io")
+        if not self.serves_daqdata:
+            raise StartupError(
+                f"{where}: hp_io belongs to DaqData, which this server does not serve"
+            )
         try:
             hp_io = load_hp_io_config(path)
         except ConfigError as exc:
@@ -267,16 +284,19 @@ class DaqDataServer:
         await ready.wait()
 
     def _handlers(self) -> list[Any]:
-        service = DaqDataService(self.core, self.uds_path)
-        ublox = UbloxControlService(self.ublox)
-        health = Health({service: [self._health], ublox: [self._health]})
+        services: list[Any] = []
+        if self.serves_daqdata:
+            services.append(DaqDataService(self.core, self.uds_path))
+        if self.serves_ublox:
+            services.append(UbloxControlService(self.ublox))
+        health = Health({service: [self._health] for service in services})
         # Reflection lists every service, itself included (R-NET-3, R-UBX-SRV-2), and answers
         # from betterproto2's descriptor pool, where our schemas live. `extend` names the
         # services it is given: hand it a first pair of reflection servables for their names,
         # keep the second pair it adds.
-        named: list[Any] = [service, ublox, health, *ServerReflection.extend([])]
+        named: list[Any] = [*services, health, *ServerReflection.extend([])]
         reflection = ServerReflection.extend(named, pool=DESCRIPTOR_POOL)[len(named) :]
-        return [service, ublox, health, *reflection]
+        return [*services, health, *reflection]
 
     async def _start_listeners(self) -> None:
         handlers = self._handlers()
@@ -385,8 +405,9 @@ class DaqDataServer:
                 for server in self._servers:
                     await self._loop.run(server.wait_closed)
             self._servers.clear()
-            with anyio.move_on_after(self.config.ublox_control.shutdown_grace_period):
-                await self._loop.run(self.ublox.stop)
+            if self.serves_ublox:
+                with anyio.move_on_after(self.config.ublox_control.shutdown_grace_period):
+                    await self._loop.run(self.ublox.stop)
             await self.core.stop_sources()
             if self._uds_bound and self.uds_path:
                 with contextlib.suppress(FileNotFoundError):
@@ -459,6 +480,7 @@ def run(
     stats_interval_s: float = 60.0,
     metrics_port: int | None = None,
     init_hp_io: str | None = None,
+    services: Collection[str] = SERVICES,
 ) -> None:
     """Run the server until SIGINT/SIGTERM; returns after a graceful shutdown."""
     serve = functools.partial(
@@ -472,5 +494,6 @@ def run(
         stats_interval_s=stats_interval_s,
         metrics_port=metrics_port,
         init_hp_io=init_hp_io,
+        services=services,
     )
     anyio.run(serve, backend=backend)
