@@ -160,6 +160,43 @@ async def test_trio_asyncio_runs_the_queued_callbacks_in_one_step():
     assert 0 < loop_steps < 20, steps
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.anyio
+async def test_trio_asyncio_checks_call_soon_callbacks_as_asyncio_does():
+    """trio-asyncio's `call_soon` refuses a coroutine function only in debug mode, as asyncio's
+    own loop does: outside debug mode the check costs more than queueing the callback, on every
+    asyncio callback of the server (issue 23)."""
+    from panoseti_daq.bridge import grpclib_loop
+
+    async def coroutine_function() -> None:
+        raise AssertionError("cancelled before it runs")
+
+    def accepted(loop: asyncio.AbstractEventLoop) -> bool:
+        try:
+            loop.call_soon(coroutine_function).cancel()  # type: ignore[arg-type]
+        except TypeError:
+            return False
+        return True
+
+    plain = asyncio.SelectorEventLoop()
+    try:
+        expected = {}
+        for debug in (False, True):
+            plain.set_debug(debug)
+            expected[debug] = accepted(plain)
+    finally:
+        plain.close()
+    assert expected == {False: True, True: False}
+    async with grpclib_loop() as bridge:
+        loop = bridge.loop
+        try:
+            for debug in (False, True):
+                loop.set_debug(debug)
+                assert accepted(loop) == expected[debug], f"debug mode {debug}"
+        finally:
+            loop.set_debug(False)
+
+
 def test_a_version_not_written_for_fails_loudly():
     """The versions the private uses were written for are checked; another names the library,
     the installed version and the supported ones."""
