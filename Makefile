@@ -45,7 +45,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --no-cache --check .
 	$(PY) -m mypy
 
-# Regenerate the betterproto2 messages, grpclib stubs and server base from schema/.
+# Regenerate the betterproto2 messages and descriptors from schema/.
 schema: $(STAMP)
 	$(PY) tools/generate.py $(PROTO) $(GEN_DIR)
 

@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from panoseti_daq._localhost import wait_for_port
+from panoseti_daq.server.process import started
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,15 +16,5 @@ ROOT = Path(__file__).resolve().parent.parent
 def running(cmd: list[str], port: int, what: str) -> Iterator[subprocess.Popen[bytes]]:
     """The process of `cmd` (run from the repository root) once 127.0.0.1:`port` accepts
     connections; terminated, and killed after 10 s, on leaving."""
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
-    try:
-        if not wait_for_port(port, process):
-            raise RuntimeError(f"{what} server did not start")
+    with started(cmd, port, what=f"{what} server", cwd=ROOT, stdout=subprocess.DEVNULL) as process:
         yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -27,9 +27,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._process import ROOT
-from .cpu import RATE_HZ, WARMUP, _socket_config
-from .grpcio_e2e import server
+from benchmarks._process import ROOT
+from benchmarks.cpu import RATE_HZ, WARMUP, _socket_config
+from benchmarks.grpcio_e2e import server
 
 _IDLE = ("EpollIOManager.get_events", "WorkerThread._work", "Condition.wait", "Thread.run")
 

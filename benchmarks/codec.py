@@ -34,7 +34,12 @@ from typing import Any
 import numpy as np
 
 from panoseti_daq._bundled import NGC7331_PH256
-from panoseti_daq.codec import (
+from panoseti_daq.frames import PanoFrame
+from panoseti_daq.messages import PanoImage
+from panoseti_daq.pff import iter_frames
+from panoseti_daq.products import product_named
+from panoseti_daq.synthetic import synthetic_movie_frames
+from panoseti_daq.wire.codec import (
     StreamReply,
     decode_pano_image,
     decode_stream_reply,
@@ -42,11 +47,6 @@ from panoseti_daq.codec import (
     encode_pano_image,
     encode_stream_reply,
 )
-from panoseti_daq.frames import PanoFrame
-from panoseti_daq.messages import PanoImage
-from panoseti_daq.pff import iter_frames
-from panoseti_daq.products import product_named
-from panoseti_daq.synthetic import synthetic_movie_frames
 
 TARGET_IMG16_TOTAL_US = 30.0
 TARGET_EXTRA_KEY_DECODE_US = 20.0

@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._process import ROOT
-from .grpcio_e2e import server
+from benchmarks._process import ROOT
+from benchmarks.grpcio_e2e import server
 
 RATE_HZ = 3000
 IMAGES = 9000

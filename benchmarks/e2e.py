@@ -33,12 +33,12 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
 
+from benchmarks._process import running
 from panoseti_daq import PanoFrame, pff, product_named
-from panoseti_daq._localhost import free_port
-from panoseti_daq.codec import DaqCodec, StreamReply, UploadItem, encode_upload_item
+from panoseti_daq._grpclib.codec import DaqCodec
 from panoseti_daq.messages import Empty, InitHpIoRequest, InitHpIoResponse, StreamImagesRequest
-
-from ._process import running
+from panoseti_daq.server.process import free_port
+from panoseti_daq.wire.codec import StreamReply, UploadItem, encode_upload_item
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

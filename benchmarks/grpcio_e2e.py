@@ -30,9 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from panoseti_daq._localhost import free_port
-
-from ._process import ROOT, running
+from benchmarks._process import ROOT, running
+from panoseti_daq.server.process import free_port
 
 SERVERS = ("ours_trio", "ours_asyncio", "grpcio")
 TARGET_IMG16_PER_S = 10_000

@@ -36,9 +36,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from ._process import ROOT
-from .grpcio_e2e import server
-from .grpcio_load import pb2, read_reply
+from benchmarks._process import ROOT
+from benchmarks.grpcio_e2e import server
+from benchmarks.grpcio_load import pb2, read_reply
 
 SECONDS = 10.0
 VIEWERS = 3

@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._process import ROOT
+from benchmarks.grpcio_e2e import GRPCLIB_DEFAULT_WINDOW, server
 from panoseti_daq import DaqClient
-
-from ._process import ROOT
-from .grpcio_e2e import GRPCLIB_DEFAULT_WINDOW, server
 
 UPLOAD_RATE_HZ = 3000
 VIEWER_SECONDS_PER_FRAME = 0.002

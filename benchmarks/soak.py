@@ -21,10 +21,9 @@ from pathlib import Path
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
-from panoseti_daq.codec import UploadItem, encode_upload_item
+from benchmarks.e2e import RawCodec, _active_run, _frame, _init, _Raw, _server
 from panoseti_daq.messages import Empty, StreamImagesRequest
-
-from .e2e import RawCodec, _active_run, _frame, _init, _Raw, _server
+from panoseti_daq.wire.codec import UploadItem, encode_upload_item
 
 
 def _server_stats(path: Path) -> dict[str, float]:

@@ -22,13 +22,12 @@ from typing import Any
 
 from .client import DaqClient
 from .client.targets import parse_module_ids
-from .codec import dropped_before
 from .config import client_hp_io_config
 from .errors import PanosetiDaqError, RpcError
 from .frames import PanoFrame
-from .live_table import LiveTable
 from .logs import LOG_LEVELS, configure_logging
-from .recorder import PFFRecorder, RecordError
+from .viewer.live_table import LiveTable
+from .viewer.recorder import PFFRecorder, RecordError
 
 log = logging.getLogger("panoseti_daq.cli")
 
@@ -121,11 +120,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _frames(replies: Any) -> Iterator[tuple[str, PanoFrame, int]]:
     """(server name, frame, frames dropped before it) of each reply; replies without an image
-    are skipped. The replies are the codec's own (DaqClient._stream_replies): no message or
-    dict is made per frame."""
+    are skipped. The replies are the decoder's own (stream_images with `replies`): no message
+    or dict is made per frame."""
     for reply in replies:
         if reply.frame is not None:
-            yield reply.name, reply.frame, dropped_before(reply.message)
+            yield reply.name, reply.frame, reply.dropped_before
 
 
 class _Interrupts:
@@ -220,13 +219,14 @@ def _stream(client: DaqClient, args: argparse.Namespace, hosts: list[str] | None
     # The codec's replies: their `name` says which server sent each frame, and the frames are
     # used as they are (no betterproto message or parsed dict per frame).
     streamed = hosts or sorted(client.valid_hosts) or list(client.nodes)
-    replies = client._stream_replies(
+    replies = client.stream_images(
         hosts,
         args.movie,
         args.ph,
         interval,
         tuple(args.module_ids),
         wait_for_ready=True,
+        replies=True,
         # Rows by daq_config host when there are several: two servers on one machine share
         # the server name their replies carry.
         name_by_host=len(streamed) > 1,

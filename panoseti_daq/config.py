@@ -1,4 +1,8 @@
-"""Server-side configuration: daq_data_server_config.json and hp_io_config.json (spec §10).
+"""The configuration formats (spec §10): daq_data_server_config.json (the server's),
+hp_io_config.json (what InitHpIo configures: the server applies it, clients send it) and the
+settings clients share with the server (HTTP/2 window bounds). The client's daq_config.json is
+read by `panoseti_daq.client.targets`. The simulation's and the demo's files ship in
+panoseti_daq/data/config/.
 
 Each file type has one loader that validates every key at load time and returns a frozen
 dataclass; an unknown key, a wrong type or an out-of-range value raises ConfigError naming the
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._bundled import BUNDLED_CONFIG_DIR
 from .errors import ConfigError
 from .products import PRODUCTS
 
@@ -49,7 +54,6 @@ __all__ = [
     "ublox_server_config_from_dict",
 ]
 
-BUNDLED_CONFIG_DIR = Path(__file__).parent / "config"
 DAQ_ACTIVE_CHECKS = ("process", "marker", "recent_write")
 SIMULATION_MODES = ("filesystem", "rpc", "uds")
 # The later layout names the filesystem simulation after the hp_io method that reads it.

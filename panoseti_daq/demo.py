@@ -15,13 +15,12 @@ import argparse
 import json
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from . import cli
-from ._localhost import free_port, wait_for_port
+from .server.process import free_port, serve_command, started
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -60,65 +59,49 @@ def main(argv: list[str] | None = None) -> int:
     network_config = tmp / "network_config.json"
     network_config.write_text(json.dumps({"daq_nodes": []}))
     print(f"starting the server on 127.0.0.1:{port} ({args.backend}), simulation in {tmp}")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "panoseti_daq.serve",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend",
-            args.backend,
-            "--log-level",
-            "warning",
-        ],
-        # Its own session: a terminal's Ctrl+C reaches the demo only, which then stops the
-        # server with one SIGINT (below). In the terminal's process group the server got the
-        # terminal's SIGINT and the demo's.
-        start_new_session=True,
+    command = serve_command(
+        *("--config", str(config), "--host", "127.0.0.1", "--port", str(port)),
+        *("--backend", args.backend, "--log-level", "warning"),
     )
     code = 1
-    # The server is in a session of its own: a closed terminal (SIGHUP) must stop it through
-    # the demo too, which it does as for Ctrl+C.
+    # The server runs in a session of its own: a terminal's Ctrl+C reaches the demo only, which
+    # then stops the server with one SIGINT (on leaving `started`); in the terminal's process
+    # group the server got the terminal's SIGINT and the demo's. A closed terminal (SIGHUP)
+    # must stop it through the demo too, which it does as for Ctrl+C.
     signal.signal(signal.SIGHUP, _interrupt)
+    server = None
     try:
-        if not wait_for_port(port, server):
-            print("the server did not start", file=sys.stderr)
-            return 1
-        client_args = [str(daq_config), str(network_config), "--log-level", "warning"]
-        cli.main([*client_args, "--list-hosts", "--reflect-services"])
-        stream_args = [
-            "--init-sim",
-            "--stream",
-            "--update-interval",
-            "0",
-            "--refresh-period",
-            "0.5",
-            "--plot-dir",
-            str(tmp / "plots"),
-        ]
-        if args.plot:
-            stream_args.append("--plot-view")
-        if args.duration:
-            stream_args += ["--duration", str(args.duration)]
-        code = cli.main([*client_args, *stream_args])
+        with started(
+            command, port, stop_signal=signal.SIGINT, stop_timeout_s=15, start_new_session=True
+        ) as server:
+            code = _run_client(args, tmp, daq_config, network_config)
     except KeyboardInterrupt:
         code = 0
+    except (RuntimeError, TimeoutError) as exc:
+        if server is not None:  # not from starting the server
+            raise
+        print(f"the server did not start: {exc}", file=sys.stderr)
+        return 1
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        print(f"server stopped (exit code {server.returncode})")
+        if server is not None:
+            print(f"server stopped (exit code {server.returncode})")
         shutil.rmtree(tmp, ignore_errors=True)
-    return 0 if code in (0, 130) and server.returncode == 0 else 1
+    return 0 if code in (0, 130) and server is not None and server.returncode == 0 else 1
+
+
+def _run_client(args: argparse.Namespace, tmp: Path, daq_config: Path, network_config: Path) -> int:
+    """The CLI against the server: its services, then the live table (and plots)."""
+    client_args = [str(daq_config), str(network_config), "--log-level", "warning"]
+    cli.main([*client_args, "--list-hosts", "--reflect-services"])
+    stream_args = [
+        *("--init-sim", "--stream", "--update-interval", "0", "--refresh-period", "0.5"),
+        *("--plot-dir", str(tmp / "plots")),
+    ]
+    if args.plot:
+        stream_args.append("--plot-view")
+    if args.duration:
+        stream_args += ["--duration", str(args.duration)]
+    return cli.main([*client_args, *stream_args])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from .messages import PanoImage, PanoImageType, Struct
 from .products import DataProduct, ImageType, product_for, product_named
 from .timestamps import FrameTime, frame_time
 
-__all__ = ["PanoFrame", "pixels_for_product", "plain_header"]
+__all__ = ["PanoFrame", "as_frame", "pixels_for_product", "plain_header"]
 
 
 def pixels_for_product(product: DataProduct, values: Any) -> np.ndarray:
@@ -192,3 +192,29 @@ class PanoFrame:
             f"PanoFrame({self.product.name}, module {self.module_id}, "
             f"{self.file or '<no file>'}#{self.frame_number})"
         )
+
+
+def as_frame(image: PanoFrame | PanoImage | Mapping[str, Any]) -> PanoFrame:
+    """A PanoFrame from a frame, a PanoImage message or a parsed image dict (R-CLI-7)."""
+    if isinstance(image, PanoFrame):
+        return image
+    if isinstance(image, PanoImage):
+        return PanoFrame.from_message(image)
+    if isinstance(image, Mapping):
+        kind = image["type"]
+        image_type = ImageType[kind] if isinstance(kind, str) else ImageType(int(kind))
+        product = product_for(image_type, list(image["shape"]), image["bytes_per_pixel"])
+        header = {
+            k: v
+            for k, v in dict(image.get("header") or {}).items()
+            if k not in ("wr_unix_timestamp", "pandas_unix_timestamp", "wr_timestamp_valid")
+        }
+        return PanoFrame.create(
+            product,
+            header,
+            image["image_array"],
+            image.get("module_id", 0),
+            image.get("file", ""),
+            image.get("frame_number", 0),
+        )
+    raise TypeError(f"cannot upload a {type(image).__name__}: give PanoFrame, PanoImage or dict")

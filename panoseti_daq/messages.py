@@ -6,8 +6,6 @@ Import messages from here, never from the generated package directly.
 from __future__ import annotations
 
 from ._generated.daqdata import (
-    DaqDataBase,
-    DaqDataStub,
     InitHpIoRequest,
     InitHpIoResponse,
     PanoImage,
@@ -24,13 +22,15 @@ from ._generated.google.protobuf import Empty, ListValue, NullValue, Struct, Tim
 from ._generated.google_proto_descriptor_pool import default_google_proto_descriptor_pool
 
 SERVICE_NAME = "daqdata.DaqData"
+# gRPC metadata with which an uploader in the server's own process (the rpc simulation) names
+# its frames' source; any other upload is counted as an upload.
+SOURCE_METADATA_KEY = "x-panoseti-frame-source"
 DESCRIPTOR_POOL = default_google_proto_descriptor_pool
 
 __all__ = [
     "DESCRIPTOR_POOL",
     "SERVICE_NAME",
-    "DaqDataBase",
-    "DaqDataStub",
+    "SOURCE_METADATA_KEY",
     "Empty",
     "InitHpIoRequest",
     "InitHpIoResponse",

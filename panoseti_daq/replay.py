@@ -25,7 +25,7 @@ import anyio
 from . import pff
 from .config import UdsIngestConfig
 from .products import DataProduct, product_named
-from .server.uds_ingest import MODULE_ID_BYTES, socket_path
+from .wire.hashpipe import module_id_prefix, socket_path
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,10 @@ def replay_frames(
         if name is None or name.module is None:
             raise ValueError(f"{path.name}: no module_ field in the name; give --module-id")
         module_id = name.module
-    if not 0 <= module_id < 2 ** (8 * MODULE_ID_BYTES):
-        raise ValueError(f"{path}: module id {module_id} does not fit {MODULE_ID_BYTES} bytes")
-    prefix = module_id.to_bytes(MODULE_ID_BYTES, "big")
+    try:
+        prefix = module_id_prefix(module_id)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     size = pff.frame_size_of(path, product)
     if size is None:
         return product, []

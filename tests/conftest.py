@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from panoseti_daq import _header_codec as header_codec
 from panoseti_daq.config import ServerConfig
 from panoseti_daq.server import DaqDataServer
 from panoseti_daq.ublox.simulator import SimulatedF9t
+from panoseti_daq.wire import header as header_codec
 from tests.helpers import server_process
 from tests.ublox_helpers import TEST_SETTINGS
 

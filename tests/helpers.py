@@ -14,15 +14,16 @@ from grpclib.const import Cardinality
 
 from panoseti_daq import PanoFrame, pff, product_named
 from panoseti_daq._bundled import NGC7331_PH256
-from panoseti_daq._localhost import free_port, wait_for_port
-from panoseti_daq.bridge import grpclib_loop
-from panoseti_daq.codec import DaqCodec, StreamReply, UploadItem
+from panoseti_daq._grpclib.bridge import grpclib_loop
+from panoseti_daq._grpclib.codec import DaqCodec
 from panoseti_daq.messages import (
     Empty,
     InitHpIoRequest,
     InitHpIoResponse,
     StreamImagesRequest,
 )
+from panoseti_daq.server.process import free_port, serve_command, started
+from panoseti_daq.wire.codec import StreamReply, UploadItem
 
 PH256 = product_named("ph256")
 REAL_PH = [
@@ -53,7 +54,8 @@ def channel(server, codec=None) -> Channel:
 
 async def on_grpclib_loop(fn, *args):
     """Run the asyncio coroutine function `fn(*args)` on grpclib's loop, from a test on either
-    backend: the running asyncio loop, or under trio a trio-asyncio loop (panoseti_daq.bridge)."""
+    backend: the running asyncio loop, or under trio a trio-asyncio loop
+    (panoseti_daq._grpclib.bridge)."""
     async with grpclib_loop() as loop:
         return await loop.run(fn, *args)
 
@@ -256,11 +258,12 @@ def stalled_stream_client(port: int, request: StreamImagesRequest):
 def server_process(tmp, *extra_args: str, config: dict | None = None, backend: str = "trio"):
     """`python -m panoseti_daq.serve` in a subprocess on a free loopback port.
 
-    Yields (process, port, uds_path) once the port accepts connections; always stops it.
+    Yields (process, port, uds_path) once the port accepts connections; always stops it
+    (SIGKILL: the tests that stop it gracefully signal it themselves first).
     """
     import json
+    import signal
     import subprocess
-    import sys
 
     port = free_port()
     uds = str(tmp / "srv.sock")
@@ -274,37 +277,19 @@ def server_process(tmp, *extra_args: str, config: dict | None = None, backend: s
     }
     config_path = tmp / "server_config.json"
     config_path.write_text(json.dumps(settings))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "panoseti_daq.serve",
-            "--config",
-            str(config_path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--uds",
-            uds,
-            "--backend",
-            backend,
-            *extra_args,
-        ],
+    command = serve_command(
+        *("--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)),
+        *("--uds", uds, "--backend", backend, *extra_args),
+    )
+    with started(
+        command,
+        port,
+        stop_signal=signal.SIGKILL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        if not wait_for_port(port, process):
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.communicate()[1]}")
-            raise TimeoutError("server did not start")
+    ) as process:
         yield process, port, uds
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
 
 
 async def next_reply(stream):

@@ -27,8 +27,7 @@ from google.protobuf import empty_pb2, json_format, struct_pb2
 
 from panoseti_daq import PanoFrame, product_for
 from panoseti_daq.frames import plain_header
-
-from .reference import modules
+from tests.reference import modules
 
 pb2, pb2_grpc = modules()
 

@@ -30,10 +30,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from panoseti_daq import DaqClient, PanoFrame, pff, product_named
-from panoseti_daq.live_table import LiveTable
 from panoseti_daq.plots import format_utc, image_fields
-from panoseti_daq.recorder import PFFRecorder, RecordError
 from panoseti_daq.timestamps import frame_time
+from panoseti_daq.viewer.live_table import LiveTable
+from panoseti_daq.viewer.recorder import PFFRecorder, RecordError
 from tests.conftest import daq_config
 from tests.helpers import REAL_PH, server_process
 from tests.reference import modules

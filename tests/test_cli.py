@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from panoseti_daq import pff, product_named
-from panoseti_daq.recorder import hashpipe_header
+from panoseti_daq.viewer.recorder import hashpipe_header
 from tests.helpers import REAL_PH, free_port, server_process
 from tests.test_recorder import read_like_the_observatory
 

@@ -16,7 +16,7 @@ import pytest
 
 from panoseti_daq import AsyncDaqClient, PanoFrame
 from panoseti_daq.cli import parse_args
-from panoseti_daq.live_table import LiveTable
+from panoseti_daq.viewer.live_table import LiveTable
 from tests.helpers import movie_frame, ph_frame
 from tests.test_cli import ENV, cli, dead_config
 

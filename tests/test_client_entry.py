@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 from panoseti_daq import AsyncDaqClient
-
-from .helpers import REAL_PH, movie_frame
-from .reference_server import ReferenceServer
+from tests.helpers import REAL_PH, movie_frame
+from tests.reference_server import ReferenceServer
 
 pytestmark = pytest.mark.filterwarnings("error::ResourceWarning")
 
@@ -123,7 +122,7 @@ def test_importing_the_package_changes_nothing_in_asyncio():
 SERVER_AND_CLIENT = """
     import anyio
     from panoseti_daq import AsyncDaqClient
-    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq._grpclib.bridge import grpclib_loop
     from panoseti_daq.config import ServerConfig
     from panoseti_daq.server import DaqDataServer
     from tests.helpers import movie_frame

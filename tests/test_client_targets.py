@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import panoseti_daq
+from panoseti_daq._bundled import BUNDLED_CONFIG_DIR
 from panoseti_daq.client import DaqNode, load_daq_nodes
 from panoseti_daq.client.targets import DEFAULT_PORT, parse_module_ids
 
-BUNDLED = Path(panoseti_daq.__file__).parent / "config"
+BUNDLED = BUNDLED_CONFIG_DIR
 
 
 def test_bundled_simulate_configs_name_one_local_node():

@@ -20,10 +20,17 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from panoseti_daq import CodecError, ImageError, PanoFrame
-from panoseti_daq._varint import decode_packed_uint32, encode_packed_uint32
-from panoseti_daq.codec import (
+from panoseti_daq._grpclib.codec import DaqCodec
+from panoseti_daq.messages import (
+    Empty,
+    InitHpIoRequest,
+    PanoImage,
+    StreamImagesRequest,
+    StreamImagesResponse,
+)
+from panoseti_daq.products import PRODUCTS, product_for
+from panoseti_daq.wire.codec import (
     STRICTER_THAN_PROTOBUF,
-    DaqCodec,
     StreamReply,
     UploadItem,
     decode_pano_image,
@@ -36,14 +43,7 @@ from panoseti_daq.codec import (
     encode_struct,
     encode_upload_item,
 )
-from panoseti_daq.messages import (
-    Empty,
-    InitHpIoRequest,
-    PanoImage,
-    StreamImagesRequest,
-    StreamImagesResponse,
-)
-from panoseti_daq.products import PRODUCTS, product_for
+from panoseti_daq.wire.varint import decode_packed_uint32, encode_packed_uint32
 from tests.conftest import examples
 from tests.reference import modules
 
@@ -728,7 +728,7 @@ def _quabo_header(seed: int) -> dict:
 def test_header_plans_match_the_general_encoding_and_parse():
     """Headers of numbers and of quabo objects take cached layouts: same bytes as the general
     encoder and protobuf, and bytes of the same size but other keys still parse correctly."""
-    from panoseti_daq._header_codec import _decode_struct_general, _encode_struct_general
+    from panoseti_daq.wire.header import _decode_struct_general, _encode_struct_general
 
     for header in (_quabo_header(1), _quabo_header(2)["quabo_0"], {"x": 1.5, "quabo_num": 3}):
         data = encode_struct(header)

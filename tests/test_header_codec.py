@@ -25,8 +25,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from panoseti_daq import CodecError, PanoFrame
-from panoseti_daq import _header_codec as header_codec
-from panoseti_daq.codec import decode_pano_image, decode_struct, encode_pano_image
+from panoseti_daq.wire import header as header_codec
+from panoseti_daq.wire.codec import decode_pano_image, decode_struct, encode_pano_image
 from tests.conftest import examples
 from tests.helpers import server_process
 from tests.reference import modules

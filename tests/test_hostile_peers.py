@@ -468,7 +468,7 @@ async def test_connection_counters_and_log_lines(make_server, caplog):
         "idle_closed": 0,
         "messages_too_large": 0,
     }
-    lines = [r.getMessage() for r in caplog.records if r.name == "panoseti_daq._private"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "panoseti_daq._grpclib.private"]
     assert "refused 1 connection(s): max_connections (2) are open" in lines
     assert any(
         "no HTTP/2 preface and SETTINGS within handshake_timeout_seconds" in line for line in lines

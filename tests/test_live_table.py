@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from panoseti_daq.live_table import LiveTable
+from panoseti_daq.viewer.live_table import LiveTable
 from tests.helpers import movie_frame, ph_frame
 
 SERIES = "start_2024-07-25T04_34_46Z.dp_img16.bpp_2.module_1.seqno_{}.pff"
@@ -203,8 +203,8 @@ def test_plain_lines_for_a_pipe():
 def test_times_show_rounded_to_the_millisecond_as_in_the_plots():
     """The table's time column and the plots' titles round alike: a host-clock time held as a
     float (...52.7999999) shows as .800 in both."""
-    from panoseti_daq.live_table import short_time
     from panoseti_daq.plots import format_utc
+    from panoseti_daq.viewer.live_table import short_time
 
     host_float = pd.Timestamp(1721882092.8, unit="s")
     assert short_time(host_float) == "04:34:52.800"

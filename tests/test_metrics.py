@@ -18,11 +18,11 @@ import anyio.lowlevel
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from panoseti_daq._localhost import free_port
 from panoseti_daq.config import server_config_from_dict
 from panoseti_daq.errors import ConfigError
 from panoseti_daq.messages import StreamImagesRequest
 from panoseti_daq.server import metrics as server_metrics
+from panoseti_daq.server.process import free_port
 from tests.helpers import (
     fill_flow_control_window,
     init_hp_io,

@@ -16,8 +16,9 @@ from grpclib.client import Channel
 from grpclib.config import Configuration
 
 from panoseti_daq import AsyncDaqClient
+from panoseti_daq._grpclib.codec import DaqCodec
 from panoseti_daq.client.stream import dropped_before
-from panoseti_daq.codec import DaqCodec
+from panoseti_daq.frames import PanoFrame
 from panoseti_daq.messages import StreamImagesRequest
 from panoseti_daq.server.hub import EndReason
 from tests.conftest import daq_config
@@ -224,7 +225,8 @@ async def test_stalled_reader_is_ended_on_time_with_the_reason(make_server, run_
 
 async def test_parsed_frames_carry_dropped_before(make_server, run_dir):
     """R-CLI-10: the client's parsed dicts carry `dropped_before` (0 when none); typed messages
-    keep the server's `message`."""
+    keep the server's `message`; the decoder's replies (`replies=True`, what the CLI reads)
+    carry both, with frames and the server's name."""
     async with make_server(max_read_queue_size=4) as server:
         assert (await init_hp_io(server, run_dir)).success
         publish = server.core.publisher("upload")
@@ -237,18 +239,23 @@ async def test_parsed_frames_carry_dropped_before(make_server, run_dir):
                 stream_pulse_height_data=False,
                 parse_pano_images=False,
             )
-            async with parsed, typed:
-                await wait_until(lambda: server.hub.subscriber_count == 2)
+            fast = client.stream_images(
+                update_interval_seconds=0.0, stream_pulse_height_data=False, replies=True
+            )
+            async with parsed, typed, fast:
+                await wait_until(lambda: server.hub.subscriber_count == 3)
                 for number in range(10):  # without yielding: 4 queued, 6 dropped per client
                     publish(movie_frame(1, number))
                 got = [await parsed.__anext__() for _ in range(4)]
                 messages = [await typed.__anext__() for _ in range(4)]
+                replies = [await fast.__anext__() for _ in range(4)]
                 await wait_until(
                     lambda: all(s.queue_depth == 0 for s in server.hub.subscriber_stats())
                 )
                 publish(movie_frame(1, 10))
                 got.append(await parsed.__anext__())
                 messages.append(await typed.__anext__())
+                replies.append(await fast.__anext__())
     assert [(f["frame_number"], f["dropped_before"]) for f in got] == [
         (0, 0),
         (1, 0),
@@ -257,6 +264,11 @@ async def test_parsed_frames_carry_dropped_before(make_server, run_dir):
         (10, 6),
     ]
     assert [m.message for m in messages] == ["", "", "", "", "dropped 6 frames"]
+    assert [(r.frame.frame_number, r.dropped_before) for r in replies] == [
+        (f["frame_number"], f["dropped_before"]) for f in got
+    ]
+    assert all(isinstance(r.frame, PanoFrame) for r in replies)
+    assert {r.name for r in replies} == {server.config.server_name}
 
 
 def test_dropped_before_reads_only_the_notice():

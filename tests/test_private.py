@@ -1,4 +1,5 @@
-"""panoseti_daq._private: the one home of other libraries' private names (issue 16 item 1)."""
+"""panoseti_daq._grpclib.private: the one home of other libraries' private names (issue 16
+item 1)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from grpclib.events import _DispatchServerEvents
 from grpclib.server import Stream
 from grpclib.testing import ChannelFor
 
-from panoseti_daq import _private
+from panoseti_daq._grpclib import private as _private
 from panoseti_daq.errors import CodecError
 
 
@@ -126,7 +127,7 @@ async def test_trio_asyncio_runs_the_queued_callbacks_in_one_step():
     runs after them, in a later step, as in asyncio."""
     import trio
 
-    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq._grpclib.bridge import grpclib_loop
 
     ran: list[object] = []
     steps: Counter[str] = Counter()
@@ -166,7 +167,7 @@ async def test_trio_asyncio_checks_call_soon_callbacks_as_asyncio_does():
     """trio-asyncio's `call_soon` refuses a coroutine function only in debug mode, as asyncio's
     own loop does: outside debug mode the check costs more than queueing the callback, on every
     asyncio callback of the server (issue 23)."""
-    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq._grpclib.bridge import grpclib_loop
 
     async def coroutine_function() -> None:
         raise AssertionError("cancelled before it runs")

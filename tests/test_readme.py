@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from panoseti_daq._localhost import free_port
+from panoseti_daq.server.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from panoseti_daq import PanoFrame, pff, product_named
 from panoseti_daq.products import PRODUCTS
-from panoseti_daq.recorder import PFFRecorder, hashpipe_header
+from panoseti_daq.viewer.recorder import PFFRecorder, hashpipe_header
 from tests.helpers import REAL_PH, movie_frame, ph_frame
 
 

@@ -188,8 +188,8 @@ async def _accepts(host: str, port: int) -> bool:
 async def test_listens_on_the_host_and_port_asked_for(base_config):
     """R-NET-1: the TCP listener binds the `host` and `port` it is given, not every interface
     or a port of its own: another loopback address (127.0.0.2) is refused."""
-    from panoseti_daq._localhost import free_port
     from panoseti_daq.server import DaqDataServer
+    from panoseti_daq.server.process import free_port
 
     port = free_port()
     async with DaqDataServer(base_config, host="127.0.0.1", port=port, uds="") as server:
@@ -208,7 +208,7 @@ async def test_stop_holds_a_stream_that_never_ends_for_the_grace_period(make_ser
     from grpclib.health.v1.health_grpc import HealthStub
     from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq._grpclib.bridge import grpclib_loop
     from panoseti_daq.messages import StreamImagesRequest
     from tests.helpers import channel, fill_flow_control_window, stalled_stream_client, wait_until
 
@@ -282,7 +282,7 @@ async def test_stream_clients_are_named_by_their_address(base_config, short_tmp,
 
     from grpclib.client import Channel
 
-    from panoseti_daq.codec import DaqCodec
+    from panoseti_daq._grpclib.codec import DaqCodec
     from panoseti_daq.config import HpIoConfig
     from panoseti_daq.server import DaqDataServer
 

@@ -47,7 +47,7 @@ async def _pings(host: str, port: int) -> bool:
     from grpclib.client import Channel
     from grpclib.const import Cardinality
 
-    from panoseti_daq.codec import DaqCodec
+    from panoseti_daq._grpclib.codec import DaqCodec
     from panoseti_daq.messages import Empty
 
     channel = Channel(host, port, codec=DaqCodec())
@@ -118,7 +118,7 @@ async def test_health_serving(make_server):
     from grpclib.health.v1.health_grpc import HealthStub
     from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq._grpclib.bridge import grpclib_loop
     from tests.helpers import channel
 
     async with make_server() as server:

@@ -8,8 +8,13 @@ from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
-from panoseti_daq.messages import Empty, PanoImage, PanoImageType, UploadImageRequest
-from panoseti_daq.server.service import SOURCE_METADATA_KEY
+from panoseti_daq.messages import (
+    SOURCE_METADATA_KEY,
+    Empty,
+    PanoImage,
+    PanoImageType,
+    UploadImageRequest,
+)
 from tests.helpers import (
     call,
     init_hp_io,
@@ -167,7 +172,7 @@ async def test_upload_ending_inside_a_message_is_invalid_argument(make_server):
     """R-UP-3, R-WIRE-5: an upload whose request stream ends after part of a message gets
     INVALID_ARGUMENT naming that, after the whole images before it entered the hub; the server
     keeps serving."""
-    from panoseti_daq.codec import UploadItem, encode_upload_item
+    from panoseti_daq.wire.codec import UploadItem, encode_upload_item
     from tests.helpers import h2_unary_call
 
     whole = encode_upload_item(UploadItem(movie_frame(1, 0)))

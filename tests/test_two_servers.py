@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from panoseti_daq._localhost import free_port, wait_for_port
+from panoseti_daq.server.process import free_port, serve_command, started
 from tests.helpers import init_hp_io, next_reply, open_stream, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -39,23 +38,22 @@ def serve(home: Path, env: dict[str, str]):
         json.dumps({"simulate_daq_cfg": {"frame_rate_hz": 50}, "shutdown_grace_period": 3})
     )
     err = home / "stderr.log"
-    with open(err, "w") as stderr:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "panoseti_daq.serve", "--config", str(home / "c.json")),
-                *("--host", "127.0.0.1", "--port", str(port), "--uds", "", "--init-sim"),
-            ],
+    command = serve_command(
+        *("--config", str(home / "c.json"), "--host", "127.0.0.1", "--port", str(port)),
+        *("--uds", "", "--init-sim"),
+    )
+    with (
+        open(err, "w") as stderr,
+        started(
+            command,
+            port,
+            stop_signal=signal.SIGKILL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env=env,
-        )
-    try:
-        assert wait_for_port(port, process), err.read_text()
+        ) as process,
+    ):
         yield process, types.SimpleNamespace(port=port), err
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 async def frames(server, count: int) -> list[int]:

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from panoseti_daq import AsyncDaqClient
-from panoseti_daq.codec import StreamReply, decode_stream_reply, encode_stream_reply
 from panoseti_daq.frames import plain_header
 from panoseti_daq.messages import StreamImagesResponse
+from panoseti_daq.wire.codec import StreamReply, decode_stream_reply, encode_stream_reply
 from tests.conftest import daq_config
 from tests.helpers import movie_frame, ph_frame, wait_until
 from tests.reference import modules
@@ -74,7 +74,7 @@ def test_codec_reply_message_round_trip(with_frame):
     reply = StreamReply(frame, "node", 1_721_882_092_779_007_488, "dropped 3 frames")
     wire = encode_stream_reply(reply)
     msg = decode_stream_reply(wire)
-    from panoseti_daq.codec import stream_response_message
+    from panoseti_daq.wire.codec import stream_response_message
 
     typed = stream_response_message(msg)
     assert typed.name == "node"

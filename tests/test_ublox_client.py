@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from panoseti_daq import BlockingUbloxClient, RpcError, UbloxClient, UbloxMessage
 from panoseti_daq._generated.google.protobuf import Struct
-from panoseti_daq._localhost import free_port
+from panoseti_daq.server.process import free_port
 from panoseti_daq.ublox.client import load_ublox_nodes, parse_target, wire_config
 from panoseti_daq.ublox.settings import F9tSettingsError, example_config_path
 from panoseti_daq.ublox.simulator import SimulatedF9t
@@ -283,7 +283,7 @@ async def test_a_server_sending_garbage_is_an_rpc_error(anyio_backend):
     from grpclib.server import Server
 
     from panoseti_daq._generated.ubloxcontrol import CaptureUbloxRequest, InitF9TRequest
-    from panoseti_daq.bridge import grpclib_loop
+    from panoseti_daq._grpclib.bridge import grpclib_loop
 
     async def garbage_stream(stream):
         await stream.recv_message()

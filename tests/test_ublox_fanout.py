@@ -6,8 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from panoseti_daq.ublox.fanout import Delivery, Ending, Fanout, Notice, Subscriber
-from panoseti_daq.ublox.port import Received
-from panoseti_daq.ublox.protocol import compile_patterns
+from panoseti_daq.ublox.protocol import Received, compile_patterns
 
 NAMES = ["TIM-TP", "NAV-TIMEUTC", "TIM-SVIN", "MON-VER"]
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from panoseti_daq import AsyncDaqClient, PFFError, pff, product_named
 from panoseti_daq.config import UdsIngestConfig
 from panoseti_daq.replay import replay, replay_frames
-from panoseti_daq.server.uds_ingest import UdsFrameDecoder
 from panoseti_daq.synthetic import synthetic_movie_frames
+from panoseti_daq.wire.hashpipe import UdsFrameDecoder
 from tests.conftest import daq_config
 from tests.helpers import REAL_PH, wait_until
 

@@ -23,7 +23,7 @@ from panoseti_daq._generated.ubloxcontrol import (
     PollRequest,
     PollResponse,
 )
-from panoseti_daq.codec import DaqCodec
+from panoseti_daq._grpclib.codec import DaqCodec
 from panoseti_daq.config import UbloxServerConfig
 from tests.helpers import RawStream, on_grpclib_loop, raw_call
 

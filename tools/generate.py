@@ -7,6 +7,10 @@ given protos (they share the google well-known types and one message pool); the 
 package tree with relative imports, written inside panoseti_daq so that it imports from one
 stable place. With --check, generate into a temporary directory and fail when it differs from
 OUT_DIR (the CI drift check).
+
+Messages and descriptors only: the servers and clients call grpclib themselves (with the fast
+codec), so the generated grpclib stubs and service bases would only make every import of the
+messages load grpclib.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-OPTIONS = "client_generation=async,server_generation=async,google_protobuf_descriptors"
+OPTIONS = "client_generation=none,server_generation=none,google_protobuf_descriptors"
 
 
 def generate(protos: list[Path], out_dir: Path) -> None:

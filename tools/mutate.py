@@ -8,11 +8,11 @@ Mutants live in ./mutants (git-ignored); a second run resumes and retests only w
 Usage: python tools/mutate.py [MUTANT_NAME_GLOB ...]
        python tools/mutate.py --codec [MUTANT_NAME_GLOB ...]
 
-`--codec` mutates the codec (codec.py, _header_codec.py, _varint.py) against its own tests only
-(CODEC_TESTS): every server test encodes and decodes, so with the rule modules' selection each
-codec mutant would run most of the suite (hours on 2 cores). mutmut reads its configuration
-from ./pyproject.toml, so this runs in a copy of the tracked files under build/mutate-codec
-whose [tool.mutmut] selects the codec; its mutants stay there between runs.
+`--codec` mutates the codec (wire/codec.py, wire/header.py, wire/varint.py) against its own
+tests only (CODEC_TESTS): every server test encodes and decodes, so with the rule modules'
+selection each codec mutant would run most of the suite (hours on 2 cores). mutmut reads its
+configuration from ./pyproject.toml, so this runs in a copy of the tracked files under
+build/mutate-codec whose [tool.mutmut] selects the codec; its mutants stay there between runs.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEC_MODULES = (
-    "panoseti_daq/codec.py",
-    "panoseti_daq/_header_codec.py",
-    "panoseti_daq/_varint.py",
+    "panoseti_daq/wire/codec.py",
+    "panoseti_daq/wire/header.py",
+    "panoseti_daq/wire/varint.py",
 )
 CODEC_TESTS = ("tests/test_codec.py", "tests/test_header_codec.py", "tests/test_frames.py")
 CODEC_WORKSPACE = ROOT / "build" / "mutate-codec"

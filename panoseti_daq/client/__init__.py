@@ -4,7 +4,9 @@
 keep working after changing the import.
 """
 
-from .aio import AsyncDaqClient, as_frame
+from ..frames import as_frame
+from ..wire.codec import StreamReply
+from .aio import AsyncDaqClient
 from .stream import ImageStream
 from .sync import BlockingImageStream, DaqClient
 from .targets import DaqNode, load_daq_nodes
@@ -20,6 +22,7 @@ __all__ = [
     "DaqDataClient",
     "DaqNode",
     "ImageStream",
+    "StreamReply",
     "as_frame",
     "load_daq_nodes",
 ]

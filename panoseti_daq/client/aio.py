@@ -10,8 +10,8 @@ Usage, on either backend (`anyio.run(main)` or `anyio.run(main, backend="trio")`
                 print(image["module_id"], image["header"]["pandas_unix_timestamp"])
 
 grpclib runs on asyncio: under trio the client opens a trio-asyncio loop (or reuses the one the
-caller runs) and every RPC runs there (panoseti_daq.bridge). Frames cross back to the caller
-through anyio memory streams, with no per-frame bridge call.
+caller runs) and every RPC runs there (panoseti_daq._grpclib.bridge). Frames cross back to
+the caller through anyio memory streams, with no per-frame bridge call.
 
 Errors: an RPC that fails raises `panoseti_daq.RpcError` (`.status` a grpclib.const.Status,
 `.details`, `.host`); a host that is unknown raises ValueError, one that does not answer a ping
@@ -29,7 +29,6 @@ import os
 import socket
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping
 from contextlib import ExitStack, aclosing
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -40,10 +39,11 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
-from ..bridge import GrpclibLoop
-from ..codec import DaqCodec, StreamReply, UploadItem
+from .._bundled import BUNDLED_CONFIG_DIR
+from .._grpclib.bridge import GrpclibLoop
+from .._grpclib.codec import DaqCodec
+from .._grpclib.upload import upload_frames
 from ..config import (
-    BUNDLED_CONFIG_DIR,
     HTTP2_WINDOW_DEFAULT,
     HTTP2_WINDOW_MAX,
     HTTP2_WINDOW_MIN,
@@ -51,16 +51,16 @@ from ..config import (
     read_json,
 )
 from ..errors import CodecError, ConfigError, ImageError, RpcError
-from ..frames import PanoFrame
-from ..messages import Empty, InitHpIoRequest, InitHpIoResponse, PanoImage, StreamImagesRequest
-from ..products import ImageType, product_for
+from ..frames import PanoFrame, as_frame
+from ..messages import Empty, InitHpIoRequest, InitHpIoResponse, StreamImagesRequest
+from ..wire.codec import StreamReply
 from .session import ClientSession
 from .stream import ImageStream, StreamState
 from .targets import DaqNode, load_daq_nodes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AsyncDaqClient", "Hosts", "as_frame"]
+__all__ = ["AsyncDaqClient", "Hosts"]
 
 PING_TIMEOUT_S = 2.0
 RETRY_DELAY_S = 0.5
@@ -93,39 +93,6 @@ _RPC_FAILURES = (
 
 Hosts = str | Iterable[str] | None
 Images = Iterable[Any] | AsyncIterable[Any]
-
-
-def as_frame(image: PanoFrame | PanoImage | Mapping[str, Any]) -> PanoFrame:
-    """A PanoFrame from a frame, a PanoImage message or a parsed image dict (R-CLI-7)."""
-    if isinstance(image, PanoFrame):
-        return image
-    if isinstance(image, PanoImage):
-        return PanoFrame.from_message(image)
-    if isinstance(image, Mapping):
-        kind = image["type"]
-        image_type = ImageType[kind] if isinstance(kind, str) else ImageType(int(kind))
-        product = product_for(image_type, list(image["shape"]), image["bytes_per_pixel"])
-        header = {
-            k: v
-            for k, v in dict(image.get("header") or {}).items()
-            if k not in ("wr_unix_timestamp", "pandas_unix_timestamp", "wr_timestamp_valid")
-        }
-        return PanoFrame.create(
-            product,
-            header,
-            image["image_array"],
-            image.get("module_id", 0),
-            image.get("file", ""),
-            image.get("frame_number", 0),
-        )
-    raise TypeError(f"cannot upload a {type(image).__name__}: give PanoFrame, PanoImage or dict")
-
-
-class _ReplyStream(ImageStream):
-    """An ImageStream of the StreamReply objects themselves (AsyncDaqClient._stream_replies)."""
-
-    def _convert(self, reply: StreamReply, *args: Any, **kwargs: Any) -> Any:
-        return reply
 
 
 def rpc_error(exc: BaseException, host: str) -> RpcError:
@@ -364,7 +331,7 @@ class AsyncDaqClient(ClientSession):
         self, hosts: Hosts = None, hp_io_cfg: Mapping[str, Any] | str | None = None
     ) -> bool:
         """Start the simulation on every host with the bundled config (R-CLI-5, R-INIT-8)."""
-        path = Path(BUNDLED_CONFIG_DIR) / "hp_io_config_simulate.json"
+        path = BUNDLED_CONFIG_DIR / "hp_io_config_simulate.json"
         bundled = json.loads(path.read_text()) if path.is_file() else _DEFAULT_SIM_CFG
         # The bundled settings, with what the caller gives over them.
         given = {} if hp_io_cfg is None else _load_hp_io_cfg(hp_io_cfg)
@@ -380,10 +347,17 @@ class AsyncDaqClient(ClientSession):
         module_ids: Iterable[int] = (),
         wait_for_ready: bool = False,
         parse_pano_images: bool = True,
+        *,
+        replies: bool = False,
+        name_by_host: bool = False,
     ) -> ImageStream:
         """Frames of every host, merged as they arrive (R-CLI-6).
 
         Parsed dicts (R-PARSE-1) when `parse_pano_images`, else StreamImagesResponse messages.
+        With `replies`, the decoder's own `StreamReply` objects instead (`frame` a PanoFrame,
+        `name`, `timestamp_ns`, `message`, `dropped_before`): the fastest form, with no message
+        or dict made per frame. With `name_by_host`, each reply's name is the daq_config host it
+        came from rather than the server's own name (two servers on one machine share that).
         A host that fails is logged and the others go on; with `wait_for_ready` a host that is
         down, restarting or not yet initialised is retried until it streams. Hosts None or empty:
         every valid host (with `wait_for_ready` and none valid yet: every configured node).
@@ -396,31 +370,9 @@ class AsyncDaqClient(ClientSession):
             module_ids,
             wait_for_ready,
         )
-        return self._own(ImageStream(receive, state, parse_pano_images, self._streams.discard))
-
-    def _stream_replies(
-        self,
-        hosts: Hosts,
-        stream_movie_data: bool,
-        stream_pulse_height_data: bool,
-        update_interval_seconds: float,
-        module_ids: Iterable[int] = (),
-        wait_for_ready: bool = False,
-        name_by_host: bool = False,
-    ) -> ImageStream:
-        """stream_images yielding the codec's StreamReply (PanoFrame, server name, message)
-        as received, with no conversion: the CLI's fast path. With `name_by_host`, each
-        reply's name is the daq_config host it came from."""
-        receive, state = self._start_stream(
-            hosts,
-            stream_movie_data,
-            stream_pulse_height_data,
-            update_interval_seconds,
-            module_ids,
-            wait_for_ready,
-        )
         state.name_by_host = name_by_host
-        return self._own(_ReplyStream(receive, state, False, self._streams.discard))
+        form = "reply" if replies else "dict" if parse_pano_images else "message"
+        return self._own(ImageStream(receive, state, form, self._streams.discard))
 
     def _start_stream(
         self,
@@ -602,12 +554,6 @@ class AsyncDaqClient(ClientSession):
         """One host's UploadImages, on grpclib's loop."""
         with receive:
             try:
-                async with self._channel(host).request(
-                    _PATH + "UploadImages", Cardinality.STREAM_UNARY, UploadItem, Empty
-                ) as stream:
-                    async for frame in receive:
-                        await stream.send_message(UploadItem(frame))
-                    await stream.end()
-                    await stream.recv_message()
+                await upload_frames(self._channel(host), receive)
             except _RPC_FAILURES as exc:
                 raise rpc_error(exc, host) from None

@@ -18,7 +18,7 @@ from anyio.abc import TaskGroup
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
-from ..bridge import GrpclibLoop, grpclib_loop
+from .._grpclib.bridge import GrpclibLoop, grpclib_loop
 from ..errors import sole_exception
 from .stream import ImageStream
 

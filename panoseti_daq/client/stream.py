@@ -16,12 +16,16 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..codec import StreamReply, dropped_before, stream_response_message
 from ..timestamps import TimestampWarnings
+from ..wire.codec import StreamReply, dropped_before, stream_response_message
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ImageStream", "dropped_before"]
+
+
+# What an ImageStream yields: parsed dicts, StreamImagesResponse messages or StreamReply objects.
+_FORMS = ("dict", "message", "reply")
 
 
 @dataclass(eq=False)
@@ -42,7 +46,8 @@ class StreamState:
 class ImageStream:
     """An async iterator of the frames of all requested hosts, in arrival order (R-CLI-6).
 
-    Yields parsed dicts (R-PARSE-1) or betterproto2 StreamImagesResponse messages. Leaving
+    Yields parsed dicts (R-PARSE-1), betterproto2 StreamImagesResponse messages or the
+    decoder's StreamReply objects (`form` "dict", "message" or "reply"). Leaving
     `async with client.stream_images(...) as stream:` (also by `break`) or `await
     stream.aclose()` cancels its RPCs and waits for them to end (R-CLI-8); a stream left without
     either runs until its client closes. After every host has ended, the iteration raises the
@@ -53,12 +58,14 @@ class ImageStream:
         self,
         receive: MemoryObjectReceiveStream[StreamReply],
         state: StreamState,
-        parse: bool,
+        form: str = "dict",
         on_close: Callable[[ImageStream], None] | None = None,
     ) -> None:
         self._receive = receive
         self._state = state
-        self._parse = parse
+        if form not in _FORMS:
+            raise ValueError(f"form must be one of {', '.join(_FORMS)}, not {form!r}")
+        self._form = form
         self._on_close = on_close
         self._closed = False
         self._timestamp_warnings = TimestampWarnings(log)
@@ -89,7 +96,9 @@ class ImageStream:
         return items
 
     def _convert(self, reply: StreamReply) -> Any:
-        if not self._parse:
+        if self._form == "reply":
+            return reply
+        if self._form == "message":
             return stream_response_message(reply)
         frame = reply.frame
         if frame is None:

@@ -226,50 +226,26 @@ class DaqClient(BlockingSession[AsyncDaqClient]):
         module_ids: Iterable[int] = (),
         wait_for_ready: bool = False,
         parse_pano_images: bool = True,
-    ) -> BlockingImageStream:
-        """A blocking iterator of frames of every host (R-CLI-6); close it to cancel the RPCs."""
-        return self._blocking_stream(
-            self._client.stream_images,
-            hosts,
-            stream_movie_data,
-            stream_pulse_height_data,
-            update_interval_seconds,
-            module_ids,
-            wait_for_ready,
-            parse_pano_images,
-        )
-
-    def _stream_replies(
-        self,
-        hosts: Hosts,
-        stream_movie_data: bool,
-        stream_pulse_height_data: bool,
-        update_interval_seconds: float,
-        module_ids: Iterable[int] = (),
-        wait_for_ready: bool = False,
+        *,
+        replies: bool = False,
         name_by_host: bool = False,
     ) -> BlockingImageStream:
-        """stream_images yielding the codec's StreamReply objects unconverted (the CLI's fast
-        path: no betterproto message, no parsed dict per frame)."""
-        return self._blocking_stream(
-            self._client._stream_replies,
-            hosts,
-            stream_movie_data,
-            stream_pulse_height_data,
-            update_interval_seconds,
-            module_ids,
-            wait_for_ready,
-            name_by_host,
-        )
+        """A blocking iterator of frames of every host (R-CLI-6); close it to cancel the RPCs.
 
-    def _blocking_stream(
-        self, open_stream: Callable[..., ImageStream], *args: Any
-    ) -> BlockingImageStream:
-        """Open a stream of the async client on the portal's loop; a blocking view of it, closed
-        with the client if still open (R-CLI-8)."""
+        The arguments are AsyncDaqClient.stream_images's."""
 
         async def opened() -> ImageStream:
-            return open_stream(*args)
+            return self._client.stream_images(
+                hosts,
+                stream_movie_data,
+                stream_pulse_height_data,
+                update_interval_seconds,
+                module_ids,
+                wait_for_ready,
+                parse_pano_images,
+                replies=replies,
+                name_by_host=name_by_host,
+            )
 
         stream = self._call(opened)
         assert self._portal is not None

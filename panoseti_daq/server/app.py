@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import AsyncIterable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,14 @@ from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
-from ..bridge import GrpclibLoop, grpclib_loop
-from ..codec import DaqCodec
+from .._bundled import BUNDLED_CONFIG_DIR
+from .._grpclib.bridge import GrpclibLoop, grpclib_loop
+from .._grpclib.codec import DaqCodec
+from .._grpclib.upload import upload_frames
 from ..config import HpIoConfig, ServerConfig, SimulateConfig, load_hp_io_config
 from ..errors import ConfigError, PanosetiDaqError, SourceError
-from ..messages import DESCRIPTOR_POOL
+from ..frames import PanoFrame
+from ..messages import DESCRIPTOR_POOL, SOURCE_METADATA_KEY
 from ..ublox.controller import UbloxController
 from ..ublox.service import UbloxControlService
 from .core import ServerCore
@@ -45,6 +49,7 @@ from .flow import connection_guard, grpclib_configuration
 from .hp_io_checks import HpIoRefused, check_hp_io
 from .metrics import ServerCollector, metrics_registry, serve_metrics
 from .service import DaqDataService
+from .simulation import run_rpc_simulation
 from .sockets import prepare_socket_path
 from .stats import server_stats, task_count, write_stats
 
@@ -312,11 +317,18 @@ class DaqDataServer:
 
     async def _run_rpc_simulation(self, sim: SimulateConfig) -> None:
         """The simulation's rpc mode: upload to this server through a grpclib channel."""
-        from .simulation import channel_upload, run_rpc_simulation
-
         if self._loop is None or not self._servers:
             raise RuntimeError("rpc simulation needs a listener to upload to")
-        await self._loop.run(run_rpc_simulation, sim, channel_upload(self._channel_to_self))
+
+        async def upload(frames: AsyncIterable[PanoFrame]) -> None:
+            channel = self._channel_to_self()
+            try:
+                # Metadata: the frames are counted as the simulation's, not an upload's.
+                await upload_frames(channel, frames, {SOURCE_METADATA_KEY: "simulation"})
+            finally:
+                channel.close()
+
+        await self._loop.run(run_rpc_simulation, sim, upload)
 
     def _channel_to_self(self) -> Any:
         from grpclib.client import Channel
@@ -429,9 +441,7 @@ async def _serve(config: ServerConfig, init_sim: bool, **listeners_and_stats: An
     async with DaqDataServer(config, **listeners_and_stats) as server:
         if init_sim:
             await server.init_hp_io(
-                load_hp_io_config(
-                    Path(__file__).parent.parent / "config" / "hp_io_config_simulate.json"
-                )
+                load_hp_io_config(BUNDLED_CONFIG_DIR / "hp_io_config_simulate.json")
             )
         freeze_startup_objects()
         await server.serve_until_signalled()

@@ -14,7 +14,6 @@ themselves, so nothing here depends on which event loop runs grpclib.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -31,6 +30,11 @@ from ..frames import PanoFrame
 from ..products import product_named
 from .hub import EndReason, Hub, ReaderLimits, check_source
 from .scanner import RunScanner, run_scanner
+from .simulation import (
+    remove_stale_simulation_dirs,
+    run_filesystem_simulation,
+    run_uds_simulation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +175,6 @@ class ServerCore:
     # -- the core's tasks ------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the controller (and the Unix-socket ingest, if enabled) until cancelled."""
-        from .simulation import remove_stale_simulation_dirs
-
         await anyio.to_thread.run_sync(  # R-SRC-2
             remove_stale_simulation_dirs, default_sim_data_dir().parent
         )
@@ -314,8 +316,6 @@ class ServerCore:
 
     async def _start_simulation(self, tg: TaskGroup) -> Path | None:
         """Start the simulation (R-INIT-8); the directory to scan, or None in rpc mode."""
-        from .simulation import run_filesystem_simulation, run_uds_simulation
-
         sim = self.config.simulate_daq_cfg
         if sim.simulation_mode == "filesystem":
             await tg.start(run_filesystem_simulation, sim)
@@ -357,8 +357,3 @@ class ServerCore:
         """R-STOP-1, R-STREAM-3: refuse new streams and end the active ones."""
         self.shutting_down = True
         self.hub.end_all(EndReason.SHUTDOWN, "server shutting down")
-
-
-def interval_ok(interval_s: float, minimum_s: float) -> bool:
-    """R-INIT-1: the hp_io interval is a number >= the configured minimum."""
-    return not math.isnan(interval_s) and interval_s >= minimum_s

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from grpclib.config import Configuration
 
-from .._private import ConnectionGuard
+from .._grpclib.private import ConnectionGuard
 from ..config import ServerConfig
 
 __all__ = ["connection_guard", "grpclib_configuration"]

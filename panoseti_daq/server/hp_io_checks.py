@@ -1,14 +1,15 @@
-"""InitHpIo's checks of a configuration (R-INIT-1 .. R-INIT-4, R-INIT-10, R-INIT-11), for the
-RPC and for `serve --init`.
+"""What InitHpIo's checks need from the file system (R-INIT-2 .. R-INIT-4, R-INIT-11), and the
+whole check for `serve --init`.
 
-`check_hp_io(hp_io, config)` returns the configuration to apply (data_dir resolved) or raises
-`HpIoRefused` with the gRPC status the RPC answers and a message that names what was checked
-and where. `serve --init` (R-OPS-1) runs the same checks before it listens.
+`inspect_data_dir` looks at a data_dir in the rules' order (a readable directory, where it
+really is, whether a DAQ writes there) and returns `DataDirFacts`; the decision is
+`server.admission.admit_hp_io`'s. `check_hp_io(hp_io, config)` runs both, for the RPC's
+request check and for `serve --init` (R-OPS-1): the configuration to apply (data_dir resolved)
+or `HpIoRefused` with the gRPC status and a message that names what was checked and where.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import stat
@@ -19,10 +20,10 @@ from grpclib.const import Status
 from .. import pff
 from ..config import HpIoConfig, ServerConfig
 from ..errors import PanosetiDaqError
-from .core import interval_ok
+from .admission import DataDirFacts, HpIoGate, Refusal, admit_hp_io, within_roots
 from .scanner import RECENT_WRITE_S, daq_is_active
 
-__all__ = ["HpIoRefused", "check_hp_io", "inactive_daq_details"]
+__all__ = ["HpIoRefused", "check_hp_io", "hp_io_gate", "inactive_daq_details", "inspect_data_dir"]
 
 MARKER_SUFFIX = ".daq-active"
 
@@ -36,79 +37,57 @@ class HpIoRefused(PanosetiDaqError):
         super().__init__(message)
 
 
-def _within(path: Path, roots: tuple[Path, ...]) -> bool:
-    resolved = path.resolve()
-    return any(resolved == root.resolve() or root.resolve() in resolved.parents for root in roots)
+def hp_io_gate(config: ServerConfig, hp_io: HpIoConfig) -> HpIoGate:
+    """The limits of `config` and, unless simulating, the facts about hp_io's data_dir (this
+    touches the file system: run it off the event loop)."""
+    roots = tuple(root.resolve() for root in config.allowed_data_roots)
+    facts = None
+    if hp_io.data_dir and not hp_io.simulate_daq:
+        facts = inspect_data_dir(hp_io.data_dir, roots, config.daq_active_check)
+    return HpIoGate(
+        min_interval_s=config.min_hp_io_update_interval_seconds,
+        max_interval_s=config.max_client_update_interval_seconds,
+        allowed_roots=roots,
+        daq_checks=config.daq_active_check,
+        data_dir=facts,
+    )
 
 
 def check_hp_io(hp_io: HpIoConfig, config: ServerConfig) -> HpIoConfig:
-    """R-INIT-1 .. R-INIT-4, R-INIT-10, R-INIT-11, in order: the interval, then (unless
-    simulating) that data_dir exists, is a readable directory, lies under allowed_data_roots and
-    has an active DAQ. Touches the file system; whatever it refuses is an `HpIoRefused`, never
-    an OSError (R-INIT-11)."""
-    # R-INIT-1, R-INIT-10: a finite interval within [minimum, max client interval].
-    minimum_s = config.min_hp_io_update_interval_seconds
-    maximum_s = config.max_client_update_interval_seconds
-    interval_s = hp_io.update_interval_seconds
-    if not interval_ok(interval_s, minimum_s):
-        raise HpIoRefused(
-            Status.INVALID_ARGUMENT,
-            f"update_interval_seconds must be >= {minimum_s:g}, not {interval_s}",
-        )
-    if not interval_s <= maximum_s:
-        raise HpIoRefused(
-            Status.INVALID_ARGUMENT,
-            f"update_interval_seconds must be finite, between {minimum_s:g} and "
-            f"{maximum_s:g} (max_client_update_interval_seconds), not {interval_s}",
-        )
-    if hp_io.simulate_daq:
-        return hp_io  # R-INIT-8: data_dir is ignored
-    if not hp_io.data_dir:
-        raise HpIoRefused(Status.INVALID_ARGUMENT, "data_dir '' does not exist")
+    """R-INIT-1 .. R-INIT-4, R-INIT-10, R-INIT-11: the request's own checks (those that do not
+    depend on the server's state). Touches the file system; whatever it refuses is an
+    `HpIoRefused`, never an OSError (R-INIT-11)."""
+    decision = admit_hp_io(hp_io, hp_io_gate(config, hp_io))
+    if isinstance(decision, Refusal):
+        raise HpIoRefused(decision.status, decision.message)
+    assert isinstance(decision, HpIoConfig)  # holds_writer_lock and no streams: never a wait
+    return decision
+
+
+def inspect_data_dir(
+    data_dir: str, roots: tuple[Path, ...], checks: tuple[str, ...]
+) -> DataDirFacts:
+    """R-INIT-2 .. R-INIT-4: what the file system says of `data_dir`, up to the first problem.
+
+    The DAQ checks look only inside the allowed `roots` (resolved): a directory outside them
+    is refused without a look at what it holds.
+    """
+    path = Path(data_dir).expanduser()
     try:
-        return _check_data_dir(hp_io, config)
-    except OSError as exc:  # R-INIT-11: never UNKNOWN
-        raise _data_dir_refused(hp_io.data_dir, exc) from None
-    except (ValueError, RuntimeError) as exc:  # a NUL byte; a loop of links (Python < 3.13)
-        raise HpIoRefused(
-            Status.INVALID_ARGUMENT, f"data_dir {hp_io.data_dir!r} cannot be used: {exc}"
-        ) from None
-
-
-def _check_data_dir(hp_io: HpIoConfig, config: ServerConfig) -> HpIoConfig:
-    """R-INIT-2 .. R-INIT-4, R-INIT-11; OSError for what the file system refuses."""
-    data_dir = Path(hp_io.data_dir).expanduser()
-    if not stat.S_ISDIR(data_dir.stat().st_mode):
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-    with os.scandir(data_dir):  # PermissionError for a directory this server cannot read
-        pass
-    if not _within(data_dir, config.allowed_data_roots):
-        roots = ", ".join(str(r) for r in config.allowed_data_roots)
-        raise HpIoRefused(
-            Status.PERMISSION_DENIED,
-            f"data_dir {hp_io.data_dir!r} is outside the allowed data roots ({roots})",
+        if not stat.S_ISDIR(path.stat().st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with os.scandir(path):  # PermissionError for a directory this server cannot read
+            pass
+        resolved = path.resolve()
+        if not within_roots(resolved, roots):
+            return DataDirFacts(resolved=resolved)
+        if daq_is_active(path, checks):
+            return DataDirFacts(resolved=resolved, daq_active=True)
+        return DataDirFacts(
+            resolved=resolved, daq_active=False, inactive_details=inactive_daq_details(path, checks)
         )
-    if not daq_is_active(data_dir, config.daq_active_check):
-        raise HpIoRefused(
-            Status.FAILED_PRECONDITION,
-            f"no active DAQ under {hp_io.data_dir!r} (checked: "
-            f"{', '.join(config.daq_active_check)}): "
-            f"{inactive_daq_details(data_dir, config.daq_active_check)}",
-        )
-    return dataclasses.replace(hp_io, data_dir=str(data_dir.resolve()))
-
-
-def _data_dir_refused(data_dir: str, exc: OSError) -> HpIoRefused:
-    """R-INIT-2, R-INIT-11: what an OSError about `data_dir` tells the caller."""
-    if isinstance(exc, FileNotFoundError):
-        return HpIoRefused(Status.INVALID_ARGUMENT, f"data_dir {data_dir!r} does not exist")
-    if isinstance(exc, NotADirectoryError):
-        return HpIoRefused(Status.INVALID_ARGUMENT, f"data_dir {data_dir!r} is not a directory")
-    reason = exc.strerror or str(exc)
-    status = (
-        Status.PERMISSION_DENIED if isinstance(exc, PermissionError) else Status.INVALID_ARGUMENT
-    )
-    return HpIoRefused(status, f"data_dir {data_dir!r} cannot be used: {reason}")
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte; a loop of links
+        return DataDirFacts(error=exc)
 
 
 def inactive_daq_details(data_dir: Path, checks: tuple[str, ...]) -> str:

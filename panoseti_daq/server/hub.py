@@ -36,9 +36,9 @@ from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from ..codec import encode_pano_image
 from ..frames import PanoFrame
 from ..products import ImageType
+from ..wire.codec import encode_pano_image
 
 __all__ = [
     "SEND_DELAY_BOUNDS_S",
@@ -498,8 +498,3 @@ def check_source(source: str) -> None:
     """ValueError naming the valid sources unless `source` is one of SOURCES."""
     if source not in SOURCES:
         raise ValueError(f"unknown frame source {source!r} (valid: {', '.join(sorted(SOURCES))})")
-
-
-def valid_interval(interval_s: float, maximum_s: float) -> bool:
-    """R-STREAM-5: 0 <= interval <= maximum, not NaN."""
-    return not math.isnan(interval_s) and 0.0 <= interval_s <= maximum_s

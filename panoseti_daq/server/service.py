@@ -9,6 +9,7 @@ what it is given or ends the call with the status the reason maps to.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -19,8 +20,18 @@ from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
 
-from .._private import FramedMessageReader, cheap_data_frame_repr, send_framed_messages
-from ..codec import (
+from .._grpclib.private import FramedMessageReader, cheap_data_frame_repr, send_framed_messages
+from ..config import HpIoConfig
+from ..errors import CodecError, ImageError
+from ..messages import (
+    SERVICE_NAME,
+    SOURCE_METADATA_KEY,
+    Empty,
+    InitHpIoRequest,
+    InitHpIoResponse,
+    StreamImagesRequest,
+)
+from ..wire.codec import (
     RELAY_LIMIT_BYTES,
     StreamReply,
     UploadItem,
@@ -30,27 +41,16 @@ from ..codec import (
     overrun_notice,
     too_large_to_relay,
 )
-from ..config import HpIoConfig
-from ..errors import CodecError, ImageError
-from ..messages import (
-    SERVICE_NAME,
-    Empty,
-    InitHpIoRequest,
-    InitHpIoResponse,
-    StreamImagesRequest,
-)
+from .admission import Refusal, StreamGate, admit_hp_io, admit_stream
 from .core import ServerCore
-from .hp_io_checks import HpIoRefused, check_hp_io
-from .hub import EndReason, Send, Subscriber, Subscription, Wait, valid_interval
+from .hp_io_checks import hp_io_gate
+from .hub import EndReason, Send, Subscriber, Subscription, Wait
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DaqDataService"]
 
 _NS = 1_000_000_000
-
-# gRPC metadata with which an in-process uploader (the rpc simulation) names its frames' source.
-SOURCE_METADATA_KEY = "x-panoseti-frame-source"
 
 _END_STATUS = {
     EndReason.RECONFIGURED: Status.CANCELLED,  # R-STREAM-13
@@ -240,11 +240,24 @@ class DaqDataService:
             self._writer_lock = anyio.Lock()
         return self._writer_lock
 
+    def _stream_gate(self, peer_host: str) -> StreamGate:
+        core, config = self.core, self.config
+        return StreamGate(
+            writer_busy=self._writers > 0,
+            hp_io_valid=core.hp_io_valid,
+            source_failure=core.source_failure,
+            shutting_down=core.shutting_down,
+            active_streams=core.active_streams,
+            max_streams=config.max_concurrent_rpcs,
+            peer_host=peer_host,
+            peer_streams=self._streams_by_peer.get(peer_host, 0),
+            streams_per_peer=config.streams_per_peer,
+            max_interval_s=config.max_client_update_interval_seconds,
+        )
+
     async def _wait_for_writer(self, stream: Stream) -> None:
         """R-STATE-2, R-STATE-3: wait while a writer checks its request or reconfigures, within
         the deadline."""
-        if not self._writers:
-            return
         with anyio.move_on_after(_remaining_s(stream)):
             while self._writers:
                 if self._writers_gone is None:
@@ -264,51 +277,17 @@ class DaqDataService:
     # -- StreamImages ----------------------------------------------------------------------
     async def stream_images(self, stream: Stream[StreamImagesRequest, StreamReply]) -> None:
         request = await _request(stream, self.config.handshake_timeout_seconds)
-        core, config = self.core, self.config
-        # R-STREAM-1 .. R-STREAM-5, in this order.
-        if not (request.stream_movie_data or request.stream_pulse_height_data):
-            raise GRPCError(
-                Status.INVALID_ARGUMENT,
-                "stream_movie_data and stream_pulse_height_data are both false: nothing to stream",
-            )
-        await self._wait_for_writer(stream)
-        if not core.hp_io_valid:
-            if core.source_failure is not None:  # R-SRC-1
-                raise GRPCError(
-                    Status.FAILED_PRECONDITION,
-                    f"hp_io is not valid: {core.source_failure}; call InitHpIo again",
-                )
-            raise GRPCError(
-                Status.FAILED_PRECONDITION, "hp_io is not initialized: call InitHpIo first"
-            )
-        if core.shutting_down:
-            raise GRPCError(Status.UNAVAILABLE, "server shutting down")
-        if core.active_streams >= config.max_concurrent_rpcs:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"too many StreamImages clients: the limit is {config.max_concurrent_rpcs}",
-            )
+        core = self.core
         peer = _peer(stream, self.uds_path)
         peer_host = _peer_host(stream)
-        if self._streams_by_peer.get(peer_host, 0) >= config.streams_per_peer:  # R-PEER-4
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"too many StreamImages streams from {peer_host}: the limit per peer is "
-                f"{config.streams_per_peer} (max_streams_per_peer)",
-            )
-        interval_s = request.update_interval_seconds
-        if not valid_interval(interval_s, config.max_client_update_interval_seconds):
-            raise GRPCError(
-                Status.INVALID_ARGUMENT,
-                f"update_interval_seconds must be between 0 and "
-                f"{config.max_client_update_interval_seconds:g}, not {interval_s}",
-            )
-        subscription = Subscription(
-            movie=request.stream_movie_data,
-            pulse_height=request.stream_pulse_height_data,
-            module_ids=frozenset(request.module_ids),
-            interval_s=interval_s,
-        )
+        while True:
+            decision = admit_stream(request, self._stream_gate(peer_host))
+            if isinstance(decision, Refusal):
+                raise GRPCError(decision.status, decision.message)
+            if isinstance(decision, Subscription):
+                break
+            await self._wait_for_writer(stream)
+        subscription = decision
         bell = _Bell()
         subscriber = core.hub.subscribe(subscription, time.monotonic(), peer=peer, wake=bell.ring)
         bell.subscriber = subscriber
@@ -374,20 +353,6 @@ class DaqDataService:
                 return  # End: the caller reports it
 
     # -- InitHpIo --------------------------------------------------------------------------
-    def _check_hp_io_request(self, request: InitHpIoRequest) -> HpIoConfig:
-        """R-INIT-1 .. R-INIT-4: the request's own checks, before any lock is taken."""
-        hp_io = HpIoConfig(
-            data_dir=request.data_dir,
-            update_interval_seconds=request.update_interval_seconds,
-            force=request.force,
-            simulate_daq=request.simulate_daq,
-            module_ids=tuple(request.module_ids),
-        )
-        try:
-            return check_hp_io(hp_io, self.config)
-        except HpIoRefused as exc:
-            raise GRPCError(exc.status, exc.message) from None
-
     async def init_hp_io(self, stream: Stream[InitHpIoRequest, InitHpIoResponse]) -> None:
         request = await _request(stream, self.config.handshake_timeout_seconds)
         self._writers += 1
@@ -402,29 +367,45 @@ class DaqDataService:
     async def _init_hp_io(
         self, stream: Stream[InitHpIoRequest, InitHpIoResponse], request: InitHpIoRequest
     ) -> None:
+        hp_io = HpIoConfig(
+            data_dir=request.data_dir,
+            update_interval_seconds=request.update_interval_seconds,
+            force=request.force,
+            simulate_daq=request.simulate_daq,
+            module_ids=tuple(request.module_ids),
+        )
         # File-system checks and a /proc scan: off the event loop.
-        hp_io = await anyio.to_thread.run_sync(self._check_hp_io_request, request)
-        core = self.core
-        if core.shutting_down:
-            raise GRPCError(Status.UNAVAILABLE, "server shutting down")
-        # R-STATE-2: one writer at a time; a second one waits within its deadline.
-        with anyio.move_on_after(_remaining_s(stream)) as scope:
-            await self.writer_lock.acquire()
-        if scope.cancelled_caught:
-            raise GRPCError(Status.UNAVAILABLE, "another InitHpIo is in progress")
+        gate = await anyio.to_thread.run_sync(hp_io_gate, self.config, hp_io)
+        lock = self.writer_lock
+        holding = False
         try:
-            if not request.force and core.active_streams > 0:
-                raise GRPCError(
-                    Status.FAILED_PRECONDITION,
-                    f"{core.active_streams} StreamImages client(s) active; "
-                    "use force=true to reconfigure anyway",
+            while True:
+                decision = admit_hp_io(
+                    hp_io,
+                    dataclasses.replace(
+                        gate,
+                        shutting_down=self.core.shutting_down,
+                        holds_writer_lock=holding,
+                        active_streams=self.core.active_streams,
+                    ),
                 )
-            result = await core.submit(hp_io)
+                if isinstance(decision, Refusal):
+                    raise GRPCError(decision.status, decision.message)
+                if isinstance(decision, HpIoConfig):
+                    break
+                # R-STATE-2: one writer at a time; a second one waits within its deadline.
+                with anyio.move_on_after(_remaining_s(stream)) as scope:
+                    await lock.acquire()
+                if scope.cancelled_caught:
+                    raise GRPCError(Status.UNAVAILABLE, "another InitHpIo is in progress")
+                holding = True
+            result = await self.core.submit(decision)
             # R-STATE-2, R-STATE-3: this call stays the writer until the controller is done,
             # also when its caller goes away meanwhile.
             await _outlast_cancellation(result.done)
         finally:
-            self.writer_lock.release()
+            if holding:
+                lock.release()
         await stream.send_message(
             InitHpIoResponse(success=result.success, error_message=result.error_message)
         )

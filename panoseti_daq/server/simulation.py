@@ -34,6 +34,7 @@ from ..errors import PFFError, SourceError
 from ..frames import PanoFrame
 from ..products import DataProduct, product_named
 from ..synthetic import ph1024_from_ph256, synthetic_movie_frames
+from ..wire.hashpipe import hashpipe_frame, socket_path
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ __all__ = [
     "KEPT_FILES",
     "MAX_SOURCE_FRAMES",
     "SIM_RUN_DIR",
-    "channel_upload",
     "read_source_frames",
     "remove_stale_simulation_dirs",
     "run_filesystem_simulation",
@@ -402,10 +402,11 @@ async def run_rpc_simulation(
 ) -> None:
     """Hand the simulated frames to `upload`, which sends them with UploadImages (R-SIM-3).
 
-    `upload` is an async callable taking an async iterable of PanoFrames (see channel_upload).
-    It returns when the iterable is exhausted (after cfg.frame_limit ticks; never when the limit
-    is 0), and so does this function. An upload that fails is logged and started again, with the
-    source from its beginning, after `retry_delay_s`; cancel to stop.
+    `upload` is an async callable taking an async iterable of PanoFrames (the server's: one
+    UploadImages call on a channel to itself). It returns when the iterable is exhausted (after
+    cfg.frame_limit ticks; never when the limit is 0), and so does this function. An upload that
+    fails is logged and started again, with the source from its beginning, after
+    `retry_delay_s`; cancel to stop.
     """
     log.info(
         "rpc simulation: modules %s, %s frames/s",
@@ -421,38 +422,6 @@ async def run_rpc_simulation(
         await anyio.sleep(retry_delay_s)
 
 
-def channel_upload(channel_factory: Callable[[], Any]) -> Upload:
-    """An `upload` for run_rpc_simulation: one UploadImages call on a new grpclib channel.
-
-    `channel_factory` returns a grpclib Channel to the server (with the DaqCodec); the call
-    runs on grpclib's event loop. The channel is closed when the upload ends.
-    """
-    from grpclib.const import Cardinality
-
-    from ..codec import UploadItem
-    from ..messages import Empty
-    from .service import SOURCE_METADATA_KEY
-
-    async def upload(frames: AsyncIterable[PanoFrame]) -> None:
-        channel = channel_factory()
-        try:
-            async with channel.request(
-                "/daqdata.DaqData/UploadImages",
-                Cardinality.STREAM_UNARY,
-                UploadItem,
-                Empty,
-                metadata={SOURCE_METADATA_KEY: "simulation"},  # counted as the simulation's
-            ) as stream:
-                async for frame in frames:
-                    await stream.send_message(UploadItem(frame))
-                await stream.end()
-                await stream.recv_message()
-        finally:
-            channel.close()
-
-    return upload
-
-
 async def run_uds_simulation(
     cfg: SimulateConfig,
     socket_template: str,
@@ -464,8 +433,6 @@ async def run_uds_simulation(
     One connection per data product; each frame is a 2-byte big-endian module id and a PFF
     frame whose header is padded to one width, so that every frame of a connection has one size.
     """
-    from .uds_ingest import MODULE_ID_BYTES, socket_path
-
     widths = {
         frames[0].product.name: max(len(pff.header_text(f.header)) for f in frames)
         for frames in source_frames(cfg)
@@ -478,9 +445,7 @@ async def run_uds_simulation(
         async for frame in simulated_frames(cfg):
             product = frame.product
             data = pff.encode_frame(frame.header, frame.pixels, product, widths[product.name])
-            await streams[product.name].send(
-                frame.module_id.to_bytes(MODULE_ID_BYTES, "big") + data
-            )
+            await streams[product.name].send(hashpipe_frame(frame.module_id, data))
         await anyio.sleep_forever()
     finally:
         for stream in streams.values():

@@ -1,13 +1,9 @@
 """Hashpipe's Unix-socket ingest: frames handed over a stream socket per data product (§12).
 
 Newer Hashpipe versions connect to one Unix stream socket per data product and send, per frame,
-a 2-byte big-endian module id followed by a PFF frame of that product (R-UDS-2): a JSON header
-ending in a blank line, `*`, then the pixels. The header length is learned from the first frame
-of a connection; every later frame of the connection has the same size. Frames enter the hub
-like uploads.
-
-`UdsFrameDecoder` is the sans-IO framing; `run_uds_ingest` runs one listener per product in the
-server's task group (R-UDS-1, R-UDS-3).
+a module id and a PFF frame (R-UDS-2; the framing is `panoseti_daq.wire.hashpipe`). Frames
+enter the hub like uploads. `run_uds_ingest` runs one listener per product in the server's task
+group (R-UDS-1, R-UDS-3).
 """
 
 from __future__ import annotations
@@ -20,85 +16,18 @@ from collections.abc import Callable, Iterable
 import anyio
 from anyio.abc import SocketStream, TaskStatus
 
-from .. import pff
 from ..config import UdsIngestConfig
 from ..errors import PFFError
 from ..frames import PanoFrame
 from ..products import DataProduct, product_named
+from ..wire.hashpipe import UdsFrameDecoder, socket_path
 from .sockets import prepare_socket_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UdsFrameDecoder", "run_uds_ingest", "socket_path"]
+__all__ = ["run_uds_ingest"]
 
-MODULE_ID_BYTES = 2
 READ_SIZE = 65536
-
-
-def socket_path(template: str, product: DataProduct | str) -> str:
-    """The socket path of one product: `template` with {dp_name} filled in."""
-    return template.format(dp_name=str(product))
-
-
-class UdsFrameDecoder:
-    """Frames of one connection, from its bytes in whatever chunks they arrive."""
-
-    def __init__(self, product: DataProduct, source: str = "") -> None:
-        self.product = product
-        self.source = source
-        self.frame_size: int | None = None  # module id + PFF frame, learned from frame one
-        self.frames = 0
-        self._buffer = bytearray()
-        self._offset = 0  # bytes consumed before the buffer, for error messages
-
-    @property
-    def pending(self) -> int:
-        """Bytes of a frame not complete yet (an early close leaves these behind)."""
-        return len(self._buffer)
-
-    def feed(self, data: bytes) -> list[PanoFrame]:
-        """The frames completed by `data`; PFFError for framing that can never be valid."""
-        self._buffer += data
-        frames: list[PanoFrame] = []
-        while True:
-            frame = self._next_frame()
-            if frame is None:
-                return frames
-            frames.append(frame)
-
-    def _next_frame(self) -> PanoFrame | None:
-        buf = self._buffer
-        if self.frame_size is None:
-            if len(buf) <= MODULE_ID_BYTES:
-                return None
-            decoded = pff.decode_frame(
-                memoryview(buf)[MODULE_ID_BYTES:], self.product, 0, self.source
-            )
-            if decoded is None:
-                return None
-            self.frame_size = MODULE_ID_BYTES + decoded[2]
-        size = self.frame_size
-        if len(buf) < size:
-            return None
-        module_id = int.from_bytes(buf[:MODULE_ID_BYTES], "big")
-        chunk = bytes(buf[MODULE_ID_BYTES:size])
-        try:
-            decoded = pff.decode_frame(chunk, self.product, 0, self.source)
-        except PFFError as exc:
-            offset = self._offset + MODULE_ID_BYTES + exc.offset
-            raise PFFError(self.source, offset, exc.reason) from None
-        if decoded is None or decoded[2] != size - MODULE_ID_BYTES:
-            raise PFFError(
-                self.source,
-                self._offset,
-                f"frame {self.frames} is not {size} bytes like the connection's first frame",
-            )
-        header, pixels, _ = decoded
-        del buf[:size]
-        self._offset += size
-        frame = PanoFrame(self.product, header, pixels, module_id, self.source, self.frames)
-        self.frames += 1
-        return frame
 
 
 async def _serve_connection(

@@ -12,7 +12,7 @@ The f9t_config.json5 names the chips, each with the DAQ node (`host`, `port`) wh
 it; the request for a chip is the file's shared keys overlaid by the chip's own (R-UBX-CFG-5).
 `hosts` arguments take node names ("host:port") or chip UIDs; None means every node. Nodes are
 served concurrently. As in AsyncDaqClient, grpclib runs on asyncio (under trio on a trio-asyncio
-loop, panoseti_daq.bridge) and messages cross back through an anyio memory stream.
+loop, panoseti_daq._grpclib.bridge) and messages cross back through an anyio memory stream.
 
 `BlockingUbloxClient` runs a UbloxClient on a portal's event loop in a background thread: the
 same methods, blocking, also inside Jupyter.
@@ -176,9 +176,6 @@ class UbloxStream(ImageStream):
     re-initialised is retried (a "status" message says so) until the stream is closed.
     """
 
-    def _convert(self, reply: Any) -> Any:
-        return reply
-
 
 class UbloxClient(ClientSession):
     """Async client of UbloxControl servers on many DAQ nodes (asyncio and trio).
@@ -303,7 +300,7 @@ class UbloxClient(ClientSession):
         send, receive = anyio.create_memory_object_stream[UbloxMessage](STREAM_BUFFER)
         state = StreamState()
         tg.start_soon(self._pump, names, request, wait_for_ready, send, state)
-        stream = UbloxStream(receive, state, False, self._streams.discard)  # type: ignore[arg-type]
+        stream = UbloxStream(receive, state, "reply", self._streams.discard)  # type: ignore[arg-type]
         self._streams.add(stream)
         return stream
 

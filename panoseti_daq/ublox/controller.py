@@ -28,9 +28,10 @@ from ..config import UbloxServerConfig
 from .errors import UbloxError
 from .fanout import Ending, Fanout, Notice, Subscriber
 from .init_steps import ack_for, apply_settings, identify_model, identify_uid, verify_settings
-from .port import Expectation, PortOwner, Received, baud_constant, check_device, open_port
+from .port import Expectation, PortOwner, baud_constant, check_device, open_port
 from .protocol import (
     PatternError,
+    Received,
     class_and_id,
     compile_patterns,
     poll_candidates,

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._localhost import free_port, wait_for_port
+from ..server.process import free_port, serve_command, started, stop
 from . import cli
 
 EXAMPLE = Path(__file__).with_name("data") / "f9t_config.example.json5"
@@ -57,20 +57,9 @@ def _start_simulator(period_s: float) -> tuple[subprocess.Popen[str], str]:
     assert process.stdout is not None
     device = process.stdout.readline().strip()
     if not device.startswith("/dev/"):
-        _stop(process, signal.SIGTERM)
+        stop(process, signal.SIGTERM, STOP_TIMEOUT_S)
         raise RuntimeError(f"the simulator did not start (it printed {device!r})")
     return process, device
-
-
-def _stop(process: subprocess.Popen[str], signum: int) -> int:
-    if process.poll() is None:
-        process.send_signal(signum)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
 
 
 @dataclass(frozen=True)
@@ -87,7 +76,7 @@ class SimulatedNode:
 def simulated_node(period_s: float = 1.0) -> Iterator[SimulatedNode]:
     """Start a simulated ZED-F9T (output every `period_s`, 1 s as the chip) and a server allowed
     to open it; stop both on leaving (the server with SIGINT, the simulator with SIGTERM) and
-    remove the temporary files. RuntimeError if either does not start."""
+    remove the temporary files. RuntimeError (or TimeoutError) if either does not start."""
     tmp = Path(tempfile.mkdtemp(prefix="panoseti_ublox_demo_"))
     simulator: subprocess.Popen[str] | None = None
     server: subprocess.Popen[str] | None = None
@@ -106,22 +95,25 @@ def simulated_node(period_s: float = 1.0) -> Iterator[SimulatedNode]:
         )
         f9t_config = tmp / "f9t_config.json5"
         f9t_config.write_text(demo_config(device, port))
-        server = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "panoseti_daq.serve", "--config", str(server_config)),
-                *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
-            ],
+        command = serve_command(
+            *("--config", str(server_config), "--host", "127.0.0.1", "--port", str(port)),
+            *("--log-level", "warning"),
+        )
+        with started(
+            command,
+            port,
+            stop_signal=signal.SIGINT,
+            stop_timeout_s=STOP_TIMEOUT_S,
             text=True,
             start_new_session=True,
-        )
-        if not wait_for_port(port, server):
-            raise RuntimeError(f"the server did not start (exit code {server.poll()})")
-        yield SimulatedNode(device, port, f9t_config)
+        ) as server:
+            yield SimulatedNode(device, port, f9t_config)
     finally:
         if server is not None:
-            print(f"server stopped (exit code {_stop(server, signal.SIGINT)})", flush=True)
+            print(f"server stopped (exit code {server.returncode})", flush=True)
         if simulator is not None:
-            print(f"simulator stopped (exit code {_stop(simulator, signal.SIGTERM)})", flush=True)
+            code = stop(simulator, signal.SIGTERM, STOP_TIMEOUT_S)
+            print(f"simulator stopped (exit code {code})", flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -157,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except KeyboardInterrupt:
         code = 0
-    except RuntimeError as exc:
+    except (RuntimeError, TimeoutError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     return 0 if code in (0, 130) else 1

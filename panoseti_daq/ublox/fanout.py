@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .port import Received
+from .protocol import Received
 
 __all__ = ["Delivery", "Ending", "Fanout", "Notice", "Subscriber"]
 

@@ -12,9 +12,10 @@ import logging
 import anyio
 
 from .errors import UbloxError
-from .port import PortOwner, Received
+from .port import PortOwner
 from .protocol import (
     ChipVersion,
+    Received,
     ack_of,
     byte_reversed_uid,
     chip_uid,

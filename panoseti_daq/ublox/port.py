@@ -35,7 +35,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .errors import UbloxError
-from .protocol import UbxDecodeError, UbxFrameSplitter, decode, message_name
+from .protocol import Received, UbxDecodeError, UbxFrameSplitter, decode, message_name
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +163,6 @@ def _set_raw_8n1(fd: int, speed: int) -> None:
 
 
 _Write = tuple[bytes, anyio.Event]  # a frame to write, set once written
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """One UBX frame read from the port: pyubx2's name, the whole frame, the host UTC time
-    (ns) at which it was read, and pyubx2's decoded message."""
-
-    name: str
-    frame: bytes
-    t_ns: int
-    message: Any
 
 
 @dataclass(eq=False)

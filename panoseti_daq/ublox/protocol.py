@@ -55,6 +55,7 @@ __all__ = [
     "ConfigBatch",
     "PatternError",
     "PatternSet",
+    "Received",
     "UbxDecodeError",
     "UbxFrameSplitter",
     "ack_of",
@@ -498,3 +499,14 @@ def ack_of(msg: UBXMessage) -> tuple[bool, int, int] | None:
     if name not in ("ACK-ACK", "ACK-NAK"):
         return None
     return name == "ACK-ACK", int(msg.clsID), int(msg.msgID)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One UBX frame read from the port: pyubx2's name, the whole frame, the host UTC time
+    (ns) at which it was read, and pyubx2's decoded message."""
+
+    name: str
+    frame: bytes
+    t_ns: int
+    message: Any

@@ -33,8 +33,7 @@ from ..errors import CodecError
 from .controller import PollEntry, UbloxController
 from .errors import UbloxError
 from .fanout import Delivery
-from .port import Received
-from .protocol import parsed_data
+from .protocol import Received, parsed_data
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,6 @@
 # This file has been @generated
 
 __all__ = (
-    "DaqDataBase",
-    "DaqDataStub",
     "InitHpIoRequest",
     "InitHpIoResponse",
     "PanoImage",
@@ -20,22 +18,13 @@ __all__ = (
 )
 
 import datetime
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import betterproto2
-import grpclib
-from betterproto2 import grpclib as betterproto2_grpclib
 from google.protobuf.descriptor import Descriptor, EnumDescriptor
 
 from ..google_proto_descriptor_pool import default_google_proto_descriptor_pool
 from ..message_pool import default_message_pool
-
-if TYPE_CHECKING:
-    import grpclib.server
-    from betterproto2.grpclib.grpclib_client import MetadataLike
-    from grpclib.metadata import Deadline
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
@@ -232,172 +221,8 @@ class UploadImageRequest(betterproto2.Message):
 default_message_pool.register_message("daqdata", "UploadImageRequest", UploadImageRequest)
 
 
-class DaqDataStub(betterproto2_grpclib.ServiceStub):
-    async def stream_images(
-        self,
-        message: "StreamImagesRequest",
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "AsyncIterator[StreamImagesResponse]":
-
-        async for response in self._unary_stream(
-            "/daqdata.DaqData/StreamImages",
-            message,
-            StreamImagesResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        ):
-            yield response
-
-    async def init_hp_io(
-        self,
-        message: "InitHpIoRequest",
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "InitHpIoResponse":
-
-        return await self._unary_unary(
-            "/daqdata.DaqData/InitHpIo",
-            message,
-            InitHpIoResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def ping(
-        self,
-        message: "_google__protobuf__.Empty | None" = None,
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "_google__protobuf__.Empty":
-
-        if message is None:
-            message = _google__protobuf__.Empty()
-
-        return await self._unary_unary(
-            "/daqdata.DaqData/Ping",
-            message,
-            _google__protobuf__.Empty,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def upload_images(
-        self,
-        messages: "AsyncIterable[UploadImageRequest] | Iterable[UploadImageRequest]",
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "_google__protobuf__.Empty":
-
-        return await self._stream_unary(
-            "/daqdata.DaqData/UploadImages",
-            messages,
-            UploadImageRequest,
-            _google__protobuf__.Empty,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-
 from ..google import protobuf as _google__protobuf__
 
 DAQ_DATA_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
     b'\n\x0edaq_data.proto\x12\x07daqdata\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xce\x02\n\tPanoImage\x12+\n\x04type\x18\x01 \x01(\x0e2\x17.daqdata.PanoImage.TypeR\x04type\x12/\n\x06header\x18\x02 \x01(\x0b2\x17.google.protobuf.StructR\x06header\x12\x1f\n\x0bimage_array\x18\x03 \x03(\rR\nimageArray\x12\x14\n\x05shape\x18\x04 \x03(\rR\x05shape\x12&\n\x0fbytes_per_pixel\x18\x05 \x01(\x05R\rbytesPerPixel\x12\x12\n\x04file\x18\x06 \x01(\tR\x04file\x12!\n\x0cframe_number\x18\x07 \x01(\rR\x0bframeNumber\x12\x1b\n\tmodule_id\x18\x08 \x01(\rR\x08moduleId"0\n\x04Type\x12\x0b\n\tUNDEFINED\x12\x10\n\x0cPULSE_HEIGHT\x10\x01\x12\t\n\x05MOVIE\x10\x02"\xd1\x01\n\x13StreamImagesRequest\x12*\n\x11stream_movie_data\x18\x01 \x01(\x08R\x0fstreamMovieData\x127\n\x18stream_pulse_height_data\x18\x02 \x01(\x08R\x15streamPulseHeightData\x126\n\x17update_interval_seconds\x18\x03 \x01(\x01R\x15updateIntervalSeconds\x12\x1d\n\nmodule_ids\x18\x04 \x03(\rR\tmoduleIds"\xb1\x01\n\x14StreamImagesResponse\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x128\n\ttimestamp\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x121\n\npano_image\x18\x04 \x01(\x0b2\x12.daqdata.PanoImageR\tpanoImage"\xc2\x01\n\x0fInitHpIoRequest\x12\x19\n\x08data_dir\x18\x01 \x01(\tR\x07dataDir\x126\n\x17update_interval_seconds\x18\x02 \x01(\x01R\x15updateIntervalSeconds\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05force\x12!\n\x0csimulate_daq\x18\x04 \x01(\x08R\x0bsimulateDaq\x12\x1d\n\nmodule_ids\x18\x06 \x03(\rR\tmoduleIdsJ\x04\x08\x05\x10\x06"Q\n\x10InitHpIoResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07success\x12#\n\rerror_message\x18\x02 \x01(\tR\x0cerrorMessage"G\n\x12UploadImageRequest\x121\n\npano_image\x18\x01 \x01(\x0b2\x12.daqdata.PanoImageR\tpanoImage"\x1d\n\x1bStreamHashpipeStatusRequest"\x1e\n\x1cStreamHashpipeStatusResponse"\x19\n\x17SetConfigurationRequest"\x1a\n\x18SetConfigurationResponse2\xa0\x02\n\x07DaqData\x12O\n\x0cStreamImages\x12\x1c.daqdata.StreamImagesRequest\x1a\x1d.daqdata.StreamImagesResponse"\x000\x01\x12A\n\x08InitHpIo\x12\x18.daqdata.InitHpIoRequest\x1a\x19.daqdata.InitHpIoResponse"\x00\x128\n\x04Ping\x12\x16.google.protobuf.Empty\x1a\x16.google.protobuf.Empty"\x00\x12G\n\x0cUploadImages\x12\x1b.daqdata.UploadImageRequest\x1a\x16.google.protobuf.Empty"\x00(\x01b\x06proto3'
 )
-
-
-class DaqDataBase(betterproto2_grpclib.ServiceBase):
-    async def stream_images(
-        self, message: "StreamImagesRequest"
-    ) -> "AsyncIterator[StreamImagesResponse]":
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-        yield StreamImagesResponse()
-
-    async def init_hp_io(self, message: "InitHpIoRequest") -> "InitHpIoResponse":
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def ping(self, message: "_google__protobuf__.Empty") -> "_google__protobuf__.Empty":
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def upload_images(
-        self, messages: "AsyncIterator[UploadImageRequest]"
-    ) -> "_google__protobuf__.Empty":
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def __rpc_stream_images(
-        self, stream: "grpclib.server.Stream[StreamImagesRequest, StreamImagesResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        await self._call_rpc_handler_server_stream(
-            self.stream_images,
-            stream,
-            request,
-        )
-
-    async def __rpc_init_hp_io(
-        self, stream: "grpclib.server.Stream[InitHpIoRequest, InitHpIoResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        response = await self.init_hp_io(request)
-        await stream.send_message(response)
-
-    async def __rpc_ping(
-        self, stream: "grpclib.server.Stream[_google__protobuf__.Empty, _google__protobuf__.Empty]"
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        response = await self.ping(request)
-        await stream.send_message(response)
-
-    async def __rpc_upload_images(
-        self, stream: "grpclib.server.Stream[UploadImageRequest, _google__protobuf__.Empty]"
-    ) -> None:
-        request = stream.__aiter__()
-        response = await self.upload_images(request)
-        await stream.send_message(response)
-
-    def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
-        return {
-            "/daqdata.DaqData/StreamImages": grpclib.const.Handler(
-                self.__rpc_stream_images,
-                grpclib.const.Cardinality.UNARY_STREAM,
-                StreamImagesRequest,
-                StreamImagesResponse,
-            ),
-            "/daqdata.DaqData/InitHpIo": grpclib.const.Handler(
-                self.__rpc_init_hp_io,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                InitHpIoRequest,
-                InitHpIoResponse,
-            ),
-            "/daqdata.DaqData/Ping": grpclib.const.Handler(
-                self.__rpc_ping,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                _google__protobuf__.Empty,
-                _google__protobuf__.Empty,
-            ),
-            "/daqdata.DaqData/UploadImages": grpclib.const.Handler(
-                self.__rpc_upload_images,
-                grpclib.const.Cardinality.STREAM_UNARY,
-                UploadImageRequest,
-                _google__protobuf__.Empty,
-            ),
-        }

@@ -14,27 +14,16 @@ __all__ = (
     "PollCfgResponse",
     "PollRequest",
     "PollResponse",
-    "UbloxControlBase",
-    "UbloxControlStub",
 )
 
 import datetime
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import betterproto2
-import grpclib
-from betterproto2 import grpclib as betterproto2_grpclib
 from google.protobuf.descriptor import Descriptor, EnumDescriptor
 
 from ..google_proto_descriptor_pool import default_google_proto_descriptor_pool
 from ..message_pool import default_message_pool
-
-if TYPE_CHECKING:
-    import grpclib.server
-    from betterproto2.grpclib.grpclib_client import MetadataLike
-    from grpclib.metadata import Deadline
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
@@ -254,151 +243,8 @@ class PollResponse(betterproto2.Message):
 default_message_pool.register_message("ubloxcontrol", "PollResponse", PollResponse)
 
 
-class UbloxControlStub(betterproto2_grpclib.ServiceStub):
-    async def init_f_9t(
-        self,
-        message: "InitF9TRequest",
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "InitF9TResponse":
-        """
-        Opens the named ZED-F9T, checks its model and UID, applies the configuration, reads it back
-        and checks that the enabled messages arrive; then streams the chip's messages.
-        """
-
-        return await self._unary_unary(
-            "/ubloxcontrol.UbloxControl/InitF9t",
-            message,
-            InitF9TResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def poll_message(
-        self,
-        message: "PollRequest",
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "PollResponse":
-        """
-        Polls every payload-free pyubx2 poll message whose name matches one of the patterns.
-        """
-
-        return await self._unary_unary(
-            "/ubloxcontrol.UbloxControl/PollMessage",
-            message,
-            PollResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def capture_ublox(
-        self,
-        message: "CaptureUbloxRequest",
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "AsyncIterator[CaptureUbloxResponse]":
-        """
-        Streams the chip's UBX messages: the newest cached one of each matching name, then live ones.
-        """
-
-        async for response in self._unary_stream(
-            "/ubloxcontrol.UbloxControl/CaptureUblox",
-            message,
-            CaptureUbloxResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        ):
-            yield response
-
-
 from ..google import protobuf as _google__protobuf__
 
 UBLOX_CONTROL_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
     b'\n\x13ublox_control.proto\x12\x0cubloxcontrol\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xc9\x02\n\x14CaptureUbloxResponse\x12;\n\x04type\x18\x01 \x01(\x0e2\'.ubloxcontrol.CaptureUbloxResponse.TypeR\x04type\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x128\n\x0bparsed_data\x18\x03 \x01(\x0b2\x17.google.protobuf.StructR\nparsedData\x12H\n\x12pkt_unix_timestamp\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\x10pktUnixTimestamp\x12\x18\n\x07message\x18\x05 \x01(\tR\x07message\x12\x18\n\x07payload\x18\x06 \x01(\x0cR\x07payload"(\n\x04Type\x12\x0b\n\tUNDEFINED\x12\x08\n\x04DATA\x10\x01\x12\t\n\x05ERROR\x10\x02")\n\x0bPollRequest\x12\x1a\n\x08patterns\x18\x01 \x03(\tR\x08patterns"S\n\x0cPollResponse\x12C\n\x0bgnss_packet\x18\x01 \x03(\x0b2".ubloxcontrol.CaptureUbloxResponseR\ngnssPacket":\n\x0ePollCfgRequest\x12(\n\x10cfg_key_patterns\x18\x01 \x03(\tR\x0ecfgKeyPatterns"K\n\x0fPollCfgResponse\x128\n\x0bparsed_data\x18\x01 \x01(\x0b2\x17.google.protobuf.StructR\nparsedData"1\n\x13CaptureUbloxRequest\x12\x1a\n\x08patterns\x18\x01 \x03(\tR\x08patterns"g\n\x0eInitF9tRequest\x126\n\nf9t_config\x18\x01 \x01(\x0b2\x17.google.protobuf.StructR\tf9tConfig\x12\x1d\n\nforce_init\x18\x02 \x01(\x08R\tforceInit"\xfd\x01\n\x0fInitF9tResponse\x12I\n\x0binit_status\x18\x01 \x01(\x0e2(.ubloxcontrol.InitF9tResponse.InitStatusR\ninitStatus\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x126\n\nf9t_config\x18\x03 \x01(\x0b2\x17.google.protobuf.StructR\tf9tConfig"G\n\nInitStatus\x12\x0b\n\tUNDEFINED\x12\x12\n\x0eINVALID_CONFIG\x10\x01\x12\x0b\n\x07SUCCESS\x10\x02\x12\x0b\n\x07FAILURE\x10\x03J\x04\x08\x04\x10\x052\xfb\x01\n\x0cUbloxControl\x12H\n\x07InitF9t\x12\x1c.ubloxcontrol.InitF9tRequest\x1a\x1d.ubloxcontrol.InitF9tResponse"\x00\x12F\n\x0bPollMessage\x12\x19.ubloxcontrol.PollRequest\x1a\x1a.ubloxcontrol.PollResponse"\x00\x12Y\n\x0cCaptureUblox\x12!.ubloxcontrol.CaptureUbloxRequest\x1a".ubloxcontrol.CaptureUbloxResponse"\x000\x01B5\n\x15io.grpc.ublox_controlB\x11UbloxControlProtoP\x01\xa2\x02\x06UBXCTLb\x06proto3'
 )
-
-
-class UbloxControlBase(betterproto2_grpclib.ServiceBase):
-    async def init_f_9t(self, message: "InitF9TRequest") -> "InitF9TResponse":
-        """
-        Opens the named ZED-F9T, checks its model and UID, applies the configuration, reads it back
-        and checks that the enabled messages arrive; then streams the chip's messages.
-        """
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def poll_message(self, message: "PollRequest") -> "PollResponse":
-        """
-        Polls every payload-free pyubx2 poll message whose name matches one of the patterns.
-        """
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def capture_ublox(
-        self, message: "CaptureUbloxRequest"
-    ) -> "AsyncIterator[CaptureUbloxResponse]":
-        """
-        Streams the chip's UBX messages: the newest cached one of each matching name, then live ones.
-        """
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-        yield CaptureUbloxResponse()
-
-    async def __rpc_init_f_9t(
-        self, stream: "grpclib.server.Stream[InitF9TRequest, InitF9TResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        response = await self.init_f_9t(request)
-        await stream.send_message(response)
-
-    async def __rpc_poll_message(
-        self, stream: "grpclib.server.Stream[PollRequest, PollResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        response = await self.poll_message(request)
-        await stream.send_message(response)
-
-    async def __rpc_capture_ublox(
-        self, stream: "grpclib.server.Stream[CaptureUbloxRequest, CaptureUbloxResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        await self._call_rpc_handler_server_stream(
-            self.capture_ublox,
-            stream,
-            request,
-        )
-
-    def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
-        return {
-            "/ubloxcontrol.UbloxControl/InitF9t": grpclib.const.Handler(
-                self.__rpc_init_f_9t,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                InitF9TRequest,
-                InitF9TResponse,
-            ),
-            "/ubloxcontrol.UbloxControl/PollMessage": grpclib.const.Handler(
-                self.__rpc_poll_message,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                PollRequest,
-                PollResponse,
-            ),
-            "/ubloxcontrol.UbloxControl/CaptureUblox": grpclib.const.Handler(
-                self.__rpc_capture_ublox,
-                grpclib.const.Cardinality.UNARY_STREAM,
-                CaptureUbloxRequest,
-                CaptureUbloxResponse,
-            ),
-        }

@@ -17,10 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from . import pff
-from .client.aio import as_frame
-from .errors import PanosetiDaqError
-from .frames import PanoFrame
+from .. import pff
+from ..errors import PanosetiDaqError
+from ..frames import PanoFrame, as_frame
 
 __all__ = ["PFFRecorder", "RecordError", "hashpipe_header"]
 

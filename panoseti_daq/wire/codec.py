@@ -26,26 +26,26 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from grpclib.encoding.base import CodecBase
 
-from ._header_codec import MAX_FIELD_NUMBER, decode_struct, encode_struct, next_field
-from ._varint import decode_packed_pixels, encode_packed_pixels, encode_varint, read_varint
-from .errors import CodecError, ImageError
-from .frames import PanoFrame
-from .messages import PanoImage, StreamImagesResponse, Timestamp, UploadImageRequest
-from .products import PRODUCTS, DataProduct, product_for
+from ..errors import CodecError, ImageError
+from ..frames import PanoFrame
+from ..messages import PanoImage, StreamImagesResponse, Timestamp, UploadImageRequest
+from ..products import PRODUCTS, DataProduct, product_for
+from .header import MAX_FIELD_NUMBER, decode_struct, encode_struct, next_field
+from .varint import decode_packed_pixels, encode_packed_pixels, encode_varint, read_varint
 
 __all__ = [
     "STRICTER_THAN_PROTOBUF",
-    "DaqCodec",
     "StreamReply",
     "UploadItem",
+    "decode_message",
     "decode_pano_image",
     "decode_stream_reply",
     "decode_struct",
     "decode_upload_item",
     "dropped_before",
     "encode_framed_stream_replies",
+    "encode_message",
     "encode_pano_image",
     "encode_stream_reply",
     "encode_struct",
@@ -112,6 +112,11 @@ class StreamReply:
     timestamp_ns: int = 0
     message: str = ""
     encoded_image: bytes | None = None
+
+    @property
+    def dropped_before(self) -> int:
+        """Frames the server dropped just before this one (its overrun notice, R-CLI-10)."""
+        return dropped_before(self.message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,58 +645,58 @@ def _stream_reply_of(message: StreamImagesResponse) -> StreamReply:
     return StreamReply(_frame_of(message.pano_image), message.name, timestamp_ns, message.message)
 
 
-class DaqCodec(CodecBase):
-    """grpclib codec of the DaqData service: fast paths for images, betterproto2 otherwise.
+def encode_message(message: Any, message_type: Any) -> bytes:
+    """The protobuf bytes of a DaqData message, fast paths for images, betterproto2 otherwise.
 
     Message types with a fast path: StreamReply (StreamImagesResponse), UploadItem
     (UploadImageRequest) and PanoFrame (PanoImage), and the betterproto2 PanoImage,
-    StreamImagesResponse and UploadImageRequest (converted through PanoFrame). Decoding raises
-    CodecError for malformed bytes and ImageError for an invalid image; a handler turns them
-    into a status (grpclib itself would answer UNKNOWN).
+    StreamImagesResponse and UploadImageRequest (converted through PanoFrame). Any other message
+    (reflection, health, the other DaqData messages) serialises itself.
     """
+    if isinstance(message, StreamReply):
+        return encode_stream_reply(message)
+    if isinstance(message, UploadItem):
+        return encode_upload_item(message)
+    if isinstance(message, PanoFrame):
+        return encode_pano_image(message)
+    if isinstance(message, PanoImage):
+        return encode_pano_image(PanoFrame.from_message(message))
+    if isinstance(message, UploadImageRequest):
+        return encode_upload_item(UploadItem(_frame_of(message.pano_image)))
+    if isinstance(message, StreamImagesResponse):
+        return encode_stream_reply(_stream_reply_of(message))
+    if not isinstance(message, message_type):
+        raise TypeError(f"message must be of type {message_type!r}, not {type(message)!r}")
+    # betterproto2 and protobuf messages (reflection, health) both serialise this way.
+    serialized: bytes = message.SerializeToString()
+    return serialized
 
-    __content_subtype__ = "proto"
 
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        if isinstance(message, StreamReply):
-            return encode_stream_reply(message)
-        if isinstance(message, UploadItem):
-            return encode_upload_item(message)
-        if isinstance(message, PanoFrame):
-            return encode_pano_image(message)
-        if isinstance(message, PanoImage):
-            return encode_pano_image(PanoFrame.from_message(message))
-        if isinstance(message, UploadImageRequest):
-            return encode_upload_item(UploadItem(_frame_of(message.pano_image)))
-        if isinstance(message, StreamImagesResponse):
-            return encode_stream_reply(_stream_reply_of(message))
-        if not isinstance(message, message_type):
-            raise TypeError(f"message must be of type {message_type!r}, not {type(message)!r}")
-        # betterproto2 and protobuf messages (reflection, health) both serialise this way.
-        serialized: bytes = message.SerializeToString()
-        return serialized
+def decode_message(data: bytes, message_type: Any) -> Any:
+    """A `message_type` from protobuf bytes (the fast types of `encode_message` included).
 
-    def decode(self, data: bytes, message_type: Any) -> Any:
-        if message_type is StreamReply:
-            return decode_stream_reply(data)
-        if message_type is UploadItem:
-            return decode_upload_item(data)
-        if message_type is PanoFrame:
-            return decode_pano_image(data)
-        if message_type is PanoImage:
-            return decode_pano_image(data).to_message()
-        if message_type is StreamImagesResponse:
-            return stream_response_message(decode_stream_reply(data))
-        if message_type is UploadImageRequest:
-            item = decode_upload_item(data)
-            return UploadImageRequest(
-                pano_image=None if item.frame is None else item.frame.to_message()
-            )
-        # betterproto2 accepts some truncated input silently: check the framing first.
-        pos = 0
-        while pos < len(data):
-            pos = next_field(data, pos, len(data), message_type.__name__)[3]
-        try:
-            return message_type.FromString(data)
-        except Exception as exc:  # betterproto2 raises assorted errors on malformed bytes
-            raise CodecError(f"{message_type.__name__}: malformed message: {exc}") from exc
+    Raises CodecError for malformed bytes and ImageError for an invalid image.
+    """
+    if message_type is StreamReply:
+        return decode_stream_reply(data)
+    if message_type is UploadItem:
+        return decode_upload_item(data)
+    if message_type is PanoFrame:
+        return decode_pano_image(data)
+    if message_type is PanoImage:
+        return decode_pano_image(data).to_message()
+    if message_type is StreamImagesResponse:
+        return stream_response_message(decode_stream_reply(data))
+    if message_type is UploadImageRequest:
+        item = decode_upload_item(data)
+        return UploadImageRequest(
+            pano_image=None if item.frame is None else item.frame.to_message()
+        )
+    # betterproto2 accepts some truncated input silently: check the framing first.
+    pos = 0
+    while pos < len(data):
+        pos = next_field(data, pos, len(data), message_type.__name__)[3]
+    try:
+        return message_type.FromString(data)
+    except Exception as exc:  # betterproto2 raises assorted errors on malformed bytes
+        raise CodecError(f"{message_type.__name__}: malformed message: {exc}") from exc

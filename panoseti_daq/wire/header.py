@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ._varint import encode_varint, read_varint
-from .errors import CodecError, ImageError
+from ..errors import CodecError, ImageError
+from .varint import encode_varint, read_varint
 
 __all__ = [
     "MAX_DEPTH",

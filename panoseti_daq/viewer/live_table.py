@@ -27,10 +27,9 @@ from typing import Any
 
 from rich.table import Table
 
-from . import pff
-from .client.aio import as_frame
-from .frames import PanoFrame
-from .timestamps import TimestampWarnings, to_millisecond
+from .. import pff
+from ..frames import PanoFrame, as_frame
+from ..timestamps import TimestampWarnings, to_millisecond
 
 __all__ = ["LiveTable", "RowStats"]
 

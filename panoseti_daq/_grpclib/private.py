@@ -59,7 +59,7 @@ from grpclib.protocol import EventsProcessor, H2Protocol
 from grpclib.server import Server, Stream
 from h2.events import RemoteSettingsChanged
 
-from .errors import CodecError
+from ..errors import CodecError
 
 __all__ = [
     "ConnectionGuard",
@@ -91,7 +91,7 @@ def check_version(library: str, installed: str, supported: tuple[tuple[int, ...]
     raise ImportError(
         f"panoseti_daq uses private parts of {library} written for {library} {wanted}, but "
         f"{library} {installed} is installed: install a supported version "
-        f"(see pyproject.toml) or update panoseti_daq/_private.py"
+        f"(see pyproject.toml) or update panoseti_daq/_grpclib/private.py"
     )
 
 
@@ -100,7 +100,7 @@ def _require_attributes(library: str, owner: object, names: tuple[str, ...]) -> 
     if missing:
         raise ImportError(
             f"{library} no longer has {', '.join(missing)} on {owner!r}: "
-            "panoseti_daq/_private.py needs updating for this version"
+            "panoseti_daq/_grpclib/private.py needs updating for this version"
         )
 
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import sniffio
 
-from ._private import import_trio_asyncio
+from .private import import_trio_asyncio
 
 __all__ = ["GrpclibLoop", "grpclib_loop"]
 
@@ -47,7 +47,8 @@ class GrpclibLoop:
             trio_asyncio.current_loop.set(loop)
             return await fn(*args)
 
-        return await trio_asyncio.aio_as_trio(in_loop_context, loop=loop)()
+        result: T = await trio_asyncio.aio_as_trio(in_loop_context, loop=loop)()
+        return result
 
 
 @asynccontextmanager

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CodecError
+from ..errors import CodecError
 
 __all__ = [
     "decode_packed_pixels",
