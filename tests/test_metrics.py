@@ -220,6 +220,41 @@ async def test_bad_requests_get_http_errors_and_the_endpoint_keeps_serving(make_
         assert only(metrics["panoseti_daq_stream_clients"]) == 0
 
 
+class _BrokenCollector:
+    """A collector with a bug: it raises on every collection after the first `good` ones."""
+
+    def __init__(self, good: int) -> None:
+        self.calls = 0
+        self.good = good
+
+    def collect(self):
+        self.calls += 1
+        if self.calls > self.good:
+            raise ZeroDivisionError("a collector's bug")
+        yield from ()
+
+
+async def test_a_collector_that_raises_fails_that_scrape_only(caplog):
+    """A bug in a collector (not input) answers that scrape 500 naming the error and logs it; the
+    endpoint goes on serving the next scrape (the server must not end with it)."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry()
+    Counter("probe", "a counter that is always there", registry=registry).inc()
+    broken = _BrokenCollector(good=0)
+    registry.register(broken)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(server_metrics.serve_metrics, "127.0.0.1", 0, registry)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            await anyio.to_thread.run_sync(scrape, port)
+        assert info.value.code == 500
+        assert "ZeroDivisionError" in info.value.read().decode()
+        registry.unregister(broken)
+        assert only((await anyio.to_thread.run_sync(scrape, port))["probe_total"]) == 1
+        tg.cancel_scope.cancel()
+    assert any("metrics collection failed" in r.getMessage() for r in caplog.records)
+
+
 async def test_endpoint_listens_on_the_servers_host_and_port_and_says_where(make_server, caplog):
     """`metrics_port` N: the endpoint listens on N, on the server's own host only (here
     127.0.0.1: ::1 is refused), and one log line gives its URL."""

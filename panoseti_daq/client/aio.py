@@ -55,7 +55,7 @@ from ..frames import PanoFrame, as_frame
 from ..messages import Empty, InitHpIoRequest, InitHpIoResponse, StreamImagesRequest
 from ..wire.codec import StreamReply
 from .session import ClientSession
-from .stream import ImageStream, StreamState
+from .stream import ImageStream, StreamForm, StreamState
 from .targets import DaqNode, load_daq_nodes
 
 log = logging.getLogger(__name__)
@@ -371,7 +371,7 @@ class AsyncDaqClient(ClientSession):
             wait_for_ready,
         )
         state.name_by_host = name_by_host
-        form = "reply" if replies else "dict" if parse_pano_images else "message"
+        form: StreamForm = "reply" if replies else "dict" if parse_pano_images else "message"
         return self._own(ImageStream(receive, state, form, self._streams.discard))
 
     def _start_stream(

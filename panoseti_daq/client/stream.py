@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -25,7 +25,8 @@ __all__ = ["ImageStream", "dropped_before"]
 
 
 # What an ImageStream yields: parsed dicts, StreamImagesResponse messages or StreamReply objects.
-_FORMS = ("dict", "message", "reply")
+StreamForm = Literal["dict", "message", "reply"]
+_FORMS: tuple[StreamForm, ...] = get_args(StreamForm)
 
 
 @dataclass(eq=False)
@@ -58,7 +59,7 @@ class ImageStream:
         self,
         receive: MemoryObjectReceiveStream[StreamReply],
         state: StreamState,
-        form: str = "dict",
+        form: StreamForm = "dict",
         on_close: Callable[[ImageStream], None] | None = None,
     ) -> None:
         self._receive = receive

@@ -212,12 +212,18 @@ async def _answer(connection: SocketStream, registry: CollectorRegistry) -> None
     if method not in ("GET", "HEAD"):
         await _respond(connection, 405, b"only GET and HEAD\n", allow="GET, HEAD")
         return
-    body = generate_latest(registry)
+    try:
+        body = generate_latest(registry)
+    except Exception as exc:  # a collector's bug: this scrape fails, the server goes on
+        log.exception("metrics collection failed")
+        await _respond(connection, 500, f"metrics collection failed: {exc!r}\n".encode())
+        return
     await _respond(connection, 200, body, head=method == "HEAD", content_type=CONTENT_TYPE_LATEST)
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 _REASONS[431] = "Request Header Fields Too Large"
+_REASONS[500] = "Internal Server Error"
 
 
 async def _respond(
