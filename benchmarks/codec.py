@@ -13,7 +13,9 @@ the bundled real file), in one run:
 Then, per product, what a grpcio producer sends: `decode_upload_item` of UploadImageRequest
 bytes written by protobuf, with Hashpipe's header layout (img16: `quabo_0..3` objects; ph256:
 flat keys) and with one extra key (`send_ns`, a different value in every image), and the ratio
-of the two (issue 13 targets for img16: <= 20 µs with the extra key, <= 1.5x without).
+of the two (issue 13 targets for img16: <= 20 µs with the extra key, <= 1.5x without), the two
+timed in turns (timed one after the other, this ratio swung from 0.5 to 1.5 on a shared
+machine).
 Then the pixel encodings a producer may send (issue 23): img16 uploads whose pixel varints mix
 1-, 2- and 3-byte lengths (values 0..4095 and some above 16383), against uploads whose
 pixels are all 2-byte varints (128..16383), and ph256 with the extra key against without
@@ -24,7 +26,6 @@ Each other figure is the best of several batches timed with time.perf_counter.
 
 from __future__ import annotations
 
-import itertools
 import struct
 import time
 from collections.abc import Callable
@@ -144,10 +145,10 @@ def protobuf_upload_rows() -> list[dict]:
     """decode_upload_item of protobuf-written uploads, without and with an extra header key."""
     rows = []
     for product in ("img16", "ph256"):
-        figures = {}
-        for send_ns in (False, True):
-            payloads = itertools.cycle(protobuf_uploads(product, send_ns))
-            figures[send_ns] = per_call_us(lambda cycle: decode_upload_item(next(cycle)), payloads)
+        best = best_in_turns(
+            {"plain": protobuf_uploads(product, False), "extra": protobuf_uploads(product, True)}
+        )
+        figures = {False: best["plain"], True: best["extra"]}
         row = {
             "product": product,
             "impl": "ours_protobuf_upload",

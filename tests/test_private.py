@@ -161,6 +161,154 @@ async def test_trio_asyncio_runs_the_queued_callbacks_in_one_step():
     assert 0 < loop_steps < 20, steps
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.anyio
+async def test_trio_asyncio_checks_call_soon_callbacks_as_asyncio_does():
+    """trio-asyncio's `call_soon` refuses a coroutine function only in debug mode, as asyncio's
+    own loop does: outside debug mode the check costs more than queueing the callback, on every
+    asyncio callback of the server (issue 23)."""
+    from panoseti_daq._grpclib.bridge import grpclib_loop
+
+    async def coroutine_function() -> None:
+        raise AssertionError("cancelled before it runs")
+
+    def accepted(loop: asyncio.AbstractEventLoop) -> bool:
+        try:
+            loop.call_soon(coroutine_function).cancel()  # type: ignore[arg-type]
+        except TypeError:
+            return False
+        return True
+
+    plain = asyncio.SelectorEventLoop()
+    try:
+        expected = {}
+        for debug in (False, True):
+            plain.set_debug(debug)
+            expected[debug] = accepted(plain)
+    finally:
+        plain.close()
+    assert expected == {False: True, True: False}
+    async with grpclib_loop() as bridge:
+        loop = bridge.loop
+        try:
+            for debug in (False, True):
+                loop.set_debug(debug)
+                assert accepted(loop) == expected[debug], f"debug mode {debug}"
+        finally:
+            loop.set_debug(False)
+
+
+class _Reads(asyncio.Protocol):
+    """Notes each read and, through call_soon, each read's callback; `on_read` runs in
+    data_received."""
+
+    def __init__(self, on_read: Any = None) -> None:
+        self.events: list[tuple[str, bytes]] = []
+        self.on_read = on_read
+        self.closed: asyncio.Future[None] | None = None
+        self.called_back: asyncio.Future[None] | None = None  # resolved by the next callback
+
+    def connection_made(self, transport: Any) -> None:
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append(("read", data))
+        asyncio.get_running_loop().call_soon(self.callback, data)
+        if self.on_read is not None:
+            self.on_read(data)
+
+    def callback(self, data: bytes) -> None:
+        self.events.append(("callback", data))
+        if self.called_back is not None and not self.called_back.done():
+            self.called_back.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        assert self.closed is not None
+        self.closed.set_result(None)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.anyio
+async def test_trio_asyncio_runs_a_reads_callbacks_before_the_next_read():
+    """The callbacks a read queues run before the socket is read again, as in asyncio, even when
+    the next bytes are already waiting (each read here writes the next chunk before returning),
+    now that the reader synchronizes with the loop only when callbacks are left (issue 23)."""
+    import socket
+
+    from panoseti_daq._grpclib.bridge import grpclib_loop
+
+    ours, theirs = socket.socketpair()
+    chunks = [bytes([65 + n]) * 8 for n in range(30)]
+
+    def write_next(data: bytes) -> None:
+        index = chunks.index(data) + 1
+        if index < len(chunks):
+            theirs.send(chunks[index])
+        else:
+            theirs.close()
+
+    protocol = _Reads(write_next)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: protocol, ours)
+        theirs.send(chunks[0])
+        assert protocol.closed is not None
+        await protocol.closed
+
+    async with grpclib_loop() as bridge:
+        await bridge.run(serve)
+    expected = [(kind, chunk) for chunk in chunks for kind in ("read", "callback")]
+    assert protocol.events == expected
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.anyio
+async def test_trio_asyncio_reader_takes_one_trio_step_per_read_when_the_loop_is_idle():
+    """A socket reader on a trio-asyncio loop whose callbacks have all run is woken once per
+    read (trio-asyncio's own reader is woken twice: for the socket, then after synchronizing
+    with the loop), which saves a trio scheduler pass and an epoll_wait per read (issue 23)."""
+    import socket
+
+    import trio
+
+    from panoseti_daq._grpclib.bridge import grpclib_loop
+
+    steps: Counter[str] = Counter()
+
+    class CountSteps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            steps[task.name] += 1
+
+    ours, theirs = socket.socketpair()
+    reads = 20
+    protocol = _Reads()
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: protocol, ours)
+        for number in range(reads):
+            protocol.called_back = loop.create_future()
+            theirs.send(bytes([number]))
+            await protocol.called_back  # its read and its callback have run
+        theirs.close()
+        assert protocol.closed is not None
+        await protocol.closed
+
+    async with grpclib_loop() as bridge:
+        instrument = CountSteps()
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            await bridge.run(serve)
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+    assert [data for kind, data in protocol.events if kind == "read"] == [
+        bytes([number]) for number in range(reads)
+    ]
+    reader_steps = sum(count for name, count in steps.items() if "_io_task" in name)
+    assert reads <= reader_steps <= reads + 3, steps
+
+
 def test_a_version_not_written_for_fails_loudly():
     """The versions the private uses were written for are checked; another names the library,
     the installed version and the supported ones."""

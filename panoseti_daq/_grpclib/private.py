@@ -17,7 +17,12 @@
   `get_running_loop` and `current_task`; and makes trio-asyncio's loops run the callbacks
   already queued in one trio step, as asyncio does (`_run_ready_callbacks_in_one_step`: the
   loop's `_main_loop_one`, `_q_recv`, `_timers`, `_nursery` and `AsyncHandle`'s fields), which
-  saves a trio scheduler pass per asyncio callback.
+  saves a trio scheduler pass per asyncio callback; makes their `call_soon` check its
+  callback only in debug mode, as asyncio's does (`_check_callbacks_in_debug_mode_only`: the
+  loop's `_queue_handle`); and makes their socket readers synchronize with the loop before a
+  read only when callbacks are left (`_synchronize_readers_only_when_needed`: the loop's
+  `_io_task`, `_q_recv` and the handle's `_scope`, `_cancelled`, `_run`, `_raise`), which
+  saves a trio scheduler pass and an `epoll_wait` per read.
 
 - grpclib 0.4 (with h2 4): `ConnectionGuard.install(server)` wraps the server's protocol
   factory (`Server._protocol_factory`) to refuse connections beyond a limit at accept and to
@@ -142,8 +147,10 @@ def import_trio_asyncio() -> ModuleType:
     and `asyncio.current_task`, which code on its loops needs; anyio's asyncio backend keeps the
     functions it found when first imported, so if it came first it is pointed at the new ones.
     Its loops are made to run the callbacks already queued in one trio step
-    (`_run_ready_callbacks_in_one_step`). Idempotent; call it only where a trio-asyncio loop is
-    about to start.
+    (`_run_ready_callbacks_in_one_step`), to check `call_soon`'s callback in debug mode only
+    (`_check_callbacks_in_debug_mode_only`) and to synchronize a socket reader with the loop
+    only when callbacks are left (`_synchronize_readers_only_when_needed`). Idempotent; call
+    it only where a trio-asyncio loop is about to start.
     """
     import trio_asyncio
     import trio_asyncio._base
@@ -157,6 +164,8 @@ def import_trio_asyncio() -> ModuleType:
         asyncio.new_event_loop = asyncio.events.new_event_loop = plain_new_event_loop
     _point_anyio_at(asyncio.get_running_loop, asyncio.current_task)
     _run_ready_callbacks_in_one_step(trio_asyncio._base.BaseTrioEventLoop)
+    _check_callbacks_in_debug_mode_only(trio_asyncio._base.BaseTrioEventLoop)
+    _synchronize_readers_only_when_needed(trio_asyncio._base.BaseTrioEventLoop)
     module: ModuleType = trio_asyncio
     return module
 
@@ -209,6 +218,75 @@ def _run_ready_callbacks_in_one_step(loop_class: Any) -> None:
 
     _main_loop_one._panoseti_batched = True  # type: ignore[attr-defined]
     loop_class._main_loop_one = _main_loop_one
+
+
+def _check_callbacks_in_debug_mode_only(loop_class: Any) -> None:
+    """Make trio-asyncio's `call_soon` check its callback only in debug mode, as asyncio does.
+
+    asyncio's `call_soon` checks that the callback is not a coroutine (function) only when the
+    loop is in debug mode; trio-asyncio 0.16's checks on every call, and the check (inspect's
+    `iscoroutinefunction`, slow for the bound built-in methods that asyncio's tasks and futures
+    schedule) costs more than queueing the callback: a few per cent of the server's CPU per
+    relayed frame. In debug mode (`loop.set_debug(True)`, PYTHONASYNCIODEBUG) the check stays.
+    Idempotent.
+    """
+    _require_attributes("trio-asyncio", loop_class, ("call_soon", "_queue_handle"))
+    if getattr(loop_class.call_soon, "_panoseti_unchecked", False):
+        return
+    checked = loop_class.call_soon
+    handle_type = asyncio.Handle
+
+    def call_soon(self: Any, callback: Any, *args: Any, **context: Any) -> Any:
+        if self.get_debug():
+            return checked(self, callback, *args, **context)
+        return self._queue_handle(handle_type(callback, args, self, **context))
+
+    call_soon._panoseti_unchecked = True  # type: ignore[attr-defined]
+    call_soon.__doc__ = checked.__doc__
+    loop_class.call_soon = call_soon
+
+
+def _synchronize_readers_only_when_needed(loop_class: Any) -> None:
+    """Make trio-asyncio's socket readers wait for the loop's callbacks only when some are left.
+
+    trio-asyncio 0.16 runs each reader (`add_reader`: every asyncio socket transport) as a trio
+    task (`_io_task`) that waits until the socket is readable, runs the read callback, then
+    waits (`synchronize`: a trio Event set by a callback queued behind the others) until the
+    loop has run the callbacks queued so far, so that the callbacks of one read run before the
+    next read, as in asyncio. That wait is one more trio step per read, with an `epoll_wait`,
+    before the reader waits for the socket again. Here the reader waits for the socket first,
+    and before reading synchronizes only if the loop has callbacks queued or is not idle
+    waiting for them (`_q_recv`'s statistics): the callbacks of one read still run before the
+    next read. Idempotent.
+    """
+    _require_attributes("trio-asyncio", loop_class, ("_io_task", "synchronize"))
+    if getattr(loop_class._io_task, "_panoseti_synchronized", False):
+        return
+
+    async def _io_task(self: Any, fd: int, handle: Any, wait_ready: Any) -> None:
+        with handle._scope:
+            try:
+                while not handle._cancelled:
+                    try:
+                        await wait_ready(fd)
+                    except OSError:
+                        # the handle was cancelled and the socket closed before this task ran
+                        if handle._cancelled:
+                            break
+                        raise
+                    if handle._cancelled:
+                        break
+                    queue = self._q_recv.statistics()
+                    if queue.current_buffer_used or not queue.tasks_waiting_receive:
+                        await self.synchronize()
+                        if handle._cancelled:
+                            break
+                    handle._run()
+            except Exception as exc:
+                handle._raise(exc)
+
+    _io_task._panoseti_synchronized = True  # type: ignore[attr-defined]
+    loop_class._io_task = _io_task
 
 
 def _point_anyio_at(get_running_loop: object, current_task: object) -> None:

@@ -204,11 +204,11 @@ def decode_packed_pixels(buf: bytes, start: int, end: int, count: int, where: st
     size = end - start
     if size == count and count:
         b = np.frombuffer(buf, np.uint8, size, start)
-        if int(b.max()) < 0x80:
+        if int(_maximum(b)) < 0x80:
             return b.astype(_U16)
     elif size == 2 * count and count:
         values = _TWO_BYTE_VALUE.take(np.frombuffer(buf, _U16, count, start))
-        if int(values.max()) != 0xFFFF:
+        if int(_maximum(values)) != 0xFFFF:
             return values
     if count:
         short = _decode_short_varints(buf, start, end, count)
