@@ -47,6 +47,11 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    """The lazy names too, for tab completion (Jupyter, IPython)."""
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "PRODUCTS",
     "AioDaqDataClient",

@@ -119,6 +119,27 @@ def test_importing_the_package_changes_nothing_in_asyncio():
     assert out.startswith("unchanged")
 
 
+def test_the_package_loads_the_clients_on_first_use():
+    """`import panoseti_daq` loads the data model only: no grpclib, anyio or pyubx2 until a
+    client is named; `dir()` and `from panoseti_daq import *` still offer every name."""
+    out = run_python(
+        """
+    import sys
+    import panoseti_daq
+    heavy = ("grpclib", "anyio", "pyubx2", "panoseti_daq.client")
+    assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]
+    assert {"AsyncDaqClient", "DaqClient", "UbloxClient"} <= set(dir(panoseti_daq))
+    from panoseti_daq import DaqClient
+    assert "grpclib" in sys.modules and "pyubx2" not in sys.modules
+    namespace = {}
+    exec("from panoseti_daq import *", namespace)
+    assert set(panoseti_daq.__all__) <= set(namespace), set(panoseti_daq.__all__) - set(namespace)
+    print("lazy")
+    """
+    )
+    assert out.startswith("lazy")
+
+
 SERVER_AND_CLIENT = """
     import anyio
     from panoseti_daq import AsyncDaqClient
