@@ -4,8 +4,10 @@ item 1)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -119,22 +121,34 @@ async def test_batch_is_one_write_and_counted_like_send_message():
     assert [kind for kind, _ in stub.writes] == ["headers", "data", "data"]
 
 
+@contextlib.contextmanager
+def _counting_steps(steps: Counter[str]) -> Iterator[None]:
+    """Count, per trio task name, the steps trio runs meanwhile (a trio instrument)."""
+    import trio
+
+    class CountSteps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            steps[task.name] += 1
+
+    instrument = CountSteps()
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        yield
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 @pytest.mark.anyio
 async def test_trio_asyncio_runs_the_queued_callbacks_in_one_step():
     """The callbacks queued on a trio-asyncio loop run in order, in a few steps of its loop
     task rather than one step (a trio scheduler pass) each; a callback that a callback queues
     runs after them, in a later step, as in asyncio."""
-    import trio
 
     from panoseti_daq._grpclib.bridge import grpclib_loop
 
     ran: list[object] = []
     steps: Counter[str] = Counter()
-
-    class CountSteps(trio.abc.Instrument):
-        def before_task_step(self, task: trio.lowlevel.Task) -> None:
-            steps[task.name] += 1
 
     async def queue_callbacks() -> None:
         loop = asyncio.get_running_loop()
@@ -150,12 +164,8 @@ async def test_trio_asyncio_runs_the_queued_callbacks_in_one_step():
         await done
 
     async with grpclib_loop() as loop:
-        instrument = CountSteps()
-        trio.lowlevel.add_instrument(instrument)
-        try:
+        with _counting_steps(steps):
             await loop.run(queue_callbacks)
-        finally:
-            trio.lowlevel.remove_instrument(instrument)
     assert ran == [*range(200), "queued by a callback"]
     loop_steps = sum(count for name, count in steps.items() if name.endswith("._main_loop"))
     assert 0 < loop_steps < 20, steps
@@ -270,15 +280,9 @@ async def test_trio_asyncio_reader_takes_one_trio_step_per_read_when_the_loop_is
     with the loop), which saves a trio scheduler pass and an epoll_wait per read (issue 23)."""
     import socket
 
-    import trio
-
     from panoseti_daq._grpclib.bridge import grpclib_loop
 
     steps: Counter[str] = Counter()
-
-    class CountSteps(trio.abc.Instrument):
-        def before_task_step(self, task: trio.lowlevel.Task) -> None:
-            steps[task.name] += 1
 
     ours, theirs = socket.socketpair()
     reads = 20
@@ -296,12 +300,8 @@ async def test_trio_asyncio_reader_takes_one_trio_step_per_read_when_the_loop_is
         await protocol.closed
 
     async with grpclib_loop() as bridge:
-        instrument = CountSteps()
-        trio.lowlevel.add_instrument(instrument)
-        try:
+        with _counting_steps(steps):
             await bridge.run(serve)
-        finally:
-            trio.lowlevel.remove_instrument(instrument)
     assert [data for kind, data in protocol.events if kind == "read"] == [
         bytes([number]) for number in range(reads)
     ]
