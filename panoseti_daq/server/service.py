@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from typing import Any
 
@@ -43,6 +42,7 @@ from ..wire.codec import (
 )
 from .admission import Refusal, StreamGate, admit_hp_io, admit_stream
 from .core import ServerCore
+from .handlers import peer_address, read_request, remaining_s
 from .hp_io_checks import hp_io_gate
 from .hub import EndReason, Send, Subscriber, Subscription, Wait
 
@@ -59,41 +59,6 @@ _END_STATUS = {
     EndReason.IDLE: Status.DEADLINE_EXCEEDED,  # R-STREAM-12
     EndReason.SOURCE_FAILED: Status.UNAVAILABLE,  # R-SRC-1
 }
-
-
-# grpclib cancels a handler when the caller's deadline expires and answers DEADLINE_EXCEEDED
-# itself. A handler waiting for a writer stops this much earlier, so that the caller learns why
-# (UNAVAILABLE, R-STATE-2, R-STATE-3) instead of racing grpclib's timer.
-DEADLINE_MARGIN_S = 0.05
-
-
-def _remaining_s(stream: Stream) -> float:
-    """Seconds a handler may wait within the caller's deadline; infinity when it set none."""
-    if stream.deadline is None:
-        return math.inf
-    return max(0.0, stream.deadline.time_remaining() - DEADLINE_MARGIN_S)
-
-
-async def _request(stream: Stream, timeout_s: float) -> Any:
-    """The request of a unary-request RPC; malformed bytes are INVALID_ARGUMENT (R-WIRE-5).
-
-    A client sends it with its call's headers: one that has not within `timeout_s`
-    (handshake_timeout_seconds) holds a call open without using it, as a slowloris connection
-    would, and gets DEADLINE_EXCEEDED (R-PEER-3).
-    """
-    try:
-        with anyio.fail_after(timeout_s):
-            request = await stream.recv_message()
-    except CodecError as exc:
-        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from None
-    except TimeoutError:
-        raise GRPCError(
-            Status.DEADLINE_EXCEEDED,
-            f"no request message within {timeout_s:g} s (handshake_timeout_seconds)",
-        ) from None
-    if request is None:
-        raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
-    return request
 
 
 def _invalid_upload(index: int, exc: Exception) -> GRPCError:
@@ -169,15 +134,6 @@ async def _outlast_cancellation(done: anyio.Event) -> None:
             cancelled = exc
     if cancelled is not None:
         raise cancelled
-
-
-def _peer(stream: Stream, uds_path: str | None) -> str:
-    """The client's address: "ip:port", or "unix:" and the path of the server's Unix socket."""
-    address: Any = stream.peer.addr()
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
-        return f"{host}:{address[1]}"
-    return f"unix:{address or uds_path or ''}"
 
 
 # A StreamImagesResponse around a PanoImage adds the server's name, the send time (at most 24
@@ -258,7 +214,7 @@ class DaqDataService:
     async def _wait_for_writer(self, stream: Stream) -> None:
         """R-STATE-2, R-STATE-3: wait while a writer checks its request or reconfigures, within
         the deadline."""
-        with anyio.move_on_after(_remaining_s(stream)):
+        with anyio.move_on_after(remaining_s(stream)):
             while self._writers:
                 if self._writers_gone is None:
                     self._writers_gone = anyio.Event()
@@ -271,14 +227,14 @@ class DaqDataService:
     # -- Ping ------------------------------------------------------------------------------
     async def ping(self, stream: Stream[Empty, Empty]) -> None:
         """R-PING-1: answer whenever the server runs."""
-        await _request(stream, self.config.handshake_timeout_seconds)
+        await read_request(stream, self.config.handshake_timeout_seconds)
         await stream.send_message(Empty())
 
     # -- StreamImages ----------------------------------------------------------------------
     async def stream_images(self, stream: Stream[StreamImagesRequest, StreamReply]) -> None:
-        request = await _request(stream, self.config.handshake_timeout_seconds)
+        request = await read_request(stream, self.config.handshake_timeout_seconds)
         core = self.core
-        peer = _peer(stream, self.uds_path)
+        peer = peer_address(stream, self.uds_path)
         peer_host = _peer_host(stream)
         while True:
             decision = admit_stream(request, self._stream_gate(peer_host))
@@ -354,7 +310,7 @@ class DaqDataService:
 
     # -- InitHpIo --------------------------------------------------------------------------
     async def init_hp_io(self, stream: Stream[InitHpIoRequest, InitHpIoResponse]) -> None:
-        request = await _request(stream, self.config.handshake_timeout_seconds)
+        request = await read_request(stream, self.config.handshake_timeout_seconds)
         self._writers += 1
         try:
             await self._init_hp_io(stream, request)
@@ -394,7 +350,7 @@ class DaqDataService:
                 if isinstance(decision, HpIoConfig):
                     break
                 # R-STATE-2: one writer at a time; a second one waits within its deadline.
-                with anyio.move_on_after(_remaining_s(stream)) as scope:
+                with anyio.move_on_after(remaining_s(stream)) as scope:
                     await lock.acquire()
                 if scope.cancelled_caught:
                     raise GRPCError(Status.UNAVAILABLE, "another InitHpIo is in progress")
@@ -419,7 +375,7 @@ class DaqDataService:
             stream.metadata.get(SOURCE_METADATA_KEY) == "simulation"
         )
         uploader = self.core.uploader("simulation" if simulated else "upload")
-        who = f"upload from {_peer(stream, self.uds_path)}"
+        who = f"upload from {peer_address(stream, self.uds_path)}"
         log.info("%s connected", who)  # R-OPS-3
         how = "left"
         try:

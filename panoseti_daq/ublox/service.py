@@ -8,7 +8,6 @@ owner read: the whole frame, pyubx2's fields and the host time of the read (R-UB
 from __future__ import annotations
 
 import logging
-import math
 from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
@@ -30,6 +29,7 @@ from .._generated.ubloxcontrol import (
     PollResponse,
 )
 from ..errors import CodecError
+from ..server.handlers import peer_address, read_request, remaining_s
 from .controller import PollEntry, UbloxController
 from .errors import UbloxError
 from .fanout import Delivery
@@ -40,17 +40,6 @@ log = logging.getLogger(__name__)
 __all__ = ["SERVICE_NAME", "UbloxControlService"]
 
 SERVICE_NAME = "ubloxcontrol.UbloxControl"
-# A handler that waits (for an InitF9t, a lock) gives up this much before the caller's deadline,
-# so that the caller learns why instead of racing grpclib's own timer.
-DEADLINE_MARGIN_S = 0.05
-
-
-def _remaining_s(stream: Stream[Any, Any]) -> float:
-    if stream.deadline is None:
-        return math.inf
-    return max(0.0, stream.deadline.time_remaining() - DEADLINE_MARGIN_S)
-
-
 # Request sizes: the shipped 40-key config is ~4 KB and every key of the database ~70 KB; 64
 # patterns of 256 characters ~17 KB. betterproto2 decodes ~3 µs a byte on the event loop, so a
 # 4 MB request (grpclib's limit) would stall every stream of the server for seconds.
@@ -60,7 +49,7 @@ MAX_PATTERN_REQUEST_BYTES = 32 * 1024
 
 class _Bounded:
     """A request type whose decoding refuses more than `limit` bytes before parsing them (the
-    codec calls `FromString`; an error becomes INVALID_ARGUMENT in `_request`)."""
+    codec calls `FromString`; an error becomes INVALID_ARGUMENT in `read_request`)."""
 
     def __init__(self, message_type: Any, limit: int) -> None:
         self.message_type = message_type
@@ -73,26 +62,8 @@ class _Bounded:
         return self.message_type.FromString(data)
 
 
-def _peer(stream: Stream[Any, Any]) -> str:
-    address: Any = stream.peer.addr()
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
-        return f"{host}:{address[1]}"
-    return f"unix:{address or ''}"
-
-
 def _status(error: UbloxError) -> GRPCError:
     return GRPCError(Status[error.status], error.details)
-
-
-async def _request(stream: Stream[Any, Any]) -> Any:
-    try:
-        request = await stream.recv_message()
-    except CodecError as exc:
-        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from None
-    if request is None:
-        raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
-    return request
 
 
 def data_response(received: Received, message: str = "") -> CaptureUbloxResponse:
@@ -182,12 +153,12 @@ class UbloxControlService:
         }
 
     async def init_f9t(self, stream: Stream[InitF9TRequest, InitF9TResponse]) -> None:
-        request = await _request(stream)
+        request = await read_request(stream)
         f9t_config = request.f9t_config.to_dict() if request.f9t_config is not None else {}
-        peer = _peer(stream)
+        peer = peer_address(stream)
         try:
             result = await self.controller.init_f9t(
-                f9t_config, request.force_init, peer, _remaining_s(stream)
+                f9t_config, request.force_init, peer, remaining_s(stream)
             )
         except UbloxError as exc:
             log.info("InitF9t from %s: %s", peer, exc)
@@ -201,15 +172,15 @@ class UbloxControlService:
         )
 
     async def poll_message(self, stream: Stream[PollRequest, PollResponse]) -> None:
-        request = await _request(stream)
+        request = await read_request(stream)
         try:
-            entries = await self.controller.poll(list(request.patterns), _remaining_s(stream))
+            entries = await self.controller.poll(list(request.patterns), remaining_s(stream))
         except UbloxError as exc:
             raise _status(exc) from None
         await stream.send_message(PollResponse(gnss_packet=[_poll_response(e) for e in entries]))
 
     async def capture_ublox(self, stream: Stream[CaptureUbloxRequest, EncodedResponse]) -> None:
-        request = await _request(stream)
+        request = await read_request(stream)
         news = anyio.Event()
 
         def wake() -> None:
@@ -217,7 +188,7 @@ class UbloxControlService:
 
         try:
             subscriber = await self.controller.subscribe(
-                list(request.patterns), wake, _peer(stream), _remaining_s(stream)
+                list(request.patterns), wake, peer_address(stream), remaining_s(stream)
             )
         except UbloxError as exc:
             raise _status(exc) from None
