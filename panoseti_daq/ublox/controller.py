@@ -78,7 +78,6 @@ class UbloxController:
         self.state = State.IDLE
         self.fanout = Fanout()
         self.shutting_down = False
-        self.device: str | None = None
         self._tg: TaskGroup | None = None
         self._owner: PortOwner | None = None
         self._port_scope: anyio.CancelScope | None = None
@@ -207,7 +206,6 @@ class UbloxController:
         try:
             port = open_port(plan.device, resolved, plan.baud, self.config.allowed_devices)
             owner = PortOwner(port, self._on_frame)
-            self.device = plan.device
             await self._start_owner(owner)
             version = await identify_model(owner, plan, timeout_s)
             uid = await identify_uid(owner, plan, timeout_s)
@@ -279,22 +277,21 @@ class UbloxController:
 
     def _forget(self, owner: PortOwner) -> None:
         if self._owner is owner:
-            self._owner = None
-            self._caching = False
-            self.fanout.cache.clear()
-            self.state = State.IDLE
-            self.device = None
+            self._reset()
+
+    def _reset(self) -> None:
+        """No owner, nothing cached, IDLE."""
+        self._owner = None
+        self._caching = False
+        self.fanout.cache.clear()
+        self.state = State.IDLE
 
     def _teardown_now(self) -> None:
         """Stop the owner (it closes the port as it ends); IDLE, cache empty, at once."""
         if self._port_scope is not None:
             self._port_scope.cancel()
             self._port_scope = None
-        if self._owner is not None:
-            self._forget(self._owner)
-        self._caching = False
-        self.fanout.cache.clear()
-        self.state = State.IDLE
+        self._reset()
 
     async def _teardown(self) -> None:
         """R-UBX-INIT-3: as `_teardown_now`, then wait until the port is closed."""
@@ -350,7 +347,7 @@ class UbloxController:
 
     # -- CaptureUblox ----------------------------------------------------------------------
     async def subscribe(
-        self, patterns: Sequence[str], wake: Callable[[], None], peer: str, timeout_s: float
+        self, patterns: Sequence[str], wake: Callable[[], None], timeout_s: float
     ) -> Subscriber:
         """R-UBX-CAP-1 checks in order, then the atomic snapshot and subscription (CAP-3)."""
         await self._wait_for_init(timeout_s, "CaptureUblox")
@@ -368,7 +365,7 @@ class UbloxController:
                 "RESOURCE_EXHAUSTED",
                 f"too many CaptureUblox streams: the limit is {limit} (max_capture_clients)",
             )
-        subscriber = Subscriber(compiled, self.config.max_read_queue_size, wake, peer)
+        subscriber = Subscriber(compiled, self.config.max_read_queue_size, wake)
         self.fanout.subscribe(subscriber)
         return subscriber
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from ..server.process import free_port, serve_command, started, stop
 from . import cli
+from .settings import example_config_path
 
-EXAMPLE = Path(__file__).with_name("data") / "f9t_config.example.json5"
 STOP_TIMEOUT_S = 15
 
 
@@ -39,7 +39,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def demo_config(device: str, port: int) -> str:
     """The shipped example f9t_config.json5 (its comments kept) naming `device` on the
     server at 127.0.0.1:`port`."""
-    text = EXAMPLE.read_text()
+    text = example_config_path().read_text()
     text = re.sub(r'"device":\s*"[^"]*"', f'"device": {json.dumps(device)}', text)
     text = re.sub(r'"host":\s*"[^"]*"', '"host": "127.0.0.1"', text)
     return re.sub(r'"port":\s*\d+', f'"port": {port}', text)

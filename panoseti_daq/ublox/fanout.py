@@ -50,12 +50,9 @@ class Ending:
 class Subscriber:
     """One CaptureUblox stream's queue."""
 
-    def __init__(
-        self, patterns: Patterns, limit: int, wake: Callable[[], None], peer: str = ""
-    ) -> None:
+    def __init__(self, patterns: Patterns, limit: int, wake: Callable[[], None]) -> None:
         self.patterns = patterns
         self.limit = limit
-        self.peer = peer
         self._wake = wake
         self._queue: deque[Delivery | Notice] = deque()
         self._dropped = 0

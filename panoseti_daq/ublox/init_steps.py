@@ -118,7 +118,7 @@ async def apply_settings(
     for index, items in enumerate(groups):
         if not items:
             continue
-        for batch in valset_batches(items, plan.layers):
+        for batch in valset_batches(items, plan.layer_mask):
             chunk = batch.keys
             with owner.expect(lambda r: ack_for(r, VALSET) is not None) as ack:
                 await owner.write(batch.frame)
@@ -144,7 +144,7 @@ async def apply_settings(
 
 async def verify_settings(owner: PortOwner, plan: F9tPlan, timeout_s: float) -> None:
     """R-UBX-INIT-8: read every applied key back from verify_layer and compare by type."""
-    wanted = dict([*plan.signal_items, *plan.other_items])
+    wanted = dict(plan.items)
     if not wanted:
         return
     got: dict[str, object] = {}

@@ -196,7 +196,7 @@ class Expectation:
 class PortOwner:
     """The one task that reads and writes the port (R-UBX-STATE-2).
 
-    `run` reads continuously, splits the bytes into UBX frames (counting what it drops), decodes
+    `run` reads continuously, splits the bytes into UBX frames, decodes
     each, stamps it with the host time, offers it to the pending expectations and hands it to
     `on_frame`. Writes are queued by `write` and made by the same task, in order. A read or
     write error ends `run` (the device is lost, `lost` says why); `run` closes the port when it
@@ -207,8 +207,6 @@ class PortOwner:
         self.port = port
         self._on_frame = on_frame
         self.splitter = UbxFrameSplitter()
-        self.undecodable = 0
-        self.frames_read = 0
         self.lost: str | None = None
         self._expectations: list[Expectation] = []
         self._send, self._receive = anyio.create_memory_object_stream[_Write](64)
@@ -285,10 +283,8 @@ class PortOwner:
             message = decode(frame)
             name = message_name(message)
         except UbxDecodeError as exc:
-            self.undecodable += 1
             log.debug("%s: %s", self.port.device, exc)
             return
-        self.frames_read += 1
         self.last_frame_monotonic = time.monotonic()
         received = Received(name, frame, t_ns, message)
         for expectation in list(self._expectations):
@@ -323,7 +319,6 @@ class PortOwner:
                         await anyio.wait_writable(fd)
             except OSError as exc:
                 self._device_lost(exc.strerror or str(exc))
-                written.set()
                 scope.cancel()
                 return
             finally:

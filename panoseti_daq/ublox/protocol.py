@@ -209,6 +209,10 @@ def _char_fields(definition: Mapping[str, Any], into: set[str]) -> None:
             into.add(name)
 
 
+# Every message name pyubx2 knows ("TIM-TP").
+MESSAGE_NAMES: frozenset[str] = frozenset(UBX_MSGIDS.values())
+
+
 def _character_field_names() -> dict[str, frozenset[str]]:
     """Per message name, the fields pyubx2 defines as characters (C030...), variants included."""
     by_name: dict[str, set[str]] = {}
@@ -217,11 +221,10 @@ def _character_field_names() -> dict[str, frozenset[str]]:
         _char_fields(definition, fields)
         if fields:
             by_name.setdefault(name, set()).update(fields)
-    known = set(UBX_MSGIDS.values())
     merged: dict[str, set[str]] = {}
     for name, fields in by_name.items():
         # A variant ("NAV-AOPSTATUS-L") decodes under its base identity ("NAV-AOPSTATUS").
-        base = name if name in known else name.rsplit("-", 1)[0]
+        base = name if name in MESSAGE_NAMES else name.rsplit("-", 1)[0]
         merged.setdefault(base, set()).update(fields)
     return {name: frozenset(fields) for name, fields in merged.items()}
 
@@ -272,7 +275,7 @@ POLLABLE_NAMES: tuple[str, ...] = tuple(
     sorted(
         name
         for name, definition in UBX_PAYLOADS_POLL.items()
-        if not definition and name not in _NOT_POLLED and name in set(UBX_MSGIDS.values())
+        if not definition and name not in _NOT_POLLED and name in MESSAGE_NAMES
     )
 )
 
@@ -360,8 +363,6 @@ def byte_reversed_uid(uid: str) -> str:
 
 # pyubx2's configuration database: key name -> (key id, type such as "U004").
 CONFIG_DATABASE: Mapping[str, tuple[int, str]] = UBX_CONFIG_DATABASE
-# Every message name pyubx2 knows ("TIM-TP").
-MESSAGE_NAMES: frozenset[str] = frozenset(UBX_MSGIDS.values())
 
 # R-UBX-INIT-7: CFG-VALSET layer bits; R-UBX-INIT-8: CFG-VALGET layer numbers.
 SET_LAYER_BITS: Mapping[str, int] = {"RAM": 1, "BBR": 2, "FLASH": 4}

@@ -35,6 +35,7 @@ __all__ = [
     "dropped_before",
     "read_recording",
     "recording_line",
+    "utc_datetime",
 ]
 
 # 1980-01-06T00:00:00Z: week 0 of GPS time, also the origin of TIM-TP's week on the UTC time base.
@@ -119,7 +120,7 @@ class UbloxMessage:
         """When the server read the frame, as an aware UTC datetime (µs); None if unknown."""
         if not self.host_time_ns:
             return None
-        return _datetime(self.host_time_ns)
+        return utc_datetime(self.host_time_ns)
 
     # -- timing ----------------------------------------------------------------------------
     @property
@@ -145,7 +146,7 @@ class UbloxMessage:
     def utc(self) -> datetime | None:
         """`utc_ns` as an aware UTC datetime (rounded down to the microsecond)."""
         ns = self.utc_ns
-        return None if ns is None else _datetime(ns)
+        return None if ns is None else utc_datetime(ns)
 
     @property
     def utc_valid(self) -> bool | None:
@@ -223,7 +224,8 @@ def _parsed(frame: bytes) -> dict[str, Any] | None:
         return None
 
 
-def _datetime(ns: int) -> datetime:
+def utc_datetime(ns: int) -> datetime:
+    """An aware UTC datetime of Unix nanoseconds (to the microsecond)."""
     seconds, rest = divmod(ns, _NS)
     stamp = datetime.fromtimestamp(seconds, timezone.utc)
     return stamp.replace(microsecond=rest // 1000)

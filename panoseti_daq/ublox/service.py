@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from datetime import datetime, timezone
 from typing import Any
 
 import anyio
@@ -34,6 +33,7 @@ from .controller import PollEntry, UbloxController
 from .errors import UbloxError
 from .fanout import Delivery
 from .protocol import Received, parsed_data
+from .records import utc_datetime
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,11 @@ def _status(error: UbloxError) -> GRPCError:
 
 def data_response(received: Received, message: str = "") -> CaptureUbloxResponse:
     """R-UBX-CAP-4/5: a DATA response for one frame, stamped with the time it was read."""
-    seconds, ns = divmod(received.t_ns, 1_000_000_000)
     return CaptureUbloxResponse(
         type=CaptureUbloxResponseType.DATA,
         name=received.name,
         parsed_data=Struct.from_dict(parsed_data(received.message)),
-        pkt_unix_timestamp=datetime.fromtimestamp(seconds, timezone.utc).replace(
-            microsecond=ns // 1000
-        ),
+        pkt_unix_timestamp=utc_datetime(received.t_ns),
         message=message,
         payload=received.frame,
     )
@@ -188,7 +185,7 @@ class UbloxControlService:
 
         try:
             subscriber = await self.controller.subscribe(
-                list(request.patterns), wake, peer_address(stream), remaining_s(stream)
+                list(request.patterns), wake, remaining_s(stream)
             )
         except UbloxError as exc:
             raise _status(exc) from None

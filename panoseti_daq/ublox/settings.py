@@ -22,7 +22,7 @@ from typing import Any
 
 import json5
 
-from .protocol import CONFIG_DATABASE, MESSAGE_NAMES, SET_LAYER_BITS
+from .protocol import CONFIG_DATABASE, MESSAGE_NAMES, SET_LAYER_BITS, layer_mask
 
 __all__ = [
     "DEFAULT_HOST",
@@ -436,15 +436,12 @@ def plan_init(cfg: Mapping[str, Any]) -> F9tPlan:
         key=lambda item: _key_class(item[0]),
     )
     all_items = signal_items + other_items
-    mask = 0
-    for layer in layers:
-        mask |= SET_LAYER_BITS[layer]
     return F9tPlan(
         device=device,
         uid=uid,
         baud=baud,
         layers=layers,
-        layer_mask=mask,
+        layer_mask=layer_mask(layers),
         verify_layer=verify_layer,
         signal_items=tuple(signal_items),
         other_items=tuple(other_items),
