@@ -19,6 +19,7 @@ Frames missing between two a row receives are told apart by their cause:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Mapping
@@ -57,11 +58,15 @@ class RowStats:
     lost: int = 0  # frames the server dropped for this client (R-STREAM-11)
 
 
+# Every frame's file name is parsed (twice) and a stream names few files: each parsed once.
+_data_file_name = functools.lru_cache(maxsize=256)(pff.DataFileName.parse)
+
+
 def _frames_skipped(row: RowStats, file: str, frame_number: int) -> int | None:
     """Frames known missing between the row's last frame and this one; None: no gap."""
     if row.frames == 0:
         return None
-    old, new = pff.DataFileName.parse(row.file), pff.DataFileName.parse(file)
+    old, new = _data_file_name(row.file), _data_file_name(file)
     if old is None or new is None:
         # Not frames of a PFF file (a Hashpipe socket's or an upload's): their numbers count
         # one connection's frames, and several connections share a name, so a jump says
