@@ -170,6 +170,21 @@ def test_the_inactive_daq_answer_says_where_it_looked_and_where_a_marker_belongs
     ).data_dir == str(rec)
 
 
+def test_a_file_named_like_a_module_directory_does_not_hide_the_answer(base_config, short_tmp):
+    """R-INIT-4: a regular file `module_1` beside a misplaced marker: the answer is still "no
+    active DAQ" naming where the marker belongs (it said the data_dir was not a directory)."""
+    rec = short_tmp / "rec"
+    run = rec / "module_224" / "obs_RECORD.start_2026-01-01T00_00_00Z.runtype_x.pffd"
+    run.mkdir(parents=True)
+    (rec / "module_1").write_text("not a directory")
+    (rec / "module_224.daq-active").touch()
+    config = base_config.replace(daq_active_check=("marker",))
+    with pytest.raises(HpIoRefused) as info:
+        check_hp_io(HpIoConfig(data_dir=str(rec), update_interval_seconds=1), config)
+    assert info.value.message.startswith(f"no active DAQ under '{rec}' (checked: marker): ")
+    assert f"e.g. {run}/" in info.value.message
+
+
 # -- R-OPS-2 --------------------------------------------------------------------------------
 
 

@@ -84,7 +84,9 @@ def inspect_data_dir(
         if daq_is_active(path, checks):
             return DataDirFacts(resolved=resolved, daq_active=True)
         return DataDirFacts(
-            resolved=resolved, daq_active=False, inactive_details=inactive_daq_details(path, checks)
+            resolved=resolved,
+            daq_active=False,
+            inactive_details=inactive_daq_details(resolved, checks),
         )
     except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte; a loop of links
         return DataDirFacts(error=exc)
@@ -123,7 +125,7 @@ def _misplaced_markers(data_dir: Path) -> list[Path]:
 
 def _first_run_dir(data_dir: Path) -> Path | None:
     for module_dir in sorted(data_dir.glob("module_*")):
-        if pff.module_dir_id(module_dir.name) is None:
+        if not module_dir.is_dir() or pff.module_dir_id(module_dir.name) is None:
             continue
         with os.scandir(module_dir) as entries:
             runs = sorted(entry.path for entry in entries if entry.is_dir())
