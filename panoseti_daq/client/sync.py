@@ -25,6 +25,7 @@ from .stream import ImageStream
 __all__ = ["BlockingImageStream", "BlockingSession", "DaqClient"]
 
 ClientT = TypeVar("ClientT", bound=ClientSession)
+BlockingT = TypeVar("BlockingT", bound="BlockingImageStream")
 
 UPLOAD_BATCH = 64
 
@@ -161,6 +162,25 @@ class BlockingSession(Generic[ClientT]):
             return self._portal.call(lambda: fn(*args, **kwargs))
         return self._portal.call(fn, *args)
 
+    def _open_stream(
+        self,
+        wrap: Callable[[BlockingPortal, Any, Callable[[Any], None]], BlockingT],
+        open_stream: Callable[..., ImageStream],
+        *args: Any,
+        **kwargs: Any,
+    ) -> BlockingT:
+        """`open_stream(*args, **kwargs)`, an async client's stream, opened on the portal's
+        loop; a blocking `wrap` of it, closed with the client if still open (R-CLI-8)."""
+
+        async def opened() -> ImageStream:
+            return open_stream(*args, **kwargs)
+
+        stream = self._call(opened)
+        assert self._portal is not None
+        blocking = wrap(self._portal, stream, self._streams.discard)
+        self._streams.add(blocking)
+        return blocking
+
 
 class DaqClient(BlockingSession[AsyncDaqClient]):
     """Blocking client of the DaqData service on many DAQ nodes: AsyncDaqClient's API, blocking.
@@ -233,25 +253,19 @@ class DaqClient(BlockingSession[AsyncDaqClient]):
         """A blocking iterator of frames of every host (R-CLI-6); close it to cancel the RPCs.
 
         The arguments are AsyncDaqClient.stream_images's."""
-
-        async def opened() -> ImageStream:
-            return self._client.stream_images(
-                hosts,
-                stream_movie_data,
-                stream_pulse_height_data,
-                update_interval_seconds,
-                module_ids,
-                wait_for_ready,
-                parse_pano_images,
-                replies=replies,
-                name_by_host=name_by_host,
-            )
-
-        stream = self._call(opened)
-        assert self._portal is not None
-        blocking = BlockingImageStream(self._portal, stream, self._streams.discard)
-        self._streams.add(blocking)
-        return blocking
+        return self._open_stream(
+            BlockingImageStream,
+            self._client.stream_images,
+            hosts,
+            stream_movie_data,
+            stream_pulse_height_data,
+            update_interval_seconds,
+            module_ids,
+            wait_for_ready,
+            parse_pano_images,
+            replies=replies,
+            name_by_host=name_by_host,
+        )
 
     def upload_images(self, hosts: Hosts, images: Iterable[Any]) -> None:
         """Upload frames, PanoImages or parsed dicts to every host (R-CLI-7).

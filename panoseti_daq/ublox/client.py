@@ -443,13 +443,10 @@ class BlockingUbloxClient(BlockingSession[UbloxClient]):
         self, hosts: Hosts = None, patterns: Iterable[str] = (), *, wait_for_ready: bool = False
     ) -> BlockingUbloxStream:
         """A blocking iterator of the messages of every node named (UbloxClient.capture)."""
-        patterns = list(patterns)
-
-        async def opened() -> UbloxStream:
-            return self._client.capture(hosts, patterns, wait_for_ready=wait_for_ready)
-
-        stream = self._call(opened)
-        assert self._portal is not None
-        blocking = BlockingUbloxStream(self._portal, stream, self._streams.discard)
-        self._streams.add(blocking)
-        return blocking
+        return self._open_stream(
+            BlockingUbloxStream,
+            self._client.capture,
+            hosts,
+            list(patterns),
+            wait_for_ready=wait_for_ready,
+        )
