@@ -396,46 +396,17 @@ class AsyncDaqClient(ClientSession):
         )
         send, receive = anyio.create_memory_object_stream[StreamReply](STREAM_BUFFER)
         state = StreamState()
-        tg.start_soon(self._pump, names, request, wait_for_ready, send, state)
+        tg.start_soon(
+            self._pump,
+            names,
+            self._stream_host,
+            request,
+            wait_for_ready,
+            send,
+            state,
+            self._answering,
+        )
         return receive, state
-
-    def _own(self, stream: ImageStream) -> ImageStream:
-        """The client closes its open streams when it exits (R-CLI-8)."""
-        self._streams.add(stream)
-        return stream
-
-    async def _pump(
-        self,
-        names: list[str],
-        request: StreamImagesRequest,
-        wait_for_ready: bool,
-        send: MemoryObjectSendStream[StreamReply],
-        state: StreamState,
-    ) -> None:
-        """Runs one stream: a task per host, all feeding `send`, until done or cancelled."""
-        try:
-            with state.scope, send:
-                loop, _ = self._open()
-                if not wait_for_ready:
-                    try:
-                        await self._answering(names)
-                    except ConnectionError as exc:
-                        state.errors.append(exc)
-                        return
-                state.hosts_streaming = len(names)
-                async with anyio.create_task_group() as tg:
-                    for host in names:
-                        tg.start_soon(
-                            loop.run,
-                            self._stream_host,
-                            host,
-                            request,
-                            wait_for_ready,
-                            send,
-                            state,
-                        )
-        finally:
-            state.finished.set()
 
     async def _stream_host(
         self,

@@ -15,16 +15,18 @@ from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
 from .._grpclib.bridge import GrpclibLoop, grpclib_loop
 from ..errors import sole_exception
-from .stream import ImageStream
+from .stream import ImageStream, StreamState
 
 __all__ = ["ClientSession"]
 
 _Session = TypeVar("_Session", bound="ClientSession")
+_Stream = TypeVar("_Stream", bound=ImageStream)
 
 
 class ClientSession(ABC):
@@ -105,6 +107,43 @@ class ClientSession(ABC):
                 return await stream.recv_message()
 
         return await loop.run(call)
+
+    def _own(self, stream: _Stream) -> _Stream:
+        """The client closes its open streams when it exits (R-CLI-8)."""
+        self._streams.add(stream)
+        return stream
+
+    async def _pump(
+        self,
+        names: list[str],
+        stream_host: Callable[..., Awaitable[None]],
+        request: Any,
+        wait_for_ready: bool,
+        send: MemoryObjectSendStream[Any],
+        state: StreamState,
+        check: Callable[[list[str]], Awaitable[object]] | None = None,
+    ) -> None:
+        """Runs one stream: `stream_host(host, request, wait_for_ready, send, state)` on
+        grpclib's loop for every host, all feeding `send`, until done or cancelled. With `check`
+        and without `wait_for_ready`, `check(names)` first: a ConnectionError it raises is the
+        stream's error."""
+        try:
+            with state.scope, send:
+                loop, _ = self._open()
+                if check is not None and not wait_for_ready:
+                    try:
+                        await check(names)
+                    except ConnectionError as exc:
+                        state.errors.append(exc)
+                        return
+                state.hosts_streaming = len(names)
+                async with anyio.create_task_group() as tg:
+                    for host in names:
+                        tg.start_soon(
+                            loop.run, stream_host, host, request, wait_for_ready, send, state
+                        )
+        finally:
+            state.finished.set()
 
     def _close_streams(self) -> None:
         """R-CLI-8: cancel the RPCs of every stream still open (the task group waits for them)."""

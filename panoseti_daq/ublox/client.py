@@ -299,30 +299,8 @@ class UbloxClient(ClientSession):
         request = CaptureUbloxRequest(patterns=[str(p) for p in patterns])
         send, receive = anyio.create_memory_object_stream[UbloxMessage](STREAM_BUFFER)
         state = StreamState()
-        tg.start_soon(self._pump, names, request, wait_for_ready, send, state)
-        stream = UbloxStream(receive, state, "reply", self._streams.discard)  # type: ignore[arg-type]
-        self._streams.add(stream)
-        return stream
-
-    async def _pump(
-        self,
-        names: list[str],
-        request: CaptureUbloxRequest,
-        wait_for_ready: bool,
-        send: MemoryObjectSendStream[UbloxMessage],
-        state: StreamState,
-    ) -> None:
-        try:
-            with state.scope, send:
-                loop, _ = self._open()
-                state.hosts_streaming = len(names)
-                async with anyio.create_task_group() as tg:
-                    for name in names:
-                        tg.start_soon(
-                            loop.run, self._capture_host, name, request, wait_for_ready, send, state
-                        )
-        finally:
-            state.finished.set()
+        tg.start_soon(self._pump, names, self._capture_host, request, wait_for_ready, send, state)
+        return self._own(UbloxStream(receive, state, "reply", self._streams.discard))  # type: ignore[arg-type]
 
     async def _capture_host(
         self,
