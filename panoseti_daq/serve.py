@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except ListenError as exc:
         print(f"panoseti_daq.serve: {exc}", file=sys.stderr)
         return 2
-    from .server.app import StartupError, run
+    from .server.app import SERVICES, StartupError, run
 
     try:
         run(
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             stats_interval_s=args.stats_interval,
             metrics_port=args.metrics_port,
             init_hp_io=args.init,
-            services=("daqdata", "ublox") if args.services == "all" else (args.services,),
+            services=SERVICES if args.services == "all" else (args.services,),
         )
     except Exception as exc:
         # R-OPS-2: one line, also for what a task of the server's task group raised at start

@@ -609,11 +609,9 @@ class FramedMessageReader:
                 if self._need - self._PREFIX_BYTES <= self._window_bytes():
                     self._release_slot()
                 count = len(messages)
-                stream = self._stream
-                stream._messages_received += count
-                connection = stream._stream.connection
-                connection.messages_received += count
-                connection.last_message_received = time.monotonic()
+                self._stream._messages_received += count
+                self._connection.messages_received += count
+                self._connection.last_message_received = time.monotonic()
                 return messages
             if self._ended:
                 if self._buffered:
@@ -706,3 +704,7 @@ def cheap_data_frame_repr() -> None:
 
     _body_repr._panoseti_cheap = True  # type: ignore[attr-defined]
     DataFrame._body_repr = _body_repr  # type: ignore[method-assign]
+
+
+# Every process that loads the glue (server and clients) receives DATA frames.
+cheap_data_frame_repr()

@@ -19,7 +19,7 @@ from grpclib import GRPCError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
 
-from .._grpclib.private import FramedMessageReader, cheap_data_frame_repr, send_framed_messages
+from .._grpclib.private import FramedMessageReader, send_framed_messages
 from ..config import HpIoConfig
 from ..errors import CodecError, ImageError
 from ..messages import (
@@ -163,7 +163,6 @@ class DaqDataService:
     """grpclib servable implementing daqdata.DaqData."""
 
     def __init__(self, core: ServerCore, uds_path: str | None = None) -> None:
-        cheap_data_frame_repr()  # h2 formats every received DATA frame: see _private
         self.core = core
         self.config = core.config
         self.uds_path = uds_path
