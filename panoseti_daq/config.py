@@ -675,13 +675,8 @@ def _ublox_config(reader: _Reader | None, beside_daqdata: bool = False) -> Ublox
         return d
     if beside_daqdata:
         for name in ("host", "port"):
-            if reader.has(name):
-                log.warning(
-                    "%s: %r is not used: UbloxControl is served on the DaqData listeners "
-                    "(the top-level host and port)",
-                    reader._where(),
-                    reader.key(name),
-                )
+            why = "UbloxControl is served on the DaqData listeners (the top-level host and port)"
+            reader.ignore(name, why)
     allowed = d.allowed_devices
     if reader.has("allowed_devices"):
         value = reader.raw("allowed_devices")
