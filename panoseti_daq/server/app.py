@@ -192,19 +192,14 @@ class DaqDataServer:
                 self._task_group.start_soon(
                     write_stats, self.stats_file, self.stats_interval_s, self.stats
                 )
-        except BaseException:
-            await stack.__aexit__(None, None, None)
-            raise
-        self._stack = stack
-        try:
             if hp_io is not None:
                 await self._init_at_start(hp_io)
             elif self.config.init_from_default and self.serves_daqdata:
                 await self._init_from_default()
         except BaseException:
-            self._stack = None
             await stack.__aexit__(None, None, None)
             raise
+        self._stack = stack
         return self
 
     def _where(self, given: str, option: str, key: str) -> str:
@@ -252,10 +247,11 @@ class DaqDataServer:
             raise StartupError(f"{where}: {exc.message}") from None
 
     async def _init_at_start(self, hp_io: HpIoConfig) -> None:
-        result = await self.core.reconfigure(hp_io)
-        if not result.success:
+        try:
+            await self.init_hp_io(hp_io)
+        except SourceError as exc:  # "hp_io configuration failed: ..."
             where = self._where("init", f"--init {self.init_hp_io_file}", "init_hp_io")
-            raise StartupError(f"{where}: hp_io configuration failed: {result.error_message}")
+            raise StartupError(f"{where}: {exc}") from None
         log.info("hp_io initialised from %s: data_dir %s", self.init_hp_io_file, hp_io.data_dir)
 
     async def _start_metrics(self) -> int:
