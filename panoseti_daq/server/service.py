@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Collection
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from grpclib.server import Stream
 from .._grpclib.private import FramedMessageReader, send_framed_messages
 from ..config import HpIoConfig
 from ..errors import CodecError, ImageError
+from ..frames import PanoFrame
 from ..messages import (
     SERVICE_NAME,
     SOURCE_METADATA_KEY,
@@ -385,42 +387,43 @@ class DaqDataService:
                     try:
                         batch = await reader.read()
                     except CodecError as exc:
-                        how = "refused"
                         raise _invalid_upload(index, exc) from None
-                    except GRPCError:  # the guard's limits (R-PEER-1)
-                        how = "refused"
-                        raise
                     if not batch:
                         break
                     for data in batch:
-                        try:
-                            item = decode_upload_item(data)
-                        except (CodecError, ImageError) as exc:
-                            how = "refused"
-                            raise _invalid_upload(index, exc) from None
-                        if item.frame is None:
-                            log.warning(
-                                "UploadImages: request %d has no pano_image; skipped", index
-                            )
-                        elif item.frame.product.name not in valid:
-                            how = "refused"
-                            raise GRPCError(
-                                Status.INVALID_ARGUMENT,
-                                f"image {index} of the upload is {item.frame.product.name}, "
-                                "which this server does not serve "
-                                f"(valid: {', '.join(sorted(valid))})",
-                            )
-                        else:
-                            reply_bytes = _reply_bytes(item, self.config.server_name)
-                            if reply_bytes > RELAY_LIMIT_BYTES:  # R-PEER-2
-                                how = "refused"
-                                raise _invalid_upload(
-                                    index, ValueError(too_large_to_relay(reply_bytes))
-                                )
-                            await uploader.put(item.frame, item.encoded)
+                        accepted = self._accepted(index, data, valid)
+                        if accepted is not None:
+                            await uploader.put(*accepted)
                         index += 1
             await uploader.flush()  # the reply says: every image is in the hub
             await stream.send_message(Empty())
             how = "done"
+        except GRPCError:  # a refused image, or the guard's limits (R-PEER-1)
+            how = "refused"
+            raise
         finally:
             log.info("%s disconnected: %s after %d images", who, how, index)
+
+    def _accepted(
+        self, index: int, data: bytes, valid: Collection[str]
+    ) -> tuple[PanoFrame, bytes | None] | None:
+        """The frame of upload request `index` and its received image bytes, to publish; None
+        for a request without an image (skipped); GRPCError INVALID_ARGUMENT for an image this
+        server refuses (R-UP-2, R-UP-3, R-PEER-2)."""
+        try:
+            item = decode_upload_item(data)
+        except (CodecError, ImageError) as exc:
+            raise _invalid_upload(index, exc) from None
+        if item.frame is None:
+            log.warning("UploadImages: request %d has no pano_image; skipped", index)
+            return None
+        if item.frame.product.name not in valid:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"image {index} of the upload is {item.frame.product.name}, "
+                f"which this server does not serve (valid: {', '.join(sorted(valid))})",
+            )
+        reply_bytes = _reply_bytes(item, self.config.server_name)
+        if reply_bytes > RELAY_LIMIT_BYTES:  # R-PEER-2
+            raise _invalid_upload(index, ValueError(too_large_to_relay(reply_bytes)))
+        return item.frame, item.encoded
