@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -69,11 +68,13 @@ def fletcher_ok(frame: bytes) -> bool:
 
 
 @pytest.fixture
-def served():
+def served(short_tmp):
     """A simulated chip (output every 0.2 s) and a server process allowed to open it."""
-    tmp = Path(tempfile.mkdtemp(prefix="pubx", dir="/tmp"))
     settings = {"ublox_control": {"allowed_devices": ["/dev/pts/*"]}}
-    with SimulatedF9t(period_s=0.2) as chip, server_process(tmp, config=settings) as (_, port, _u):
+    with (
+        SimulatedF9t(period_s=0.2) as chip,
+        server_process(short_tmp, config=settings) as (_, port, _u),
+    ):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         try:
             yield pb2_grpc.UbloxControlStub(channel), chip, port

@@ -264,27 +264,17 @@ def test_the_qerr_line_breaks_where_pulses_are_missing():
 
 def test_the_message_table_and_plot_modules_are_loop_free():
     """UbloxMessage, the timing table and the qErr plot import no event loop, gRPC or client
-    code (read from their import statements): a viewer or a notebook can use them on
-    recordings alone, and the imports point down."""
-    import ast
+    code, also through what they import (tests/test_layers.py's reading of the imports): a
+    viewer or a notebook can use them on recordings alone, and the imports point down."""
+    from tests.test_layers import LOOP_FREE, LOOP_LIBRARIES, _closure, _layer_of
 
-    forbidden = ("anyio", "trio", "trio_asyncio", "grpclib", "sniffio")
-    package = Path(protocol.__file__).parent
-    for module in ("records.py", "table.py", "plot.py"):
-        tree = ast.parse((package / module).read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [("." * node.level) + (node.module or "")]
-            else:
-                continue
-            for name in names:
-                assert name.split(".")[0] not in forbidden, (module, name)
-                assert not name.startswith(("..client", "..bridge", "..server", ".client")), (
-                    module,
-                    name,
-                )
+    for module in ("records", "table", "plot"):
+        name = f"panoseti_daq.ublox.{module}"
+        assert _layer_of(name) in LOOP_FREE, name
+        loaded = _closure(name)
+        assert not {m.split(".")[0] for m in loaded} & LOOP_LIBRARIES, (name, sorted(loaded))
+        glue = ("panoseti_daq.client", "panoseti_daq._grpclib", "panoseti_daq.server")
+        assert not [m for m in loaded if m.startswith(glue)], (name, sorted(loaded))
 
 
 @given(

@@ -152,15 +152,6 @@ def valget(keys, layer: int = 0) -> UBXMessage:
     return UBXMessage.config_poll(layer, 0, keys)
 
 
-def uid_of(msg: UBXMessage) -> str:
-    return f"{msg.uniqueId:010X}"
-
-
-def model_of(msg: UBXMessage) -> str:
-    texts = [v.rstrip(b"\x00").decode() for k, v in vars(msg).items() if k.startswith("ext")]
-    return next(t[4:] for t in texts if t.startswith("MOD="))
-
-
 # --- identity, port -----------------------------------------------------------------------
 
 
@@ -173,7 +164,7 @@ def test_device_is_a_character_device_that_answers_identity_polls(sim, port):
     texts = [v.rstrip(b"\x00").decode() for k, v in vars(ver).items() if k.startswith("ext")]
     assert {"FWVER=TIM 2.20", "PROTVER=29.20", "MOD=ZED-F9T"} <= set(texts)
     port.send(poll("SEC-UNIQID"))
-    assert uid_of(port.expect("SEC-UNIQID")) == "DF03A241BC"
+    assert chip_uid(port.expect("SEC-UNIQID")) == "DF03A241BC"
 
 
 def test_uid_and_model_are_configurable_and_switchable():
@@ -185,15 +176,15 @@ def test_uid_and_model_are_configurable_and_switchable():
         host = HostPort(sim.device)
         host.send(poll("SEC-UNIQID"))
         unique = host.expect("SEC-UNIQID")
-        assert uid_of(unique) == "0A1B2C3D4E"
+        assert chip_uid(unique) == "0A1B2C3D4E"
         assert unique.payload[4:9] == bytes.fromhex("4e3d2c1b0a")
         host.send(poll("MON-VER"))
-        assert model_of(host.expect("MON-VER")) == "ZED-F9P"
+        assert chip_version(host.expect("MON-VER")).model == "ZED-F9P"
         sim.set_identity(model="NEO-M8T", uid="1122334455")
         host.send(poll("MON-VER"))
-        assert model_of(host.expect("MON-VER")) == "NEO-M8T"
+        assert chip_version(host.expect("MON-VER")).model == "NEO-M8T"
         host.send(poll("SEC-UNIQID"))
-        assert uid_of(host.expect("SEC-UNIQID")) == "1122334455"
+        assert chip_uid(host.expect("SEC-UNIQID")) == "1122334455"
         host.close()
 
 
@@ -958,7 +949,7 @@ def test_cli_prints_the_device_first_and_exits_0_on_signal(signum):
         assert stat.S_ISCHR(os.stat(device).st_mode)
         port = HostPort(device)
         port.send(poll("SEC-UNIQID"))
-        assert uid_of(port.expect("SEC-UNIQID")) == "0102030405"
+        assert chip_uid(port.expect("SEC-UNIQID")) == "0102030405"
         proc.send_signal(signum)
         assert proc.wait(timeout=5) == 0
         with pytest.raises((EOFError, OSError)):
