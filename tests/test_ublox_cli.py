@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from panoseti_daq.ublox.demo import simulated_node
+from tests.ublox_helpers import RECORDING
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -69,10 +70,7 @@ def test_init_then_capture_into_a_pipe(node, tmp_path):
 def test_plot_of_the_originals_recording(tmp_path):
     """plot reads the original's ubx_packets.jsonl: its 40 TIM-TP; a file that is not a
     recording is named with its line (exit code 2)."""
-    from panoseti_daq.ublox import protocol
-
-    recording = Path(protocol.__file__).with_name("data") / "ubx_packets.jsonl"
-    result = ublox("plot", recording, "-o", tmp_path / "q.png")
+    result = ublox("plot", RECORDING, "-o", tmp_path / "q.png")
     assert result.returncode == 0, result.stderr
     assert f"qErr plot: {tmp_path / 'q.png'} (40 pulses)" in result.stdout
     bad = tmp_path / "bad.jsonl"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import json
-from importlib import resources
 
 import pytest
 from hypothesis import given, settings
@@ -38,15 +36,10 @@ from panoseti_daq.ublox.protocol import (
     valset_frames,
     value_matches,
 )
-
-
-def recorded_lines() -> list[dict[str, str]]:
-    text = resources.files("panoseti_daq.ublox").joinpath("data/ubx_packets.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
+from tests.ublox_helpers import recorded_frames, recorded_lines
 
 RECORDED = recorded_lines()
-RECORDED_FRAMES = [base64.b64decode(line["payload_b64"]) for line in RECORDED]
+RECORDED_FRAMES = [frame for _, frame in recorded_frames()]
 
 # Frames of any class, id and payload (checksums right by construction).
 frames = st.builds(

@@ -6,11 +6,8 @@ the wire (bytes) before the client's conversion reads them.
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import matplotlib
 
@@ -32,11 +29,9 @@ from panoseti_daq.ublox.records import (
     recording_line,
 )
 from panoseti_daq.ublox.table import TimingTable
+from tests.ublox_helpers import RECORDING, recorded_frames
 
-RECORDING = Path(protocol.__file__).with_name("data") / "ubx_packets.jsonl"
-FRAMES = [
-    base64.b64decode(json.loads(line)["payload_b64"]) for line in RECORDING.read_text().splitlines()
-]
+FRAMES = [frame for _, frame in recorded_frames()]
 READ_AT = datetime(2025, 8, 13, 3, 54, 2, 123456, tzinfo=timezone.utc)
 
 

@@ -3,9 +3,7 @@ port (raw, at a speed) and talks UBX to it, as the server does (R-UBX-SIM-1..8).
 
 from __future__ import annotations
 
-import base64
 import calendar
-import json
 import os
 import select
 import signal
@@ -17,7 +15,6 @@ import time
 import tty
 from collections import Counter, deque
 from collections.abc import Callable
-from importlib import resources
 
 import pytest
 from hypothesis import given, settings
@@ -39,6 +36,7 @@ from panoseti_daq.ublox.protocol import (
 )
 from panoseti_daq.ublox.settings import example_config_path, load_chip_requests, plan_init
 from panoseti_daq.ublox.simulator import SimulatedF9t
+from tests.ublox_helpers import recorded_frames
 
 FAST = 0.05  # output period of the tests' simulators, s
 
@@ -610,14 +608,6 @@ def test_synthetic_timing_follows_the_host_clock(sim, port):
     assert utc.iTOW == ((int(stamp) - gps_epoch + 18) % 604800) * 1000
     assert (utc.validTOW, utc.validWKN, utc.validUTC) == (1, 1, 1)
     assert 58 <= utc.tAcc <= 94
-
-
-def recorded_frames() -> list[tuple[str, bytes]]:
-    text = resources.files("panoseti_daq.ublox").joinpath("data/ubx_packets.jsonl").read_text()
-    return [
-        (e["identity"], base64.b64decode(e["payload_b64"]))
-        for e in map(json.loads, text.splitlines())
-    ]
 
 
 def test_recorded_source_replays_the_file_byte_for_byte():

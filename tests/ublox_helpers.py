@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,10 +28,25 @@ from panoseti_daq._generated.ubloxcontrol import (
 )
 from panoseti_daq._grpclib.codec import DaqCodec
 from panoseti_daq.config import UbloxServerConfig
+from panoseti_daq.ublox import protocol
 from tests.helpers import RawStream, on_grpclib_loop, raw_call
 
 SERVICE = "/ubloxcontrol.UbloxControl"
 UID = "DF03A241BC"  # the simulator's default, the shipped example's
+# The original's recorded ZED-F9T output, shipped with the package.
+RECORDING = Path(protocol.__file__).with_name("data") / "ubx_packets.jsonl"
+
+
+def recorded_lines() -> list[dict[str, str]]:
+    """The recording's JSON lines (identity, base64 frame, ...), read here, not by the code
+    under test."""
+    return [json.loads(line) for line in RECORDING.read_text().splitlines() if line.strip()]
+
+
+def recorded_frames() -> list[tuple[str, bytes]]:
+    """(identity, whole UBX frame) of every recorded line, in file order."""
+    return [(e["identity"], base64.b64decode(e["payload_b64"])) for e in recorded_lines()]
+
 
 # Fast timings for a simulator with a short output period.
 TEST_SETTINGS = replace(
