@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -254,6 +255,28 @@ def stalled_stream_client(port: int, request: StreamImagesRequest):
         sock.close()
 
 
+def serve_refused(
+    cwd: Path, *args: str, config: dict | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess:
+    """`python -m panoseti_daq.serve ARGS` (with `config` as its --config) that is expected to
+    refuse to start: it must exit by itself within `timeout`."""
+    argv = serve_command(*args)
+    if config is not None:
+        (cwd / "c.json").write_text(json.dumps(config))
+        argv += ["--config", str(cwd / "c.json")]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def one_line_exit_2(result: subprocess.CompletedProcess, *words: str) -> str:
+    """The one line `serve` printed, exiting with 2 before listening, containing `words`."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    assert "listening" not in result.stderr and "Traceback" not in result.stderr
+    return lines[0]
+
+
 @contextlib.contextmanager
 def server_process(tmp, *extra_args: str, config: dict | None = None, backend: str = "trio"):
     """`python -m panoseti_daq.serve` in a subprocess on a free loopback port.
@@ -261,9 +284,7 @@ def server_process(tmp, *extra_args: str, config: dict | None = None, backend: s
     Yields (process, port, uds_path) once the port accepts connections; always stops it
     (SIGKILL: the tests that stop it gracefully signal it themselves first).
     """
-    import json
     import signal
-    import subprocess
 
     port = free_port()
     uds = str(tmp / "srv.sock")

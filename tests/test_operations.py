@@ -18,7 +18,7 @@ from panoseti_daq._bundled import NGC7331_PH256
 from panoseti_daq.config import HpIoConfig
 from panoseti_daq.server.app import DaqDataServer
 from panoseti_daq.server.hp_io_checks import HpIoRefused, check_hp_io
-from tests.helpers import REAL_PH, server_process, upload
+from tests.helpers import REAL_PH, one_line_exit_2, serve_refused, server_process, upload
 from tests.reference import modules
 from tests.test_interop_grpcio import reference_image
 from tests.test_shutdown import LogLines
@@ -30,21 +30,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _serve(cwd: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
-    """`serve` that is expected to refuse to start: it must exit by itself."""
-    argv = [sys.executable, "-m", "panoseti_daq.serve", "--host", "127.0.0.1", *args]
-    if config is not None:
-        (cwd / "c.json").write_text(json.dumps(config))
-        argv += ["--config", str(cwd / "c.json")]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=cwd)
-
-
-def _one_line_exit_2(result: subprocess.CompletedProcess, *words: str) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert all(word in lines[0] for word in words), lines[0]
-    assert "listening" not in result.stderr and "Traceback" not in result.stderr
-    return lines[0]
+    """`serve` on 127.0.0.1 that is expected to refuse to start: it must exit by itself."""
+    return serve_refused(cwd, "--host", "127.0.0.1", *args, config=config)
 
 
 def _first_reply(port: int, timeout_s: float = 20.0):
@@ -115,14 +102,12 @@ async def test_the_init_hp_io_key_makes_an_upload_fed_node_serve(base_config, sh
 def test_serve_init_failure_stops_before_listening(short_tmp):
     """R-OPS-1: a missing --init file, and one InitHpIo would refuse: one line naming the
     file and the reason, exit 2, never "listening"."""
-    _one_line_exit_2(
-        _serve(short_tmp, "--init", "missing.json"), "--init missing.json", "not found"
-    )
+    one_line_exit_2(_serve(short_tmp, "--init", "missing.json"), "--init missing.json", "not found")
     (short_tmp / "rec").mkdir()
     (short_tmp / "hp.json").write_text(
         json.dumps({"data_dir": "nowhere", "update_interval_seconds": 1})
     )
-    _one_line_exit_2(
+    one_line_exit_2(
         _serve(short_tmp, "--init", "hp.json"), "--init hp.json", "'nowhere' does not exist"
     )
 
@@ -191,7 +176,7 @@ def test_a_file_named_like_a_module_directory_does_not_hide_the_answer(base_conf
 def test_a_stats_file_in_a_missing_directory_is_one_line_before_listening(short_tmp):
     """R-OPS-2: it used to log "listening", then die with an ExceptionGroup traceback."""
     result = _serve(short_tmp, "--port", "0", "--uds", "", "--stats-file", "nodir/stats.jsonl")
-    _one_line_exit_2(result, "--stats-file nodir/stats.jsonl", "directory nodir does not exist")
+    one_line_exit_2(result, "--stats-file nodir/stats.jsonl", "directory nodir does not exist")
 
 
 def test_ports_in_use_are_named_with_their_option_or_key(short_tmp):
@@ -201,11 +186,11 @@ def test_ports_in_use_are_named_with_their_option_or_key(short_tmp):
         taken.listen()
         port = taken.getsockname()[1]
         result = _serve(short_tmp, "--port", "0", "--uds", "", "--metrics-port", str(port))
-        _one_line_exit_2(result, f"metrics port {port} (--metrics-port): address already in use")
+        one_line_exit_2(result, f"metrics port {port} (--metrics-port): address already in use")
         result = _serve(short_tmp, "--port", "0", "--uds", "", config={"metrics_port": port})
-        _one_line_exit_2(result, f"metrics port {port} ('metrics_port' in {short_tmp / 'c.json'})")
+        one_line_exit_2(result, f"metrics port {port} ('metrics_port' in {short_tmp / 'c.json'})")
         result = _serve(short_tmp, "--port", str(port), "--uds", "")
-        _one_line_exit_2(result, f"gRPC port {port} on 127.0.0.1 (--port): address already in use")
+        one_line_exit_2(result, f"gRPC port {port} on 127.0.0.1 (--port): address already in use")
 
 
 def test_a_hashpipe_socket_in_a_missing_directory_is_one_line(short_tmp):
@@ -218,7 +203,7 @@ def test_a_hashpipe_socket_in_a_missing_directory_is_one_line(short_tmp):
         }
     }
     result = _serve(short_tmp, "--port", "0", "--uds", "", config=config)
-    _one_line_exit_2(
+    one_line_exit_2(
         result, "'acquisition_methods.uds.socket_path_template'", "/nonexistent_dir_pdaq"
     )
 

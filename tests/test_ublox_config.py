@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 
 import pytest
 
@@ -17,6 +15,7 @@ from panoseti_daq.config import (
     ublox_server_config_from_dict,
 )
 from panoseti_daq.errors import ConfigError
+from tests.helpers import one_line_exit_2, serve_refused
 
 
 def test_defaults_never_allow_pseudo_terminals():
@@ -93,18 +92,9 @@ def test_original_server_config_is_accepted(caplog):
 
 def test_serve_exits_2_naming_key_and_file(tmp_path):
     """R-UBX-CFG-6: one line naming key and file, exit code 2."""
-    path = tmp_path / "c.json"
-    path.write_text(json.dumps({"ublox_control": {"max_capture_client": 8}}))
-    result = subprocess.run(
-        [sys.executable, "-m", "panoseti_daq.serve", "--config", str(path), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert "ublox_control.max_capture_client" in lines[0] and str(path) in lines[0]
+    config = {"ublox_control": {"max_capture_client": 8}}
+    result = serve_refused(tmp_path, "--port", "0", config=config)
+    one_line_exit_2(result, "ublox_control.max_capture_client", str(tmp_path / "c.json"))
 
 
 def test_section_host_and_port_are_named_as_unused(caplog):
@@ -121,12 +111,5 @@ def test_serve_takes_the_original_file_and_refuses_a_bad_one(tmp_path):
     same way: a wrong type is one line naming key and file, exit code 2."""
     path = tmp_path / "ublox_control_server_config.json"
     path.write_text(json.dumps({"max_read_queue_size": "many", "max_workers": 10}))
-    result = subprocess.run(
-        [sys.executable, "-m", "panoseti_daq.serve", "--ublox-config", str(path), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and "'max_read_queue_size'" in lines[0] and str(path) in lines[0]
+    result = serve_refused(tmp_path, "--ublox-config", str(path), "--port", "0")
+    one_line_exit_2(result, "'max_read_queue_size'", str(path))

@@ -18,7 +18,7 @@ from google.protobuf import empty_pb2, struct_pb2
 
 from panoseti_daq.server.process import free_port, serve_command, started
 from panoseti_daq.ublox.simulator import SimulatedF9t
-from tests.helpers import server_process
+from tests.helpers import serve_refused, server_process
 from tests.reference import UBLOX_PROTO, modules
 from tests.ublox_helpers import f9t_config, lock_is_free
 
@@ -144,12 +144,7 @@ def test_ubloxcontrol_only_beside_a_daqdata_only_server(short_tmp):
 def test_ubloxcontrol_only_refuses_hp_io_options(short_tmp):
     """R-UBX-CFG-6: --init and --init-sim configure DaqData: with --services ublox they are an
     error on one line, exit code 2."""
-    result = subprocess.run(
-        serve_command("--services", "ublox", "--init-sim", "--port", "0"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve_refused(short_tmp, "--services", "ublox", "--init-sim", "--port", "0")
     assert result.returncode == 2
     assert (
         result.stderr.strip()
