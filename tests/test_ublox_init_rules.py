@@ -9,7 +9,6 @@ import re
 
 import anyio
 import pytest
-from grpclib import GRPCError
 from grpclib.const import Status
 
 from panoseti_daq._generated.ubloxcontrol import (
@@ -20,15 +19,17 @@ from panoseti_daq._generated.ubloxcontrol import (
 from panoseti_daq.ublox.controller import State
 from panoseti_daq.ublox.settings import example_config_path, load_chip_requests
 from tests.helpers import wait_until
-from tests.ublox_helpers import KEYS, TEST_SETTINGS, capture, f9t_config, init_f9t, next_message
+from tests.ublox_helpers import (
+    KEYS,
+    TEST_SETTINGS,
+    capture,
+    expect_status,
+    f9t_config,
+    init_f9t,
+    next_message,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-async def failure(call) -> GRPCError:
-    with pytest.raises(GRPCError) as info:
-        await call
-    return info.value
 
 
 async def test_the_shipped_example_configures_the_simulator(ublox_server, chip):
@@ -59,9 +60,11 @@ async def test_a_stray_ack_for_valget_is_not_the_answer_to_valset(ublox_server, 
     chip.stray_acks()
     chip.nak_next_valset()
     async with ublox_server() as server:
-        error = await failure(init_f9t(server, f9t_config(chip.device)))
-        assert error.status is Status.FAILED_PRECONDITION, error.message
-        assert "device rejected CFG-VALSET: CFG_SIGNAL_GPS_L2C_ENA" in (error.message or "")
+        await expect_status(
+            init_f9t(server, f9t_config(chip.device)),
+            Status.FAILED_PRECONDITION,
+            "device rejected CFG-VALSET: CFG_SIGNAL_GPS_L2C_ENA",
+        )
         assert server.ublox.state is State.IDLE
         reply = await init_f9t(server, f9t_config(chip.device))
         assert reply.init_status is InitF9TResponseInitStatus.SUCCESS
@@ -73,10 +76,11 @@ async def test_a_valget_nak_makes_those_keys_unreadable(ublox_server, chip):
     chip.nak_next_valget()
     async with ublox_server() as server:
         with anyio.fail_after(TEST_SETTINGS.command_timeout_s * 0.9):
-            error = await failure(init_f9t(server, f9t_config(chip.device)))
-        assert error.status is Status.INTERNAL, error.message
-        message = error.message or ""
-        assert "Configuration verification failed for 5 items on layer RAM:" in message
+            message = await expect_status(
+                init_f9t(server, f9t_config(chip.device)),
+                Status.INTERNAL,
+                "Configuration verification failed for 5 items on layer RAM:",
+            )
         for entry in KEYS:
             key = entry["key"].replace("-", "_")
             assert f"Key: {key}, Wanted: " in message
@@ -89,12 +93,13 @@ async def test_a_key_that_cuts_the_link_is_named_when_the_chip_goes_deaf(ublox_s
     chip may hold part of the settings and naming the suspect key; the server is IDLE again."""
     keys = [*KEYS, {"key": "CFG_USBINPROT_UBX", "value": 0}]
     async with ublox_server() as server:
-        error = await failure(init_f9t(server, f9t_config(chip.device, cfg_key_settings=keys)))
-        assert error.status is Status.UNAVAILABLE, error.message
-        message = error.message or ""
-        assert f"no CFG-VALGET answer from {chip.device}" in message
-        assert "may hold part of the new settings" in message
-        assert "may cut the server's link to it: CFG_USBINPROT_UBX" in message
+        await expect_status(
+            init_f9t(server, f9t_config(chip.device, cfg_key_settings=keys)),
+            Status.UNAVAILABLE,
+            f"no CFG-VALGET answer from {chip.device}",
+            "may hold part of the new settings",
+            "may cut the server's link to it: CFG_USBINPROT_UBX",
+        )
         assert server.ublox.state is State.IDLE
         assert not server.ublox.fanout.cache
     assert chip.value("CFG_USBINPROT_UBX") == 0

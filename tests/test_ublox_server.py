@@ -23,6 +23,8 @@ from tests.ublox_helpers import (
     KEYS,
     UID,
     capture,
+    expect_deadline,
+    expect_status,
     f9t_config,
     init_f9t,
     lock_is_free,
@@ -31,24 +33,6 @@ from tests.ublox_helpers import (
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-async def expect_status(call, status: Status, *fragments: str) -> str:
-    with pytest.raises(GRPCError) as info:
-        await call
-    assert info.value.status is status, info.value.message
-    for fragment in fragments:
-        assert fragment in (info.value.message or ""), info.value.message
-    return info.value.message or ""
-
-
-async def expect_deadline(call) -> None:
-    """The call fails by its deadline: the server's DEADLINE_EXCEEDED (it stops waiting just
-    before the deadline) or, on a loaded machine, the client's own timer first."""
-    with pytest.raises((GRPCError, TimeoutError)) as info:
-        await call
-    if isinstance(info.value, GRPCError):
-        assert info.value.status is Status.DEADLINE_EXCEEDED, info.value.message
 
 
 async def test_happy_path_init_then_capture(ublox_server, chip):

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
+from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.config import Configuration
-from grpclib.const import Cardinality
+from grpclib.const import Cardinality, Status
 
 from panoseti_daq._generated.google.protobuf import Struct
 from panoseti_daq._generated.ubloxcontrol import (
@@ -162,3 +164,22 @@ async def next_message(raw: RawStream, timeout_s: float = 5.0) -> CaptureUbloxRe
             await raw.recv_trailing_metadata()
             raise AssertionError("the stream ended with OK")
         return reply
+
+
+async def expect_status(call: Any, status: Status, *fragments: str) -> str:
+    """The call fails with `status` and a message containing every fragment; the message."""
+    with pytest.raises(GRPCError) as info:
+        await call
+    assert info.value.status is status, info.value.message
+    for fragment in fragments:
+        assert fragment in (info.value.message or ""), info.value.message
+    return info.value.message or ""
+
+
+async def expect_deadline(call: Any) -> None:
+    """The call fails by its deadline: the server's DEADLINE_EXCEEDED (it stops waiting just
+    before the deadline) or, on a loaded machine, the client's own timer first."""
+    with pytest.raises((GRPCError, TimeoutError)) as info:
+        await call
+    if isinstance(info.value, GRPCError):
+        assert info.value.status is Status.DEADLINE_EXCEEDED, info.value.message
