@@ -19,7 +19,7 @@ from panoseti_daq.server.process import free_port
 from panoseti_daq.ublox.client import load_ublox_nodes, parse_target, wire_config
 from panoseti_daq.ublox.settings import F9tSettingsError, example_config_path
 from panoseti_daq.ublox.simulator import SimulatedF9t
-from tests.ublox_helpers import TEST_SETTINGS, UID, f9t_config
+from tests.ublox_helpers import UID, f9t_config
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -187,11 +187,11 @@ def chip_config(server, device: str, **changes) -> dict:
 
 
 @pytest.mark.anyio
-async def test_init_capture_poll_end_to_end(anyio_backend, make_server, chip):
+async def test_init_capture_poll_end_to_end(anyio_backend, ublox_server, chip):
     """R-UBX-INIT-10, R-UBX-CAP-3/4/5, R-UBX-POLL-5 through UbloxClient: init answers OK with
     the model and UID; the capture brings TIM-TP and NAV-TIMEUTC whose UTC (built by the
     simulator from this host's clock) is now, qErr in ps as an int; a poll answers."""
-    async with make_server(ublox_control=TEST_SETTINGS) as server:
+    async with ublox_server() as server:
         async with UbloxClient(chip_config(server, chip.device)) as client:
             (result,) = (await client.init_f9t()).values()
             assert result.ok and result.status == "OK", result.message
@@ -215,11 +215,11 @@ async def test_init_capture_poll_end_to_end(anyio_backend, make_server, chip):
 
 
 @pytest.mark.anyio
-async def test_force_init_and_unplug_as_a_capture_sees_them(anyio_backend, make_server, chip):
+async def test_force_init_and_unplug_as_a_capture_sees_them(anyio_backend, ublox_server, chip):
     """R-UBX-INIT-2: a second client's init is refused while a capture runs (the result names
     force_init); with force the capture that waits for readiness says CANCELLED and resumes;
     R-UBX-INIT-12: after an unplug a capture ends with UNAVAILABLE naming the device."""
-    async with make_server(ublox_control=TEST_SETTINGS) as server:
+    async with ublox_server() as server:
         config = chip_config(server, chip.device)
         async with UbloxClient(config, retry_delay_s=0.05) as client:
             assert (await client.init_f9t())[f"127.0.0.1:{server.port}"].ok
@@ -326,13 +326,13 @@ async def test_a_server_sending_garbage_is_an_rpc_error(anyio_backend):
 
 
 @pytest.mark.anyio
-async def test_many_nodes_from_one_config(anyio_backend, make_server):
+async def test_many_nodes_from_one_config(anyio_backend, ublox_server):
     """R-UBX-CFG-5: one f9t_config, two chips on two servers: init answers per chip (the UID
     each server found), one capture merges both nodes' messages."""
     with SimulatedF9t(period_s=0.2) as first, SimulatedF9t(period_s=0.2, uid="0A1B2C3D4E") as other:
         async with (
-            make_server(ublox_control=TEST_SETTINGS) as server_a,
-            make_server(ublox_control=TEST_SETTINGS) as server_b,
+            ublox_server() as server_a,
+            ublox_server() as server_b,
         ):
             config = {
                 "apply_to_layers": ["RAM"],
@@ -359,11 +359,11 @@ async def test_many_nodes_from_one_config(anyio_backend, make_server):
 
 
 @pytest.mark.anyio
-async def test_a_node_down_does_not_mislabel_the_others(anyio_backend, make_server, chip):
+async def test_a_node_down_does_not_mislabel_the_others(anyio_backend, ublox_server, chip):
     """R-UBX-CFG-5 (the original's async capture mislabels hosts once one is invalid): with the
     first node down, every message names the node it came from, and the one that is down
     gets status messages of its own."""
-    async with make_server(ublox_control=TEST_SETTINGS) as server:
+    async with ublox_server() as server:
         down = free_port()
         config = {
             "f9t_chips": [
