@@ -244,3 +244,17 @@ def test_within_roots_compares_whole_path_components():
     assert within_roots(ROOT, (ROOT,)) and within_roots(ROOT / "a" / "b", (ROOT,))
     assert not within_roots(Path("/srv/panoseti-other"), (ROOT,))
     assert not within_roots(Path("/srv"), (ROOT,))
+
+
+def test_a_home_directory_that_does_not_exist_is_a_refusal_not_an_error():
+    """R-INIT-11: "~nosuchuser/run" cannot be expanded (RuntimeError inside pathlib): the facts
+    carry the error and the answer is INVALID_ARGUMENT naming the path, never UNKNOWN."""
+    from panoseti_daq.server.hp_io_checks import inspect_data_dir
+
+    facts = inspect_data_dir("~nosuchuser-pdaq/run", (ROOT,), ("marker",))
+    assert isinstance(facts.error, RuntimeError)
+    refusal = admit_hp_io(
+        HpIoConfig(data_dir="~nosuchuser-pdaq/run"), dataclasses.replace(GATE, data_dir=facts)
+    )
+    assert isinstance(refusal, Refusal) and refusal.status is Status.INVALID_ARGUMENT
+    assert "'~nosuchuser-pdaq/run' cannot be used" in refusal.message

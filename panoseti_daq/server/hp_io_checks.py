@@ -72,8 +72,8 @@ def inspect_data_dir(
     The DAQ checks look only inside the allowed `roots` (resolved): a directory outside them
     is refused without a look at what it holds.
     """
-    path = Path(data_dir).expanduser()
     try:
+        path = Path(data_dir).expanduser()  # RuntimeError for "~user" with no such user
         if not stat.S_ISDIR(path.stat().st_mode):
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         with os.scandir(path):  # PermissionError for a directory this server cannot read
@@ -88,7 +88,7 @@ def inspect_data_dir(
             daq_active=False,
             inactive_details=inactive_daq_details(resolved, checks),
         )
-    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte; a loop of links
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a loop of links, ~user
         return DataDirFacts(error=exc)
 
 
