@@ -258,3 +258,18 @@ def test_a_home_directory_that_does_not_exist_is_a_refusal_not_an_error():
     )
     assert isinstance(refusal, Refusal) and refusal.status is Status.INVALID_ARGUMENT
     assert "'~nosuchuser-pdaq/run' cannot be used" in refusal.message
+
+
+def test_a_refused_interval_is_answered_without_looking_at_the_file_system(tmp_path):
+    """R-INIT-1, R-INIT-10 come first: with an interval refused, hp_io_gate does not inspect
+    data_dir (no stat, no DAQ check); with a valid one it does."""
+    from panoseti_daq.config import ServerConfig
+    from panoseti_daq.server.hp_io_checks import hp_io_gate
+
+    config = ServerConfig.defaults().replace(allowed_data_roots=(tmp_path,))
+    bad = HpIoConfig(data_dir=str(tmp_path), update_interval_seconds=math.nan)
+    assert hp_io_gate(config, bad).data_dir is None
+    good = HpIoConfig(data_dir=str(tmp_path), update_interval_seconds=1.0)
+    facts = hp_io_gate(config, good).data_dir
+    assert facts is not None and facts.resolved == tmp_path.resolve()
+    assert facts.daq_active is False and facts.inactive_details

@@ -35,6 +35,7 @@ __all__ = [
     "admit_hp_io",
     "admit_stream",
     "hp_io_interval_ok",
+    "interval_refusal",
     "stream_interval_ok",
     "within_roots",
 ]
@@ -185,7 +186,7 @@ def admit_hp_io(hp_io: HpIoConfig, gate: HpIoGate) -> HpIoConfig | Refusal | Wai
     The request's own checks come first, then the server's state: one writer at a time
     (R-STATE-2), and streams end only when the caller says `force` (R-INIT-5).
     """
-    refusal = _interval_refusal(hp_io.update_interval_seconds, gate)
+    refusal = interval_refusal(hp_io.update_interval_seconds, gate)
     if refusal is not None:
         return refusal
     if not hp_io.simulate_daq:  # R-INIT-8: a simulation ignores data_dir
@@ -206,7 +207,7 @@ def admit_hp_io(hp_io: HpIoConfig, gate: HpIoGate) -> HpIoConfig | Refusal | Wai
     return hp_io
 
 
-def _interval_refusal(interval_s: float, gate: HpIoGate) -> Refusal | None:
+def interval_refusal(interval_s: float, gate: HpIoGate) -> Refusal | None:
     """R-INIT-1, R-INIT-10: a finite interval within [minimum, max client interval]."""
     if not hp_io_interval_ok(interval_s, gate.min_interval_s):
         return Refusal(

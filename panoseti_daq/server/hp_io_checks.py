@@ -10,6 +10,7 @@ or `HpIoRefused` with the gRPC status and a message that names what was checked 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
@@ -20,7 +21,14 @@ from grpclib.const import Status
 from .. import pff
 from ..config import HpIoConfig, ServerConfig
 from ..errors import PanosetiDaqError
-from .admission import DataDirFacts, HpIoGate, Refusal, admit_hp_io, within_roots
+from .admission import (
+    DataDirFacts,
+    HpIoGate,
+    Refusal,
+    admit_hp_io,
+    interval_refusal,
+    within_roots,
+)
 from .scanner import RECENT_WRITE_S, daq_is_active
 
 __all__ = ["HpIoRefused", "check_hp_io", "hp_io_gate", "inactive_daq_details", "inspect_data_dir"]
@@ -39,18 +47,22 @@ class HpIoRefused(PanosetiDaqError):
 
 def hp_io_gate(config: ServerConfig, hp_io: HpIoConfig) -> HpIoGate:
     """The limits of `config` and, unless simulating, the facts about hp_io's data_dir (this
-    touches the file system: run it off the event loop)."""
-    roots = tuple(root.resolve() for root in config.allowed_data_roots)
-    facts = None
-    if hp_io.data_dir and not hp_io.simulate_daq:
-        facts = inspect_data_dir(hp_io.data_dir, roots, config.daq_active_check)
-    return HpIoGate(
+    touches the file system: run it off the event loop). A request refused for its interval
+    (R-INIT-1, R-INIT-10) is answered without a look at the file system."""
+    gate = HpIoGate(
         min_interval_s=config.min_hp_io_update_interval_seconds,
         max_interval_s=config.max_client_update_interval_seconds,
-        allowed_roots=roots,
+        allowed_roots=tuple(root.resolve() for root in config.allowed_data_roots),
         daq_checks=config.daq_active_check,
-        data_dir=facts,
     )
+    if (
+        not hp_io.data_dir
+        or hp_io.simulate_daq
+        or interval_refusal(hp_io.update_interval_seconds, gate) is not None
+    ):
+        return gate
+    facts = inspect_data_dir(hp_io.data_dir, gate.allowed_roots, config.daq_active_check)
+    return dataclasses.replace(gate, data_dir=facts)
 
 
 def check_hp_io(hp_io: HpIoConfig, config: ServerConfig) -> HpIoConfig:
